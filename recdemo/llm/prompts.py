@@ -1,0 +1,119 @@
+"""Every prompt the project sends to an LLM: templates as data, plus the few helpers that fill them.
+
+Inference (rankers, profile, explanations) and fine-tuning build their text through the same
+functions here, so a fine-tuned adapter sees at inference exactly the format it was trained on.
+Templates are rendered with the model's chat template when it has one (SmolLM2, Llama-2/3 chat),
+else with a plain "### Instruction / ### Response" frame (base LLaMA).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MAX_HISTORY = 20  # PALR: the Interaction History Sequence holds at most 20 items
+
+
+@dataclass(frozen=True)
+class Domain:
+    item: str  # "movie"
+    items: str  # "movies"
+    verb: str  # "watch"
+    verb_past: str  # "watched"
+
+
+DOMAINS = {
+    "movies": Domain("movie", "movies", "watch", "watched"),
+    "products": Domain("product", "products", "buy", "bought"),
+}
+
+
+def domain_for(catalog) -> Domain:
+    return DOMAINS["movies"] if catalog.attribute_name == "genres" else DOMAINS["products"]
+
+
+SYSTEM = ("You are a recommender system. You read what a user {verb_past} and recommend what they "
+          "will {verb} next. You answer only in the requested format.")
+
+TEMPLATES: dict[str, str] = {
+    # PALR step 1: a short natural-language profile from the history.
+    "profile": (
+        "A user {verb_past} these {items}, oldest first:\n{history}\n\n"
+        "Describe this user's taste. Answer in exactly this format:\n"
+        "Keywords: <3 to 6 short keywords, comma separated>\n"
+        "Summary: <one or two sentences>"
+    ),
+    # PALR step 3 (and fine-tuning task "recommend_retrieval", PALR v2): choose from candidates.
+    "palr_rank": (
+        "### Interaction History Sequence\n{history}\n\n"
+        "### Natural Language User Profile\n{profile}\n\n"
+        "### Candidates for Recommendation\n{candidates}\n\n"
+        "### Instruction\nFrom the candidates only, choose the {k} {items} this user is most likely to "
+        "{verb} next, best first, one title per line."
+    ),
+    # Fine-tuning task "recommend" (PALR v1): history -> future items, no candidates.
+    "palr_recommend": (
+        "### Interaction History Sequence\n{history}\n\n"
+        "### Natural Language User Profile\n{profile}\n\n"
+        "### Instruction\nName the {k} {items} this user will {verb} next, one title per line."
+    ),
+    # GenRec: the next item's title generated directly from the history.
+    "genrec": (
+        "A user {verb_past} these {items}, oldest first:\n{history}\n\n"
+        "What is the next {item} the user will {verb}? Answer with its title only."
+    ),
+    # TALLRec: binary preference question, score = P("Yes").
+    "tallrec": (
+        "A user {verb_past} these {items}, oldest first:\n{history}\n\n"
+        "Will the user enjoy the {item} \"{target}\"? Answer Yes or No."
+    ),
+    # Explanation: one sentence that may cite only the given history items.
+    "explain": (
+        "A user {verb_past}: {evidence}.\n"
+        "In one sentence, explain why they may enjoy the {item} \"{target}\". "
+        "Mention only the titles above."
+    ),
+}
+
+# Answers (the text after the prompt) for fine-tuning and for verbalizers.
+ANSWER_YES, ANSWER_NO = "Yes", "No"
+TITLE_SEPARATOR = "\n"
+
+
+def format_history(catalog, history, max_items: int = MAX_HISTORY, with_attributes: bool = True) -> str:
+    """The last ``max_items`` items, numbered, oldest first: '1. Toy Story (1995) (Animation, ...)'."""
+    recent = list(history)[-max_items:]
+    return "\n".join(f"{i}. {catalog.describe(int(x), with_attributes)}" for i, x in enumerate(recent, 1))
+
+
+def format_candidates(catalog, candidates, with_attributes: bool = False) -> str:
+    """Candidate list, one title per line (titles are what the ranker answers with)."""
+    return "\n".join(f"- {catalog.describe(int(x), with_attributes)}" for x in candidates)
+
+
+def format_profile(profile) -> str:
+    if profile is None:
+        return "(no profile)"
+    words = ", ".join(k.text for k in profile.keywords if k.grounded) or "(none)"
+    return f"Keywords: {words}\nSummary: {profile.summary}".strip()
+
+
+def fill(name: str, domain: Domain, **fields) -> str:
+    """The user-turn text of template ``name``."""
+    return TEMPLATES[name].format(item=domain.item, items=domain.items, verb=domain.verb,
+                                  verb_past=domain.verb_past, **fields)
+
+
+def render(tokenizer, name: str, domain: Domain, **fields) -> str:
+    """Full prompt string, ending where the model's answer starts."""
+    user = fill(name, domain, **fields)
+    system = SYSTEM.format(verb=domain.verb, verb_past=domain.verb_past)
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return f"{system}\n\n### Instruction:\n{user}\n\n### Response:\n"
+
+
+def end_of_answer(tokenizer) -> str:
+    """Text that closes an answer in training examples (the chat end token, else EOS)."""
+    if getattr(tokenizer, "chat_template", None) and "<|im_end|>" in tokenizer.get_vocab():
+        return "<|im_end|>"
+    return tokenizer.eos_token or ""
