@@ -88,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="adapter folder, e.g. checkpoints/adapters/movielens-small")
     p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--micro-batch-size", type=int, help="examples per forward pass (default: 1 on CPU, 4 on GPU)")
+    p.add_argument("--lora-dropout", type=float)
+    p.add_argument("--train-candidates", type=int, help="candidate list length in recommend_retrieval examples (20)")
+    p.add_argument("--eval-candidates", type=int, help="candidates per user in the ranking metrics (50)")
+    p.add_argument("--history-attributes", action="store_true", default=None,
+                   help="show genres/categories in training histories (longer prompts)")
+    p.add_argument("--no-rank-eval", action="store_true", help="validation loss only, no ranking metrics")
 
     p = sub.add_parser("demo", help="launch the Gradio app")
     _dataset_flags(p)

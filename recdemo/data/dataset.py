@@ -90,24 +90,26 @@ def build_dataset(raw: RawData, name: str, source: str = "") -> Dataset:
     dup = items["item_id"].duplicated().to_numpy()
     if dup.any():
         i = int(np.argmax(dup))
-        raise DataError(f"duplicate item id {items['item_id'].iloc[i]!r}", file=raw.items_file,
-                        line=line_of(raw.items, i), column="item_id")
+        first = int(np.argmax((items["item_id"] == items["item_id"].iloc[i]).to_numpy()))
+        raise DataError(f"duplicate item id {items['item_id'].iloc[i]!r} (first defined on line "
+                        f"{line_of(items, first)})", file=raw.items_file, line=line_of(items, i),
+                        column="item_id")
     empty = (items["title"].str.strip() == "").to_numpy()
     if empty.any():
         i = int(np.argmax(empty))
-        raise DataError("empty title", file=raw.items_file, line=line_of(raw.items, i), column="title")
+        raise DataError("empty title", file=raw.items_file, line=line_of(items, i), column="title")
     inter = inter.assign(user_id=inter["user_id"].str.strip(), item_id=inter["item_id"].str.strip())
-    known = inter["item_id"].isin(set(items["item_id"])).to_numpy()
-    if not known.all():
-        i = int(np.argmin(known))
-        raise DataError(f"item id {inter['item_id'].iloc[i]!r} is not in {raw.items_file}",
-                        file=raw.interactions_file, line=line_of(raw.interactions, i), column="item_id")
     for col in ("user_id", "item_id"):
         blank = (inter[col] == "").to_numpy()
         if blank.any():
             i = int(np.argmax(blank))
             raise DataError("empty value", file=raw.interactions_file,
-                            line=line_of(raw.interactions, i), column=col)
+                            line=line_of(inter, i), column=col)
+    known = inter["item_id"].isin(set(items["item_id"])).to_numpy()
+    if not known.all():
+        i = int(np.argmin(known))
+        raise DataError(f"item id {inter['item_id'].iloc[i]!r} is not in {raw.items_file}",
+                        file=raw.interactions_file, line=line_of(inter, i), column="item_id")
 
     # Only items someone interacted with can be learned or ranked; keep catalog order.
     used = set(inter["item_id"])
@@ -136,11 +138,17 @@ def build_dataset(raw: RawData, name: str, source: str = "") -> Dataset:
 
 
 def _sort_key(user_ids: pd.Series) -> np.ndarray:
-    """Numeric user ids sort numerically, others by string; returns an integer code per row."""
-    numeric = pd.to_numeric(user_ids, errors="coerce")
-    if not numeric.isna().any():
-        return numeric.to_numpy(np.int64)
-    return pd.factorize(user_ids, sort=True)[0]
+    """An integer code per row, one per distinct user id string: whole-number ids sort numerically
+    (2 before 10), any other ids by string. Ids like "7" and "007" stay two different users."""
+    codes, uniques = pd.factorize(user_ids)
+    numeric = pd.to_numeric(pd.Series(uniques), errors="coerce")
+    if numeric.notna().all() and np.isclose(numeric.to_numpy() % 1, 0).all():
+        order = np.lexsort((np.asarray(uniques, dtype=object).astype(str), numeric.to_numpy()))
+    else:
+        order = np.argsort(np.asarray(uniques, dtype=str), kind="stable")
+    rank = np.empty(len(uniques), dtype=np.int64)
+    rank[order] = np.arange(len(uniques))
+    return rank[codes]
 
 
 def resolve_folder(name: str | None = None, data_dir: str | None = None, root: str | None = None) -> Path:

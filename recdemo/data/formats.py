@@ -63,7 +63,7 @@ def _read_generic(folder: Path, max_mb: float) -> RawData:
             raise DataError(f"missing {name}: a dataset folder needs interactions.csv and items.csv",
                             file=str(folder))
     inter = read_table(folder / "interactions.csv", ["user_id", "item_id", "timestamp"],
-                       optional=["rating"], numeric={"timestamp": "int", "rating": "float"},
+                       optional=["rating"], numeric={"timestamp": "number", "rating": "float"},
                        max_mb=max_mb)
     items = read_table(folder / "items.csv", ["item_id", "title"],
                        optional=["description", "categories"], max_mb=max_mb)

@@ -1,8 +1,18 @@
-"""Reading one CSV-like table with validation: every failure is a DataError naming file, line, column."""
+"""Reading one CSV-like table with validation: every failure is a DataError naming file, line, column.
+
+Every table comes back as strings plus a hidden ``_line`` column: the file line where each row
+starts (quoted titles may span lines, blank lines are skipped), so later checks (unknown item ids,
+duplicates) can still point at the right line after rows are filtered or reordered.
+
+Files up to ``EXACT_PARSE_MB`` are parsed with Python's ``csv`` module, which sees every row
+(ragged rows, bad quoting); larger files (MovieLens 20M+) go through pandas' C parser for speed and
+fall back to the exact scan only to locate an error.
+"""
 from __future__ import annotations
 
+import csv
 import io
-import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,92 +20,220 @@ import pandas as pd
 
 from .errors import DataError
 
+EXACT_PARSE_MB = 64
+csv.field_size_limit(max(csv.field_size_limit(), 16 * 2**20))  # long descriptions are fine
+
 
 def read_table(path: str | Path, required: list[str], *, numeric: dict[str, str] | None = None,
                optional: list[str] = (), sep: str = ",", encoding: str = "utf-8",
                names: list[str] | None = None, max_mb: float = 1024) -> pd.DataFrame:
-    """Read ``path`` as strings, check columns, convert ``numeric`` columns ('int' or 'float').
+    """Read ``path`` as strings, check columns, convert ``numeric`` columns.
 
-    ``names`` is for header-less files (MovieLens .dat); line numbers then start at 1 for data,
-    otherwise the header is line 1 and the first data row is line 2.
+    ``numeric`` maps a column to 'int' (whole numbers), 'float' or 'number' (int64 when every value
+    is whole, else float64). ``names`` is for header-less files (MovieLens .dat): data then starts
+    at line 1, otherwise the header is line 1.
     """
     path = Path(path)
     fname = path.name
     if not path.is_file():
         raise DataError("file not found", file=str(path))
-    size = path.stat().st_size
-    if size > max_mb * 1024 * 1024:
-        raise DataError(f"file is {size / 2**20:.0f} MB, over the {max_mb:g} MB limit", file=fname)
-    if size == 0:
-        raise DataError("the file is empty", file=fname)
+    expected = list(names or required) + [f"[{o}]" for o in optional if not names]
+    _check_size(path, fname, max_mb)
     raw = path.read_bytes()
-    try:
-        text = raw.decode(encoding)
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
-        raise DataError(f"byte 0x{raw[e.start]:02x} at character {col} is not valid {encoding.upper()}"
-                        " (save the file as UTF-8)", file=fname, line=line) from None
-    text = text.lstrip("\ufeff")
-    if not text.strip():
-        raise DataError("the file is empty", file=fname)
-    first_line = 1 if names else 2
-    try:
-        if len(sep) > 1:  # MovieLens '::' - split by hand, the C parser takes single chars only
-            rows = [r.split(sep) for r in text.splitlines() if r.strip()]
-            width = len(names)
-            for i, r in enumerate(rows):
-                if len(r) != width:
-                    raise DataError(f"expected {width} fields separated by '{sep}', found {len(r)}",
-                                    file=fname, line=i + 1)
-            df = pd.DataFrame(rows, columns=names)
-        else:
-            df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False,
-                             header=None if names else "infer", names=names, skipinitialspace=True)
-    except pd.errors.ParserError as e:
-        raise DataError(f"cannot parse: {_parser_reason(e)}", file=fname,
-                        line=_parser_line(e)) from None
-    df.columns = [str(c).strip() for c in df.columns]
-    missing = [c for c in required if c not in df.columns]
+    if not raw.strip():
+        what = "data rows" if names else "a header line: " + ",".join(expected)
+        raise DataError(f"the file is empty; it should start with {what}", file=fname, line=1,
+                        column=(names or required or [None])[0])
+    text = _decode(raw, encoding, fname, sep, names)
+    del raw
+    if len(sep) > 1:
+        header, df = _parse_split(text, sep, names, fname)
+    elif len(text) <= EXACT_PARSE_MB * 2**20:
+        header, df = _parse_exact(text, sep, names, fname)
+    else:
+        header, df = _parse_fast(text, sep, names, fname)
+
+    missing = [c for c in required if c not in header]
     if missing:
-        raise DataError(f"missing column(s) {missing}; found {list(df.columns)}; expected "
-                        f"{required + [f'[{o}]' for o in optional]}", file=fname, line=1)
+        raise DataError(f"missing column {missing[0]!r}: the header is {','.join(header)!r}, expected "
+                        f"{','.join(expected)}", file=fname, line=1, column=missing[0])
     if len(df) == 0:
-        raise DataError("the file has a header but no rows", file=fname)
+        raise DataError("the header is there but no data rows follow it", file=fname,
+                        line=2 if not names else 1, column=header[0])
     for col, kind in (numeric or {}).items():
-        if col not in df.columns:
-            continue
-        values = df[col].str.strip()
-        conv = pd.to_numeric(values, errors="coerce")
-        bad = conv.isna().to_numpy().copy()
-        if kind == "int" and not bad.all():
-            bad |= ~np.isclose(conv.fillna(0).to_numpy() % 1, 0)
-        if bad.any():
-            i = int(np.argmax(bad))
-            what = "an integer" if kind == "int" else "a number"
-            raise DataError(f"expected {what}, got {df[col].iloc[i]!r}", file=fname,
-                            line=i + first_line, column=col)
-        df[col] = conv.astype("int64" if kind == "int" else "float64")
-    df.attrs["first_line"] = first_line
+        if col in df.columns:
+            df[col] = _to_number(df, col, kind, fname)
     df.attrs["file"] = fname
     return df
 
 
 def line_of(df: pd.DataFrame, row: int) -> int:
-    """File line of the DataFrame's ``row``-th row (0-based position)."""
-    return row + df.attrs.get("first_line", 2)
+    """File line where the DataFrame's ``row``-th row (0-based position) starts."""
+    return int(df["_line"].iloc[row])
 
 
-def _parser_line(e: Exception) -> int | None:
-    import re
-    m = re.search(r"line (\d+)", str(e))
-    return int(m.group(1)) if m else None
+# -- checks before parsing ----------------------------------------------------------------------
+
+def _check_size(path: Path, fname: str, max_mb: float) -> None:
+    size = path.stat().st_size
+    limit = int(max_mb * 2**20)
+    if size <= limit:
+        return
+    lines = 1
+    with path.open("rb") as f:  # count lines up to the limit: tells the user how much would fit
+        remaining = limit
+        while remaining > 0:
+            chunk = f.read(min(remaining, 2**22))
+            if not chunk:
+                break
+            lines += chunk.count(b"\n")
+            remaining -= len(chunk)
+    raise DataError(f"the file is {size / 2**20:.1f} MB, over the {max_mb:g} MB limit (the limit is "
+                    "reached on this line); split the file or raise the limit", file=fname, line=lines)
+
+
+def _decode(raw: bytes, encoding: str, fname: str, sep: str, names: list[str] | None) -> str:
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as e:
+        start = raw.rfind(b"\n", 0, e.start) + 1
+        line = raw[: e.start].count(b"\n") + 1
+        prefix = raw[start: e.start].decode(encoding, errors="replace")
+        field = len(next(csv.reader([prefix], delimiter=sep[0]), [""])) if len(sep) == 1 else \
+            len(prefix.split(sep))
+        header = names or next(csv.reader([raw[: raw.find(b"\n")].decode(encoding, "replace")],
+                                          delimiter=sep[0] if len(sep) == 1 else ","), [])
+        column = header[field - 1].strip().lstrip("\ufeff") if 0 < field <= len(header) else field
+        raise DataError(f"byte 0x{raw[e.start]:02x} (character {e.start - start + 1} of the line) is not "
+                        f"valid {encoding.upper()}; save the file as UTF-8", file=fname, line=line,
+                        column=column) from None
+    return text.lstrip("\ufeff")
+
+
+# -- parsers: each returns (header, DataFrame of str with a `_line` column) ---------------------
+
+def _frame(header: list[str], rows: list[list[str]], lines: list[int]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=header, dtype=str) if rows else pd.DataFrame(columns=header, dtype=str)
+    df["_line"] = np.asarray(lines, dtype=np.int64)
+    return df
+
+
+def _scan(text: str, sep: str, fname: str):
+    """Yield (line where the record starts, fields) for every non-blank record, strictly parsed."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep, skipinitialspace=True,
+                        strict=True)
+    start = 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise DataError(f"cannot parse this row ({e}); check the quotes around values",
+                            file=fname, line=start) from None
+        if any(f.strip() for f in row):
+            yield start, [f.strip() for f in row]
+        start = reader.line_num + 1
+
+
+def _check_header(header: list[str], fname: str) -> list[str]:
+    header = [h.strip() for h in header]
+    seen = set()
+    for i, h in enumerate(header):
+        if not h:
+            raise DataError("empty column name in the header", file=fname, line=1, column=i + 1)
+        if h in seen:
+            raise DataError("this column name appears twice in the header", file=fname, line=1,
+                            column=h)
+        seen.add(h)
+    return header
+
+
+def _ragged(header: list[str], row: list[str], line: int, fname: str) -> DataError:
+    n, width = len(row), len(header)
+    if n < width:
+        return DataError(f"missing value: the row has {n} field(s) but the header has {width} "
+                         f"({','.join(header)})", file=fname, line=line, column=header[n])
+    return DataError(f"unexpected extra field: the row has {n} fields but the header has {width} "
+                     f"({','.join(header)}); values containing '{','}' must be in double quotes",
+                     file=fname, line=line, column=width + 1)
+
+
+def _parse_exact(text: str, sep: str, names: list[str] | None, fname: str):
+    records = _scan(text, sep, fname)
+    if names:
+        header = list(names)
+    else:
+        first = next(records, None)
+        header = _check_header(first[1] if first else [], fname)
+    width = len(header)
+    rows, lines = [], []
+    for line, row in records:
+        if len(row) != width:
+            raise _ragged(header, row, line, fname)
+        rows.append(row)
+        lines.append(line)
+    return header, _frame(header, rows, lines)
+
+
+def _parse_split(text: str, sep: str, names: list[str], fname: str):
+    """MovieLens ``::`` files: no quoting, one record per line."""
+    rows, lines = [], []
+    width = len(names)
+    for i, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        row = [f.strip() for f in line.split(sep)]
+        if len(row) != width:
+            raise _ragged(names, row, i, fname)
+        rows.append(row)
+        lines.append(i)
+    return list(names), _frame(list(names), rows, lines)
+
+
+def _parse_fast(text: str, sep: str, names: list[str] | None, fname: str):
+    """pandas' C parser; on any structural problem, rescan exactly to report the precise place."""
+    try:
+        df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, index_col=False,
+                         header=None if names else 0, names=names, skipinitialspace=True)
+    except (pd.errors.ParserError, ValueError) as e:
+        _parse_exact(text, sep, names, fname)  # raises the precise DataError
+        raise DataError(f"cannot parse: {_parser_reason(e)}", file=fname) from None
+    header = _check_header(list(df.columns), fname) if not names else list(names)
+    df.columns = header
+    first = 1 if names else 2
+    physical = text.count("\n") + (0 if text.endswith("\n") else 1) - (first - 1)
+    if physical == len(df):  # one record per line: the line is the position
+        df["_line"] = np.arange(first, first + len(df), dtype=np.int64)
+    else:  # quoted newlines or blank lines: take the exact starts from the csv module
+        df["_line"] = np.fromiter((ln for ln, _ in _scan(text, sep, fname)), dtype=np.int64,
+                                  count=len(df) + (0 if names else 1))[(0 if names else 1):]
+    return header, df
 
 
 def _parser_reason(e: Exception) -> str:
     msg = str(e).strip().splitlines()[-1]
-    return msg.replace("Error tokenizing data. C error: ", "")
+    return re.sub(r"^Error tokenizing data\. C error: ", "", msg)
 
 
-def file_size_ok(path: str | Path, max_mb: float) -> bool:
-    return os.path.getsize(path) <= max_mb * 1024 * 1024
+# -- numbers -------------------------------------------------------------------------------------
+
+def _to_number(df: pd.DataFrame, col: str, kind: str, fname: str) -> pd.Series:
+    values = df[col]
+    conv = pd.to_numeric(values, errors="coerce").astype("float64")
+    arr = conv.to_numpy()
+    bad = ~np.isfinite(arr)
+    whole = np.zeros_like(bad) if bad.all() else np.isclose(np.nan_to_num(arr) % 1, 0)
+    if kind == "int":
+        bad |= ~whole
+    if bad.any():
+        i = int(np.argmax(bad))
+        what = {"int": "a whole number", "float": "a number", "number": "a number"}[kind]
+        got = values.iloc[i]
+        raise DataError(f"expected {what}, got {got!r}" if got else f"expected {what}, the value is empty",
+                        file=fname, line=line_of(df, i), column=col)
+    if kind == "int" or (kind == "number" and whole.all()):
+        # exact for big integers (nanosecond timestamps): re-parse as int64, not via float
+        ints = pd.to_numeric(values, errors="coerce", downcast=None)
+        return ints.astype("int64") if ints.dtype.kind in "iu" else conv.astype("int64")
+    return conv

@@ -34,12 +34,12 @@ SYSTEM = ("You are a recommender system. You read what a user {verb_past} and re
           "will {verb} next. You answer only in the requested format.")
 
 TEMPLATES: dict[str, str] = {
-    # PALR step 1: a short natural-language profile from the history.
+    # PALR step 1: a short natural-language profile from the history. Rendered after one worked
+    # example turn (PROFILE_EXAMPLES): a 135M model copies a format it has seen far more reliably
+    # than it follows a described one. The answer is primed with PROFILE_PREFIX.
     "profile": (
         "A user {verb_past} these {items}, oldest first:\n{history}\n\n"
-        "Describe this user's taste. Answer in exactly this format:\n"
-        "Keywords: <3 to 6 short keywords, comma separated>\n"
-        "Summary: <one or two sentences>"
+        "Describe this user's taste in keywords and one sentence."
     ),
     # PALR step 3 (and fine-tuning task "recommend_retrieval", PALR v2): choose from candidates.
     "palr_rank": (
@@ -72,6 +72,39 @@ TEMPLATES: dict[str, str] = {
         "Mention only the titles above."
     ),
 }
+
+# Worked example shown before the real profile question (one user turn + the answer), per domain.
+# Invented items, so nothing from a real catalog leaks in; a copied keyword ("space") that the
+# real history does not back is caught by the grounding step in profile.py.
+PROFILE_EXAMPLES = {
+    "movies": ("1. Star Pilots (1986) (Action, Sci-Fi)\n2. Moon Base (1979) (Sci-Fi, Thriller)\n"
+               "3. Robot Wars (1991) (Action, Adventure, Sci-Fi)",
+               "Keywords: sci-fi, space, action, 1980s\n"
+               "Summary: The user likes action-packed science fiction about space."),
+    "products": ("1. Argan Oil Repair Shampoo\n2. Silk Protein Hair Conditioner\n3. Keratin Hair Mask",
+                 "Keywords: hair care, shampoo, conditioner, repair\n"
+                 "Summary: The user buys products that repair and care for their hair."),
+}
+PROFILE_PREFIX = "Keywords:"  # the answer starts here (the model continues the keyword line)
+PROFILE_SUMMARY_PREFIX = "Summary: The user"  # appended after the cleaned keyword line
+
+
+def render_profile(tokenizer, domain: Domain, history: str) -> str:
+    """The profile prompt: system, one worked example turn, the real history, then PROFILE_PREFIX."""
+    example_history, example_answer = PROFILE_EXAMPLES[domain.items if domain.items in PROFILE_EXAMPLES
+                                                       else "products"]
+    system = SYSTEM.format(verb=domain.verb, verb_past=domain.verb_past)
+    if not getattr(tokenizer, "chat_template", None):  # base LLaMA: the same turns in render()'s frame
+        return (f"{system}\n\n### Instruction:\n{fill('profile', domain, history=example_history)}\n\n"
+                f"### Response:\n{example_answer}\n\n### Instruction:\n{fill('profile', domain, history=history)}"
+                f"\n\n### Response:\n{PROFILE_PREFIX}")
+    messages = [{"role": "system", "content": system},
+                {"role": "user", "content": fill("profile", domain, history=example_history)},
+                {"role": "assistant", "content": example_answer},
+                {"role": "user", "content": fill("profile", domain, history=history)}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return text + PROFILE_PREFIX
+
 
 # Answers (the text after the prompt) for fine-tuning and for verbalizers.
 ANSWER_YES, ANSWER_NO = "Yes", "No"

@@ -1,0 +1,260 @@
+"""What one running app shares between all browser sessions: the LLM service (one base model for
+every dataset), one Recommender per dataset, the datasets uploaded in this process, the
+fine-tune queue, and the warm-up status. No model logic: everything is delegated to
+``recdemo.pipeline.Recommender`` and ``recdemo.llm.finetune.run_finetune``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import shutil
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+from ..config import Config
+from ..data.dataset import BUILTIN_FOLDERS
+from ..data.errors import DataError
+from .jobs import FineTuneQueue, Job
+
+log = logging.getLogger("recdemo.app")
+
+# The two domains the demo offers out of the box (other built-ins work via RECDEMO_DATASET).
+DOMAINS = {"movielens-small": "Movies · MovieLens (small)", "amazon-beauty": "Products · Amazon Beauty"}
+TASKS = {"recommend": "PALR v1 (recommend)", "recommend_retrieval": "PALR v2 (recommend from candidates)",
+         "tallrec": "TALLRec (yes/no)", "genrec": "GenRec (next title)"}
+RANKERS = ["palr", "score", "tallrec", "genrec"]
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def friendly_error(e: BaseException) -> str:
+    """One sentence for the page; the traceback goes to the server log, never to the user."""
+    from ..llm.models import ModelNotFound
+
+    if isinstance(e, (ValueError, ModelNotFound, FileNotFoundError, KeyError)):
+        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        return msg or type(e).__name__
+    if isinstance(e, MemoryError):
+        return "The server ran out of memory. Try a smaller model, fewer candidates or a shorter history."
+    log.error("unexpected error: %s", "".join(traceback.format_exception(e)))
+    return f"Something went wrong ({type(e).__name__}: {e}). The details are in the server log."
+
+
+class AppContext:
+    """Shared state of the app. ``recommender_factory(name, folder|None)`` and ``service`` may be
+    injected (tests use fakes); by default they come from recdemo.pipeline / recdemo.llm.service."""
+
+    def __init__(self, cfg: Config, *, service=None,
+                 recommender_factory: Callable[[str, str | None], object] | None = None,
+                 finetune_runner: Callable | None = None, upload_root: str | None = None):
+        self.cfg = cfg
+        self._service = service
+        self._factory = recommender_factory
+        self._finetune_runner = finetune_runner
+        self._lock = threading.Lock()
+        self._recs: dict[str, object] = {}
+        self._rec_locks: dict[str, threading.Lock] = {}
+        self.uploads: dict[str, str] = {}  # dataset name -> folder (this process only)
+        self._upload_root = Path(upload_root or tempfile.mkdtemp(prefix="recdemo-uploads-"))
+        self.jobs = FineTuneQueue(self._run_job, friendly_error)
+        self.model_ready = threading.Event()
+        self.started = time.time()
+        self._warm: dict = {"state": "idle", "message": "", "seconds": None}
+        self._warm_thread: threading.Thread | None = None
+
+    # -- shared objects --
+    @property
+    def service(self):
+        with self._lock:
+            if self._service is None:
+                from ..llm.service import LLMService
+                self._service = LLMService(self.cfg.llm)
+            return self._service
+
+    def default_dataset(self) -> str:
+        return self.cfg.data.dataset if self.cfg.data.dataset in BUILTIN_FOLDERS else "movielens-small"
+
+    def datasets(self) -> list[tuple[str, str]]:
+        """(label, name) for the dataset selectors: the two domains, the configured one, uploads."""
+        names = list(DOMAINS)
+        if self.default_dataset() not in names:
+            names.append(self.default_dataset())
+        out = [(DOMAINS.get(n, n), n) for n in names]
+        out += [(f"Uploaded · {n}", n) for n in self.uploads]
+        return out
+
+    def recommender(self, name: str):
+        """The Recommender for a dataset, built once (callers for the same name wait for it)."""
+        with self._lock:
+            if name in self._recs:
+                return self._recs[name]
+            if name not in BUILTIN_FOLDERS and name not in self.uploads:
+                raise ValueError(f"Unknown dataset {name!r}. Pick one from the list, or upload "
+                                 "interactions.csv and items.csv in the side panel.")
+            lock = self._rec_locks.setdefault(name, threading.Lock())
+        with lock:
+            with self._lock:
+                if name in self._recs:
+                    return self._recs[name]
+            rec = self._build(name)
+            with self._lock:
+                self._recs[name] = rec
+            return rec
+
+    def is_loaded(self, name: str) -> bool:
+        with self._lock:
+            return name in self._recs
+
+    def _build(self, name: str):
+        folder = self.uploads.get(name)
+        if self._factory is not None:
+            return self._factory(name, folder)
+        from ..pipeline import Recommender
+
+        if folder is None:
+            return Recommender.from_config(self.cfg, dataset_name=name, data_dir=None, service=self.service)
+        return Recommender.from_config(self.cfg, dataset_name=name, data_dir=folder, service=self.service)
+
+    # -- adapters --
+    def adapters(self) -> list[str]:
+        """Adapters the service can activate; before the model is loaded, the folders on disk."""
+        if self.model_ready.is_set():
+            try:
+                return sorted(self.service.available_adapters())
+            except Exception:  # noqa: BLE001 - fall back to listing the folder
+                log.warning("available_adapters failed", exc_info=True)
+        root = Path(self.cfg.llm.adapter_dir)
+        if not root.is_dir():
+            return []
+        return sorted(p.name for p in root.iterdir() if (p / "adapter_config.json").is_file())
+
+    # -- warm-up: load the default dataset and the model in the background at launch --
+    def start_warmup(self, name: str | None = None) -> None:
+        name = name or self.default_dataset()
+        if self._warm_thread is not None:
+            return
+        self._warm.update(state="loading", message=f"Loading {DOMAINS.get(name, name)}…")
+        self._warm_thread = threading.Thread(target=self._warmup, args=(name,), name="warmup", daemon=True)
+        self._warm_thread.start()
+
+    def _warmup(self, name: str) -> None:
+        t0 = time.time()
+        try:
+            rec = self.recommender(name)
+            self._warm.update(message="Loading the language model…")
+            _ = self.service.llm  # the lazy load happens here, not in the first click
+            self.model_ready.set()
+            self._warm.update(state="ready", message="Ready", seconds=time.time() - t0)
+            # One throw-away request so the first real click does not pay for lazy imports.
+            history = rec.random_user_history(seed=0, max_items=5)
+            rec.recommend(history, ranker=self.cfg.llm.ranker, n_candidates=20, k=3)
+        except Exception as e:  # noqa: BLE001 - reported in the page header
+            if not self.model_ready.is_set():
+                self._warm.update(state="error", message=friendly_error(e), seconds=time.time() - t0)
+            else:
+                log.warning("warm-up request failed: %s", e)
+        finally:
+            self.model_ready.set()  # never leave callers waiting on a failed warm-up
+
+    def status(self) -> dict:
+        return {**self._warm, "uptime_s": round(time.time() - self.started, 1),
+                "model_ready": self.model_ready.is_set(), "finetune_running": self.jobs.running()}
+
+    def wait_ready(self, timeout: float) -> bool:
+        if self._warm_thread is None:
+            return True
+        return self.model_ready.wait(timeout)
+
+    # -- uploads --
+    def add_upload(self, interactions_path: str, items_path: str, name: str) -> dict:
+        """Validate an uploaded pair of files and register them as a dataset named ``name``."""
+        name = (name or "").strip()
+        if not NAME_RE.match(name):
+            raise ValueError("Dataset name: use 1-64 letters, digits, '-', '_' or '.', starting with "
+                             "a letter or digit.")
+        if name in BUILTIN_FOLDERS or name in self.uploads:
+            raise ValueError(f"A dataset named {name!r} already exists; choose another name.")
+        limit = self.cfg.data.max_upload_mb
+        for label, path in (("interactions.csv", interactions_path), ("items.csv", items_path)):
+            if not path:
+                raise ValueError(f"Please upload {label}.")
+            size = Path(path).stat().st_size
+            if size > limit * 2**20:
+                raise DataError(f"the file is {size / 2**20:.1f} MB; uploads are limited to {limit} MB "
+                                "(RECDEMO_MAX_UPLOAD_MB)", file=label)
+        folder = self._upload_root / name
+        folder.mkdir(parents=True, exist_ok=False)
+        try:
+            shutil.copyfile(interactions_path, folder / "interactions.csv")
+            shutil.copyfile(items_path, folder / "items.csv")
+            from ..data.dataset import load_dataset
+            dataset = load_dataset(None, data_dir=str(folder), max_mb=limit)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        if len(dataset.users) < 2 or dataset.n_items < 2:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise DataError("too little data: a dataset needs at least 2 users and 2 items",
+                            file="interactions.csv")
+        with self._lock:
+            self.uploads[name] = str(folder)
+        return dataset.summary()
+
+    # -- fine-tuning (runs on the queue's worker thread) --
+    def _run_job(self, job: Job, progress, cancel: threading.Event) -> dict:
+        p = job.params
+        progress({"step": 0, "total": p["steps"], "phase": "preparing the dataset and retrieval model"})
+        rec = self.recommender(p["dataset"])
+        dataset = getattr(rec, "dataset", None)
+        retriever = getattr(rec, "retriever", None)
+        out = str(Path(self.cfg.llm.adapter_dir) / p["adapter"])
+        if self._finetune_runner is not None:
+            return self._finetune_runner(p, dataset, retriever, out, progress, cancel)
+        from ..llm.finetune import FineTuneSpec, run_finetune
+
+        wanted = {"tasks": list(p["tasks"]), "steps": int(p["steps"]), "lora_r": int(p["lora_r"]),
+                  "lr": float(p["lr"]), "eval_users": int(p.get("eval_users", 32)), "out": out,
+                  "resume": False}
+        names = {f.name for f in dataclasses.fields(FineTuneSpec)}
+        spec = FineTuneSpec(**{k: v for k, v in wanted.items() if k in names})
+        self.model_ready.wait(600)  # share the base model with the app, never load a second copy
+        result = run_finetune(spec, dataset, self.service, retriever, progress=progress, cancel=cancel)
+        if result.get("status") == "done":
+            try:
+                if result.get("adapter", p["adapter"]) not in self.service.available_adapters():
+                    self.service.register_adapter(result.get("path", out))
+            except Exception:  # noqa: BLE001 - run_finetune registers it; this is a safety net
+                log.warning("could not register the new adapter", exc_info=True)
+        return result
+
+    def submit_finetune(self, params: dict) -> Job:
+        name = (params.get("adapter") or "").strip()
+        if not NAME_RE.match(name):
+            raise ValueError("Adapter name: use 1-64 letters, digits, '-', '_' or '.', starting with "
+                             "a letter or digit.")
+        if name in self.adapters():
+            raise ValueError(f"An adapter named {name!r} already exists; choose another name so the "
+                             "existing one keeps working.")
+        tasks = [t for t in params.get("tasks") or [] if t in TASKS]
+        if not tasks:
+            raise ValueError("Choose at least one fine-tuning task.")
+        steps = int(params.get("steps") or 0)
+        if not 1 <= steps <= 100_000:
+            raise ValueError("Steps must be between 1 and 100000.")
+        lr = float(params.get("lr") or 0)
+        if not 0 < lr < 1:
+            raise ValueError("The learning rate must be a small positive number, e.g. 0.0002.")
+        dataset = params.get("dataset")
+        if dataset not in BUILTIN_FOLDERS and dataset not in self.uploads:
+            raise ValueError("Choose a dataset to fine-tune on (or upload one above).")
+        if any(s["params"].get("adapter") == name for s in self.jobs.active()):
+            raise ValueError(f"A fine-tune that writes {name!r} is already queued.")
+        return self.jobs.submit({**params, "adapter": name, "tasks": tasks, "steps": steps, "lr": lr})
+
+    def close(self) -> None:
+        self.jobs.shutdown()
+        shutil.rmtree(self._upload_root, ignore_errors=True)

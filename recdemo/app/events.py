@@ -1,0 +1,207 @@
+"""The functions the UI calls, as plain functions of plain values (ui.py only wires them to
+components). Every function that can fail returns a friendly message instead of raising, except
+``api_recommend``, whose caller (gradio's API) turns a raised ``gr.Error`` into a clean error."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from . import render
+from .context import RANKERS, AppContext, friendly_error
+from .gpu import gpu
+
+log = logging.getLogger("recdemo.app")
+MAX_HISTORY_ITEMS = 50  # the prompts use the last 20; longer lists only slow the page down
+ADAPTER_AUTO, ADAPTER_NONE = "auto", "none"
+
+
+# -- item picker --
+def search(ctx: AppContext, dataset: str, query: str, k: int = 8) -> tuple[list[str], str]:
+    """Titles matching ``query`` (typo tolerant, via the text index) and a message ('' if fine)."""
+    query = (query or "").strip()
+    if len(query) < 2:
+        return [], ""
+    try:
+        hits = ctx.recommender(dataset).search_titles(query, k=k)
+    except Exception as e:  # noqa: BLE001
+        return [], friendly_error(e)
+    titles = []
+    for h in hits:
+        if h["title"] not in titles:
+            titles.append(h["title"])
+    return titles, ("" if titles else f"No title matches {query!r}.")
+
+
+def add_item(history: list[str], title: str | None) -> tuple[list[str], str]:
+    history = list(history or [])
+    if not title:
+        return history, ""
+    if title in history:
+        return history, f"{title!r} is already in the history."
+    if len(history) >= MAX_HISTORY_ITEMS:
+        return history, f"The history holds at most {MAX_HISTORY_ITEMS} items; remove one first."
+    return history + [title], ""
+
+
+def move_item(history: list[str], pos: int | None, delta: int) -> tuple[list[str], int | None]:
+    """Move the item at ``pos`` by ``delta`` places; returns the list and the item's new position."""
+    history = list(history or [])
+    if pos is None or not 0 <= int(pos) < len(history):
+        return history, None
+    pos = int(pos)
+    new = min(max(pos + delta, 0), len(history) - 1)
+    item = history.pop(pos)
+    history.insert(new, item)
+    return history, new
+
+
+def remove_item(history: list[str], pos: int | None) -> tuple[list[str], int | None]:
+    history = list(history or [])
+    if pos is None or not 0 <= int(pos) < len(history):
+        return history, None
+    history.pop(int(pos))
+    return history, (min(int(pos), len(history) - 1) if history else None)
+
+
+def history_choices(history: list[str]) -> list[tuple[str, int]]:
+    """Choices for the history list: '1. Title' labels, positions as values."""
+    return [(f"{i}. {t}", i - 1) for i, t in enumerate(history or [], 1)]
+
+
+def random_user(ctx: AppContext, dataset: str, seed: int | None = None) -> tuple[list[str], str]:
+    try:
+        return list(ctx.recommender(dataset).random_user_history(seed=seed, max_items=20)), ""
+    except Exception as e:  # noqa: BLE001
+        return [], friendly_error(e)
+
+
+def personas(ctx: AppContext, dataset: str) -> dict[str, list[str]]:
+    try:
+        return dict(ctx.recommender(dataset).personas())
+    except Exception:  # noqa: BLE001 - no personas is not worth an error box
+        log.warning("personas failed for %s", dataset, exc_info=True)
+        return {}
+
+
+def persona_history(ctx: AppContext, dataset: str, name: str | None) -> list[str] | None:
+    if not name:
+        return None
+    return list(personas(ctx, dataset).get(name, [])) or None
+
+
+# -- controls --
+def adapter_choices(ctx: AppContext) -> list[tuple[str, str]]:
+    return ([("auto (the dataset's own adapter if trained)", ADAPTER_AUTO), ("none (base model)", ADAPTER_NONE)]
+            + [(a, a) for a in ctx.adapters()])
+
+
+def _adapter_arg(adapter: str | None):
+    return None if adapter in (ADAPTER_NONE, None, "") else adapter
+
+
+# -- recommend --
+@gpu
+def _run(rec, history, **kwargs):
+    """The one call into the model stack (on ZeroGPU this is where a GPU is attached)."""
+    return rec.recommend(history, **kwargs)
+
+
+def run_recommendation(ctx: AppContext, history: list[str], dataset: str, ranker: str,
+                       adapter: str | None = ADAPTER_AUTO, n_candidates: int = 50, k: int = 10) -> dict:
+    """Recommendation.to_dict() as JSON-safe data. Raises ValueError etc. for the caller to show."""
+    history = [h for h in (history or []) if str(h).strip()]
+    if not history:
+        raise ValueError("Pick at least one item first: search for a title, choose a persona, or "
+                         "load a random real user.")
+    if ranker not in RANKERS:
+        raise ValueError(f"Unknown ranker {ranker!r}; choose one of {', '.join(RANKERS)}.")
+    n_candidates, k = int(n_candidates), int(k)
+    if not 1 <= k <= n_candidates:
+        raise ValueError("The number of results must be between 1 and the number of candidates.")
+    rec = ctx.recommender(dataset)
+    out = _run(rec, history, ranker=ranker, n_candidates=n_candidates, k=k, adapter=_adapter_arg(adapter))
+    return jsonable(out.to_dict() if hasattr(out, "to_dict") else out)
+
+
+def recommend(ctx: AppContext, history: list[str], dataset: str, ranker: str, adapter: str,
+              n_candidates: int, k: int) -> dict:
+    """For the page: the HTML pieces, the prompt, and a message when something is wrong."""
+    if not ctx.model_ready.is_set() and not ctx.wait_ready(0.5):
+        st = ctx.status()
+        return {"ok": False, "kind": "info",
+                "message": f"The model is still loading ({st['uptime_s']:.0f} s since start: {st['message']}). "
+                           "Please try again in a few seconds."}
+    t0 = time.perf_counter()
+    try:
+        data = run_recommendation(ctx, history, dataset, ranker, adapter, n_candidates, k)
+    except Exception as e:  # noqa: BLE001 - shown in the page, never as a traceback
+        return {"ok": False, "kind": "error", "message": friendly_error(e)}
+    log.info("recommend %s/%s: %d items in %.2f s", dataset, ranker, len(data.get("results", [])),
+             time.perf_counter() - t0)
+    return {"ok": True, "kind": "", "message": "", "data": data,
+            "profile_html": render.profile_html(data), "cards_html": render.cards_html(data),
+            "candidates_html": render.candidates_html(data), "meta_html": render.meta_html(data),
+            "prompt": data.get("prompt", "")}
+
+
+def api_result(data: dict) -> dict:
+    """The JSON the /recommend API returns: profile, candidates, top-k with explanations."""
+    keep = ("profile", "candidates", "results", "timings", "ranker", "model", "adapter", "warnings",
+            "history", "prompt")
+    return {k: data.get(k) for k in keep}
+
+
+def jsonable(obj):
+    """numpy scalars/arrays and tuples -> plain JSON types."""
+    return json.loads(json.dumps(obj, default=_default))
+
+
+def _default(o):
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if hasattr(o, "item"):
+        return o.item()
+    if hasattr(o, "__dict__"):
+        return vars(o)
+    return str(o)
+
+
+# -- data upload and fine-tuning (side panel) --
+def upload_dataset(ctx: AppContext, interactions_file: str | None, items_file: str | None,
+                   name: str) -> tuple[bool, str]:
+    """(ok, html): a summary of the new dataset, or the validation error (file, line, column)."""
+    try:
+        summary = ctx.add_upload(interactions_file, items_file, name)
+    except Exception as e:  # noqa: BLE001
+        return False, render.notice_html(friendly_error(e))
+    return True, render.upload_html(summary)
+
+
+def start_finetune(ctx: AppContext, dataset: str, tasks: list[str], steps: int, lora_r: int, lr: float,
+                   adapter: str, eval_users: int = 32) -> tuple[str | None, str]:
+    """(job id, message html). The job runs on the queue's worker thread, not in this event."""
+    try:
+        job = ctx.submit_finetune({"dataset": dataset, "tasks": tasks, "steps": steps, "lora_r": lora_r,
+                                   "lr": lr, "adapter": adapter, "eval_users": eval_users})
+    except Exception as e:  # noqa: BLE001
+        return None, render.notice_html(friendly_error(e))
+    return job.id, render.job_html(ctx.jobs.snapshot(job.id))
+
+
+def poll_finetune(ctx: AppContext, job_id: str | None) -> dict:
+    """What the timer shows: progress html, loss points, whether the job has finished."""
+    snap = ctx.jobs.snapshot(job_id) if job_id else None
+    if snap is None:
+        return {"html": "", "losses": [], "finished": True, "status": None, "adapter": None}
+    finished = snap["status"] in ("done", "failed", "cancelled")
+    adapter = (snap["result"].get("adapter") or snap["params"]["adapter"]) if snap["status"] == "done" else None
+    return {"html": render.job_html(snap), "losses": snap["losses"], "finished": finished,
+            "status": snap["status"], "adapter": adapter}
+
+
+def cancel_finetune(ctx: AppContext, job_id: str | None) -> str:
+    if job_id and ctx.jobs.cancel(job_id):
+        return render.notice_html("Cancelling… the run stops at its next step; previous adapters stay as they are.",
+                                  "info")
+    return render.notice_html("No fine-tune of yours is running.", "info")

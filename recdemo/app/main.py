@@ -1,0 +1,72 @@
+"""Launching the app: ``python app.py``, ``python -m recdemo demo`` or a Hugging Face Space.
+
+The page is served at once; the default dataset and the model load in a background thread
+(the header shows the progress), so the page is interactive long before the model is ready.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from ..config import Config
+from .context import AppContext
+
+log = logging.getLogger("recdemo.app")
+
+
+def build(cfg: Config | None = None, ctx: AppContext | None = None, warmup: bool = True):
+    """(demo, ctx): the Blocks and the shared context, not yet launched."""
+    from .ui import build_ui
+
+    cfg = cfg or Config.from_env()
+    ctx = ctx or AppContext(cfg)
+    if warmup:
+        ctx.start_warmup()
+    demo = build_ui(ctx)
+    # Recommendations are cheap next to a fine-tune, which runs on its own thread (jobs.py);
+    # the events' own concurrency limits keep 2 CPU cores from being oversubscribed.
+    demo.queue(default_concurrency_limit=4, max_size=64)
+    return demo, ctx
+
+
+def launch_kwargs(cfg: Config) -> dict:
+    from . import render
+
+    return dict(server_name=cfg.app.host, server_port=cfg.app.port, share=cfg.app.share,
+                css=render.CSS, theme=_theme(), footer_links=["api", "gradio"],
+                max_file_size=f"{cfg.data.max_upload_mb}mb", show_error=False, ssr_mode=False)
+
+
+def launch(cfg: Config | None = None, ctx: AppContext | None = None, block: bool = True, **overrides):
+    """Start the server. ``block=False`` returns (demo, ctx, url) with the server running in the
+    background (tests, bench/load.py)."""
+    logging.basicConfig(level=os.environ.get("RECDEMO_LOG", "INFO"), format="%(asctime)s %(name)s %(message)s")
+    cfg = cfg or Config.from_env()
+    demo, ctx = build(cfg, ctx, warmup=overrides.pop("warmup", True))
+    kwargs = {**launch_kwargs(cfg), **overrides}
+    _, url, _ = demo.launch(prevent_thread_lock=not block, **kwargs)
+    if not block:
+        return demo, ctx, url
+    ctx.close()
+    return None
+
+
+def cli_demo(args, cfg: Config) -> int:
+    if getattr(args, "share", False):
+        cfg = cfg.set("app", "share", True)
+    launch(cfg)
+    return 0
+
+
+def _theme():
+    import gradio as gr
+
+    # Fonts served by gradio itself (LocalFont) or the system: nothing is fetched from the internet.
+    f = gr.themes.Font
+    return gr.themes.Default(primary_hue="indigo", neutral_hue="slate",
+                          # (lists of a length no built-in theme uses: gradio 6.31 compares themes
+                          # font by font and fails on a Font-vs-str pair)
+                          font=[gr.themes.LocalFont("Source Sans Pro"), f("ui-sans-serif"), f("system-ui"),
+                                f("Segoe UI"), f("Helvetica"), f("sans-serif")],
+                          font_mono=[gr.themes.LocalFont("IBM Plex Mono"), f("ui-monospace"), f("SFMono-Regular"),
+                                     f("Menlo"), f("Consolas"), f("monospace")])

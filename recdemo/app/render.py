@@ -1,0 +1,285 @@
+"""HTML for the results: profile with keywords, recommendation cards, the SASRec table, timings,
+and the fine-tune progress. Pure functions of plain dicts (``Recommendation.to_dict()``); every
+text that comes from data (titles may come from an uploaded file) is escaped here."""
+from __future__ import annotations
+
+import re
+from html import escape
+
+from .context import TASKS
+
+STAGES = ("retrieval", "profile", "rerank", "explain")
+
+
+def _e(value) -> str:
+    return escape(str(value), quote=True)
+
+
+def move_badge(rank: int, retrieval_rank: int | None) -> tuple[str, str]:
+    """('▲ up 14', 'up') etc.: how far the LLM moved an item compared with the SASRec list."""
+    if retrieval_rank is None:
+        return "new", "new"
+    delta = int(retrieval_rank) - int(rank)
+    if delta > 0:
+        return f"▲ up {delta}", "up"
+    if delta < 0:
+        return f"▼ down {-delta}", "down"
+    return "= same", "same"
+
+
+def _attrs(attributes, limit: int = 4) -> str:
+    attrs = list(attributes or [])[:limit]
+    return "".join(f'<span class="rd-tag">{_e(a)}</span>' for a in attrs)
+
+
+def _titles_of(history: list[dict]) -> dict[int, str]:
+    return {int(h["index"]): h.get("title", "") for h in history or [] if "index" in h}
+
+
+def profile_html(rec: dict) -> str:
+    profile = rec.get("profile")
+    if not profile:
+        return '<div class="rd-panel rd-muted">No profile for this run.</div>'
+    titles = _titles_of(rec.get("history", []))
+    chips, words = [], []
+    for kw in profile.get("keywords", []):
+        text, grounded = kw.get("text", ""), bool(kw.get("grounded"))
+        support = [titles.get(int(i), f"item {i}") for i in kw.get("support", [])]
+        if grounded:
+            words.append(text)
+            because = ", ".join(support[:4]) + (f" +{len(support) - 4} more" if len(support) > 4 else "")
+            chips.append(f'<div class="rd-kw grounded"><span class="rd-kw-text">{_e(text)}</span>'
+                         f'<span class="rd-kw-support">from: {_e(because)}</span></div>')
+        else:
+            chips.append(f'<div class="rd-kw ungrounded" title="nothing in the history supports this">'
+                         f'<span class="rd-kw-text">{_e(text)}</span>'
+                         f'<span class="rd-kw-support">not backed by the history</span></div>')
+    summary = _e(profile.get("summary", ""))
+    for w in sorted(words, key=len, reverse=True):  # highlight grounded keywords inside the summary
+        if w.strip():
+            summary = re.sub(rf"(?i)(?<![\w>])({re.escape(_e(w))})(?!\w)", r"<mark>\1</mark>", summary)
+    return (f'<div class="rd-panel rd-profile"><div class="rd-h">Taste profile</div>'
+            f'<p class="rd-summary">{summary or "<span class=rd-muted>(no summary)</span>"}</p>'
+            f'<div class="rd-kws">{"".join(chips) or "<span class=rd-muted>no keywords</span>"}</div></div>')
+
+
+def _evidence(ev: list[dict]) -> str:
+    rows = []
+    for x in ev[:3]:
+        kind = x.get("kind", "")
+        value = x.get("value")
+        if kind == "co-occurrence":
+            what = f"{int(value)} users had both" if value is not None else "often together"
+        elif kind == "similar":
+            what = f"similar content ({float(value):.2f})" if value is not None else "similar content"
+        else:
+            what = _e(kind)
+        rows.append(f'<li><span class="rd-ev-title">{_e(x.get("title", ""))}</span>'
+                    f'<span class="rd-ev-kind">{_e(what)}</span></li>')
+    return f'<ul class="rd-ev">{"".join(rows)}</ul>' if rows else ""
+
+
+def cards_html(rec: dict) -> str:
+    results = rec.get("results") or []
+    if not results:
+        return '<div class="rd-panel rd-muted">No recommendations.</div>'
+    cards = []
+    for r in results:
+        label, cls = move_badge(r.get("rank", 0), r.get("retrieval_rank"))
+        sasrec = f'SASRec #{r["retrieval_rank"]}' if r.get("retrieval_rank") else "outside SASRec top-N"
+        rationale = r.get("rationale") or ""
+        cards.append(
+            f'<div class="rd-card"><div class="rd-card-top"><span class="rd-rank">{_e(r.get("rank", ""))}</span>'
+            f'<span class="rd-title">{_e(r.get("title", ""))}</span>'
+            f'<span class="rd-move {cls}" title="{_e(sasrec)}">{_e(label)}</span></div>'
+            f'<div class="rd-tags">{_attrs(r.get("attributes"))}</div>'
+            + (f'<p class="rd-why">{_e(rationale)}</p>' if rationale else "")
+            + (f'<div class="rd-because">Because of</div>{_evidence(r.get("evidence") or [])}'
+               if r.get("evidence") else "")
+            + f'<div class="rd-score">score {float(r.get("score", 0.0)):.3f} · {_e(sasrec)}</div></div>')
+    return f'<div class="rd-cards">{"".join(cards)}</div>'
+
+
+def candidates_html(rec: dict) -> str:
+    cands = rec.get("candidates") or []
+    picked = {int(r["index"]): int(r["rank"]) for r in rec.get("results") or [] if "index" in r}
+    rows = []
+    for c in cands:
+        llm = picked.get(int(c.get("index", -1)))
+        cls = ' class="rd-picked"' if llm else ""
+        rows.append(f'<tr{cls}><td class="rd-num">{_e(c.get("rank", ""))}</td>'
+                    f'<td>{_e(c.get("title", ""))}<div class="rd-attrs">{_e(", ".join(c.get("attributes") or []))}'
+                    f'</div></td><td class="rd-num">{float(c.get("score", 0.0)):.3f}</td><td>'
+                    + (f'<span class="rd-llm">#{llm}</span>' if llm else "") + '</td></tr>')
+    return (f'<div class="rd-panel rd-table-wrap"><div class="rd-h">SASRec top-{len(cands)} candidates</div>'
+            '<table class="rd-table"><thead><tr><th>#</th><th>Title · attributes</th><th>Score</th>'
+            f'<th>LLM</th></tr></thead><tbody>{"".join(rows)}</tbody></table></div>')
+
+
+def meta_html(rec: dict) -> str:
+    t = rec.get("timings") or {}
+    parts = [f"{s} {t[s]:.2f} s" for s in STAGES if t.get(s) is not None]
+    total = f'<b>total {t["total"]:.2f} s</b>' if t.get("total") is not None else ""
+    adapter = rec.get("adapter") or "none (base model)"
+    warn = "".join(f'<div class="rd-warn">{_e(w)}</div>' for w in rec.get("warnings") or [])
+    return (f'<div class="rd-meta">Timing: {_e(" · ".join(parts))} {("· " + total) if parts else total}'
+            f' &nbsp;|&nbsp; {_e(rec.get("model", ""))} · adapter: {_e(adapter)} · ranker: '
+            f'{_e(rec.get("ranker", ""))}</div>{warn}')
+
+
+def notice_html(message: str, kind: str = "error") -> str:
+    if not message:
+        return ""
+    return f'<div class="rd-notice {kind}">{_e(message)}</div>'
+
+
+def placeholder_html(text: str) -> str:
+    return f'<div class="rd-panel rd-muted rd-placeholder">{_e(text)}</div>'
+
+
+def status_html(status: dict) -> str:
+    state = status.get("state", "idle")
+    cls = {"ready": "ok", "error": "bad"}.get(state, "busy")
+    msg = status.get("message") or state
+    if state == "ready" and status.get("seconds") is not None:
+        msg = f"Ready (loaded in {status['seconds']:.0f} s)"
+    running = " · fine-tune running" if status.get("finetune_running") else ""
+    return f'<div class="rd-status {cls}">{_e(msg)}{_e(running)}</div>'
+
+
+def job_html(snap: dict | None) -> str:
+    """Progress bar with loss and ETA, queue position, and the final result."""
+    if not snap:
+        return ""
+    status, p = snap["status"], snap["params"]
+    head = f'{_e(p.get("adapter", ""))} on {_e(p.get("dataset", ""))}'
+    if status == "queued":
+        return (f'<div class="rd-job">{head}<div class="rd-muted">Waiting in line: position '
+                f'{snap.get("position")} (one fine-tune runs at a time)</div></div>')
+    total = max(int(snap.get("total") or p.get("steps") or 1), 1)
+    step = int(snap.get("step") or 0)
+    pct = min(100, int(100 * step / total))
+    loss = f'loss {snap["loss"]:.3f}' if snap.get("loss") is not None else ""
+    eta = f'ETA {_fmt_s(snap["eta_s"])}' if snap.get("eta_s") is not None and status == "running" else ""
+    info = " · ".join(x for x in (f"step {step}/{total}", loss, eta, _e(snap.get("phase") or "")) if x)
+    bar = (f'<div class="rd-bar"><div class="rd-bar-fill {status}" style="width:{pct}%"></div></div>'
+           f'<div class="rd-job-info">{info}</div>')
+    if status == "running":
+        return f'<div class="rd-job">{head} — running{bar}</div>'
+    if status == "done":
+        res = snap.get("result") or {}
+        return (f'<div class="rd-job done">✓ Adapter <b>{_e(res.get("adapter", p.get("adapter")))}</b> is ready '
+                f'and selected in the adapter menu ({_fmt_s(snap.get("elapsed_s", 0))}).{bar}'
+                f'{metrics_table(res.get("metrics_before"), res.get("metrics_after"))}</div>')
+    icon = "■" if status == "cancelled" else "⚠"
+    return (f'<div class="rd-job {status}">{icon} {head}: {status}. {_e(snap.get("error", ""))} '
+            f'Previous adapters are unchanged.{bar}</div>')
+
+
+def metrics_table(before: dict | None, after: dict | None) -> str:
+    before, after = before or {}, after or {}
+    keys = [k for k in ("hr@10", "ndcg@10") if k in before or k in after]
+    if not keys:
+        return ""
+    rows = []
+    for k in keys:
+        b, a = before.get(k), after.get(k)
+        delta = f"{a - b:+.3f}" if a is not None and b is not None else ""
+        rows.append(f"<tr><td>{k.upper()}</td><td>{_num(b)}</td><td>{_num(a)}</td><td>{delta}</td></tr>")
+    return ('<table class="rd-table rd-metrics"><thead><tr><th>validation</th><th>before</th><th>after</th>'
+            f'<th>Δ</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
+
+
+def upload_html(summary: dict) -> str:
+    return (f'<div class="rd-notice ok">Added dataset <b>{_e(summary.get("name"))}</b>: '
+            f'{summary.get("users")} users, {summary.get("items")} items, '
+            f'{summary.get("interactions")} interactions. It is now in both dataset menus.</div>')
+
+
+def task_choices() -> list[tuple[str, str]]:
+    return [(label, name) for name, label in TASKS.items()]
+
+
+def _num(x) -> str:
+    return "—" if x is None else f"{float(x):.3f}"
+
+
+def _fmt_s(seconds) -> str:
+    s = int(round(float(seconds or 0)))
+    return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
+
+
+CSS = """
+.gradio-container {max-width: 1640px !important}
+#rd-header h1 .rd-sub {font-size: 1rem; font-weight: 400; color: var(--body-text-color-subdued); margin-left: 8px}
+#rd-header {align-items: center}
+#rd-header h1 {margin: 0; font-size: 1.6rem}
+#rd-header p {margin: 2px 0 0; color: var(--body-text-color-subdued)}
+.rd-status {display: inline-block; padding: 4px 12px; border-radius: 999px; font-size: .85rem; float: right}
+.rd-status.ok {background: #dcfce7; color: #166534}
+.rd-status.busy {background: #fef9c3; color: #854d0e}
+.rd-status.bad {background: #fee2e2; color: #991b1b}
+.rd-panel {border: 1px solid var(--border-color-primary); border-radius: 12px; padding: 14px 16px;
+  background: var(--background-fill-primary)}
+.rd-muted {color: var(--body-text-color-subdued)}
+.rd-placeholder {text-align: center; padding: 28px}
+.rd-h {font-weight: 600; font-size: .8rem; text-transform: uppercase; letter-spacing: .06em;
+  color: var(--body-text-color-subdued); margin-bottom: 8px}
+.rd-summary {margin: 0 0 10px; line-height: 1.5}
+.rd-summary mark {background: #e0e7ff; color: #3730a3; padding: 0 3px; border-radius: 4px}
+.rd-kws {display: flex; flex-wrap: wrap; gap: 8px}
+.rd-kw {display: flex; flex-direction: column; padding: 6px 10px; border-radius: 10px; max-width: 320px}
+.rd-kw.grounded {background: #eef2ff; border: 1px solid #c7d2fe}
+.rd-kw.grounded .rd-kw-text {color: #3730a3; font-weight: 600}
+.rd-kw.ungrounded {background: transparent; border: 1px dashed #d1d5db}
+.rd-kw.ungrounded .rd-kw-text {color: #9ca3af; text-decoration: line-through}
+.rd-kw-support {font-size: .75rem; color: var(--body-text-color-subdued)}
+.rd-cards {display: grid; grid-template-columns: repeat(auto-fill, minmax(280px, 1fr)); gap: 12px}
+.rd-card {border: 1px solid var(--border-color-primary); border-radius: 12px; padding: 12px 14px;
+  background: var(--background-fill-primary); box-shadow: 0 1px 2px rgba(0,0,0,.04)}
+.rd-card-top {display: flex; align-items: flex-start; gap: 8px}
+.rd-rank {flex: none; width: 26px; height: 26px; border-radius: 50%; background: #4f46e5; color: white;
+  font-weight: 700; font-size: .8rem; display: flex; align-items: center; justify-content: center}
+.rd-title {flex: 1; font-weight: 600; line-height: 1.3}
+.rd-move {flex: none; font-size: .75rem; font-weight: 600; padding: 2px 8px; border-radius: 999px}
+.rd-move.up {background: #dcfce7; color: #166534}
+.rd-move.down {background: #fee2e2; color: #991b1b}
+.rd-move.same {background: #f3f4f6; color: #4b5563}
+.rd-move.new {background: #dbeafe; color: #1e40af}
+.rd-tags {margin: 6px 0 4px 34px}
+.rd-tag {display: inline-block; font-size: .72rem; padding: 1px 8px; margin: 0 4px 4px 0; border-radius: 999px;
+  background: var(--background-fill-secondary); color: var(--body-text-color-subdued)}
+.rd-why {margin: 6px 0; font-size: .88rem; font-style: italic; line-height: 1.4}
+.rd-because {font-size: .72rem; text-transform: uppercase; letter-spacing: .05em; color: var(--body-text-color-subdued)}
+.rd-ev {list-style: none; padding: 0; margin: 2px 0 6px}
+.rd-ev li {font-size: .82rem; display: flex; justify-content: space-between; gap: 8px; padding: 2px 0;
+  border-bottom: 1px dotted var(--border-color-primary)}
+.rd-ev-kind {color: var(--body-text-color-subdued); white-space: nowrap}
+.rd-score {font-size: .72rem; color: var(--body-text-color-subdued)}
+.rd-table-wrap {max-height: 760px; overflow-y: auto; padding-top: 10px}
+.rd-table {width: 100%; border-collapse: collapse; font-size: .82rem}
+.rd-table th {text-align: left; position: sticky; top: 0; background: var(--background-fill-primary);
+  border-bottom: 1px solid var(--border-color-primary); padding: 4px 6px}
+.rd-table td {padding: 4px 6px; border-bottom: 1px solid var(--border-color-primary); vertical-align: top}
+.rd-table, .rd-table tr, .rd-table th, .rd-table td {border-left: none !important; border-right: none !important; border-top: none !important}
+.rd-table {border: none !important; margin: 0 !important}
+.rd-table .rd-num {text-align: right; font-variant-numeric: tabular-nums}
+.rd-table .rd-attrs {color: var(--body-text-color-subdued); font-size: .75rem}
+.rd-table tr.rd-picked td {background: #eef2ff}
+.rd-llm {font-size: .7rem; background: #4f46e5; color: white; border-radius: 999px; padding: 0 6px; margin-left: 4px}
+.rd-meta {font-size: .82rem; color: var(--body-text-color-subdued); padding: 6px 2px}
+.rd-warn {font-size: .82rem; color: #92400e}
+.rd-notice {padding: 10px 14px; border-radius: 10px; margin: 4px 0}
+.rd-notice.error {background: #fee2e2; color: #991b1b; border: 1px solid #fecaca}
+.rd-notice.ok {background: #dcfce7; color: #166534; border: 1px solid #bbf7d0}
+.rd-notice.info {background: #e0f2fe; color: #075985; border: 1px solid #bae6fd}
+.rd-job {font-size: .85rem; padding: 8px 0}
+.rd-bar {height: 10px; border-radius: 999px; background: var(--background-fill-secondary); overflow: hidden; margin: 6px 0 4px}
+.rd-bar-fill {height: 100%; background: #4f46e5; transition: width .4s}
+.rd-bar-fill.done {background: #16a34a}
+.rd-bar-fill.failed, .rd-bar-fill.cancelled {background: #9ca3af}
+.rd-job-info {font-size: .78rem; color: var(--body-text-color-subdued)}
+.rd-metrics {margin-top: 6px}
+#rd-history label, #rd-suggestions label {width: 100%}
+#rd-recommend {margin-top: 6px}
+"""

@@ -1,0 +1,86 @@
+"""Typo-tolerant title lookup without a model: character trigrams, exact and prefix matches.
+
+Each item is known under a few keys (its normalised title, "The Matrix" for "Matrix, The (1999)",
+the title without its year). A query is compared with every key by shared character trigrams
+(pg_trgm style: words padded with spaces, so "toy stroy" still shares most trigrams with
+"toy story"), and an item scores its best key. ``TextIndex`` adds embedding similarity on top.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import sparse
+
+from .catalog import normalize_title, title_variants
+
+
+def trigrams(text: str) -> set[str]:
+    """Trigrams of each word padded as "  word " (a word's start weighs more than its end)."""
+    out: set[str] = set()
+    for word in text.split():
+        padded = f"  {word} "
+        out.update(padded[i:i + 3] for i in range(len(padded) - 2))
+    return out
+
+
+class TitleMatcher:
+    """Scores every item's title against a query; higher is better, about 0..1.6."""
+
+    EXACT_BONUS = 0.5  # the query is one of the item's keys
+    PREFIX_BONUS = 0.2  # a key starts with the query (partial titles typed from the start)
+    WORDS_BONUS = 0.1  # every query word is a whole word of the key, in any order
+
+    def __init__(self, titles: list[str]):
+        keys, owners = [], []
+        for i, title in enumerate(titles):
+            seen = set()
+            for variant in [title] + title_variants(title):
+                key = normalize_title(variant)
+                if key and key not in seen:
+                    seen.add(key)
+                    keys.append(key)
+                    owners.append(i)
+        self.n_items = len(titles)
+        self.keys = keys
+        self.owners = np.asarray(owners, dtype=np.int64)
+        vocab: dict[str, int] = {}
+        rows, cols = [], []
+        for r, key in enumerate(keys):
+            for g in trigrams(key):
+                rows.append(r)
+                cols.append(vocab.setdefault(g, len(vocab)))
+        self.vocab = vocab
+        self.matrix = sparse.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)),
+                                        shape=(len(keys), max(len(vocab), 1)))
+        self.key_sizes = np.asarray(self.matrix.sum(axis=1)).ravel()
+        self._word_sets = [set(k.split()) for k in keys]
+
+    def scores(self, query: str) -> np.ndarray:
+        """Lexical score per item (0 for items sharing nothing with the query)."""
+        out = np.zeros(self.n_items, dtype=np.float32)
+        q = normalize_title(query)
+        if not q:
+            return out
+        grams = trigrams(q)
+        idx = [self.vocab[g] for g in grams if g in self.vocab]
+        if idx:
+            qvec = np.zeros(self.matrix.shape[1], dtype=np.float32)
+            qvec[idx] = 1.0
+            shared = self.matrix @ qvec
+            # containment: how much of the query the key holds (partial titles score high);
+            # jaccard: how little else the key holds (prefers "Toy Story" over "Toy Story 2").
+            containment = shared / len(grams)
+            jaccard = shared / (len(grams) + self.key_sizes - shared)
+            key_score = 0.6 * containment + 0.4 * jaccard
+        else:
+            key_score = np.zeros(len(self.keys), dtype=np.float32)
+        q_words = set(q.split())
+        for r in np.flatnonzero(key_score >= 0.5):  # few keys: cheap exact/prefix/word checks
+            key = self.keys[r]
+            if key == q:
+                key_score[r] += self.EXACT_BONUS
+            elif key.startswith(q):
+                key_score[r] += self.PREFIX_BONUS
+            elif q_words <= self._word_sets[r]:
+                key_score[r] += self.WORDS_BONUS
+        np.maximum.at(out, self.owners, key_score.astype(np.float32))
+        return out

@@ -1,0 +1,51 @@
+"""Ranking metrics for leave-one-out evaluation: one held-out target per user.
+
+A rank is 0-based: the number of candidate items placed ahead of the target. Items already in the
+history are not candidates (a recommender never re-offers them), except the target itself when it
+also occurs earlier in the history (repeat consumption). Ties count against the target: an item
+with the same score as the target is placed ahead of it, so ties can never flatter a model (this
+matters for popularity counts, where many items share a score).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+CUTOFFS = (5, 10, 20)
+
+
+def ranks_of_targets(scores: np.ndarray, targets: Sequence[int],
+                     histories: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+    """scores: [B, n_items] (one row per case), targets: [B] -> 0-based ranks [B] (int64)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 2 or scores.shape[0] != len(targets):
+        raise ValueError(f"scores must be [cases, items]; got {scores.shape} for {len(targets)} targets")
+    targets = np.asarray(targets, dtype=np.int64)
+    rows = np.arange(len(targets))
+    target_scores = scores[rows, targets]
+    ahead = scores >= target_scores[:, None]
+    ahead[rows, targets] = False  # the target is not ahead of itself
+    if histories is not None:
+        for row, history in enumerate(histories):
+            h = np.asarray(history, dtype=np.int64)
+            ahead[row, h[h != targets[row]]] = False
+    return ahead.sum(axis=1).astype(np.int64)
+
+
+def metrics_from_ranks(ranks: Sequence[int], cutoffs: Sequence[int] = CUTOFFS) -> dict:
+    """HR@k, NDCG@k (one relevant item: 1/log2(rank+2) when rank < k) and MRR, averaged over cases."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    out: dict = {}
+    if len(ranks) == 0:
+        out.update({f"hr@{k}": 0.0 for k in cutoffs})
+        out.update({f"ndcg@{k}": 0.0 for k in cutoffs})
+        out.update({"mrr": 0.0, "users": 0})
+        return out
+    for k in cutoffs:
+        hit = ranks < k
+        out[f"hr@{k}"] = float(hit.mean())
+        out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0).mean())
+    out["mrr"] = float((1.0 / (ranks + 1.0)).mean())
+    out["users"] = int(len(ranks))
+    return out

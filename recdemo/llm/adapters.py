@@ -1,0 +1,225 @@
+"""LoRA adapters on one shared base model: load, switch and disable them at run time.
+
+The base model is wrapped in a ``peft.PeftModel`` once, when the first adapter arrives; later
+adapters are added with ``load_adapter`` and chosen with ``set_adapter``. peft injects the LoRA
+layers into the base model's own modules, so ``llm.model`` (the object every ranker holds) runs
+with whatever adapter is active; ``activate(None)`` disables the LoRA layers (bare base model).
+
+An adapter folder (written by ``python -m recdemo finetune``) holds ``adapter_config.json``,
+``adapter_model.safetensors`` and ``meta.json``. Only safetensors weights are ever loaded.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from .models import LLM, ModelNotFound
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+META_FILE = "meta.json"
+
+# Names that denote the same base model (the embedded GGUF is SmolLM2-135M-Instruct).
+BASE_ALIASES = {
+    "smollm2-135m": {"smollm2-135m", "smollm2-135m-instruct", "huggingfacetb/smollm2-135m-instruct"},
+}
+
+
+def finetune_hint(name: str) -> str:
+    dataset = name if re.fullmatch(r"[A-Za-z0-9_.-]+", name) else "NAME"
+    return (f"create it with `python -m recdemo finetune --dataset {dataset} "
+            f"--out checkpoints/adapters/{dataset}`, or use --adapter none for the base model")
+
+
+def is_adapter_dir(path: Path) -> bool:
+    return (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+
+
+def read_meta(path: Path) -> dict:
+    """``meta.json`` of an adapter folder ({} when absent); a broken file is a clear error."""
+    file = Path(path) / META_FILE
+    if not file.is_file():
+        return {}
+    try:
+        meta = json.loads(file.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelNotFound(f"{file} is not valid JSON ({e}); re-run the fine-tune that wrote it") from e
+    if not isinstance(meta, dict):
+        raise ModelNotFound(f"{file} must hold a JSON object")
+    return meta
+
+
+def _base_key(name: str) -> str:
+    """'/x/cache/models/smollm2-135m/' -> 'smollm2-135m'; hub ids keep their owner."""
+    text = str(name).strip().rstrip("/").lower()
+    if Path(text).is_absolute() or text.startswith("."):
+        text = Path(text).name
+    return text
+
+
+def same_base(a: str, b: str) -> bool:
+    ka, kb = _base_key(a), _base_key(b)
+    if ka == kb:
+        return True
+    for names in BASE_ALIASES.values():
+        if ka in names and kb in names:
+            return True
+    return False
+
+
+class AdapterManager:
+    """Adapters under ``adapter_dir`` (or any folder) applied to ``llm.model`` in place.
+
+    Not thread-safe by itself: ``LLMService`` holds its lock around every call.
+    """
+
+    def __init__(self, llm: LLM, adapter_dir: str | Path):
+        self.llm = llm
+        self.adapter_dir = Path(adapter_dir)
+        self.peft = None  # the PeftModel, created with the first adapter
+        self.loaded: dict[str, str] = {}  # public name -> peft adapter name (versioned on reload)
+        self.paths: dict[str, Path] = {}
+        self.metas: dict[str, dict] = {}
+        self.active: str | None = None
+        self._versions = 0
+
+    # -- discovery --
+    def available(self) -> list[str]:
+        """Adapters that can be activated: folders under ``adapter_dir`` plus those registered."""
+        names = set(self.loaded)
+        if self.adapter_dir.is_dir():
+            names.update(p.name for p in self.adapter_dir.iterdir() if p.is_dir() and is_adapter_dir(p))
+        return sorted(names)
+
+    def locate(self, name_or_path: str | Path) -> tuple[str, Path]:
+        """(public name, folder) for a name under ``adapter_dir`` or a folder path."""
+        text = str(name_or_path)
+        if text in self.paths:
+            return text, self.paths[text]
+        path = Path(text).expanduser()
+        candidates = [self.adapter_dir / text] if "/" not in text and "\\" not in text else []
+        candidates.append(path)
+        for folder in candidates:
+            if folder.is_dir():
+                self._check_files(folder)
+                return folder.resolve().name, folder
+        raise ModelNotFound(f"adapter {text!r} not found (looked in {self.adapter_dir}); "
+                            + finetune_hint(Path(text).name))
+
+    @staticmethod
+    def _check_files(folder: Path) -> None:
+        if not (folder / CONFIG_FILE).is_file():
+            raise ModelNotFound(f"{folder} has no {CONFIG_FILE}: it is not a LoRA adapter folder; "
+                                + finetune_hint(folder.name))
+        if not (folder / WEIGHTS_FILE).is_file():
+            found = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
+            raise ModelNotFound(f"{folder} has no {WEIGHTS_FILE} (found: {found}); only safetensors adapters "
+                                "are loaded. " + finetune_hint(folder.name))
+
+    def check_base(self, folder: Path, meta: dict) -> None:
+        """Refuse an adapter trained on another base model (its shapes or meaning would not fit)."""
+        base = meta.get("base_model")
+        if not base:
+            try:
+                base = json.loads((folder / CONFIG_FILE).read_text()).get("base_model_name_or_path")
+            except (OSError, ValueError):
+                base = None
+            if base and Path(str(base)).is_absolute():
+                base = None  # a temp/cache path written by peft says nothing reliable; shapes are checked on load
+        if base and not same_base(str(base), self.llm.name):
+            raise ModelNotFound(f"adapter {folder.name!r} was trained on base model {base!r}, but the loaded "
+                                f"model is {self.llm.name!r}. Start with --llm {base} or fine-tune a new adapter "
+                                f"for this model: {finetune_hint(folder.name)}")
+
+    # -- loading --
+    def load(self, name_or_path: str | Path, reload: bool = False) -> str:
+        """Load an adapter (once) without touching the base weights; returns its public name."""
+        name, folder = self.locate(name_or_path)
+        if name in self.loaded and not reload and self.paths.get(name) == folder:
+            return name
+        meta = read_meta(folder)
+        self.check_base(folder, meta)
+        self._versions += 1
+        internal = name if name not in self.loaded else f"{name}__v{self._versions}"
+        internal = internal.replace(".", "_")  # peft keeps adapters in ModuleDicts: no dots
+        try:
+            if self.peft is None:
+                from peft import PeftModel
+                self.peft = PeftModel.from_pretrained(self.llm.model, str(folder), adapter_name=internal,
+                                                      is_trainable=False)
+            else:
+                self.peft.load_adapter(str(folder), adapter_name=internal, is_trainable=False)
+        except (RuntimeError, ValueError, KeyError) as e:  # shape mismatch, unknown modules, bad config
+            raise ModelNotFound(f"adapter {name!r} at {folder} does not fit the loaded model "
+                                f"{self.llm.name!r} ({str(e).splitlines()[0][:300]}). "
+                                + finetune_hint(name)) from e
+        old = self.loaded.get(name)
+        self.loaded[name], self.paths[name], self.metas[name] = internal, folder, meta
+        if old is not None and old != internal:
+            self.peft.delete_adapter(old)  # the retrained copy replaces the old one
+        self._apply(self.active)
+        return name
+
+    def meta(self, name: str) -> dict:
+        if name not in self.metas:
+            self.load(name)
+        return self.metas[name]
+
+    # -- switching --
+    def activate(self, name: str | None) -> None:
+        """Make ``name`` the adapter every forward uses; None runs the bare base model."""
+        if name is not None and name not in self.loaded:
+            self.load(name)
+        self._apply(name)
+        self.active = name
+
+    def _apply(self, name: str | None) -> None:
+        if self.peft is None:
+            return
+        if name is None:
+            self.peft.base_model.disable_adapter_layers()
+        else:
+            self.peft.set_adapter(self.loaded[name], inference_mode=True)
+            self.peft.base_model.enable_adapter_layers()
+        self.llm.model.eval()
+
+    def unload(self, name: str) -> None:
+        """Forget a loaded adapter (e.g. one whose folder was deleted)."""
+        internal = self.loaded.pop(name, None)
+        self.paths.pop(name, None)
+        self.metas.pop(name, None)
+        if internal is not None and self.peft is not None:
+            if self.active == name:
+                self.activate(None)
+            self.peft.delete_adapter(internal)
+            if self.active is None:
+                self._apply(None)
+
+    # -- fine-tuning support --
+    def add_trainable(self, name: str, lora_config) -> object:
+        """Add a fresh trainable LoRA adapter (``peft.LoraConfig``) and activate it; returns the PeftModel.
+
+        The fine-tune loop trains it, saves it with ``peft.save_pretrained(dir, selected_adapters=[name])``
+        and calls ``remove_trainable(name)``; ``LLMService.register_adapter`` then loads the saved copy.
+        """
+        from peft import get_peft_model
+        internal = f"train__{name}".replace(".", "_").replace("-", "_")
+        if self.peft is None:
+            self.peft = get_peft_model(self.llm.model, lora_config, adapter_name=internal)
+        else:
+            if internal in self.peft.peft_config:
+                self.peft.delete_adapter(internal)
+            self.peft.add_adapter(internal, lora_config)
+        self.peft.set_adapter(internal)  # trainable: requires_grad on this adapter only
+        self.peft.base_model.enable_adapter_layers()
+        self.active = None  # not a public adapter; activate() restores a real one
+        return self.peft
+
+    def remove_trainable(self, name: str) -> None:
+        internal = f"train__{name}".replace(".", "_").replace("-", "_")
+        if self.peft is not None and internal in self.peft.peft_config:
+            self.peft.delete_adapter(internal)
+        for p in self.llm.model.parameters():
+            p.requires_grad_(False)
+        self._apply(self.active)

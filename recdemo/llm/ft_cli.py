@@ -1,0 +1,87 @@
+"""`python -m recdemo finetune ...` (and `accelerate launch -m recdemo finetune ...`)."""
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+
+def spec_from_args(args):
+    from .finetune import FineTuneSpec
+
+    values = {"tasks": args.tasks, "steps": args.steps, "examples": args.examples,
+              "batch_size": args.batch_size, "lora_r": args.lora_r, "lora_alpha": args.lora_alpha,
+              "lora_targets": args.lora_targets, "lr": args.lr, "max_length": args.max_length,
+              "eval_every": args.eval_every, "eval_users": args.eval_users, "seed": args.seed,
+              "out": args.out, "resume": not args.no_resume, "copy_base": False}
+    optional = {"micro_batch_size": "micro_batch_size", "lora_dropout": "lora_dropout",
+                "train_candidates": "n_candidates", "eval_candidates": "eval_candidates",
+                "history_attributes": "with_attributes"}
+    for flag, name in optional.items():
+        if getattr(args, flag, None) is not None:
+            values[name] = getattr(args, flag)
+    if getattr(args, "no_rank_eval", False):
+        values["rank_eval"] = False
+    return FineTuneSpec(**values)
+
+
+def load_model_for_training(cfg_llm):
+    """The base model, placed for this process (several under `accelerate launch`)."""
+    from dataclasses import replace
+
+    from .models import load_llm
+
+    if torch.cuda.is_available() and cfg_llm.device != "cpu":
+        from accelerate import PartialState
+        state = PartialState()
+        if state.num_processes > 1:
+            # device_map="auto" would split the model over every GPU in each process; load on the
+            # CPU instead (bf16 halves RAM) and let accelerate move one replica to each GPU.
+            dtype = "bfloat16" if cfg_llm.dtype == "auto" else cfg_llm.dtype
+            llm = load_llm(replace(cfg_llm, device="cpu", dtype=dtype))
+            llm.device = state.device
+            return llm
+    return load_llm(cfg_llm)
+
+
+def load_retriever(dataset, cfg):
+    """SASRec for hard negatives and evaluation candidates; None (with a note) when unavailable."""
+    try:
+        from ..retrieval.retriever import Retriever
+    except ImportError:
+        print("note: the SASRec retriever is not available; negatives come from attributes/popularity")
+        return None
+    return Retriever.for_dataset(dataset, cfg.retrieval, train_if_missing=True)
+
+
+def main(args, cfg) -> int:
+    from ..data import load_from_config
+    from .finetune import run_finetune
+
+    spec = spec_from_args(args)  # checks the flags before anything slow
+    if not Path(spec.out).name or Path(spec.out).name.endswith(".partial"):
+        raise ValueError(f"--out {spec.out!r} must name an adapter folder, e.g. checkpoints/adapters/NAME")
+    dataset = load_from_config(cfg.data)
+    retriever = load_retriever(dataset, cfg)
+    llm = load_model_for_training(cfg.llm)
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), 16)))
+    service = SimpleNamespace(llm=llm, lock=threading.RLock())  # the CLI owns its model: no copy, no app
+    print(f"fine-tuning {llm.describe()} on {dataset.name} ({dataset.content_hash}): tasks "
+          f"{','.join(spec.tasks)}, {spec.steps} steps x {spec.batch_size} examples, LoRA r={spec.lora_r} "
+          f"on {spec.lora_targets} -> {spec.out}")
+    result = run_finetune(spec, dataset, service, retriever)
+    if result["status"] != "done":
+        print(result.get("reason", result["status"]))
+        return 1
+    before, after = result["metrics_before"] or {}, result["metrics_after"] or {}
+    print(f"{'metric':<22}{'before':>10}{'after':>10}")
+    for key in after:
+        if isinstance(after.get(key), float):
+            b = before.get(key)
+            print(f"{key:<22}{(f'{b:.4f}' if isinstance(b, float) else '-'):>10}{after[key]:>10.4f}")
+    print(json.dumps({k: result[k] for k in ("adapter", "path", "steps", "examples", "examples_dropped",
+                                             "seconds", "tokens_per_s")}))
+    return 0

@@ -1,0 +1,56 @@
+"""The trainable model for fine-tuning: a LoRA on (a copy of) the shared base, and accelerate.
+
+See finetune.py for why the base model is copied by default.
+"""
+from __future__ import annotations
+
+import copy
+from contextlib import nullcontext
+from types import SimpleNamespace
+
+import torch
+
+
+def trainable_base(service, copy_base: bool):
+    """The service's base model, copied (default) and stripped of any LoRA layers the app injected."""
+    from peft import PeftModel
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    with service.lock:  # nobody may run a forward (or switch adapters) while we copy
+        model = service.llm.model
+        model = copy.deepcopy(model) if copy_base else model
+    if isinstance(model, PeftModel):
+        model = model.base_model.model
+    parents = [(m, name, child) for m in model.modules() for name, child in m.named_children()]
+    for parent, name, child in parents:
+        if isinstance(child, BaseTunerLayer):
+            setattr(parent, name, child.get_base_layer())
+    for attr in ("peft_config", "_hf_peft_config_loaded"):
+        if attr in model.__dict__:
+            delattr(model, attr)
+    return model
+
+
+def add_lora(model, spec):
+    from peft import LoraConfig, get_peft_model
+
+    targets = "all-linear" if spec.lora_targets == "all-linear" else [
+        t.strip() for t in spec.lora_targets.split(",") if t.strip()]
+    config = LoraConfig(r=spec.lora_r, lora_alpha=spec.lora_alpha or 2 * spec.lora_r,
+                        lora_dropout=spec.lora_dropout, target_modules=targets, task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, config)
+    except ValueError as e:  # e.g. a target module name the model does not have
+        raise ValueError(f"cannot add LoRA to modules {spec.lora_targets!r}: {str(e).splitlines()[0]}") from e
+
+
+def make_accelerator(device: torch.device):
+    try:
+        from accelerate import Accelerator
+    except ImportError:  # accelerate is optional at run time: plain single-device training
+        return SimpleNamespace(device=device, is_main_process=True, num_processes=1, process_index=0,
+                               prepare=lambda *xs: xs, backward=lambda loss: loss.backward(),
+                               no_sync=lambda m: nullcontext(), unwrap_model=lambda m: m,
+                               wait_for_everyone=lambda: None,
+                               clip_grad_norm_=torch.nn.utils.clip_grad_norm_)
+    return Accelerator(cpu=device.type == "cpu")

@@ -1,0 +1,151 @@
+"""Fusing an LLM ranker's scores with SASRec's, and choosing the weight on validation users.
+
+Both score lists are normalised per list before mixing, because their scales have nothing in common
+(SASRec dot products vs log-probabilities vs P(Yes)):
+- ``rank`` (default): each item's position in the list, mapped to [0, 1] (1 = best; ties share
+  their mean position). Robust to outliers and meaningful for PALR, whose LLM score is a position.
+- ``zscore``: (score - mean) / std.
+``fused = (1 - w) * sasrec + w * llm``; ties in the fused score keep SASRec's order, so ``w = 0``
+reproduces SASRec's ranking exactly, and ``w = 1`` is the LLM alone (``--no-fuse``).
+
+The weight is picked on the validation split from ``GRID`` (which contains 0), by NDCG@10 with
+ties going to the smaller weight: on validation users the fused ranker can never score below
+SASRec. Chosen weights are stored per (dataset, model, adapter, ranker) in
+``<fusion_dir>/<dataset>.json``; an adapter's ``meta.json`` may also carry ``"fusion": {ranker: w}``
+(written by the fine-tune run). Lookup order: the JSON (if its dataset hash still matches), then
+the adapter meta, then ``LLMConfig.fusion_default``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+GRID = tuple(round(0.1 * i, 1) for i in range(11))  # 0.0, 0.1, ..., 1.0
+METHODS = ("rank", "zscore")
+
+
+def normalize(scores: Sequence[float], method: str = "rank") -> np.ndarray:
+    s = np.asarray(scores, dtype=np.float64)
+    if len(s) == 0:
+        return s
+    if method == "zscore":
+        s = np.where(np.isfinite(s), s, np.nan)
+        fill = np.nanmin(s) - 1.0 if np.isfinite(s).any() else 0.0
+        s = np.nan_to_num(s, nan=fill)  # -inf (never chosen) sits just below the worst real score
+        std = s.std()
+        return (s - s.mean()) / std if std > 0 else np.zeros_like(s)
+    if method != "rank":
+        raise ValueError(f"unknown fusion method {method!r}: use one of {', '.join(METHODS)}")
+    if len(s) == 1:
+        return np.ones(1)
+    # mean position of each tie group (0 = best), then 1 for the best, 0 for the worst
+    order = np.argsort(-s, kind="stable")
+    pos = np.empty(len(s))
+    pos[order] = np.arange(len(s))
+    _, inverse = np.unique(-s, return_inverse=True)
+    mean_pos = np.bincount(inverse, weights=pos) / np.bincount(inverse)
+    return 1.0 - mean_pos[inverse] / (len(s) - 1)
+
+
+def fuse(sasrec: Sequence[float], llm: Sequence[float], weight: float, method: str = "rank") -> np.ndarray:
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"the fusion weight must be between 0 and 1, got {weight}")
+    if len(sasrec) != len(llm):
+        raise ValueError("sasrec and llm score lists must have the same length")
+    return (1.0 - weight) * normalize(sasrec, method) + weight * normalize(llm, method)
+
+
+def fused_order(sasrec: Sequence[float], llm: Sequence[float], weight: float, method: str = "rank") -> np.ndarray:
+    """Positions of the list, best first: by fused score, ties by SASRec score, then list order."""
+    sasrec = np.asarray(sasrec, dtype=np.float64)
+    fused = fuse(sasrec, llm, weight, method)
+    return np.lexsort((np.arange(len(fused)), -sasrec, -np.round(fused, 12)))
+
+
+# -- choosing the weight on validation --
+def ndcg_at(order: np.ndarray, target_pos: int, k: int) -> float:
+    """NDCG@k of one list: the target's rank among the first k positions of ``order`` (0 when absent)."""
+    if target_pos < 0:
+        return 0.0
+    hits = np.flatnonzero(order[:k] == target_pos)
+    return float(1.0 / np.log2(hits[0] + 2.0)) if len(hits) else 0.0
+
+
+def select_weight(lists: Sequence[tuple[Sequence[float], Sequence[float], int]], k: int = 10,
+                  grid: Sequence[float] = GRID, method: str = "rank") -> tuple[float, dict[float, float]]:
+    """``lists``: per user (sasrec scores, llm scores, position of the target in the list or -1).
+    Returns the weight with the best mean NDCG@k (ties: the smaller weight) and the whole table."""
+    if 0.0 not in grid:
+        raise ValueError("the weight grid must contain 0 (SASRec alone), so fusion can never lose to it")
+    table = {}
+    for w in sorted(grid):
+        vals = [ndcg_at(fused_order(s, l, w, method), t, k) for s, l, t in lists]
+        table[float(w)] = float(np.mean(vals)) if vals else 0.0
+    best = max(table, key=lambda w: (round(table[w], 12), -w))
+    return best, table
+
+
+# -- storing the weight --
+def weight_key(model: str, adapter: str | None, ranker: str) -> str:
+    return f"{Path(str(model)).name}/{adapter or 'base'}/{ranker}"
+
+
+class FusionStore:
+    """``<fusion_dir>/<dataset>.json`` = {"dataset", "dataset_hash", "weights": {key: entry}}."""
+
+    def __init__(self, fusion_dir: str | Path):
+        self.dir = Path(fusion_dir)
+
+    def path(self, dataset_name: str) -> Path:
+        return self.dir / f"{dataset_name}.json"
+
+    def _read(self, dataset_name: str) -> dict:
+        file = self.path(dataset_name)
+        if not file.is_file():
+            return {}
+        try:
+            data = json.loads(file.read_text())
+        except (OSError, ValueError):
+            return {}  # a broken file is ignored (the default weight applies), never fatal
+        return data if isinstance(data, dict) else {}
+
+    def get(self, dataset_name: str, dataset_hash: str, key: str) -> dict | None:
+        data = self._read(dataset_name)
+        if data.get("dataset_hash") != dataset_hash:
+            return None  # tuned on other data: stale
+        entry = data.get("weights", {}).get(key)
+        if not isinstance(entry, dict) or not isinstance(entry.get("weight"), (int, float)):
+            return None
+        return entry
+
+    def save(self, dataset_name: str, dataset_hash: str, key: str, weight: float, **details) -> Path:
+        data = self._read(dataset_name)
+        if data.get("dataset_hash") != dataset_hash:
+            data = {}
+        data.update({"dataset": dataset_name, "dataset_hash": dataset_hash})
+        data.setdefault("weights", {})[key] = {"weight": float(weight), "method": details.pop("method", "rank"),
+                                               "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **details}
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".fusion-", dir=self.dir)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(tmp, self.path(dataset_name))  # atomic: a reader never sees half a file
+        return self.path(dataset_name)
+
+
+def lookup_weight(store: FusionStore, dataset, model: str, adapter: str | None, ranker: str,
+                  adapter_meta: dict | None = None, default: float = 0.0) -> tuple[float, str, str]:
+    """(weight, method, source) for this dataset/model/adapter/ranker."""
+    entry = store.get(dataset.name, dataset.content_hash, weight_key(model, adapter, ranker))
+    if entry is not None:
+        return float(entry["weight"]), str(entry.get("method", "rank")), str(store.path(dataset.name))
+    meta_w = ((adapter_meta or {}).get("fusion") or {}).get(ranker)
+    if isinstance(meta_w, (int, float)) and 0.0 <= meta_w <= 1.0:
+        return float(meta_w), "rank", f"adapter {adapter} meta.json"
+    return float(default), "rank", "default"

@@ -1,0 +1,303 @@
+"""PALR step 1: a short taste profile (keywords + one sentence) written by the LLM, every keyword
+checked against the history.
+
+Grounding: a keyword is supported by the history items whose attributes or title words share a
+word with it, compared after lower-casing, hyphen joining, a small stem rule ("animated" ~
+"Animation", "comedies" ~ "Comedy") and a few synonyms ("science fiction" ~ "Sci-Fi"); "1990s"
+is supported by titles from that decade. Unsupported keywords are KEPT with ``grounded=False`` (the
+UI shows them struck through; ``prompts.format_profile`` leaves them out of ranker prompts). When
+the LLM gives fewer than 2 grounded keywords, the most frequent attributes (or title words) of the
+history are added with ``source="heuristic"``.
+"""
+from __future__ import annotations
+
+import re
+import threading
+from collections import Counter, OrderedDict
+
+import torch
+
+from ..types import Keyword, Profile
+from . import prompts as P
+
+STOPWORDS = frozenset(
+    "a an and the of with for to in on at by from or as is are its it this that their they user users "
+    "movie movies film films product products item items story stories genre genres fan fans lover lovers "
+    "packed elements element touch mix style type types like likes enjoy enjoys taste kind kinds "
+    "oz fl ml ounce ounces pack count piece pieces size set new".split())
+SYNONYMS = {  # keyword word -> the attribute word it means (compared after stemming)
+    "science": "scifi", "scifi": "scifi", "sf": "scifi", "cartoon": "animation", "cartoons": "animation",
+    "anime": "animation", "kids": "children", "kid": "children", "child": "children", "family": "children",
+    "funny": "comedy", "humor": "comedy", "humour": "comedy", "humorous": "comedy", "scary": "horror",
+    "suspense": "thriller", "suspenseful": "thriller", "love": "romance", "detective": "mystery",
+    "historical": "history", "superhero": "action", "noir": "filmnoir", "doc": "documentary",
+}
+SUFFIXES = ("ations", "ation", "ated", "ating", "ates", "ities", "ity", "ical", "ous", "ies", "ied", "ing",
+            "tic", "ers", "er", "ed", "es", "ic", "al", "ce", "s", "y", "e")
+DECADE = re.compile(r"^(?:'|19|20)?(\d)0s$")
+YEAR = re.compile(r"\((\d{4})\)\s*$")
+MIN_GROUNDED = 2
+
+
+def stem(word: str) -> str:
+    """Crude suffix stripping, enough to match keyword and attribute forms ("animated"/"Animation")."""
+    w = word.lower()
+    for suffix in SUFFIXES:
+        if w.endswith(suffix) and len(w) - len(suffix) >= 3:
+            return w[: -len(suffix)]
+    return w
+
+
+def words(text: str) -> list[str]:
+    """Lower-case word tokens; hyphenated words also appear joined ("sci-fi" -> sci, fi, scifi)."""
+    text = str(text).lower()
+    out = []
+    for chunk in re.findall(r"[a-z0-9']+(?:-[a-z0-9']+)*", text):
+        parts = [p.strip("'") for p in chunk.split("-") if p.strip("'")]
+        out.extend(parts)
+        if len(parts) > 1:
+            out.append("".join(parts))
+    return out
+
+
+def term(word: str) -> str:
+    return stem(SYNONYMS.get(word, word))
+
+
+def keyword_terms(keyword: str) -> set[str]:
+    """What a keyword can match: stems of its content words (synonyms mapped), or a decade tag."""
+    terms = set()
+    for w in words(keyword):
+        m = DECADE.match(w)
+        if m:
+            terms.add(f"decade:{m.group(1)}")
+        elif w not in STOPWORDS and not w.isdigit() and len(w) > 1:
+            terms.add(term(w))
+    return terms
+
+
+def item_terms(catalog, index: int) -> set[str]:
+    """Stems of an item's attribute and title words, plus its decade (from a "(1995)" title year)."""
+    title = catalog.titles[index]
+    terms = {term(w) for a in catalog.attributes[index] for w in words(a)}
+    terms.update(term(w) for w in words(YEAR.sub("", title)) if w not in STOPWORDS and not w.isdigit())
+    year = YEAR.search(title)
+    if year:
+        terms.add(f"decade:{year.group(1)[2]}")
+    return terms
+
+
+def ground(keyword: str, catalog, history) -> list[int]:
+    """History items (distinct, oldest first) that support ``keyword``."""
+    wanted = keyword_terms(keyword)
+    if not wanted:
+        return []
+    return [i for i in dict.fromkeys(int(h) for h in history) if wanted & item_terms(catalog, i)]
+
+
+def clean_keyword(text: str) -> str:
+    """Strip bullets, numbering, markdown and quotes; '' when nothing word-like is left."""
+    text = re.sub(r"[*_`#\"“”]+", "", str(text)).strip()
+    text = re.sub(r"^(?:[-•–]+|\d+[.)]|[a-z][.)](?=\s))\s*", "", text).strip()
+    text = re.sub(r"\s+", " ", text).strip(" .:;'-")
+    if not re.search(r"[A-Za-z]", text) or len(text) > 40 or len(text.split()) > 4:
+        return ""
+    if text.lower() in ("keywords", "keyword", "summary", "none", "n/a"):
+        return ""
+    return text
+
+
+def split_keywords(line: str, limit: int = 6) -> list[str]:
+    seen, out = set(), []
+    for part in re.split(r"[,;|/\n]|\s+-\s+|\s•\s", line):
+        kw = clean_keyword(part)
+        if kw and kw.lower() not in seen:
+            seen.add(kw.lower())
+            out.append(kw)
+    return out[:limit]
+
+
+def parse_profile(text: str) -> tuple[list[str], str]:
+    """(keywords, summary) from an LLM answer that may ramble: markdown, bullets, missing lines."""
+    text = re.sub(r"[*_`#]+", "", str(text or "")).replace("\r", "")
+    lines = [ln.strip() for ln in text.split("\n")]
+    keywords: list[str] = []
+    summary = ""
+    for i, line in enumerate(lines):
+        m = re.match(r"^(?:[-•]\s*)?(key ?words?|tags|genres)\s*[:\-]\s*(.*)$", line, re.I)
+        if m and not keywords:
+            rest = m.group(2)
+            if not rest.strip():  # keywords as a bullet list on the following lines
+                bullets = []
+                for nxt in lines[i + 1:]:
+                    if not re.match(r"^(?:[-•–]|\d+[.)])\s*\S", nxt):
+                        break
+                    bullets.append(nxt)
+                rest = "\n".join(bullets)
+            keywords = split_keywords(rest)
+        m = re.match(r"^(?:[-•]\s*)?(summary|profile|description)\s*[:\-]\s*(.*)$", line, re.I)
+        if m and not summary:
+            summary = " ".join([m.group(2)] + [x for x in lines[i + 1:i + 3] if x and ":" not in x[:15]])
+    if not summary:  # no "Summary:" line: the first prose line that is not the keyword line
+        prose = [ln for ln in lines if len(ln.split()) >= 4 and not re.match(r"^(key ?words?|tags)\b", ln, re.I)]
+        summary = prose[0] if prose else ""
+    return keywords, first_sentences(summary)
+
+
+def first_sentences(text: str, n: int = 2, max_chars: int = 300) -> str:
+    text = re.sub(r"\s+", " ", text).strip()
+    parts = re.split(r"(?<=[.!?])\s+", text)
+    out = " ".join(parts[:n]).strip()
+    return out[:max_chars].rstrip() if len(out) > max_chars else out
+
+
+# -- heuristic profile (no LLM): fine-tuning examples and the fallback --
+def heuristic_keywords(catalog, history, n: int = 4, exclude: set[str] = frozenset()) -> list[Keyword]:
+    """The history's most frequent attributes (else title words), most recent first among ties."""
+    hist = [int(h) for h in history]
+    counts: Counter = Counter()
+    last: dict[str, int] = {}
+    shown: dict[str, str] = {}
+    has_attrs = any(catalog.attributes[i] for i in hist)
+    for pos, i in enumerate(hist):
+        if has_attrs:
+            names = [a for a in catalog.attributes[i] if a and not a.startswith("(")]
+        else:
+            names = [w for w in words(YEAR.sub("", catalog.titles[i]))
+                     if w not in STOPWORDS and len(w) > 2 and not any(c.isdigit() for c in w)]
+        for name in dict.fromkeys(names):
+            key = term(name.lower()) if not has_attrs else name.lower()
+            counts[key] += 1
+            last[key] = pos
+            shown.setdefault(key, name)
+    ranked = sorted(counts, key=lambda k: (-counts[k], -last[k]))
+    if not has_attrs and any(counts[k] >= 2 for k in ranked):
+        ranked = [k for k in ranked if counts[k] >= 2]  # one-off title words say little
+    out = []
+    for key in ranked:
+        text = shown[key]
+        if text.lower() in exclude:
+            continue
+        support = ground(text, catalog, hist)
+        if support:
+            out.append(Keyword(text=text, support=support, grounded=True, source="heuristic"))
+        if len(out) >= n:
+            break
+    return out
+
+
+def heuristic_profile(catalog, history, max_history: int = P.MAX_HISTORY) -> Profile:
+    """Keywords = the most frequent attributes / title words of the last ``max_history`` items,
+    grounded by construction; summary templated. Cheap enough for thousands of training examples."""
+    hist = [int(h) for h in history][-max_history:]
+    keywords = heuristic_keywords(catalog, hist)
+    return Profile(keywords=keywords, summary=template_summary(catalog, hist, keywords))
+
+
+def template_summary(catalog, history, keywords: list[Keyword]) -> str:
+    if not history:
+        return ""
+    domain = P.domain_for(catalog)
+    names = [k.text.lower() for k in keywords[:3]]
+    what = (", ".join(names[:-1]) + " and " + names[-1]) if len(names) > 1 else (names[0] if names else "")
+    recent = catalog.titles[int(history[-1])]
+    if what:
+        return f"The user mostly {domain.verb_past} {what} {domain.items}, most recently {recent}."
+    return f"The user most recently {domain.verb_past} {recent}."
+
+
+def build_keywords(catalog, history, llm_keywords: list[str]) -> list[Keyword]:
+    """Ground the LLM's keywords; top up with heuristic ones when fewer than 2 are grounded."""
+    out = [Keyword(text=k, support=(s := ground(k, catalog, history)), grounded=bool(s)) for k in llm_keywords]
+    grounded = sum(k.grounded for k in out)
+    if grounded < MIN_GROUNDED:
+        have = {k.text.lower() for k in out}
+        supports = {tuple(k.support) for k in out if k.grounded}
+        extra = [k for k in heuristic_keywords(catalog, history, n=6, exclude=have)
+                 if tuple(k.support) not in supports]
+        out.extend(extra[: max(MIN_GROUNDED + 1 - grounded, 0)])
+    return out
+
+
+class ProfileGenerator:
+    """``generate(history) -> Profile`` with the LLM (base model unless ``adapter`` is given), cached
+    per (last 20 items, model, adapter). Two short greedy passes sharing the prompt's KV cache:
+    the keyword line (stopped after 6 items, a repeat, or a newline), then one summary sentence."""
+
+    def __init__(self, service, catalog, max_history: int = P.MAX_HISTORY, keyword_tokens: int = 24,
+                 summary_tokens: int = 28, cache_size: int = 512):
+        self.service, self.catalog, self.max_history = service, catalog, max_history
+        self.domain = P.domain_for(catalog)
+        self.keyword_tokens, self.summary_tokens = keyword_tokens, summary_tokens
+        self._cache: OrderedDict = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._cache_size = cache_size
+
+    def prompt(self, history) -> str:
+        hist = [int(h) for h in history][-self.max_history:]
+        return P.render_profile(self.service.llm.tokenizer, self.domain,
+                                P.format_history(self.catalog, hist, self.max_history, with_attributes=True))
+
+    def generate(self, history, adapter: str | None = None) -> Profile:
+        hist = [int(h) for h in history][-self.max_history:]
+        if not hist:
+            return Profile(keywords=[], summary="")
+        key = (tuple(hist), self.service.llm.name, adapter)
+        with self._cache_lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        prompt = self.prompt(hist)
+        with self.service.use_adapter(adapter) as llm:
+            raw = self._write(llm, prompt)
+        llm_keywords, summary = parse_profile(raw)
+        keywords = build_keywords(self.catalog, hist, llm_keywords)
+        if len(summary.split()) < 3:
+            summary = template_summary(self.catalog, hist, [k for k in keywords if k.grounded])
+        profile = Profile(keywords=keywords, summary=summary, prompt=prompt, raw=raw)
+        with self._cache_lock:
+            self._cache[key] = profile
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return profile
+
+    def _write(self, llm, prompt: str) -> str:
+        """The answer text: PROFILE_PREFIX + keyword line + newline + PROFILE_SUMMARY_PREFIX + sentence."""
+        from transformers import StoppingCriteriaList
+
+        from .service import _TextStop
+
+        tok, model = llm.tokenizer, llm.model
+        ids = tok(prompt, return_tensors="pt", add_special_tokens=False).input_ids.to(llm.device)
+        n = ids.shape[1]
+        with torch.inference_mode():
+            # Pass 1: the keyword line. A small model loops ("adventure, adventure, ..."): stop early.
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=self.keyword_tokens,
+                                 do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None,
+                                 pad_token_id=tok.pad_token_id, return_dict_in_generate=True,
+                                 stopping_criteria=StoppingCriteriaList([_TextStop(tok, n, keyword_line_done)]))
+            line = tok.decode(out.sequences[0, n:], skip_special_tokens=True).split("\n")[0]
+            keywords = split_keywords(line)
+            # Pass 2: reuse the prompt's KV cache (drop pass 1's tokens), append the cleaned line.
+            cache = out.past_key_values
+            extra = cache.get_seq_length() - n if cache is not None else 0
+            if cache is not None and extra > 0:
+                cache.crop(-extra)
+            tail = f" {', '.join(keywords)}\n{P.PROFILE_SUMMARY_PREFIX}"
+            tail_ids = tok(tail, return_tensors="pt", add_special_tokens=False).input_ids.to(llm.device)
+            ids2 = torch.cat([ids, tail_ids], dim=1)
+            out2 = model.generate(ids2, attention_mask=torch.ones_like(ids2), past_key_values=cache,
+                                  max_new_tokens=self.summary_tokens, do_sample=False, num_beams=1,
+                                  temperature=None, top_p=None, top_k=None, pad_token_id=tok.pad_token_id,
+                                  stop_strings=[".", "\n"], tokenizer=tok)
+        sentence = tok.decode(out2[0, ids2.shape[1]:], skip_special_tokens=True).split("\n")[0]
+        sentence = sentence[: sentence.find(".") + 1] if "." in sentence else sentence
+        return f"{P.PROFILE_PREFIX}{line}\n{P.PROFILE_SUMMARY_PREFIX}{sentence}"
+
+
+def keyword_line_done(text: str) -> bool:
+    """Stop the keyword pass at a newline, after 6 items, at a repeated item, or when it runs long."""
+    if "\n" in text.strip() or len(text) > 160:
+        return True
+    done = [x.strip().lower() for x in text.split(",")[:-1]]
+    return len(done) >= 6 or len(set(done)) < len(done)

@@ -1,0 +1,176 @@
+"""What every LLM ranker shares: access to the model (lock + adapter), prompts, fusion, output.
+
+A ranker turns a ``RerankRequest`` into ``ScoredList`` (the items it considered with its own LLM
+scores and SASRec's), then ``finish`` fuses the two and returns the top k as ``RankedItem``s.
+``rank`` = ``score_list`` + ``finish``; the evaluation calls the two halves separately so the LLM
+runs once per user while every fusion weight of the grid is tried.
+
+The model: ``service`` is an ``LLMService`` (``.llm``, ``.lock``, ``.use_adapter``) or a bare
+``LLM`` (tests, notebooks). By default a ranker runs with whatever adapter is active in the service
+(the pipeline wraps the call in ``service.use_adapter(name)``); ``adapter=`` pins one instead.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ...types import RankedItem, RerankRequest
+from .. import prompts as P
+from ..fusion import FusionStore, fuse, fused_order, lookup_weight
+from ..models import LLM
+
+ACTIVE = "<active>"  # adapter sentinel: use the service's active adapter as it is
+
+
+@dataclass
+class ScoredList:
+    items: list[int]  # catalog indices the ranker considered (candidates, or generated for genrec)
+    llm: np.ndarray  # the ranker's own score per item (higher = better)
+    sasrec: np.ndarray | None  # SASRec's score per item (None: nothing to fuse with)
+    retrieval_rank: list[int | None]  # 1-based rank in the SASRec list, None outside it
+    info: dict = field(default_factory=dict)  # tokens, forward calls, seconds, adapter ...
+
+
+class _BareService:
+    """An ``LLM`` without a service: one lock, no adapters."""
+
+    def __init__(self, llm: LLM):
+        self.llm, self.lock, self.cfg = llm, threading.RLock(), None
+
+    @contextmanager
+    def use_adapter(self, name):
+        if name is not None:
+            raise ValueError(f"adapter {name!r} needs an LLMService; a bare model has no adapters")
+        with self.lock:
+            yield self.llm
+
+
+class Ranker:
+    name = "base"
+
+    def __init__(self, service, dataset, retriever=None, *, adapter=ACTIVE, fuse: bool | None = None,
+                 max_history: int | None = None, fusion_dir: str | None = None,
+                 fusion_default: float | None = None, use_cache: bool = True):
+        self.service = _BareService(service) if isinstance(service, LLM) else service
+        cfg = getattr(self.service, "cfg", None)
+        self.dataset, self.catalog, self.retriever = dataset, dataset.catalog, retriever
+        self.domain = P.domain_for(self.catalog)
+        self.adapter = adapter
+        self.fuse = bool(_pick(fuse, cfg, "fuse", True))
+        self.max_history = int(_pick(max_history, cfg, "max_history", P.MAX_HISTORY))
+        self.store = FusionStore(_pick(fusion_dir, cfg, "fusion_dir", "checkpoints/fusion"))
+        self.fusion_default = float(_pick(fusion_default, cfg, "fusion_default", 0.0))
+        self.use_cache = use_cache  # False: re-encode everything per step (reference for tests)
+        self.last_info: dict = {}
+
+    # -- the model --
+    @contextmanager
+    def session(self):
+        """(llm, adapter name) with the lock held, in inference mode."""
+        if self.adapter == ACTIVE:
+            with self.service.lock:
+                manager = getattr(self.service, "adapters", None)  # LLMService: created on first use
+                active = getattr(manager, "active", None)
+                with torch.inference_mode():
+                    yield self.service.llm, active
+        else:
+            with self.service.use_adapter(self.adapter) as llm, torch.inference_mode():
+                yield llm, self.adapter
+
+    @property
+    def tokenizer(self):
+        return self.service.llm.tokenizer
+
+    # -- prompts (the same fields the fine-tuning examples use: recdemo/llm/examples.py) --
+    def history_text(self, history) -> str:
+        return P.format_history(self.catalog, history, max_items=self.max_history, with_attributes=False)
+
+    def render(self, template: str, **fields) -> str:
+        return P.render(self.tokenizer, template, self.domain, **fields)
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """Prompt tokens exactly as the fine-tuning examples encode them (special tokens included)."""
+        return list(self.tokenizer(text)["input_ids"])
+
+    def answer_tokens(self, items, end: str) -> list[tuple[list[int], int]]:
+        """(token ids of 'title' + end, item) per item: what the model must write to name it."""
+        titles = [self.catalog.titles[int(i)] + end for i in items]
+        ids = self.tokenizer(titles, add_special_tokens=False)["input_ids"] if titles else []
+        return [(list(t), int(i)) for t, i in zip(ids, items)]
+
+    def prompt(self, req: RerankRequest) -> str:
+        raise NotImplementedError
+
+    # -- ranking --
+    def score_list(self, req: RerankRequest) -> ScoredList:
+        raise NotImplementedError
+
+    def rank(self, req: RerankRequest) -> list[RankedItem]:
+        check_request(req, needs_candidates=self.name != "genrec")
+        start = time.perf_counter()
+        scored = self.score_list(req)
+        weight, method, source = (1.0, "rank", "no-fuse")
+        if self.fuse and scored.sasrec is not None:
+            weight, method, source = self.fusion_weight(scored.info.get("adapter"))
+        out = finish(scored, req.k, weight, method)
+        self.last_info = {**scored.info, "fusion_weight": weight, "fusion_method": method,
+                          "fusion_source": source, "seconds": time.perf_counter() - start}
+        return out
+
+    def fusion_weight(self, adapter: str | None) -> tuple[float, str, str]:
+        meta = None
+        if adapter is not None and hasattr(self.service, "adapters"):
+            try:
+                meta = self.service.adapters.meta(adapter)
+            except Exception:  # an unreadable meta.json only loses the meta weight
+                meta = None
+        return lookup_weight(self.store, self.dataset, self.service.llm.name, adapter, self.name, meta,
+                             self.fusion_default)
+
+    def candidate_list(self, req: RerankRequest) -> ScoredList:
+        """The request's candidates (deduplicated, history removed) with SASRec's scores; llm empty."""
+        seen, items, sas, ranks = set(int(h) for h in req.history), [], [], []
+        for c in req.candidates:
+            if int(c.index) in seen or not 0 <= int(c.index) < len(self.catalog):
+                continue
+            seen.add(int(c.index))
+            items.append(int(c.index))
+            sas.append(float(c.score))
+            ranks.append(int(c.rank))
+        return ScoredList(items, np.zeros(len(items)), np.asarray(sas), ranks)
+
+
+def finish(scored: ScoredList, k: int, weight: float = 1.0, method: str = "rank") -> list[RankedItem]:
+    """Top k of the list by the fused score (``weight`` = 1: the LLM alone; 0: SASRec's order)."""
+    if not scored.items:
+        return []
+    if scored.sasrec is None:
+        order = np.lexsort((np.arange(len(scored.items)), -np.asarray(scored.llm, dtype=np.float64)))
+        fused = np.asarray(scored.llm, dtype=np.float64)
+    else:
+        order = fused_order(scored.sasrec, scored.llm, weight, method)
+        fused = fuse(scored.sasrec, scored.llm, weight, method)
+    return [RankedItem(index=int(scored.items[i]), llm_score=float(scored.llm[i]), score=float(fused[i]),
+                       retrieval_rank=scored.retrieval_rank[i]) for i in order[:k]]
+
+
+def check_request(req: RerankRequest, needs_candidates: bool = True) -> None:
+    if req.k < 1:
+        raise ValueError(f"k must be at least 1, got {req.k}")
+    if not req.history:
+        raise ValueError("the history is empty: pick at least one item the user liked")
+    if needs_candidates and not req.candidates:
+        raise ValueError("there are no candidates to rerank")
+
+
+def _pick(value, cfg, name, default):
+    if value is not None:
+        return value
+    if cfg is not None and hasattr(cfg, name):
+        return getattr(cfg, name)
+    return default

@@ -1,0 +1,104 @@
+"""``genrec``: the model generates the next items' titles directly from the history (GenRec).
+
+Prompt: the ``genrec`` template ("what is the next item the user will <verb>? Answer with its title
+only"); fine-tuning task ``genrec``, whose answer is the title followed by the end-of-answer token.
+
+Decoding is a beam search with k beams over a token trie of the whole catalog (each title + the
+end-of-answer token), with the user's history taken out, so the k finished beams are k distinct
+catalog items the user has not seen. The SASRec candidates are not used to generate; SASRec's
+scores of the generated items (``retriever.score_all``) are used to fuse, when a retriever is given.
+
+All beams share the prompt's KV cache: each step feeds every surviving beam's next token (plus the
+tokens the trie forces after it) packed into one forward call (``TreeDecoder``). A beam's score is
+its constrained log-probability (renormalised over the tokens the trie allows at each branch).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ...types import RerankRequest
+from .. import prompts as P
+from ..trie import TokenTrie
+from .base import Ranker, ScoredList
+from .tree import ROOT, TreeDecoder
+
+
+class GenRecRanker(Ranker):
+    name = "genrec"
+    template = "genrec"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._trie: TokenTrie | None = None
+
+    def prompt(self, req: RerankRequest) -> str:
+        return self.render(self.template, history=self.history_text(req.history))
+
+    def end_text(self) -> str:
+        return P.end_of_answer(self.tokenizer) or P.TITLE_SEPARATOR
+
+    def catalog_trie(self) -> TokenTrie:
+        """Built once per ranker: the whole catalog's titles (a few seconds for ~10k items)."""
+        if self._trie is None:
+            self._trie = TokenTrie(self.answer_tokens(range(len(self.catalog)), self.end_text()))
+        return self._trie
+
+    def score_list(self, req: RerankRequest) -> ScoredList:
+        start = time.perf_counter()
+        with self.session() as (llm, adapter):
+            trie = self.catalog_trie()
+            seen = {int(h): trie.path(int(h)) for h in req.history if int(h) in trie}
+            for h in seen:  # never recommend what the user already has; put back afterwards
+                trie.remove(h)
+            try:
+                prompt_ids = self.encode_prompt(self.prompt(req))
+                decoder = TreeDecoder(llm.model, prompt_ids, device=llm.device, use_cache=self.use_cache)
+                found = beam_titles(decoder, trie, req.k)
+            finally:
+                for h, path in seen.items():
+                    trie.add(path, h)
+        items = [i for i, _ in found]
+        llm_scores = np.array([s for _, s in found], dtype=np.float64)
+        sasrec = None
+        if self.retriever is not None and items:
+            sasrec = np.asarray(self.retriever.score_all(list(req.history)), dtype=np.float64)[items]
+        rank_of = {int(c.index): int(c.rank) for c in req.candidates}
+        info = {"adapter": adapter, "prompt_tokens": len(prompt_ids), "tree_tokens": len(decoder.tokens),
+                "forwards": decoder.forwards, "llm_seconds": time.perf_counter() - start}
+        return ScoredList(items, llm_scores, sasrec, [rank_of.get(i) for i in items], info)
+
+
+def beam_titles(decoder: TreeDecoder, trie: TokenTrie, k: int) -> list[tuple[int, float]]:
+    """k distinct items by beam search over the trie: [(item, constrained log-prob)], best first."""
+    beams = [((), ROOT, 0.0)]  # (token prefix, node holding its last token, log-prob)
+    finished: list[tuple[int, float]] = []
+    while beams and len(finished) < k:
+        expansions = []
+        for prefix, node, score in beams:
+            allowed = trie.allowed(prefix)
+            if len(allowed) > 1:
+                lps = decoder.log_softmax_over(node, allowed).tolist()
+            else:
+                lps = [0.0] * len(allowed)
+            expansions.extend((score + lp, prefix, node, t) for t, lp in zip(allowed, lps))
+        expansions.sort(key=lambda e: -e[0])
+        tokens, parents, survivors = [], [], []
+        for score, prefix, node, t in expansions:
+            if len(survivors) + len(finished) >= k:  # k beams in all, finished ones included
+                break
+            chunk = [t] + trie.forced(prefix + (t,))
+            full = prefix + tuple(chunk)
+            done = trie.values_at(full)
+            if done:  # a whole title: it leaves the beam (its tokens never need a forward)
+                finished.extend((v, score) for v in done[: k - len(finished)])
+                continue
+            first = len(decoder.tokens) + len(tokens)
+            tokens.extend(chunk)
+            parents.extend([node] + list(range(first, first + len(chunk) - 1)))
+            survivors.append((full, first + len(chunk) - 1, score))
+        decoder.extend(tokens, parents)
+        beams = survivors
+    finished.sort(key=lambda f: -f[1])
+    return finished[:k]

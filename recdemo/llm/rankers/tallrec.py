@@ -1,0 +1,114 @@
+"""``tallrec``: "Will the user enjoy ITEM? Answer Yes or No." for every candidate; score = P(Yes).
+
+Prompt: the ``tallrec`` template (history, then the question about one item); fine-tuning task
+``tallrec``, whose answers are ``Yes`` / ``No`` followed by the end-of-answer token.
+P(Yes) = softmax over the two answer tokens' logits at the end of the prompt (TALLRec).
+
+The N prompts differ only from the item's title on. They are tokenized in full and their longest
+common token prefix (the system text and the whole history) is encoded once; the N tails
+(title + question end + assistant header, ~25 tokens each) are inserted into a token trie (tails
+sharing a start share nodes) and run packed on top of the prefix's KV cache, a few candidates'
+worth per forward call. Because the split point is found on the token ids, every tail is scored
+on exactly the tokens the full prompt would have: the result equals N separate forward passes.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from ...types import RerankRequest
+from .. import prompts as P
+from ..trie import TokenTrie
+from .base import Ranker, ScoredList
+from .tree import ROOT, TreeDecoder
+
+MAX_NODES_PER_CALL = 512  # bounds the attention matrix of one packed call (nodes x (prefix + nodes))
+
+
+class TALLRecRanker(Ranker):
+    name = "tallrec"
+    template = "tallrec"
+
+    def prompt(self, req: RerankRequest, item: int | None = None) -> str:
+        if item is None:
+            item = self.candidate_list(req).items[0]
+        return self.render(self.template, history=self.history_text(req.history),
+                           target=self.catalog.titles[int(item)])
+
+    def answer_ids(self) -> tuple[int, int]:
+        tok = self.tokenizer
+        yes, no = (tok(w, add_special_tokens=False)["input_ids"] for w in (P.ANSWER_YES, P.ANSWER_NO))
+        if not yes or not no or yes[0] == no[0]:
+            raise ValueError("the tokenizer cannot tell the answers Yes and No apart")
+        return yes[0], no[0]
+
+    def score_list(self, req: RerankRequest) -> ScoredList:
+        out = self.candidate_list(req)
+        start = time.perf_counter()
+        with self.session() as (llm, adapter):
+            yes, no = self.answer_ids()
+            prompts = [self.encode_prompt(self.prompt(req, i)) for i in out.items]
+            n_shared = shared_prefix_length(prompts)
+            decoder = TreeDecoder(llm.model, prompts[0][:n_shared], device=llm.device, use_cache=self.use_cache)
+            p_yes: dict[int, float] = {}
+            tree_tokens = 0
+            for group in _groups([p[n_shared:] for p in prompts], MAX_NODES_PER_CALL):
+                decoder.reset()
+                trie = TokenTrie((prompts[j][n_shared:], j) for j in group)
+                leaf = feed_trie(decoder, trie)
+                tree_tokens += len(decoder.tokens)
+                logits = decoder.logits([leaf[j] for j in group], [yes, no])
+                for j, p in zip(group, torch.softmax(logits, dim=-1)[:, 0].tolist()):
+                    p_yes[j] = p
+        out.llm = np.array([p_yes[j] for j in range(len(out.items))], dtype=np.float64)
+        out.info = {"adapter": adapter, "prompt_tokens": n_shared, "tree_tokens": tree_tokens,
+                    "forwards": decoder.forwards, "llm_seconds": time.perf_counter() - start}
+        return out
+
+
+def shared_prefix_length(seqs: list[list[int]]) -> int:
+    """Length of the longest common prefix, leaving at least one token of every sequence after it."""
+    if not seqs:
+        return 0
+    n = min(len(s) for s in seqs) - 1
+    first = seqs[0]
+    for s in seqs[1:]:
+        i = 0
+        while i < n and s[i] == first[i]:
+            i += 1
+        n = i
+    return max(n, 1) if min(len(s) for s in seqs) > 1 else 0
+
+
+def feed_trie(decoder: TreeDecoder, trie: TokenTrie) -> dict[int, int]:
+    """Run every node of ``trie`` in one packed call; returns item -> the node of its last token."""
+    tokens, parents, leaf = [], [], {}
+    stack = [(trie.root, ROOT)]
+    base = len(decoder.tokens)
+    while stack:
+        node, parent = stack.pop()
+        for t, child in node.children.items():
+            tokens.append(t)
+            parents.append(parent)
+            me = base + len(tokens) - 1
+            for v in child.values:
+                leaf[v] = me
+            stack.append((child, me))
+    decoder.extend(tokens, parents)
+    return leaf
+
+
+def _groups(tails: list[list[int]], budget: int) -> list[list[int]]:
+    """Consecutive candidates whose tails add up to at most ``budget`` tokens (at least one each)."""
+    groups, cur, size = [], [], 0
+    for j, tail in enumerate(tails):
+        if cur and size + len(tail) > budget:
+            groups.append(cur)
+            cur, size = [], 0
+        cur.append(j)
+        size += len(tail)
+    if cur:
+        groups.append(cur)
+    return groups

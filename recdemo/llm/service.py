@@ -1,0 +1,155 @@
+"""One base LLM shared by every dataset's Recommender and by fine-tuning.
+
+The model is loaded lazily on first use. Adapters are switched in place (see adapters.py), so
+every forward/generate must run inside ``use_adapter(...)`` (or ``base_model()``), which holds
+``lock`` for its duration: the app serves several users while a fine-tune runs, and the active
+adapter is global state of the one model.
+"""
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+from typing import Callable
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from .adapters import AdapterManager, finetune_hint
+from .models import LLM, ModelNotFound, load_llm
+
+NO_ADAPTER = {None, "", "none", "base"}
+
+
+class LLMService:
+    def __init__(self, cfg, llm: LLM | None = None):
+        """``cfg`` is an LLMConfig; ``llm`` an already loaded model (tests, notebooks)."""
+        self.cfg = cfg
+        self.lock = threading.RLock()
+        self._llm = llm
+        self._adapters: AdapterManager | None = None
+
+    # -- lazy parts --
+    @property
+    def llm(self) -> LLM:
+        if self._llm is None:
+            with self.lock:
+                if self._llm is None:
+                    self._llm = load_llm(self.cfg)
+        return self._llm
+
+    @property
+    def adapters(self) -> AdapterManager:
+        if self._adapters is None:
+            with self.lock:
+                if self._adapters is None:
+                    self._adapters = AdapterManager(self.llm, self.cfg.adapter_dir)
+        return self._adapters
+
+    @property
+    def loaded(self) -> bool:
+        return self._llm is not None
+
+    def describe(self) -> str:
+        return self.llm.describe()
+
+    # -- adapters --
+    def available_adapters(self) -> list[str]:
+        return self.adapters.available()
+
+    def register_adapter(self, path: str | Path) -> str:
+        """Load (or reload, after a new fine-tune) an adapter folder without reloading the base."""
+        with self.lock:
+            return self.adapters.load(path, reload=True)
+
+    def resolve_adapter(self, requested: str | None, dataset_name: str | None = None) -> str | None:
+        """'auto' -> the adapter named like the dataset if present, else None; 'none' -> None;
+        anything else must exist (else ModelNotFound saying how to create it)."""
+        if isinstance(requested, str) and requested.strip().lower() in NO_ADAPTER:
+            return None
+        if requested is None:
+            return None
+        if requested == "auto":
+            if dataset_name and dataset_name in self.available_adapters():
+                return dataset_name
+            return None
+        if requested in self.adapters.loaded:
+            return requested
+        with self.lock:
+            try:
+                return self.adapters.load(requested)
+            except ModelNotFound:
+                raise
+            except OSError as e:
+                raise ModelNotFound(f"adapter {requested!r} could not be read ({e}); "
+                                    + finetune_hint(Path(requested).name)) from e
+
+    @contextmanager
+    def use_adapter(self, name: str | None):
+        """Hold the lock and run with adapter ``name`` (None: bare base model); restores the previous one."""
+        with self.lock:
+            manager = self.adapters if (name is not None or self._adapters is not None) else None
+            previous = manager.active if manager else None
+            if manager is not None:
+                manager.activate(name)
+            try:
+                yield self.llm
+            finally:
+                if manager is not None and manager.active != previous:
+                    manager.activate(previous)
+
+    def base_model(self):
+        """Context: the base model with every adapter disabled (profiles, explanations)."""
+        return self.use_adapter(None)
+
+    # -- generation --
+    def generate(self, prompts: list[str], max_new_tokens: int = 32, stop_strings: list[str] | None = None,
+                 adapter: str | None = None, stop_when: Callable[[str], bool] | None = None,
+                 **gen_kwargs) -> list[str]:
+        """Greedy continuation of each prompt in one batched call (left padding). Returns only the new text.
+
+        ``stop_strings`` end a sequence early (each sequence stops on its own); the returned text is cut
+        before the first stop string. ``stop_when(new_text)`` is a predicate checked after every token.
+        Holds the lock (via ``use_adapter``) for the whole call.
+        """
+        if not prompts:
+            return []
+        with self.use_adapter(adapter) as llm:
+            tok = llm.tokenizer
+            side = tok.padding_side
+            tok.padding_side = "left"  # decoder-only: new tokens must follow the prompt directly
+            try:
+                enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+            finally:
+                tok.padding_side = side
+            enc = {k: v.to(llm.device) for k, v in enc.items()}
+            kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
+                          num_beams=1, **gen_kwargs)
+            if stop_strings:
+                kwargs.update(stop_strings=list(stop_strings), tokenizer=tok)
+            if stop_when is not None:
+                kwargs["stopping_criteria"] = StoppingCriteriaList(
+                    [_TextStop(tok, enc["input_ids"].shape[1], stop_when)])
+            with torch.inference_mode():
+                out = llm.model.generate(**enc, **kwargs, temperature=None, top_p=None, top_k=None)
+        texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        if stop_strings:
+            texts = [_cut(t, stop_strings) for t in texts]
+        return texts
+
+
+class _TextStop(StoppingCriteria):
+    """Stops each sequence once ``predicate(text generated so far)`` is true."""
+
+    def __init__(self, tokenizer, prompt_len: int, predicate: Callable[[str], bool]):
+        self.tokenizer, self.prompt_len, self.predicate = tokenizer, prompt_len, predicate
+
+    def __call__(self, input_ids, scores, **kwargs):
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len:], skip_special_tokens=True)
+        return torch.tensor([bool(self.predicate(t)) for t in texts], device=input_ids.device)
+
+
+def _cut(text: str, stops: list[str]) -> str:
+    ends = [text.find(s) for s in stops if s and text.find(s) >= 0]
+    return text[:min(ends)] if ends else text

@@ -1,0 +1,131 @@
+"""SASRec (Kang & McAuley, 2018): a causal self-attention encoder over a user's item sequence.
+
+Items enter as catalog index + 1 (0 is padding); this shift is private to this module: every
+public method takes and returns 0-based catalog indices. Sequences are LEFT-padded, so the last
+position always holds the newest item and its hidden state is the query for "what comes next".
+Input and output share the item embedding table: score(item) = hidden · item_emb[item].
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class SASRecConfig:
+    n_items: int
+    maxlen: int = 200
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 1
+    dropout: float = 0.2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(LN(x)), then x + ffn(LN(x))."""
+
+    def __init__(self, cfg: SASRecConfig):
+        super().__init__()
+        if cfg.hidden % cfg.heads:
+            raise ValueError(f"hidden size {cfg.hidden} must be divisible by the number of heads {cfg.heads}")
+        self.heads = cfg.heads
+        self.dropout = cfg.dropout
+        self.ln1 = nn.LayerNorm(cfg.hidden)
+        self.qkv = nn.Linear(cfg.hidden, 3 * cfg.hidden)
+        self.proj = nn.Linear(cfg.hidden, cfg.hidden)
+        self.ln2 = nn.LayerNorm(cfg.hidden)
+        self.ffn = nn.Sequential(nn.Linear(cfg.hidden, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout),
+                                 nn.Linear(cfg.hidden, cfg.hidden))
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, length, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=2)
+        q, k, v = (t.view(b, length, self.heads, d // self.heads).transpose(1, 2) for t in (q, k, v))
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        x = x + self.drop(self.proj(att.transpose(1, 2).reshape(b, length, d)))
+        return x + self.drop(self.ffn(self.ln2(x)))
+
+
+class SASRec(nn.Module):
+    def __init__(self, cfg: SASRecConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.item_emb = nn.Embedding(cfg.n_items + 1, cfg.hidden, padding_idx=0)
+        self.pos_emb = nn.Embedding(cfg.maxlen, cfg.hidden)
+        self.emb_drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
+        self.ln_f = nn.LayerNorm(cfg.hidden)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+        if isinstance(m, nn.Embedding) and m.padding_idx is not None:
+            with torch.no_grad():
+                m.weight[m.padding_idx].zero_()
+
+    # -- encoding --
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        """seq: [B, L] shifted ids (0 = pad, left-padded) -> hidden states [B, L, hidden]."""
+        length = seq.shape[1]
+        valid = seq > 0
+        x = self.item_emb(seq) * math.sqrt(self.cfg.hidden)
+        x = x + self.pos_emb(torch.arange(length, device=seq.device))[None]
+        x = self.emb_drop(x) * valid[..., None]
+        # Causal, and pads are never attended to; every position may see itself so that pad rows
+        # (whose output is ignored) never have an all-masked row (NaN in softmax).
+        causal = torch.ones(length, length, dtype=torch.bool, device=seq.device).tril()
+        eye = torch.eye(length, dtype=torch.bool, device=seq.device)
+        mask = (causal & valid[:, None, :]) | eye
+        for block in self.blocks:
+            x = block(x, mask[:, None])
+        return self.ln_f(x)
+
+    @property
+    def output_embeddings(self) -> torch.Tensor:
+        """[n_items, hidden]: row i scores catalog item i (padding row dropped)."""
+        return self.item_emb.weight[1:]
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Scores over every catalog item for hidden states [..., hidden] -> [..., n_items]."""
+        return hidden @ self.output_embeddings.T
+
+    # -- inference on 0-based catalog indices --
+    def pad_histories(self, histories: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Left-pad the last ``maxlen`` items of each history (catalog indices) into a [B, L] tensor."""
+        device = self.item_emb.weight.device
+        out = np.zeros((len(histories), self.cfg.maxlen), dtype=np.int64)
+        for row, h in enumerate(histories):
+            h = np.asarray(h, dtype=np.int64)[-self.cfg.maxlen:]
+            if len(h):
+                out[row, -len(h):] = h + 1
+        return torch.from_numpy(out).to(device)
+
+    @torch.no_grad()
+    def encode(self, histories: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Query vector per history: the last position's hidden state, [B, hidden]."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self.forward(self.pad_histories(histories))[:, -1]
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def score(self, histories: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Dense scores [B, n_items] for each history (history items NOT excluded)."""
+        return self.logits(self.encode(histories))

@@ -1,0 +1,156 @@
+"""Training SASRec: one plain loop (nanoGPT style), validation NDCG@10, keep the best epoch.
+
+Only ``dataset.train_sequences()`` is used for training; validation cases (``eval_cases("valid")``)
+have training-only histories, so neither validation nor test items ever reach the weights.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..config import RetrievalConfig
+from ..eval.metrics import metrics_from_ranks, ranks_of_targets
+from .sasrec import SASRec, SASRecConfig
+
+
+def make_windows(sequences, maxlen: int) -> np.ndarray:
+    """Cut every training sequence into windows of ``maxlen + 1`` shifted ids, left-padded.
+
+    Window w trains input w[:-1] to predict w[1:] at every position, so every item of a long
+    history is a target once (not only the last ``maxlen``, as in the original SASRec).
+    Windows are cut from the end backwards; consecutive windows overlap by one item so that
+    no transition is lost.
+    """
+    rows = []
+    for seq in sequences:
+        seq = np.asarray(seq, dtype=np.int64) + 1
+        end = len(seq)
+        while end >= 2:
+            start = max(0, end - maxlen - 1)
+            row = np.zeros(maxlen + 1, dtype=np.int64)
+            row[-(end - start):] = seq[start:end]
+            rows.append(row)
+            end = start + 1  # the next window ends where this one's first input starts
+            if start == 0:
+                break
+    return np.stack(rows) if rows else np.zeros((0, maxlen + 1), dtype=np.int64)
+
+
+def sequence_loss(model: SASRec, batch: torch.Tensor, loss: str, gen: torch.Generator) -> torch.Tensor:
+    """Next-item loss over every real position of a batch of windows."""
+    inputs, targets = batch[:, :-1], batch[:, 1:]
+    hidden = model(inputs)
+    keep = (inputs > 0) & (targets > 0)
+    h, y = hidden[keep], targets[keep] - 1  # back to 0-based catalog indices
+    if loss == "ce":
+        # Full softmax over all items: every other item is a negative (much stronger than one).
+        return F.cross_entropy(model.logits(h), y)
+    if loss == "bce":
+        # The paper's loss: the true next item vs one uniformly sampled negative per position.
+        emb = model.output_embeddings
+        neg = torch.randint(0, emb.shape[0], y.shape, generator=gen)
+        pos_logit = (h * emb[y]).sum(-1)
+        neg_logit = (h * emb[neg]).sum(-1)
+        return (F.softplus(-pos_logit) + F.softplus(neg_logit)).mean()
+    raise ValueError(f"unknown loss {loss!r}: use 'ce' or 'bce'")
+
+
+@torch.no_grad()
+def validation_metrics(model: SASRec, cases, batch_size: int = 512) -> dict:
+    """Full-ranking metrics (history excluded) on leave-one-out cases."""
+    ranks = []
+    for i in range(0, len(cases), batch_size):
+        chunk = cases[i:i + batch_size]
+        histories = [c.history for c in chunk]
+        scores = model.score(histories).numpy()
+        ranks.append(ranks_of_targets(scores, [c.target for c in chunk], histories))
+    return metrics_from_ranks(np.concatenate(ranks) if ranks else [])
+
+
+def lr_at(step: int, total: int, cfg: RetrievalConfig) -> float:
+    """Linear warmup, then cosine decay to 10% of the peak by the last planned step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def train_sasrec(dataset, cfg: RetrievalConfig, progress: bool = True):
+    """Train SASRec on ``dataset.train_sequences()``; returns (model in eval mode, report dict)."""
+    cfg = cfg.for_dataset(dataset.name)  # fill the per-dataset settings left at None
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    windows = torch.from_numpy(make_windows(dataset.train_sequences(), cfg.maxlen))
+    if len(windows) == 0:
+        raise ValueError(f"dataset {dataset.name!r} has no user with two or more training items; "
+                         "SASRec cannot be trained on it")
+    valid_cases = dataset.eval_cases("valid")
+    model = SASRec(SASRecConfig(n_items=dataset.n_items, maxlen=cfg.maxlen, hidden=cfg.hidden,
+                                layers=cfg.layers, heads=cfg.heads, dropout=cfg.dropout))
+    # Weight decay on matrices only (not on LayerNorm gains, biases, or embeddings' padding row).
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    optim = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                               {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+
+    steps_per_epoch = math.ceil(len(windows) / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    best = {"ndcg@10": -1.0, "epoch": 0, "state": None, "metrics": {}}
+    history, bad_checks, step = [], 0, 0
+    t0 = time.perf_counter()
+    bar = tqdm(total=total_steps, desc=f"SASRec {dataset.name}", unit="step", disable=not progress)
+    for epoch in range(1, cfg.epochs + 1):
+        # 1. one pass over the shuffled windows
+        model.train()
+        order = torch.from_numpy(rng.permutation(len(windows)))
+        epoch_loss, t_epoch = 0.0, time.perf_counter()
+        for i in range(steps_per_epoch):
+            batch = windows[order[i * cfg.batch_size:(i + 1) * cfg.batch_size]]
+            for group in optim.param_groups:  # 2. learning rate for this step
+                group["lr"] = lr_at(step, total_steps, cfg)
+            loss = sequence_loss(model, batch, cfg.loss, gen)  # 3. forward
+            optim.zero_grad(set_to_none=True)
+            loss.backward()  # 4. backward
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # 5. guard against spikes
+            optim.step()  # 6. update
+            with torch.no_grad():
+                model.item_emb.weight[0].zero_()  # padding stays zero
+            step += 1
+            epoch_loss += loss.item()
+            bar.update(1)
+        record = {"epoch": epoch, "loss": epoch_loss / steps_per_epoch,
+                  "seconds": time.perf_counter() - t_epoch}
+        # 7. validation every few epochs; keep the best weights, stop when it stops improving
+        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            metrics = validation_metrics(model, valid_cases)
+            record["valid"] = {k: metrics[k] for k in ("ndcg@10", "hr@10")}
+            if metrics["ndcg@10"] > best["ndcg@10"]:
+                best = {"ndcg@10": metrics["ndcg@10"], "epoch": epoch, "metrics": metrics,
+                        "state": copy.deepcopy(model.state_dict())}
+                bad_checks = 0
+            else:
+                bad_checks += 1
+        history.append(record)
+        bar.set_postfix(loss=f"{record['loss']:.3f}", val_ndcg10=f"{best['ndcg@10']:.4f}", best_ep=best["epoch"])
+        if bad_checks >= cfg.patience:
+            break
+    bar.close()
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    model.eval()
+    seconds = time.perf_counter() - t0
+    report = {
+        "dataset": dataset.name, "dataset_hash": dataset.content_hash, "loss": cfg.loss,
+        "best_epoch": best["epoch"], "epochs_run": len(history), "valid": best["metrics"],
+        "seconds": seconds, "seconds_per_epoch": float(np.mean([r["seconds"] for r in history])),
+        "windows": int(len(windows)), "steps": step, "history": history,
+    }
+    return model, report

@@ -1,0 +1,66 @@
+"""The launched app, driven over HTTP with gradio_client (fake Recommender: no model needed)."""
+import socket
+
+import pytest
+
+from _app_fakes import fake_context
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    from recdemo.app.main import launch
+
+    ctx = fake_context(tmp_path_factory.mktemp("app"))
+    cfg = ctx.cfg.set("app", "port", free_port())
+    demo, ctx, url = launch(cfg, ctx=ctx, block=False, warmup=False, quiet=True)
+    yield url, ctx
+    demo.close()
+    ctx.close()
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    from gradio_client import Client
+
+    return Client(app[0], verbose=False)
+
+
+def test_recommend_api_returns_profile_candidates_and_explained_top10(client):
+    res = client.predict(["Toy Story (1995)", "Heat (1995)", "Jumanji (1995)"], "movielens-small", "score",
+                         api_name="/recommend")
+    assert len(res["results"]) == 10
+    assert all(r["rationale"] and r["evidence"] for r in res["results"])
+    assert res["profile"]["summary"] and res["profile"]["keywords"]
+    assert len(res["candidates"]) == 50
+    assert res["ranker"] == "score" and res["timings"]["total"] > 0
+
+
+def test_recommend_api_optional_arguments(client, app):
+    res = client.predict(["Heat (1995)"], "movielens-small", "palr", "none", 20, 5, api_name="/recommend")
+    assert len(res["results"]) == 5 and len(res["candidates"]) == 20
+    assert app[1].recs["movielens-small"].calls[-1]["adapter"] is None
+
+
+def test_recommend_api_errors_are_clean_messages(client):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="Did you mean"):
+        client.predict(["Toy Storee (1995)"], "movielens-small", "score", api_name="/recommend")
+    with pytest.raises(AppError, match="Pick at least one item"):
+        client.predict([], "movielens-small", "score", api_name="/recommend")
+
+
+def test_status_api(client):
+    st = client.predict(api_name="/status")
+    assert st["model_ready"] is True and "uptime_s" in st
+
+
+def test_api_is_documented(client):
+    info = client.view_api(print_info=False, return_format="dict")
+    assert "/recommend" in info["named_endpoints"]

@@ -1,0 +1,220 @@
+"""The app's event functions, called directly with a fake Recommender (tests/_app_fakes.py)."""
+import pytest
+
+from _app_fakes import FakeRecommender, fake_context, fake_finetune, FakeService
+from recdemo.app import events, render
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    c = fake_context(tmp_path)
+    yield c
+    c.close()
+
+
+# -- picker --
+def test_search_is_typo_tolerant_and_short_queries_are_ignored(ctx):
+    titles, msg = events.search(ctx, "movielens-small", "toy strory")
+    assert titles[0] == "Toy Story (1995)" and msg == ""
+    assert events.search(ctx, "movielens-small", "t") == ([], "")
+
+
+def test_search_unknown_dataset_gives_message_not_exception(ctx):
+    titles, msg = events.search(ctx, "no-such-data", "toy")
+    assert titles == [] and "Unknown dataset" in msg
+
+
+def test_add_move_remove_keep_order():
+    h, _ = events.add_item([], "A")
+    h, _ = events.add_item(h, "B")
+    h, _ = events.add_item(h, "C")
+    h2, msg = events.add_item(h, "B")
+    assert h2 == ["A", "B", "C"] and "already" in msg
+    h, pos = events.move_item(h, 2, -1)
+    assert (h, pos) == (["A", "C", "B"], 1)
+    h, pos = events.move_item(h, 0, -1)  # already first: stays
+    assert (h, pos) == (["A", "C", "B"], 0)
+    assert events.move_item(h, None, 1) == (["A", "C", "B"], None)
+    h, pos = events.remove_item(h, 2)
+    assert (h, pos) == (["A", "C"], 1)
+    assert events.history_choices(h) == [("1. A", 0), ("2. C", 1)]
+
+
+def test_history_is_capped():
+    h = [f"T{i}" for i in range(events.MAX_HISTORY_ITEMS)]
+    h2, msg = events.add_item(h, "one more")
+    assert h2 == h and "at most" in msg
+
+
+def test_random_user_and_personas(ctx):
+    hist, msg = events.random_user(ctx, "movielens-small", seed=1)
+    assert len(hist) == 6 and msg == ""
+    names = events.personas(ctx, "movielens-small")
+    assert "Comedy fan" in names
+    assert events.persona_history(ctx, "movielens-small", "Comedy fan") == names["Comedy fan"]
+    assert events.persona_history(ctx, "movielens-small", None) is None
+
+
+# -- recommend --
+def test_recommend_renders_profile_cards_table_and_timings(ctx):
+    out = events.recommend(ctx, ["Toy Story (1995)", "Heat (1995)", "Jumanji (1995)"], "movielens-small",
+                           "palr", "auto", 50, 10)
+    assert out["ok"], out["message"]
+    assert out["cards_html"].count('class="rd-card"') == 10
+    assert "rd-kw grounded" in out["profile_html"] and "rd-kw ungrounded" in out["profile_html"]
+    assert "from: Toy Story (1995)" in out["profile_html"]
+    assert out["candidates_html"].count("<tr") == 51  # header + 50 candidates
+    assert '<span class="rd-llm">#1</span>' in out["candidates_html"]
+    assert "▲ up" in out["cards_html"] and ">new<" in out["cards_html"]
+    assert "total 0.61 s" in out["meta_html"] and "fake-llm" in out["meta_html"]
+    assert out["prompt"].startswith("### Interaction History")
+    call = ctx.recs["movielens-small"].calls[-1]
+    assert call == dict(history=["Toy Story (1995)", "Heat (1995)", "Jumanji (1995)"], ranker="palr",
+                        n_candidates=50, k=10, adapter="auto")
+
+
+def test_adapter_none_means_base_model(ctx):
+    events.recommend(ctx, ["Heat (1995)"], "movielens-small", "score", "none", 20, 5)
+    assert ctx.recs["movielens-small"].calls[-1]["adapter"] is None
+
+
+@pytest.mark.parametrize("history,needle", [([], "Pick at least one item"),
+                                            (["Toy Storee (1995)"], "Did you mean")])
+def test_recommend_bad_input_is_a_friendly_message(ctx, history, needle):
+    out = events.recommend(ctx, history, "movielens-small", "score", "auto", 50, 10)
+    assert not out["ok"] and needle in out["message"] and "Traceback" not in out["message"]
+
+
+def test_recommend_unexpected_exception_is_a_message(tmp_path):
+    c = fake_context(tmp_path, recommender=FakeRecommender(fail_with=RuntimeError("boom")))
+    out = events.recommend(c, ["Heat (1995)"], "movielens-small", "score", "auto", 50, 10)
+    assert not out["ok"] and "RuntimeError: boom" in out["message"] and "server log" in out["message"]
+
+
+def test_recommend_while_model_loading_says_so(tmp_path):
+    c = fake_context(tmp_path, ready=False)
+    c._warm_thread = object()  # pretend a warm-up is running
+    out = events.recommend(c, ["Heat (1995)"], "movielens-small", "score", "auto", 50, 10)
+    assert not out["ok"] and "still loading" in out["message"]
+
+
+def test_bad_ranker_and_k_rejected(ctx):
+    assert "Unknown ranker" in events.recommend(ctx, ["Heat (1995)"], "movielens-small", "bm25", "auto",
+                                                50, 10)["message"]
+    assert "number of results" in events.recommend(ctx, ["Heat (1995)"], "movielens-small", "score", "auto",
+                                                   5, 10)["message"]
+
+
+def test_api_result_is_plain_json(ctx):
+    data = events.run_recommendation(ctx, ["Heat (1995)"], "movielens-small", "score")
+    res = events.api_result(data)
+    assert len(res["results"]) == 10 and res["profile"]["keywords"][0]["text"] == "comedy"
+    assert res["results"][0]["evidence"][0]["kind"] == "co-occurrence"
+
+
+# -- render --
+def test_titles_are_escaped():
+    html = render.cards_html({"results": [{"rank": 1, "title": "<script>x</script>", "retrieval_rank": 3}]})
+    assert "<script>" not in html and "&lt;script&gt;" in html
+
+
+def test_move_badge():
+    assert render.move_badge(1, 15) == ("▲ up 14", "up")
+    assert render.move_badge(4, 1) == ("▼ down 3", "down")
+    assert render.move_badge(2, 2)[1] == "same"
+    assert render.move_badge(3, None) == ("new", "new")
+
+
+def test_keywords_highlighted_in_summary():
+    rec = {"history": [{"index": 5, "title": "Alien"}],
+           "profile": {"keywords": [{"text": "sci-fi", "support": [5], "grounded": True}],
+                       "summary": "Loves Sci-Fi classics."}}
+    assert "<mark>Sci-Fi</mark>" in render.profile_html(rec)
+
+
+# -- uploads --
+def _write_pair(tmp_path, inter_rows, item_rows):
+    d = tmp_path / "in"
+    d.mkdir(exist_ok=True)
+    (d / "interactions.csv").write_text("user_id,item_id,timestamp\n" + "\n".join(inter_rows) + "\n")
+    (d / "items.csv").write_text("item_id,title,categories\n" + "\n".join(item_rows) + "\n")
+    return str(d / "interactions.csv"), str(d / "items.csv")
+
+
+def test_upload_valid_pair_adds_dataset(ctx, tmp_path):
+    inter = [f"u{u},i{(u + t) % 6},{t}" for u in range(4) for t in range(4)]
+    items = [f"i{i},Item {i},A|B" for i in range(6)]
+    ok, html = events.upload_dataset(ctx, *_write_pair(tmp_path, inter, items), "shop")
+    assert ok and "4 users" in html
+    assert ("Uploaded · shop", "shop") in ctx.datasets()
+    ok, html = events.upload_dataset(ctx, *_write_pair(tmp_path, inter, items), "shop")
+    assert not ok and "already exists" in html
+
+
+def test_upload_error_names_file_line_column(ctx, tmp_path):
+    inter = ["u1,i1,1", "u1,i2,yesterday"]
+    ok, html = events.upload_dataset(ctx, *_write_pair(tmp_path, inter, ["i1,One,", "i2,Two,"]), "bad")
+    assert not ok
+    assert "interactions.csv, line 3, column &#x27;timestamp&#x27;" in html
+    assert "bad" not in ctx.uploads
+
+
+def test_upload_size_limit(tmp_path):
+    from recdemo.config import Config
+    c = fake_context(tmp_path, cfg=Config().set("data", "max_upload_mb", 0))
+    ok, html = events.upload_dataset(c, *_write_pair(tmp_path, ["u,i,1"], ["i,T,"]), "big")
+    assert not ok and "limited to 0 MB" in html
+
+
+def test_upload_missing_file_and_bad_name(ctx, tmp_path):
+    pair = _write_pair(tmp_path, ["u,i,1"], ["i,T,"])
+    assert "Please upload items.csv" in events.upload_dataset(ctx, pair[0], None, "x")[1]
+    assert "Dataset name" in events.upload_dataset(ctx, *pair, "../evil")[1]
+
+
+# -- fine-tune --
+def test_finetune_runs_in_background_and_new_adapter_is_selectable(ctx):
+    jid, html = events.start_finetune(ctx, "movielens-small", ["recommend"], 5, 8, 2e-4, "ml-ft")
+    assert jid is not None, html
+    ctx.jobs.wait(jid, timeout=10)
+    st = events.poll_finetune(ctx, jid)
+    assert st["finished"] and st["status"] == "done" and st["adapter"] == "ml-ft"
+    assert len(st["losses"]) == 5 and st["losses"][-1][1] < st["losses"][0][1]
+    assert "HR@10" in st["html"] and "+0.040" in st["html"]
+    assert ("ml-ft", "ml-ft") in events.adapter_choices(ctx)
+    # the new adapter is passed through to the recommender
+    events.recommend(ctx, ["Heat (1995)"], "movielens-small", "score", "ml-ft", 50, 10)
+    assert ctx.recs["movielens-small"].calls[-1]["adapter"] == "ml-ft"
+
+
+def test_finetune_validation_messages(ctx):
+    assert "already exists" in events.start_finetune(ctx, "movielens-small", ["recommend"], 5, 8, 2e-4,
+                                                     "movielens-small")[1]
+    assert "at least one" in events.start_finetune(ctx, "movielens-small", [], 5, 8, 2e-4, "x")[1]
+    assert "Steps" in events.start_finetune(ctx, "movielens-small", ["genrec"], 0, 8, 2e-4, "x")[1]
+    assert "learning rate" in events.start_finetune(ctx, "movielens-small", ["genrec"], 5, 8, 5, "x")[1]
+    assert "Choose a dataset" in events.start_finetune(ctx, "nope", ["genrec"], 5, 8, 2e-4, "x")[1]
+
+
+def test_second_finetune_waits_its_turn_and_cancel_works(tmp_path):
+    service = FakeService()
+    c = fake_context(tmp_path, service=service, finetune_runner=fake_finetune(service, step_seconds=0.05))
+    a, _ = events.start_finetune(c, "movielens-small", ["recommend"], 200, 8, 2e-4, "first")
+    b, html = events.start_finetune(c, "movielens-small", ["tallrec"], 3, 8, 2e-4, "second")
+    assert "Waiting in line: position" in html
+    assert "cancelling" in events.cancel_finetune(c, a).lower()
+    assert c.jobs.wait(a, timeout=10)["status"] == "cancelled"
+    assert c.jobs.wait(b, timeout=10)["status"] == "done"
+    assert "first" not in c.adapters() and "second" in c.adapters()
+    c.close()
+
+
+def test_failed_finetune_shows_reason_and_keeps_adapters(tmp_path):
+    service = FakeService()
+    c = fake_context(tmp_path, service=service, finetune_runner=fake_finetune(service, fail_at=2))
+    jid, _ = events.start_finetune(c, "movielens-small", ["recommend"], 5, 8, 2e-4, "oops")
+    c.jobs.wait(jid, timeout=10)
+    st = events.poll_finetune(c, jid)
+    assert st["status"] == "failed" and "out of memory" in st["html"] and st["adapter"] is None
+    assert c.adapters() == ["movielens-small"]
+    c.close()

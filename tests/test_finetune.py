@@ -1,0 +1,177 @@
+"""LoRA fine-tuning on a tiny random Llama: learning, resume, atomic save, cancel, the shared service."""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from recdemo.config import LLMConfig
+from recdemo.llm import ft_checkpoint as ckpt
+from recdemo.llm.finetune import FineTuneSpec, lr_at, run_finetune
+from recdemo.llm.service import LLMService
+
+
+def spec_for(out, **kw) -> FineTuneSpec:
+    base = dict(tasks=["recommend", "recommend_retrieval", "tallrec", "genrec"], steps=4, batch_size=2,
+                lr=5e-3, eval_every=2, eval_users=3, eval_candidates=6, n_candidates=6, lora_dropout=0.1,
+                out=str(out))
+    base.update(kw)
+    return FineTuneSpec(**base)
+
+
+@pytest.fixture
+def service(tiny_llm, tmp_path):
+    return LLMService(LLMConfig(adapter_dir=str(tmp_path / "adapters")), llm=tiny_llm)
+
+
+def folder_digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def stop_at(step, cancel=None, error=None):
+    """A progress callback that cancels (or raises) once training reaches ``step``."""
+    def progress(event):
+        if event.get("phase") == "training" and event["step"] >= step:
+            if error is not None:
+                raise error
+            cancel.set()
+    return progress
+
+
+def test_a_few_steps_reduce_the_loss_on_a_repeated_example(service, toy_dataset, tmp_path):
+    spec = spec_for(tmp_path / "adapters" / "rep", tasks=["genrec"], examples=1, steps=25, batch_size=1,
+                    lr=5e-2, lora_dropout=0.0, rank_eval=False, eval_every=0, lora_targets="all-linear")
+    losses = []
+    result = run_finetune(spec, toy_dataset, service, progress=lambda e: e.get("loss") is not None and
+                          losses.append(e["loss"]))
+    assert result["status"] == "done" and len(losses) == 25
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_run_writes_the_adapter_folder_and_registers_it(service, toy_dataset, tmp_path):
+    out = tmp_path / "adapters" / "toy"
+    base_before = {k: v.clone() for k, v in service.llm.model.state_dict().items()}
+    events = []
+    result = run_finetune(spec_for(out), toy_dataset, service, progress=events.append)
+    assert result["status"] == "done" and result["adapter"] == "toy" and result["path"] == str(out)
+    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "meta.json"]
+    meta = json.loads((out / "meta.json").read_text())
+    for key in ("base_model", "tasks", "dataset", "dataset_hash", "steps", "metrics", "seconds", "created", "lora"):
+        assert key in meta
+    assert meta["dataset_hash"] == toy_dataset.content_hash and meta["steps"] == 4
+    assert meta["base_model"] == "tiny-llama" and meta["lora"]["r"] == 8
+    assert "val_loss" in result["metrics_before"] and "hr@10" in result["metrics_after"]
+    assert {"step", "total", "loss", "eta_s", "phase", "metrics"} <= set(events[-1])
+    assert [e["step"] for e in events if e["phase"] == "training"] == [1, 2, 3, 4]
+    assert not ckpt.partial_dir(out).exists()  # cleaned up after success
+    # the service can serve it, and its base model was never touched (we trained a copy)
+    assert "toy" in service.available_adapters() and "toy" in service.adapters.loaded
+    with service.use_adapter(None):
+        for k, v in service.llm.model.state_dict().items():
+            if k in base_before:
+                assert torch.equal(v, base_before[k]), k
+
+
+def test_second_run_trains_beside_a_serving_adapter(service, toy_dataset, tmp_path):
+    first = run_finetune(spec_for(tmp_path / "adapters" / "one", steps=2, rank_eval=False), toy_dataset, service)
+    with service.use_adapter("one") as llm:
+        ids = torch.tensor([[1, 5, 9, 12]])
+        before = llm.model(input_ids=ids).logits
+    service.adapters.activate("one")
+    second = run_finetune(spec_for(tmp_path / "adapters" / "two", steps=2, rank_eval=False, seed=1),
+                          toy_dataset, service)
+    assert first["status"] == second["status"] == "done"
+    assert service.adapters.active == "one"  # training did not switch what the app serves
+    with service.use_adapter("one") as llm:
+        assert torch.allclose(llm.model(input_ids=ids).logits, before)
+    a = load_file(str(tmp_path / "adapters" / "one" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "adapters" / "two" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and not all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(service, toy_dataset, tmp_path):
+    straight = tmp_path / "adapters" / "straight"
+    run_finetune(spec_for(straight, eval_every=0, rank_eval=False), toy_dataset, service)
+
+    out = tmp_path / "adapters" / "resumed"
+    cancel = threading.Event()
+    r1 = run_finetune(spec_for(out, eval_every=0, rank_eval=False), toy_dataset, service,
+                      progress=stop_at(2, cancel), cancel=cancel)
+    assert r1["status"] == "cancelled" and r1["step"] == 2 and not out.exists()
+    state = json.loads((ckpt.partial_dir(out) / ckpt.STATE_FILE).read_text())
+    assert state["step"] == 2 and state["optimizer"]["param_groups"]
+    moments = load_file(str(ckpt.partial_dir(out) / ckpt.OPTIM_FILE))
+    assert any(k.endswith(".exp_avg_sq") for k in moments) and "rng.torch" in moments
+
+    steps = []
+    r2 = run_finetune(spec_for(out, eval_every=0, rank_eval=False), toy_dataset, service,
+                      progress=lambda e: e["phase"] == "training" and steps.append(e["step"]))
+    assert r2["status"] == "done" and steps == [3, 4]
+    a = load_file(str(straight / "adapter_model.safetensors"))
+    b = load_file(str(out / "adapter_model.safetensors"))
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+def test_resume_ignores_state_from_a_different_run(service, toy_dataset, tmp_path):
+    out = tmp_path / "adapters" / "x"
+    cancel = threading.Event()
+    run_finetune(spec_for(out, eval_every=0, rank_eval=False), toy_dataset, service,
+                 progress=stop_at(2, cancel), cancel=cancel)
+    steps = []
+    run_finetune(spec_for(out, eval_every=0, rank_eval=False, lr=1e-3), toy_dataset, service,
+                 progress=lambda e: e["phase"] == "training" and steps.append(e["step"]))
+    assert steps == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("how", ["cancel", "crash"])
+def test_interrupted_run_leaves_the_previous_adapter_byte_identical(service, toy_dataset, tmp_path, how):
+    out = tmp_path / "adapters" / "keep"
+    run_finetune(spec_for(out, steps=2, rank_eval=False), toy_dataset, service)
+    digest = folder_digest(out)
+    cancel = threading.Event()
+    spec = spec_for(out, steps=6, seed=3, rank_eval=False)
+    if how == "cancel":
+        result = run_finetune(spec, toy_dataset, service, progress=stop_at(3, cancel), cancel=cancel)
+        assert result == {"status": "cancelled", "step": 3, "reason": result["reason"]}
+        assert "unchanged" in result["reason"]
+    else:
+        with pytest.raises(RuntimeError, match="boom"):
+            run_finetune(spec, toy_dataset, service, progress=stop_at(3, error=RuntimeError("boom")))
+    assert folder_digest(out) == digest
+    assert not list(out.parent.glob(".keep.tmp-*")) and not list(out.parent.glob(".keep.old-*"))
+
+
+def test_cancel_before_training_returns_quickly(service, toy_dataset, tmp_path):
+    cancel = threading.Event()
+    cancel.set()
+    result = run_finetune(spec_for(tmp_path / "adapters" / "c"), toy_dataset, service, cancel=cancel)
+    assert result["status"] == "cancelled" and result["step"] == 0
+    assert not (tmp_path / "adapters" / "c").exists() and not ckpt.partial_dir(tmp_path / "adapters" / "c").exists()
+
+
+def test_learning_rate_warms_up_then_decays():
+    spec = FineTuneSpec(steps=100, lr=1e-3, warmup_steps=10, min_lr_ratio=0.1, out="x")
+    lrs = [lr_at(s, spec) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert lrs[-1] == pytest.approx(1e-4)
+
+
+def test_bad_spec_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown fine-tuning task"):
+        FineTuneSpec(tasks=["summarize"], out="x")
+    with pytest.raises(ValueError, match="where to write"):
+        FineTuneSpec()
+
+
+def test_cli_rejects_bad_flags_without_a_traceback(capsys):
+    from recdemo.cli import main
+    code = main(["finetune", "--dataset", "movielens-small", "--tasks", "recommend,poetry", "--out", "/tmp/x"])
+    err = capsys.readouterr().err
+    assert code == 1 and "unknown fine-tuning task(s) poetry" in err and "Traceback" not in err

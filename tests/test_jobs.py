@@ -1,0 +1,141 @@
+"""The fine-tune queue: FIFO, one at a time, progress, cancel, failures."""
+import threading
+import time
+
+import pytest
+
+from recdemo.app.jobs import FineTuneQueue
+
+
+def stepping_runner(order, gate: threading.Event | None = None, steps=3):
+    def run(job, progress, cancel):
+        order.append(job.params["name"])
+        if gate is not None:
+            gate.wait(5)
+        for s in range(1, steps + 1):
+            if cancel.is_set():
+                return {"status": "cancelled"}
+            progress({"step": s, "total": steps, "loss": 1.0 / s, "eta_s": steps - s, "phase": "train"})
+        return {"status": "done", "adapter": job.params["name"]}
+    return run
+
+
+@pytest.fixture
+def queue_factory():
+    made = []
+
+    def make(runner, **kw):
+        q = FineTuneQueue(runner, **kw)
+        made.append(q)
+        return q
+    yield make
+    for q in made:
+        q.shutdown(timeout=2)
+
+
+def test_runs_jobs_one_at_a_time_in_submission_order(queue_factory):
+    order, gate = [], threading.Event()
+    q = queue_factory(stepping_runner(order, gate))
+    a, b, c = (q.submit({"name": n}) for n in "abc")
+    deadline = time.time() + 5
+    while q.position(a.id) != 0 and time.time() < deadline:
+        time.sleep(0.01)
+    assert (q.position(a.id), q.position(b.id), q.position(c.id)) == (0, 1, 2)
+    assert q.snapshot(b.id)["status"] == "queued"
+    gate.set()
+    for j in (a, b, c):
+        assert q.wait(j.id, timeout=5)["status"] == "done"
+    assert order == ["a", "b", "c"]
+    assert q.position(a.id) is None
+
+
+def test_progress_is_recorded_for_the_plot(queue_factory):
+    q = queue_factory(stepping_runner([], steps=4))
+    job = q.submit({"name": "x"})
+    snap = q.wait(job.id, timeout=5)
+    assert snap["status"] == "done"
+    assert snap["losses"] == [(1, 1.0), (2, 0.5), (3, pytest.approx(1 / 3)), (4, 0.25)]
+    assert (snap["step"], snap["total"], snap["eta_s"]) == (4, 4, 0.0)
+    assert snap["result"]["adapter"] == "x"
+
+
+def test_cancel_waiting_job_removes_it_without_running(queue_factory):
+    order, gate = [], threading.Event()
+    q = queue_factory(stepping_runner(order, gate))
+    a, b = q.submit({"name": "a"}), q.submit({"name": "b"})
+    assert q.cancel(b.id)
+    assert q.snapshot(b.id)["status"] == "cancelled"
+    gate.set()
+    assert q.wait(a.id, timeout=5)["status"] == "done"
+    assert order == ["a"]
+    assert not q.cancel(b.id)  # already finished
+
+
+def test_cancel_running_job_stops_it_cleanly(queue_factory):
+    started = threading.Event()
+
+    def slow(job, progress, cancel):
+        started.set()
+        for s in range(1000):
+            if cancel.is_set():
+                return {"status": "cancelled"}
+            progress({"step": s, "total": 1000, "loss": 1.0})
+            time.sleep(0.005)
+        return {"status": "done"}
+
+    q = queue_factory(slow)
+    job = q.submit({"name": "long"})
+    assert started.wait(5)
+    assert q.cancel(job.id)
+    snap = q.wait(job.id, timeout=5)
+    assert snap["status"] == "cancelled"
+    assert snap["step"] < 999
+    assert "unchanged" in snap["error"]
+
+
+def test_exception_becomes_failed_job_and_queue_keeps_working(queue_factory):
+    calls = []
+
+    def flaky(job, progress, cancel):
+        calls.append(job.params["name"])
+        if job.params["name"] == "bad":
+            raise RuntimeError("disk full")
+        return {"status": "done"}
+
+    q = queue_factory(flaky, error_message=lambda e: f"sorry: {e}")
+    bad, good = q.submit({"name": "bad"}), q.submit({"name": "good"})
+    assert q.wait(bad.id, timeout=5)["error"] == "sorry: disk full"
+    assert q.snapshot(bad.id)["status"] == "failed"
+    assert q.wait(good.id, timeout=5)["status"] == "done"
+    assert calls == ["bad", "good"]
+
+
+def test_non_done_status_from_runner_is_a_failure_with_reason(queue_factory):
+    q = queue_factory(lambda job, p, c: {"status": "failed", "reason": "loss became NaN"})
+    snap = q.wait(q.submit({"name": "n"}).id, timeout=5)
+    assert (snap["status"], snap["error"]) == ("failed", "loss became NaN")
+
+
+def test_active_lists_running_then_waiting(queue_factory):
+    gate = threading.Event()
+    q = queue_factory(stepping_runner([], gate))
+    a, b = q.submit({"name": "a"}), q.submit({"name": "b"})
+    deadline = time.time() + 5
+    while q.running() != a.id and time.time() < deadline:
+        time.sleep(0.01)
+    assert [s["id"] for s in q.active()] == [a.id, b.id]
+    gate.set()
+    q.wait(b.id, timeout=5)
+    assert q.active() == []
+
+
+def test_shutdown_cancels_waiting_jobs_and_refuses_new_ones():
+    gate = threading.Event()
+    q = FineTuneQueue(stepping_runner([], gate))
+    a, b = q.submit({"name": "a"}), q.submit({"name": "b"})
+    gate.set()
+    q.shutdown(timeout=5)
+    assert q.snapshot(b.id)["status"] in ("cancelled", "done")
+    assert q.snapshot(a.id)["status"] in ("cancelled", "done")
+    with pytest.raises(RuntimeError):
+        q.submit({"name": "c"})
