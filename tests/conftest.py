@@ -91,3 +91,103 @@ def make_toy_dataset(n_items: int = 40, n_users: int = 12, seed: int = 0, rating
 @pytest.fixture
 def toy_dataset():
     return make_toy_dataset()
+
+
+def make_cycle_dataset(n_cycles: int = 3, cycle_len: int = 12, n_users: int = 60, seed: int = 0):
+    """Users who walk a fixed item cycle (item c*L + j is always followed by c*L + (j+1) % L), from a
+    random start, 6 to L steps (no repeats): the next item is fully predictable from the last one,
+    while every item is about equally popular (so popularity cannot predict it)."""
+    from recdemo.data import Catalog, Dataset
+
+    rng = np.random.default_rng(seed)
+    n_items = n_cycles * cycle_len
+    catalog = Catalog(ids=[f"i{i}" for i in range(n_items)], titles=[f"Item {i}" for i in range(n_items)])
+    seqs = []
+    for u in range(n_users):
+        c, start, length = u % n_cycles, int(rng.integers(cycle_len)), int(rng.integers(6, cycle_len + 1))
+        seqs.append(np.array([c * cycle_len + (start + t) % cycle_len for t in range(length)], dtype=np.int64))
+    return Dataset(name="cycles", catalog=catalog, users=[f"u{u}" for u in range(n_users)], sequences=seqs)
+
+
+@pytest.fixture
+def cycle_dataset():
+    return make_cycle_dataset()
+
+
+class PopularityRetriever:
+    """Stands in for SASRec's ``Retriever`` (top_k / score_all) in ranker tests: training-count
+    popularity plus a fixed tiny jitter, so scores are distinct and deterministic."""
+
+    def __init__(self, dataset, seed: int = 0):
+        counts = np.bincount(np.concatenate(dataset.train_sequences()), minlength=dataset.n_items)
+        self.scores = counts.astype(np.float64) + np.random.default_rng(seed).random(dataset.n_items) * 0.01
+
+    def score_all(self, history):
+        return self.scores.copy()
+
+    def top_k(self, history, k=50):
+        s = self.score_all(history)
+        s[np.asarray(list(history), dtype=np.int64)] = -np.inf
+        top = np.argsort(-s, kind="stable")[:k]
+        return [(int(i), float(s[i])) for i in top if np.isfinite(s[i])]
+
+
+@pytest.fixture
+def pop_retriever(toy_dataset):
+    return PopularityRetriever(toy_dataset)
+
+
+def make_tiny_adapter(llm, folder, seed: int = 1, base_model: str | None = None, r: int = 4,
+                      targets=("q_proj", "v_proj"), meta: dict | None = None):
+    """Save a random (non-zero) LoRA for ``llm`` to ``folder`` in the shipped layout:
+    adapter_config.json + adapter_model.safetensors (peft) + meta.json. The base model is untouched
+    (the LoRA is built on a deep copy)."""
+    import copy
+    import json
+    from pathlib import Path
+
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets), init_lora_weights=False,
+                        task_type="CAUSAL_LM")
+    peft_model = get_peft_model(copy.deepcopy(llm.model), config)
+    folder = Path(folder)
+    peft_model.save_pretrained(str(folder), safe_serialization=True)
+    info = {"base_model": base_model or llm.name, "tasks": ["recommend"], "dataset": "toy", "steps": 0,
+            "metrics": {}, "seconds": 0.0, "created": "test", "lora": {"r": r, "targets": list(targets)}}
+    (folder / "meta.json").write_text(json.dumps({**info, **(meta or {})}))
+    return folder
+
+
+@pytest.fixture
+def tiny_service(tiny_llm, tmp_path):
+    """An LLMService around the tiny random model, adapters under tmp_path/adapters."""
+    from recdemo.config import LLMConfig
+    from recdemo.llm.service import LLMService
+
+    cfg = LLMConfig(model="tiny-llama", device="cpu", adapter_dir=str(tmp_path / "adapters"),
+                    fusion_dir=str(tmp_path / "fusion"))
+    return LLMService(cfg, llm=tiny_llm)
+
+
+def hash_encoder(texts, dim: int = 64):
+    """A deterministic stand-in for the sentence encoder: bag of hashed character trigrams,
+    L2-normalised. Texts sharing words get similar vectors; no model, no download, microseconds."""
+    import zlib
+
+    out = np.zeros((len(texts), dim), dtype=np.float32)
+    for row, text in enumerate(texts):
+        t = f"  {str(text).lower()} "
+        for i in range(len(t) - 2):
+            out[row, zlib.crc32(t[i:i + 3].encode()) % dim] += 1.0
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+
+
+@pytest.fixture
+def toy_text_index(toy_dataset, tmp_path):
+    """A TextIndex over ``toy_dataset`` with ``hash_encoder`` (embeddings cached under tmp_path)."""
+    from recdemo.retrieval.text_index import TextIndex
+
+    return TextIndex.for_dataset(toy_dataset, None, cache_dir=tmp_path / "text_index",
+                                 encoder=hash_encoder, encoder_name="hash")

@@ -62,6 +62,12 @@ def real_app(tmp_path_factory):
     if Path(cfg.llm.adapter_dir).is_dir():
         shutil.copytree(cfg.llm.adapter_dir, adapters)
     cfg = cfg.set("llm", "adapter_dir", str(adapters)).set("llm", "ranker", "score")
+    # SASRec for the uploaded dataset is trained into a temp folder; movielens' checkpoint is linked.
+    ckpt = tmp / "checkpoints"
+    ckpt.mkdir()
+    for f in Path(cfg.retrieval.checkpoint_dir).glob("sasrec-movielens-small.*"):
+        (ckpt / f.name).symlink_to(f.resolve())
+    cfg = cfg.set("retrieval", "checkpoint_dir", str(ckpt))
     ctx = AppContext(cfg, upload_root=str(tmp / "uploads"))
     demo, ctx, url = launch(cfg, ctx=ctx, block=False, quiet=True)
     yield url, ctx, tmp

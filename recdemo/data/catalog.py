@@ -6,6 +6,7 @@ Everywhere outside SASRec an item is its 0-based catalog index (``int``); the ex
 from __future__ import annotations
 
 import html
+import html.entities
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -19,8 +20,15 @@ def decode_entities(text: str) -> str:
     double-escaped text (``&amp;quot;``). Bare ``&`` words such as ``AT&T`` or ``Salt &notes`` are
     left alone (``html.unescape`` alone would turn ``&not`` into a negation sign)."""
     for _ in range(2):
-        text = _ENTITY.sub(lambda m: html.unescape(m.group(0)), text)
+        text = _ENTITY.sub(_decode_entity, text)
     return text
+
+
+def _decode_entity(m: re.Match) -> str:
+    entity = m.group(0)
+    if entity[1] == "#" or entity[1:] in html.entities.html5:  # "&notanentity;" is not "&not;"
+        return html.unescape(entity)
+    return entity
 
 
 def clean_title(title: str) -> str:

@@ -201,6 +201,8 @@ def _parse_fast(text: str, sep: str, names: list[str] | None, fname: str):
         raise DataError(f"cannot parse: {_parser_reason(e)}", file=fname) from None
     header = _check_header(list(df.columns), fname) if not names else list(names)
     df.columns = header
+    for col in header:  # as the exact parser does: no spaces around values
+        df[col] = df[col].str.strip()
     first = 1 if names else 2
     physical = text.count("\n") + (0 if text.endswith("\n") else 1) - (first - 1)
     if physical == len(df):  # one record per line: the line is the position

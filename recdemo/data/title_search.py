@@ -22,8 +22,30 @@ def trigrams(text: str) -> set[str]:
     return out
 
 
+def within_one_edit(a: str, b: str) -> bool:
+    """True when ``b`` is ``a`` with one letter deleted, inserted, replaced, or two neighbours swapped."""
+    if a == b:
+        return True
+    if abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
+        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1
+                                  and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]])
+    short, long_ = (a, b) if len(a) < len(b) else (b, a)
+    i = next((k for k, (x, y) in enumerate(zip(short, long_)) if x != y), len(short))
+    return short[i:] == long_[i + 1:]
+
+
+def _deletions(word: str) -> set[str]:
+    return {word[:i] + word[i + 1:] for i in range(len(word))}
+
+
 class TitleMatcher:
     """Scores every item's title against a query; higher is better, about 0..1.6."""
+
+    FUZZY_MIN_LEN = 4  # shorter words match exactly only ("hat" is not a typo of "heat")
+    FUZZY_CREDIT = 0.8  # a word one edit away counts this much of an exact word
 
     EXACT_BONUS = 0.5  # the query is one of the item's keys
     PREFIX_BONUS = 0.2  # a key starts with the query (partial titles typed from the start)
@@ -53,6 +75,40 @@ class TitleMatcher:
                                         shape=(len(keys), max(len(vocab), 1)))
         self.key_sizes = np.asarray(self.matrix.sum(axis=1)).ravel()
         self._word_sets = [set(k.split()) for k in keys]
+        # Whole-word matching, one typo allowed: trigrams fall apart on short words ("sherk" shares
+        # one trigram with "shrek"). Words are found through their one-letter deletions (SymSpell).
+        words: dict[str, list[int]] = {}
+        for r, ws in enumerate(self._word_sets):
+            for w in ws:
+                words.setdefault(w, []).append(r)
+        self._postings = {w: np.asarray(rows, dtype=np.int64) for w, rows in words.items()}
+        self._by_deletion: dict[str, list[str]] = {}
+        for w in words:
+            if len(w) >= self.FUZZY_MIN_LEN - 1:
+                for d in _deletions(w) | {w}:
+                    self._by_deletion.setdefault(d, []).append(w)
+        self._key_words = np.asarray([max(len(ws), 1) for ws in self._word_sets], dtype=np.float32)
+
+    def _word_matches(self, word: str) -> list[tuple[str, float]]:
+        """Catalog words matching ``word``: itself (credit 1) and, if long enough, one edit away."""
+        out = [(word, 1.0)] if word in self._postings else []
+        if len(word) >= self.FUZZY_MIN_LEN:
+            near = set()
+            for d in _deletions(word) | {word}:
+                near.update(self._by_deletion.get(d, ()))
+            out += [(w, self.FUZZY_CREDIT) for w in near if w != word and within_one_edit(word, w)]
+        return out
+
+    def _word_scores(self, q_words: list[str]) -> np.ndarray:
+        """Per key: 0.6 * share of query words found + 0.4 * share of the key's words matched."""
+        found = np.zeros(len(self.keys), dtype=np.float32)
+        for word in q_words:
+            credit = np.zeros(len(self.keys), dtype=np.float32)
+            for w, c in self._word_matches(word):
+                rows = self._postings[w]
+                credit[rows] = np.maximum(credit[rows], c)
+            found += credit
+        return 0.6 * found / len(q_words) + 0.4 * np.minimum(found / self._key_words, 1.0)
 
     def scores(self, query: str) -> np.ndarray:
         """Lexical score per item (0 for items sharing nothing with the query)."""
@@ -73,6 +129,7 @@ class TitleMatcher:
             key_score = 0.6 * containment + 0.4 * jaccard
         else:
             key_score = np.zeros(len(self.keys), dtype=np.float32)
+        key_score = np.maximum(key_score, self._word_scores(q.split()))
         q_words = set(q.split())
         for r in np.flatnonzero(key_score >= 0.5):  # few keys: cheap exact/prefix/word checks
             key = self.keys[r]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .retrieval_eval import PROTOCOLS, evaluate_models
+from .retrieval_eval import N_SAMPLED_NEGATIVES, PROTOCOLS, evaluate_models
 
 COLUMNS = ("ndcg@10", "hr@10", "ndcg@5", "hr@5", "ndcg@20", "hr@20", "mrr")
 MODEL_LABELS = {"sasrec": "SASRec", "popularity": "most popular", "item_knn": "item-kNN (last 20)"}
@@ -21,6 +21,12 @@ def format_table(result: dict, headline: str) -> str:
         row += "".join(f"{result[p][name]['ndcg@10']:>20.4f}{result[p][name]['hr@10']:>18.4f}" for p in other)
         lines.append(row)
     return "\n".join(lines)
+
+
+def can_sample(dataset, split: str) -> bool:
+    """Whether every case leaves 100 items outside its history to sample negatives from."""
+    longest = max((len(set(c.history.tolist())) + 1 for c in dataset.eval_cases(split)), default=0)
+    return dataset.n_items - longest >= N_SAMPLED_NEGATIVES
 
 
 def cli_evaluate(args, cfg) -> int:
@@ -40,7 +46,11 @@ def cli_evaluate(args, cfg) -> int:
         "item_knn": ItemKNN.for_dataset(dataset).score_batch,
     }
     split, protocol, seed = args.split, args.protocol, args.seed
-    result = evaluate_models(models, dataset, split=split, users=args.users, seed=seed)
+    protocols = [protocol]
+    other = "sampled100" if protocol == "full" else "full"
+    if other != "sampled100" or can_sample(dataset, split):
+        protocols.append(other)  # the other protocol as an extra column
+    result = evaluate_models(models, dataset, split=split, users=args.users, seed=seed, protocols=protocols)
     users = result[protocol]["sasrec"]["users"]
     print(f"{dataset.name} ({dataset.content_hash}), {split} split, {users} users, leave-one-out; "
           f"{protocol} protocol" + (" (every item ranked, history excluded)" if protocol == "full" else ""))

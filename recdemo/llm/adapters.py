@@ -156,9 +156,10 @@ class AdapterManager:
                                 + finetune_hint(name)) from e
         old = self.loaded.get(name)
         self.loaded[name], self.paths[name], self.metas[name] = internal, folder, meta
+        self._apply(self.active)  # (re)activate first: the old copy may be the active one
         if old is not None and old != internal:
             self.peft.delete_adapter(old)  # the retrained copy replaces the old one
-        self._apply(self.active)
+            self._apply(self.active)
         return name
 
     def meta(self, name: str) -> dict:
@@ -195,31 +196,3 @@ class AdapterManager:
             self.peft.delete_adapter(internal)
             if self.active is None:
                 self._apply(None)
-
-    # -- fine-tuning support --
-    def add_trainable(self, name: str, lora_config) -> object:
-        """Add a fresh trainable LoRA adapter (``peft.LoraConfig``) and activate it; returns the PeftModel.
-
-        The fine-tune loop trains it, saves it with ``peft.save_pretrained(dir, selected_adapters=[name])``
-        and calls ``remove_trainable(name)``; ``LLMService.register_adapter`` then loads the saved copy.
-        """
-        from peft import get_peft_model
-        internal = f"train__{name}".replace(".", "_").replace("-", "_")
-        if self.peft is None:
-            self.peft = get_peft_model(self.llm.model, lora_config, adapter_name=internal)
-        else:
-            if internal in self.peft.peft_config:
-                self.peft.delete_adapter(internal)
-            self.peft.add_adapter(internal, lora_config)
-        self.peft.set_adapter(internal)  # trainable: requires_grad on this adapter only
-        self.peft.base_model.enable_adapter_layers()
-        self.active = None  # not a public adapter; activate() restores a real one
-        return self.peft
-
-    def remove_trainable(self, name: str) -> None:
-        internal = f"train__{name}".replace(".", "_").replace("-", "_")
-        if self.peft is not None and internal in self.peft.peft_config:
-            self.peft.delete_adapter(internal)
-        for p in self.llm.model.parameters():
-            p.requires_grad_(False)
-        self._apply(self.active)

@@ -6,7 +6,9 @@ before the cut are the history, the items after it are the answer. Validation ex
 ``dataset.eval_cases("valid")`` and are only ever scored, never trained on.
 
 Tasks (prompt text always comes from ``recdemo.llm.prompts``):
-- ``recommend`` (PALR v1): history + profile -> the next 1-3 titles, one per line.
+- ``recommend`` (PALR v1): history + profile -> the next 2-3 titles, one per line ("Name the k ...",
+  k = their number). Two or more, so that the first title is followed by the line separator, as
+  the ``score`` and ``palr`` rankers expect at inference (they ask for 10 and score 'title\n').
 - ``recommend_retrieval`` (PALR v2): the same, but the answer is picked from a candidate list
   (the targets + negatives similar to them, shuffled). Training lists are shorter than the 50 SASRec
   candidates used at inference (``n_candidates``, default 20) because every candidate costs ~12
@@ -157,9 +159,11 @@ class ExampleBuilder:
             task = tasks[i % len(tasks)]
             u = users[int(rng.integers(len(users)))]
             seq = self.train[u]
-            t = int(rng.integers(min(MIN_HISTORY, len(seq) - 1), len(seq)))  # history = seq[:t], t >= 1
-            if task in ("recommend", "recommend_retrieval"):
-                m = int(rng.integers(1, self.max_targets + 1))
+            multi = task in ("recommend", "recommend_retrieval")
+            hi = len(seq) - 2 if multi and len(seq) >= 3 else len(seq) - 1  # room for 2 targets if possible
+            t = int(rng.integers(min(MIN_HISTORY, hi), hi + 1))  # history = seq[:t], t >= 1
+            if multi:
+                m = int(rng.integers(min(2, self.max_targets), self.max_targets + 1))
                 items = seq[t:t + m]
             else:
                 items = seq[t:t + 1]

@@ -180,7 +180,7 @@ def run_finetune(spec: FineTuneSpec, dataset, service, retriever=None, progress=
         metrics = answer_loss(raw, val, pad_id, device, cancel) if val else {}
         if full and spec.rank_eval and {"recommend", "recommend_retrieval"} & set(spec.tasks):
             metrics.update(ranking_metrics(raw, builder, val_cases, retriever, spec.eval_candidates,
-                                           seed=spec.seed, cancel=cancel, device=device))
+                                           seed=spec.seed, cancel=cancel, device=device, llm_name=llm.name))
         return finite(metrics)
 
     def save_partial(at_step: int, rng_state) -> None:
@@ -278,6 +278,8 @@ def run_finetune(spec: FineTuneSpec, dataset, service, retriever=None, progress=
                     "lr": spec.lr, "max_length": spec.max_length, "n_candidates": spec.n_candidates,
                     "with_attributes": spec.with_attributes, "max_history": spec.max_history,
                     "eval_users": len(val_cases), "seed": spec.seed}
+            if "fusion_weight" in metrics_after:  # chosen on these validation users (fusion.select_weight)
+                meta["fusion"] = {"score": metrics_after["fusion_weight"]}
             ckpt.save_adapter(out, raw, meta)
             ckpt.clear_partial(out)
         accelerator.wait_for_everyone()

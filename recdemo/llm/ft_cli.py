@@ -67,7 +67,6 @@ def main(args, cfg) -> int:
     dataset = load_from_config(cfg.data)
     retriever = load_retriever(dataset, cfg)
     llm = load_model_for_training(cfg.llm)
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), 16)))
     service = SimpleNamespace(llm=llm, lock=threading.RLock())  # the CLI owns its model: no copy, no app
     print(f"fine-tuning {llm.describe()} on {dataset.name} ({dataset.content_hash}): tasks "
           f"{','.join(spec.tasks)}, {spec.steps} steps x {spec.batch_size} examples, LoRA r={spec.lora_r} "

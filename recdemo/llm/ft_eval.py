@@ -1,25 +1,23 @@
-"""Validation during fine-tuning: answer-token loss, and candidate ranking metrics.
+"""Validation during fine-tuning: answer-token loss, and the score ranker's metrics.
 
 - ``answer_loss``: mean cross-entropy of the answer tokens of held-out validation examples (built
   from ``dataset.eval_cases("valid")``); cheap, so it runs every ``eval_every`` steps.
-- ``ranking_metrics``: what the ``score`` ranker measures, computed here so fine-tuning does not
-  depend on the rankers package: for each validation user, the PALR ranking prompt lists the
-  candidates (SASRec top-N with the held-out item put in if SASRec missed it, or the item plus
-  popularity-sampled items without a retriever), every candidate title is scored by the mean
-  log-probability of its tokens as the answer, and HR/NDCG/MRR of the held-out item follow.
-  The SASRec order of the same lists is reported alongside (``sasrec_*``; ``random_*`` without a
-  retriever) as the bar to beat.
+- ``ranking_metrics``: HR/NDCG@10 of the ``score`` ranker (recdemo/llm/rankers/score.py, the same
+  code as at inference) on validation users' SASRec top-N lists, next to SASRec's own order of the
+  same lists and the fused order; run before and after training (it is the slow part).
 """
 from __future__ import annotations
 
-import copy
 import math
 
 import numpy as np
 import torch
 
 from ..eval.metrics import metrics_from_ranks
-from . import prompts as P
+from ..types import Candidate
+
+
+MISS = 10**9  # the rank of a held-out item that is not among the candidates (counts 0 everywhere)
 
 
 class Cancelled(Exception):
@@ -66,88 +64,74 @@ def answer_loss(model, encoded: list[dict], pad_id: int, device, cancel=None) ->
     return {k: (s[0] / s[1] if s[1] else float("nan")) for k, s in sums.items()}
 
 
-@torch.no_grad()
-def candidate_scores(model, tokenizer, prompt: str, texts: list[str], device, chunk: int = 10) -> np.ndarray:
-    """Mean log-probability of each text as the answer to ``prompt``.
-
-    The prompt is run once; its key/value cache is repeated for a chunk of candidates, so each
-    candidate costs only its own few tokens."""
-    prompt_ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(device)
-    out = model(input_ids=prompt_ids, use_cache=True)
-    first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-    cache = out.past_key_values
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    cand = [tokenizer(t, add_special_tokens=False)["input_ids"] or [pad] for t in texts]
-    scores = np.zeros(len(cand))
-    for start in range(0, len(cand), chunk):
-        part = cand[start:start + chunk]
-        width = max(len(c) for c in part)
-        ids = torch.full((len(part), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(part), width), dtype=torch.long)
-        for row, c in enumerate(part):
-            ids[row, :len(c)] = torch.tensor(c)
-            mask[row, :len(c)] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        past = copy.deepcopy(cache)
-        past.batch_repeat_interleave(len(part))
-        attn = torch.cat([torch.ones((len(part), prompt_ids.shape[1]), dtype=torch.long, device=device), mask], 1)
-        logits = model(input_ids=ids, attention_mask=attn, past_key_values=past, use_cache=True).logits
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        for row, c in enumerate(part):
-            # token 0 is predicted by the prompt's last position, token j by candidate position j-1
-            total = first[c[0]].item()
-            if len(c) > 1:
-                total += logp[row, torch.arange(len(c) - 1), torch.tensor(c[1:], device=device)].sum().item()
-            scores[start + row] = total / len(c)
-    return scores
-
-
-def eval_candidates(builder, case, retriever, n: int, rng: np.random.Generator) -> list[int]:
-    """SASRec top-n for the history (target swapped in for the last one when missed), else sampled."""
+def _candidates(builder, case, retriever, n: int, rng: np.random.Generator) -> list[Candidate]:
+    """SASRec's top-n for the history (as at inference); without a retriever the held-out item plus
+    n-1 popularity-sampled items, shuffled, all with score 0."""
     history = [int(x) for x in case.history]
     if retriever is not None:
-        top = [int(i) for i, _ in retriever.top_k(history, n)]
-        if case.target not in top:
-            top = top[: n - 1] + [int(case.target)]
-        return top
-    negs = builder.negatives([case.target], history, n - 1, rng)
-    return [int(x) for x in rng.permutation([int(case.target)] + negs)]
+        return [Candidate(int(i), float(s), r) for r, (i, s) in enumerate(retriever.top_k(history, n), 1)]
+    items = rng.permutation([int(case.target)] + builder.negatives([case.target], history, n - 1, rng))
+    return [Candidate(int(i), 0.0, r) for r, i in enumerate(items, 1)]
 
 
 def ranking_metrics(model, builder, cases, retriever=None, n_candidates: int = 50, k: int = 10,
-                    seed: int = 0, cancel=None, device=None) -> dict:
-    """HR/NDCG@5/10/20 + MRR of the held-out item among the candidates, LLM order vs SASRec order."""
+                    seed: int = 0, cancel=None, device=None, llm_name: str = "finetune") -> dict:
+    """The ``score`` ranker (exactly as at inference) on validation users' candidate lists.
+
+    Returns HR/NDCG/MRR of the LLM order (``hr@10``...), of SASRec's order of the same lists
+    (``sasrec_*``; ``random_*`` without a retriever), and of the fused order at the weight that
+    fusion.select_weight picks on these users (``fused_*``, ``fusion_weight``). A user whose held-out
+    item is not among the candidates counts as a miss for all three and costs no LLM time."""
+    from ..types import RerankRequest
+    from .examples import make_profile
+    from .fusion import fused_order, select_weight
+    from .models import LLM
+    from .rankers.score import ScoreRanker
+
     was_training = model.training
     model.eval()
+    tok = builder.tok
+    record = LLM(model=model, tokenizer=tok, name=llm_name, device=torch.device(device or "cpu"),
+                 dtype=next(model.parameters()).dtype)
+    ranker = ScoreRanker(record, builder.dataset, retriever, fuse=False, max_history=builder.max_history)
     rng = np.random.default_rng(seed + 7)
-    tok, cat = builder.tok, builder.catalog
-    llm_ranks, sasrec_ranks = [], []
+    lists = []  # per user: (sasrec scores, llm scores, target position or -1), as fusion wants them
     try:
         for case in cases:
             check_cancel(cancel)
-            cands = eval_candidates(builder, case, retriever, n_candidates, rng)
+            cands = _candidates(builder, case, retriever, n_candidates, rng)
+            if int(case.target) not in {c.index for c in cands}:
+                lists.append((np.zeros(1), np.zeros(1), -1))
+                continue
             history = [int(x) for x in case.history]
-            from .examples import make_profile
-            profile = make_profile(cat, history[-builder.max_history:])
-            prompt = P.render(tok, "palr_rank", builder.domain,
-                              history=P.format_history(cat, history, max_items=builder.max_history,
-                                                       with_attributes=builder.with_attributes),
-                              profile=P.format_profile(profile),
-                              candidates=P.format_candidates(cat, cands), k=k)
-            scores = candidate_scores(model, tok, prompt, [cat.titles[c] for c in cands], device)
-            pos = cands.index(int(case.target))
-            llm_ranks.append(int((scores > scores[pos]).sum() + (np.delete(scores, pos) == scores[pos]).sum()))
-            if retriever is not None:
-                sasrec_ranks.append(pos)
-            else:  # every rank equally likely: averaging all of them gives the exact expectation
-                sasrec_ranks.extend(range(len(cands)))
+            req = RerankRequest(history=history, candidates=cands, k=k,
+                                profile=make_profile(builder.catalog, history[-builder.max_history:]))
+            scored = ranker.score_list(req)
+            pos = scored.items.index(int(case.target)) if int(case.target) in scored.items else -1
+            lists.append((scored.sasrec, scored.llm, pos))
     finally:
         model.train(was_training)
-    out = {k2: v for k2, v in metrics_from_ranks(llm_ranks).items()}
+
+    def ranks(weight: float) -> list[int]:
+        out = []
+        for sas, llm, pos in lists:
+            order = fused_order(sas, llm, weight)
+            out.append(int(np.flatnonzero(order == pos)[0]) if pos >= 0 else MISS)
+        return out
+
+    metrics = dict(metrics_from_ranks(ranks(1.0)))
     base = "sasrec" if retriever is not None else "random"  # the order the LLM has to beat
-    out.update({f"{base}_{k2}": v for k2, v in metrics_from_ranks(sasrec_ranks).items() if k2 != "users"})
-    out["candidates"] = n_candidates
-    return out
+    if retriever is not None:
+        metrics.update({f"sasrec_{m}": v for m, v in metrics_from_ranks(ranks(0.0)).items() if m != "users"})
+        weight, _ = select_weight(lists, k=k)
+        metrics.update({f"fused_{m}": v for m, v in metrics_from_ranks(ranks(weight)).items() if m != "users"})
+        metrics["fusion_weight"] = weight
+    else:  # a shuffled list: every rank equally likely, so all of them averaged is the expectation
+        metrics.update({f"{base}_{m}": v for m, v in metrics_from_ranks(
+            [r for _, _, pos in lists for r in range(n_candidates)]).items() if m != "users"})
+    metrics["users_with_target_in_candidates"] = sum(pos >= 0 for _, _, pos in lists)
+    metrics["candidates"] = n_candidates
+    return metrics
 
 
 def finite(metrics: dict) -> dict:

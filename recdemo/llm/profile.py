@@ -24,7 +24,8 @@ STOPWORDS = frozenset(
     "a an and the of with for to in on at by from or as is are its it this that their they user users "
     "movie movies film films product products item items story stories genre genres fan fans lover lovers "
     "packed elements element touch mix style type types like likes enjoy enjoys taste kind kinds "
-    "oz fl ml ounce ounces pack count piece pieces size set new".split())
+    "oz fl ml ounce ounces fluid pack count piece pieces size set new inch women men best free "
+    "professional natural black white color colors anti".split())
 SYNONYMS = {  # keyword word -> the attribute word it means (compared after stemming)
     "science": "scifi", "scifi": "scifi", "sf": "scifi", "cartoon": "animation", "cartoons": "animation",
     "anime": "animation", "kids": "children", "kid": "children", "child": "children", "family": "children",

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from .adapters import AdapterManager, finetune_hint
+from .adapters import AdapterManager, finetune_hint, is_adapter_dir
 from .models import LLM, ModelNotFound, load_llm
 
 NO_ADAPTER = {None, "", "none", "base"}
@@ -56,7 +56,11 @@ class LLMService:
 
     # -- adapters --
     def available_adapters(self) -> list[str]:
-        return self.adapters.available()
+        """Adapter names that can be activated (listing them does not load the model)."""
+        if self._adapters is not None:
+            return self.adapters.available()
+        folder = Path(self.cfg.adapter_dir)
+        return sorted(p.name for p in folder.iterdir() if p.is_dir() and is_adapter_dir(p)) if folder.is_dir() else []
 
     def register_adapter(self, path: str | Path) -> str:
         """Load (or reload, after a new fine-tune) an adapter folder without reloading the base."""

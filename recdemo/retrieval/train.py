@@ -138,6 +138,7 @@ def train_sasrec(dataset, cfg: RetrievalConfig, progress: bool = True):
                 bad_checks = 0
             else:
                 bad_checks += 1
+        record["elapsed"] = time.perf_counter() - t0
         history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}", val_ndcg10=f"{best['ndcg@10']:.4f}", best_ep=best["epoch"])
         if bad_checks >= cfg.patience:
@@ -151,6 +152,29 @@ def train_sasrec(dataset, cfg: RetrievalConfig, progress: bool = True):
         "dataset": dataset.name, "dataset_hash": dataset.content_hash, "loss": cfg.loss,
         "best_epoch": best["epoch"], "epochs_run": len(history), "valid": best["metrics"],
         "seconds": seconds, "seconds_per_epoch": float(np.mean([r["seconds"] for r in history])),
+        "seconds_to_best": history[best["epoch"] - 1]["elapsed"] if best["epoch"] else seconds,
+        "torch_threads": torch.get_num_threads(),
         "windows": int(len(windows)), "steps": step, "history": history,
     }
     return model, report
+
+
+def cli_train(args, cfg) -> int:
+    """`python -m recdemo train`: (re)train SASRec for a dataset and save the checkpoint."""
+    from ..data import load_from_config
+    from .checkpoint import save_checkpoint
+
+    dataset = load_from_config(cfg.data)
+    rcfg = cfg.retrieval.for_dataset(dataset.name)
+    out = getattr(args, "out", None) or rcfg.checkpoint_dir
+    print(f"SASRec on {dataset.name} ({dataset.content_hash}): {len(dataset.users)} users, {dataset.n_items} items; "
+          f"loss={rcfg.loss} maxlen={rcfg.maxlen} hidden={rcfg.hidden} dropout={rcfg.dropout} "
+          f"lr={rcfg.lr} batch={rcfg.batch_size} epochs<={rcfg.epochs}")
+    model, report = train_sasrec(dataset, rcfg, progress=True)
+    path = save_checkpoint(model, rcfg, dataset, out, report)
+    valid = report["valid"]
+    print(f"best epoch {report['best_epoch']} of {report['epochs_run']}: valid NDCG@10 {valid.get('ndcg@10', 0):.4f}, "
+          f"HR@10 {valid.get('hr@10', 0):.4f}; {report['seconds']:.0f} s "
+          f"({report['seconds_per_epoch']:.1f} s/epoch)")
+    print(f"saved {path}")
+    return 0

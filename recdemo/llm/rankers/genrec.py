@@ -6,7 +6,8 @@ only"); fine-tuning task ``genrec``, whose answer is the title followed by the e
 Decoding is a beam search with k beams over a token trie of the whole catalog (each title + the
 end-of-answer token), with the user's history taken out, so the k finished beams are k distinct
 catalog items the user has not seen. The SASRec candidates are not used to generate; SASRec's
-scores of the generated items (``retriever.score_all``) are used to fuse, when a retriever is given.
+scores are used to fuse, when a retriever is given: the fused list is SASRec's candidates plus the
+generated items (see ``score_list``), so weight 0 gives SASRec's own top k, as for every ranker.
 
 All beams share the prompt's KV cache: each step feeds every surviving beam's next token (plus the
 tokens the trie forces after it) packed into one forward call (``TreeDecoder``). A beam's score is
@@ -59,15 +60,24 @@ class GenRecRanker(Ranker):
             finally:
                 for h, path in seen.items():
                     trie.add(path, h)
-        items = [i for i, _ in found]
-        llm_scores = np.array([s for _, s in found], dtype=np.float64)
-        sasrec = None
-        if self.retriever is not None and items:
-            sasrec = np.asarray(self.retriever.score_all(list(req.history)), dtype=np.float64)[items]
-        rank_of = {int(c.index): int(c.rank) for c in req.candidates}
         info = {"adapter": adapter, "prompt_tokens": len(prompt_ids), "tree_tokens": len(decoder.tokens),
-                "forwards": decoder.forwards, "llm_seconds": time.perf_counter() - start}
-        return ScoredList(items, llm_scores, sasrec, [rank_of.get(i) for i in items], info)
+                "forwards": decoder.forwards, "generated": [i for i, _ in found],
+                "llm_seconds": time.perf_counter() - start}
+        if self.retriever is None or not found:  # nothing to fuse with: the generated list alone
+            items = [i for i, _ in found]
+            return ScoredList(items, np.array([s for _, s in found], dtype=np.float64), None,
+                              [None] * len(items), info)
+        # Fusion list = SASRec's candidates + the generated items, all scored by SASRec (score_all);
+        # items the LLM did not generate sit below every generated one. With w = 0 this is exactly
+        # SASRec's top k (the candidates are its best-scored items), with w = 1 the generated list.
+        out = self.candidate_list(req)
+        llm_of = dict(found)
+        items = out.items + [i for i, _ in found if i not in set(out.items)]
+        floor = min(llm_of.values()) - 1.0
+        sasrec = np.asarray(self.retriever.score_all(list(req.history)), dtype=np.float64)[items]
+        rank_of = {int(c.index): int(c.rank) for c in req.candidates}
+        return ScoredList(items, np.array([llm_of.get(i, floor) for i in items], dtype=np.float64), sasrec,
+                          [rank_of.get(i) for i in items], info)
 
 
 def beam_titles(decoder: TreeDecoder, trie: TokenTrie, k: int) -> list[tuple[int, float]]:

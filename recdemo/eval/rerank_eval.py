@@ -1,0 +1,209 @@
+"""Rerank-stage evaluation: SASRec's top-k vs an LLM ranker's top-k from SASRec's top-N.
+
+``python -m recdemo evaluate --stage rerank --ranker palr|score|tallrec|genrec [--split valid]``
+
+Protocol (leave-one-out, full ranking): for each user of a seeded random sample (``--users N``,
+``--seed``; the same users for every ranker, and the same users on both splits), SASRec retrieves
+its top-N from the whole catalog (history excluded), the ranker reorders them (genrec generates
+from the whole catalog instead) and the final list is cut at k. The target's position in that
+final list is its rank; a target outside the list is a miss (NDCG 0), so a target SASRec failed to
+retrieve counts against the LLM too. ``baseline_*`` is SASRec's own top-k on the same users.
+
+The LLM runs once per user; every fusion weight of ``fusion.GRID`` is then applied to the stored
+scores. ``--split valid`` picks the weight with the best NDCG@10 (ties: the smaller weight; the grid
+holds 0 = SASRec, so on those users fusion never loses to SASRec) and saves it for this
+dataset/model/adapter/ranker; ``--split test`` applies the saved weight; ``--no-fuse`` the LLM alone.
+
+Also reported: ``valid_ratio`` (returned items that are distinct and valid - in the candidate list,
+or for genrec in the catalog and not in the history - over all returned items, counted on the
+outputs), ``auc`` (for rankers that score every candidate: the target against the other candidates,
+by the LLM's own score, over users whose target was retrieved; ``baseline_auc`` the same with
+SASRec's scores), latency percentiles of the ranker call (LLM + fusion), ``candidate_recall``.
+Profiles are the heuristic profile (``llm.profile.heuristic_profile``), as in fine-tuning examples.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..llm.fusion import GRID, fused_order, select_weight, weight_key
+from ..llm.rankers import get_ranker
+from ..types import Candidate, RerankRequest
+from .metrics import metrics_from_ranks
+
+MISS = 10**9  # rank of a target that is not in the final list
+
+
+def sample_cases(dataset, split: str, users: int | None, seed: int = 0) -> list:
+    """A seeded random sample of evaluation cases (all when ``users`` is None or too large)."""
+    cases = dataset.eval_cases(split)
+    if users is None or users >= len(cases):
+        return cases
+    if users < 1:
+        raise ValueError("--users must be at least 1")
+    pick = np.random.default_rng(seed).choice(len(cases), size=users, replace=False)
+    return [cases[i] for i in sorted(pick)]
+
+
+def default_profile(catalog, history):
+    try:
+        from ..llm.profile import heuristic_profile
+    except ImportError:  # the profile module is optional here: prompts then say "(no profile)"
+        return None
+    return heuristic_profile(catalog, list(history))
+
+
+def evaluate_rerank(ranker, dataset, retriever, split: str = "test", users: int | None = None, seed: int = 0,
+                    n_candidates: int = 50, k: int = 10, weight: float | None = None, select: bool = False,
+                    profile_fn=default_profile, progress=None) -> dict:
+    """Metrics dict (see the module doc). ``weight``: fusion weight for the reported list (None: the
+    ranker's stored weight); ``select``: choose the weight on these users instead (validation)."""
+    cases = sample_cases(dataset, split, users, seed)
+    if not cases:
+        raise ValueError(f"the {split} split has no users with three or more interactions")
+    lists, latency, base_ranks, retrieved, adapter = [], [], [], 0, None
+    for n, case in enumerate(cases, 1):
+        history = [int(x) for x in case.history]
+        top = retriever.top_k(history, n_candidates)
+        cands = [Candidate(index=int(i), score=float(s), rank=r) for r, (i, s) in enumerate(top, 1)]
+        pos = [c.index for c in cands]
+        base_ranks.append(pos.index(case.target) if case.target in pos[:k] else MISS)
+        retrieved += case.target in pos
+        req = RerankRequest(history=history, candidates=cands, profile=profile_fn(dataset.catalog, history), k=k)
+        start = time.perf_counter()
+        scored = ranker.score_list(req)
+        latency.append(time.perf_counter() - start)
+        adapter = scored.info.get("adapter", adapter)
+        lists.append((scored, case.target, history, set(pos)))
+        if progress is not None:
+            progress(n, len(cases))
+
+    fusable = all(s.sasrec is not None for s, *_ in lists)
+    grid = GRID if fusable else (1.0,)
+    cuts = sorted({5, k})
+    table = {w: metrics_from_ranks([_rank(s, t, w, k) for s, t, *_ in lists], cuts) for w in grid}
+    source = "given"
+    if select and fusable:
+        weight, _ = select_weight([(s.sasrec, s.llm, s.items.index(t) if t in s.items else -1)
+                                   for s, t, *_ in lists], k=k, grid=grid)
+        source = "selected on these users"
+    elif weight is None:
+        weight, _, source = ranker.fusion_weight(adapter) if (ranker.fuse and fusable) else (1.0, "rank", "no-fuse")
+    weight = float(weight) if fusable else 1.0
+    chosen = table.get(weight) or metrics_from_ranks([_rank(s, t, weight, k) for s, t, *_ in lists], cuts)
+    base = metrics_from_ranks(base_ranks, cuts)
+
+    returned = valid = 0
+    for scored, target, history, cand_set in lists:
+        final = _final(scored, weight, k)
+        returned += len(final)
+        ok = (lambda i: 0 <= i < dataset.n_items and i not in set(history)) if ranker.name == "genrec" \
+            else (lambda i: i in cand_set)
+        valid += sum(1 for j, i in enumerate(final) if ok(i) and i not in final[:j])
+    auc, base_auc = _auc(lists) if ranker.name != "genrec" else (None, None)
+    lat = np.asarray(latency) * 1000.0
+    return {
+        "dataset": dataset.name, "split": split, "ranker": ranker.name, "adapter": adapter,
+        "model": ranker.service.llm.describe(), "users": len(cases), "seed": seed,
+        "n_candidates": n_candidates, "k": k,
+        f"ndcg@{k}": chosen[f"ndcg@{k}"], f"hr@{k}": chosen[f"hr@{k}"],
+        "ndcg@5": chosen["ndcg@5"], "hr@5": chosen["hr@5"], "mrr": chosen["mrr"],
+        f"baseline_ndcg@{k}": base.get(f"ndcg@{k}"), f"baseline_hr@{k}": base.get(f"hr@{k}"),
+        "baseline_ndcg@5": base["ndcg@5"], "baseline_mrr": base["mrr"],
+        f"llm_only_ndcg@{k}": table[1.0].get(f"ndcg@{k}"), f"llm_only_hr@{k}": table[1.0].get(f"hr@{k}"),
+        "lift": (chosen.get(f"ndcg@{k}", 0.0) / base[f"ndcg@{k}"]) if base.get(f"ndcg@{k}") else None,
+        "fusion_weight": weight, "fusion_source": source,
+        "ndcg_by_weight": {str(w): m.get(f"ndcg@{k}") for w, m in table.items()},
+        "valid_ratio": valid / returned if returned else 0.0, "returned_per_user": returned / len(cases),
+        "candidate_recall": retrieved / len(cases), "auc": auc, "baseline_auc": base_auc,
+        "latency_ms_p50": float(np.percentile(lat, 50)), "latency_ms_p90": float(np.percentile(lat, 90)),
+    }
+
+
+def _final(scored, weight: float, k: int) -> list[int]:
+    if not scored.items:
+        return []
+    if scored.sasrec is None:
+        order = np.lexsort((np.arange(len(scored.items)), -np.asarray(scored.llm, dtype=np.float64)))
+    else:
+        order = fused_order(scored.sasrec, scored.llm, weight)
+    return [int(scored.items[i]) for i in order[:k]]
+
+
+def _rank(scored, target: int, weight: float, k: int) -> int:
+    final = _final(scored, weight, k)
+    return final.index(target) if target in final else MISS
+
+
+def _auc(lists) -> tuple[float | None, float | None]:
+    """Mean over users whose target is a candidate: P(target scores above another candidate)."""
+    llm, sas = [], []
+    for scored, target, *_ in lists:
+        if target not in scored.items or len(scored.items) < 2:
+            continue
+        j = scored.items.index(target)
+        for store, scores in ((llm, scored.llm), (sas, scored.sasrec)):
+            if scores is None:
+                continue
+            s = np.asarray(scores, dtype=np.float64)
+            others = np.delete(s, j)
+            store.append(float(((others < s[j]).sum() + 0.5 * (others == s[j]).sum()) / len(others)))
+    return (float(np.mean(llm)) if llm else None), (float(np.mean(sas)) if sas else None)
+
+
+# -- command line --
+def cli_rerank(args, cfg) -> int:
+    from ..data.dataset import load_from_config
+    from ..llm.service import LLMService
+    from ..retrieval.retriever import Retriever
+
+    dataset = load_from_config(cfg.data)
+    name = args.ranker or cfg.llm.ranker
+    service = LLMService(cfg.llm)
+    adapter = service.resolve_adapter(cfg.llm.adapter, dataset.name)
+    retriever = Retriever.for_dataset(dataset, cfg.retrieval, train_if_missing=True)
+    ranker = get_ranker(name, service, dataset, retriever, adapter=adapter, fuse=not args.no_fuse)
+    select = args.split == "valid" and not args.no_fuse
+    weight = 1.0 if args.no_fuse else None
+    print(f"rerank evaluation: {dataset.name}, {args.split} split, ranker {name}, "
+          f"model {service.describe()}, adapter {adapter or 'none (base model)'}", file=sys.stderr)
+
+    def progress(n, total):
+        if n % 10 == 0 or n == total:
+            print(f"  {n}/{total} users", file=sys.stderr)
+
+    metrics = evaluate_rerank(ranker, dataset, retriever, split=args.split, users=args.users, seed=args.seed,
+                              n_candidates=cfg.retrieval.n_candidates, k=cfg.llm.n_results, weight=weight,
+                              select=select, progress=progress)
+    if select:
+        path = ranker.store.save(dataset.name, dataset.content_hash,
+                                 weight_key(service.llm.name, adapter, name), metrics["fusion_weight"],
+                                 split="valid", users=metrics["users"], seed=args.seed,
+                                 ndcg_by_weight=metrics["ndcg_by_weight"])
+        metrics["fusion_saved_to"] = str(path)
+    print(format_table(metrics))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(metrics, indent=1))
+    return 0
+
+
+def format_table(m: dict) -> str:
+    k = m["k"]
+    rows = [("", f"NDCG@{k}", f"HR@{k}"),
+            (f"SASRec top-{k}", m[f"baseline_ndcg@{k}"], m[f"baseline_hr@{k}"]),
+            (f"{m['ranker']} (LLM alone)", m[f"llm_only_ndcg@{k}"], m[f"llm_only_hr@{k}"]),
+            (f"{m['ranker']} fused w={m['fusion_weight']:.1f}", m[f"ndcg@{k}"], m[f"hr@{k}"])]
+    lines = [f"{a:<28}{b:>10}{c:>10}" if isinstance(b, str)
+             else f"{a:<28}{b:>10.4f}{c:>10.4f}" for a, b, c in rows]
+    extra = [f"users {m['users']} ({m['split']}), valid_ratio {m['valid_ratio']:.3f}, "
+             f"latency p50 {m['latency_ms_p50']:.0f} ms / p90 {m['latency_ms_p90']:.0f} ms, "
+             f"candidate recall {m['candidate_recall']:.3f}"]
+    if m.get("auc") is not None:
+        extra.append(f"AUC (target vs other candidates): LLM {m['auc']:.3f}, SASRec {m['baseline_auc']:.3f}")
+    extra.append(f"fusion weight {m['fusion_weight']} ({m['fusion_source']})")
+    return "\n".join(lines + extra)

@@ -1,0 +1,391 @@
+"""The one object the app and the CLI call: titles in, explained recommendations out.
+
+    titles -> catalog indices -> SASRec top-N -> LLM profile -> LLM ranker (fused) -> explanations
+
+``Recommender.recommend`` runs the stages in that order, times each, and returns a
+``types.Recommendation`` (JSON-friendly via ``to_dict()``). Thread-safe: retrieval runs outside
+the model lock; every model call holds ``service.lock`` through ``service.use_adapter`` (the app
+serves several users from one model while a fine-tune runs).
+"""
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from dataclasses import replace
+
+import numpy as np
+
+from .data.dataset import load_from_config
+from .llm.explain import Explainer
+from .llm.profile import STOPWORDS, ProfileGenerator, heuristic_profile, words
+from .llm.prompts import domain_for
+from .llm.service import LLMService
+from .types import Candidate, RerankRequest, Recommendation
+
+log = logging.getLogger(__name__)
+
+
+class Recommender:
+    def __init__(self, dataset, cfg, service: LLMService | None = None, retriever=None, text_index=None):
+        self.dataset, self.cfg, self.catalog, self.name = dataset, cfg, dataset.catalog, dataset.name
+        self.domain = domain_for(self.catalog)
+        self.service = service if service is not None else LLMService(cfg.llm)
+        self._retriever, self._text_index = retriever, text_index
+        self._text_index_failed = False
+        self._rankers: dict[str, object] = {}
+        self._profiles: ProfileGenerator | None = None
+        self._explainer: Explainer | None = None
+        self._personas: dict[str, list[str]] | None = None
+        self._init = threading.RLock()
+
+    @classmethod
+    def from_config(cls, cfg, dataset_name: str | None = None, data_dir: str | None = None,
+                    service: LLMService | None = None) -> "Recommender":
+        data = cfg.data
+        if dataset_name is not None or data_dir is not None:
+            data = replace(data, dataset=dataset_name or data.dataset, data_dir=data_dir)
+        return cls(load_from_config(data), replace(cfg, data=data), service=service)
+
+    # -- lazily built parts (each once, even with concurrent callers) --
+    @property
+    def text_index(self):
+        """The TextIndex (typo-tolerant search, content similarity), or None if it cannot be built."""
+        with self._init:
+            if self._text_index is None and not self._text_index_failed:
+                try:
+                    from .retrieval.text_index import TextIndex
+                    self._text_index = TextIndex.for_dataset(self.dataset, self.cfg)
+                except Exception:  # noqa: BLE001 - search and explanations work without it
+                    log.warning("text index unavailable for %s", self.name, exc_info=True)
+                    self._text_index_failed = True
+            return self._text_index
+
+    @property
+    def retriever(self):
+        with self._init:
+            if self._retriever is None:
+                from .retrieval.retriever import Retriever
+                self._retriever = Retriever.for_dataset(self.dataset, self.cfg.retrieval, train_if_missing=True,
+                                                        text_index=self.text_index)
+            return self._retriever
+
+    def ranker(self, name: str):
+        with self._init:
+            if name not in self._rankers:
+                from .llm.rankers import get_ranker
+                self._rankers[name] = get_ranker(name, self.service, self.dataset, self.retriever)
+            return self._rankers[name]
+
+    @property
+    def profiles(self) -> ProfileGenerator:
+        with self._init:
+            if self._profiles is None:
+                self._profiles = ProfileGenerator(self.service, self.catalog, self.cfg.llm.max_history)
+            return self._profiles
+
+    @property
+    def explainer(self) -> Explainer:
+        with self._init:
+            if self._explainer is None:
+                retriever = self.retriever if self._retriever is not None else None
+                self._explainer = Explainer(self.service, self.dataset, retriever, self.text_index,
+                                            max_history=self.cfg.llm.max_history)
+            return self._explainer
+
+    # -- titles --
+    def search_titles(self, query: str, k: int = 10) -> list[dict]:
+        """Catalog items matching a typed query (typo tolerant), best first, with a score."""
+        query = (query or "").strip()
+        if not query:
+            return []
+        index = self.text_index
+        if index is not None:
+            hits = index.search(query, k)
+        else:
+            from .data.title_search import TitleMatcher
+            scores = TitleMatcher(self.catalog.titles).scores(query)
+            top = np.argsort(-scores, kind="stable")[:k]
+            hits = [(int(i), float(scores[i])) for i in top if scores[i] > 0]
+        return [{**self.catalog.item(i), "score": round(float(s), 4)} for i, s in hits]
+
+    def resolve(self, history) -> list[int]:
+        """Titles (or catalog indices) -> catalog indices, oldest first; repeats keep the latest."""
+        if history is None or isinstance(history, str):
+            history = [history] if history else []
+        items = []
+        for entry in history:
+            if isinstance(entry, (int, np.integer)) and not isinstance(entry, bool):
+                if not 0 <= int(entry) < len(self.catalog):
+                    raise ValueError(f"Item index {int(entry)} is not in the catalog "
+                                     f"(0 to {len(self.catalog) - 1}).")
+                items.append(int(entry))
+                continue
+            title = str(entry).strip()
+            if not title:
+                continue
+            index = self.catalog.find_title(title)
+            if index is None:
+                raise ValueError(self._unknown(title))
+            items.append(index)
+        if not items:
+            raise ValueError(f"The history is empty: pick at least one {self.domain.item} you liked "
+                             "(search for a title, choose a persona, or load a random user).")
+        return list(reversed(list(dict.fromkeys(reversed(items)))))
+
+    def _unknown(self, title: str) -> str:
+        try:
+            close = [h["title"] for h in self.search_titles(title, 3)]
+        except Exception:  # noqa: BLE001 - a suggestion failure must not hide the real message
+            close = []
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        return f"Unknown title {title!r}.{hint}"
+
+    # -- ready-made histories --
+    def random_user_history(self, seed: int | None = None, max_items: int = 20) -> list[str]:
+        """The last ``max_items`` titles of a real user's training history (no validation/test items)."""
+        train = self.dataset.train_sequences()
+        users = [u for u, s in enumerate(train) if len(s) >= 3] or [u for u, s in enumerate(train) if len(s)]
+        if not users:
+            raise ValueError(f"dataset {self.name!r} has no user histories")
+        user = random.Random(seed).choice(users)
+        return [self.catalog.titles[int(i)] for i in train[user][-max_items:]]
+
+    def personas(self, n: int = 12, size: int = 8) -> dict[str, list[str]]:
+        """Ready-made histories from the catalog itself: the most-watched items of an attribute
+        ("Animation fan"), or of a frequent title word for catalogs without attributes."""
+        if self._personas is None:
+            self._personas = build_personas(self.dataset, n, size)
+        return self._personas
+
+    # -- the pipeline --
+    def recommend(self, history, ranker: str | None = None, n_candidates: int = 50, k: int = 10,
+                  adapter: str | None = "auto", with_profile: bool = True,
+                  with_explanations: bool = True) -> Recommendation:
+        start = time.perf_counter()
+        timings: dict[str, float] = {}
+        warnings: list[str] = []
+        ranker_name = (ranker or self.cfg.llm.ranker or "score").strip().lower()
+        n_candidates, k = int(n_candidates), int(k)
+        if k < 1 or n_candidates < 1:
+            raise ValueError("The number of candidates and of results must be at least 1.")
+        if ranker_name != "genrec" and k > n_candidates:
+            raise ValueError(f"Cannot pick {k} results from {n_candidates} candidates: ask for fewer results "
+                             "or more candidates.")
+        hist = self.resolve(history)
+        adapter_name = self.service.resolve_adapter(adapter, self.name)
+
+        t = time.perf_counter()
+        candidates = self._candidates(hist, n_candidates, warnings)
+        timings["retrieval"] = time.perf_counter() - t
+        if not candidates:
+            raise ValueError("Every item of this catalog is already in the history: nothing left to recommend.")
+        k = min(k, len(candidates)) if ranker_name != "genrec" else k
+
+        profile = None
+        t = time.perf_counter()
+        if with_profile:
+            try:
+                profile = self.profiles.generate(hist)
+            except Exception as e:  # noqa: BLE001 - a profile is helpful, not essential
+                log.warning("profile generation failed", exc_info=True)
+                warnings.append(f"The LLM profile failed ({type(e).__name__}: {e}); showing the history's "
+                                "most frequent attributes instead.")
+                profile = heuristic_profile(self.catalog, hist)
+        timings["profile"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        req = RerankRequest(history=hist, candidates=candidates, profile=profile, k=k)
+        rk = self.ranker(ranker_name)
+        with self.service.use_adapter(adapter_name):
+            ranked = list(rk.rank(req))
+            ranker_prompt = rk.prompt(req)
+        ranked = self._check_ranked(ranked, candidates, hist, k, ranker_name, warnings)
+        timings["rerank"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        explanations = {}
+        if with_explanations and ranked:
+            items = [r.index for r in ranked]
+            try:
+                explanations = {e.index: e for e in self.explainer.explain(hist, items)}
+            except Exception as e:  # noqa: BLE001 - fall back to evidence-only sentences
+                log.warning("LLM explanations failed", exc_info=True)
+                warnings.append(f"The LLM explanations failed ({type(e).__name__}); showing evidence-based "
+                                "sentences instead.")
+                self.explainer.use_llm = False
+                try:
+                    explanations = {e.index: e for e in self.explainer.explain(hist, items)}
+                finally:
+                    self.explainer.use_llm = True
+        timings["explain"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - start
+
+        prompt = ""
+        if profile is not None and profile.prompt:
+            prompt += f"===== profile prompt =====\n{profile.prompt}\n\n"
+        prompt += f"===== {ranker_name} ranker prompt =====\n{ranker_prompt}"
+        return Recommendation(
+            history=[self.catalog.item(i) for i in hist],
+            profile=profile,
+            candidates=[{**self.catalog.item(c.index), "rank": c.rank, "score": round(c.score, 4)}
+                        for c in candidates],
+            results=[self._result(rank, r, explanations.get(r.index)) for rank, r in enumerate(ranked, 1)],
+            prompt=prompt, timings={s: round(v, 3) for s, v in timings.items()}, ranker=ranker_name,
+            model=self.service.describe(), adapter=adapter_name, warnings=warnings)
+
+    def _candidates(self, hist: list[int], n: int, warnings: list[str]) -> list[Candidate]:
+        """SASRec's top-n; when SASRec cannot read the history (or is unavailable): text similarity."""
+        pairs = None
+        try:
+            retriever = self.retriever
+            method = retriever.method_for(hist) if hasattr(retriever, "method_for") else "sasrec"
+            if method != "sasrec":
+                warnings.append(f"SASRec never saw these {self.domain.items} in training, so the candidates "
+                                f"come from {'text similarity' if method == 'text' else 'popularity'}.")
+            pairs = retriever.top_k(hist, n)
+        except Exception as e:  # noqa: BLE001 - e.g. no checkpoint and training impossible here
+            log.warning("SASRec retrieval failed", exc_info=True)
+            if self.text_index is None:
+                raise
+            warnings.append(f"SASRec is unavailable ({e}); the candidates come from text similarity.")
+            pairs = self.text_index.similar(hist, n)
+        seen = set(hist)
+        pairs = [(int(i), float(s)) for i, s in pairs if int(i) not in seen][:n]
+        return [Candidate(index=i, score=s, rank=r) for r, (i, s) in enumerate(pairs, 1)]
+
+    def _check_ranked(self, ranked, candidates, hist, k, ranker_name, warnings):
+        """Keep the ranker's items only if valid (distinct, not in the history, from the candidates
+        unless genrec); top up from SASRec's order when the ranker returned fewer than k."""
+        allowed = {c.index for c in candidates}
+        seen, out = set(hist), []
+        for r in ranked:
+            i = int(r.index)
+            if i in seen or not 0 <= i < len(self.catalog) or (ranker_name != "genrec" and i not in allowed):
+                continue
+            seen.add(i)
+            out.append(r)
+        if len(out) < k:
+            from .types import RankedItem
+            missing = k - len(out)
+            for c in candidates:
+                if len(out) >= k:
+                    break
+                if c.index not in seen:
+                    seen.add(c.index)
+                    out.append(RankedItem(index=c.index, llm_score=float("nan"), score=c.score,
+                                          retrieval_rank=c.rank))
+            warnings.append(f"The {ranker_name} ranker returned {missing} item(s) fewer than asked; "
+                            "the rest follow SASRec's order.")
+        return out[:k]
+
+    def _result(self, rank: int, r, explanation) -> dict:
+        rr = r.retrieval_rank
+        out = {**self.catalog.item(r.index), "rank": rank, "score": _num(r.score), "llm_score": _num(r.llm_score),
+               "retrieval_rank": rr, "move": (int(rr) - rank) if rr is not None else None,
+               "evidence": [], "rationale": "", "rationale_source": ""}
+        if explanation is not None:
+            out.update(evidence=explanation.evidence, rationale=explanation.rationale,
+                       rationale_source=explanation.rationale_source)
+        return out
+
+
+def _num(x) -> float | None:
+    x = float(x)
+    return None if np.isnan(x) else round(x, 4)
+
+
+def build_personas(dataset, n: int = 12, size: int = 8) -> dict[str, list[str]]:
+    catalog = dataset.catalog
+    train = dataset.train_sequences()
+    pop = np.bincount(np.concatenate(train).astype(np.int64), minlength=len(catalog)) if train else \
+        np.zeros(len(catalog), np.int64)
+    groups: dict[str, list[int]] = {}
+    if any(catalog.attributes):
+        suffix = "fan"
+        for i, attrs in enumerate(catalog.attributes):
+            for a in attrs:
+                if a and not a.startswith("("):
+                    groups.setdefault(a, []).append(i)
+    else:
+        suffix = "shopper"
+        for i, title in enumerate(catalog.titles):
+            for w in set(words(title)):
+                if len(w) > 3 and w not in STOPWORDS and w.isalpha():
+                    groups.setdefault(w.capitalize(), []).append(i)
+    # A taste is narrower than "Drama" (on 45% of movies): groups on more than a quarter of the
+    # catalog come last; otherwise the most watched/bought groups first.
+    usable = {g: items for g, items in groups.items() if len(items) >= size}
+    broad = {g: len(items) > len(catalog) // 4 for g, items in usable.items()}
+    weight = {g: int(pop[items].sum()) for g, items in usable.items()}
+    out = {}
+    for group in sorted(usable, key=lambda g: (broad[g], -weight[g], g))[:n]:
+        items = sorted(usable[group], key=lambda i: (len(catalog.attributes[i]) > 3, -pop[i], i))[:size]
+        out[f"{group} {suffix}"] = [catalog.titles[i] for i in reversed(items)]  # most popular last (= recent)
+    return out
+
+
+# -- CLI --
+def cli_recommend(args, cfg) -> int:
+    import json
+    import sys
+
+    rec = Recommender.from_config(cfg)
+    try:
+        out = rec.recommend(args.history, ranker=getattr(args, "ranker", None) or cfg.llm.ranker,
+                            n_candidates=args.candidates, k=args.top, adapter=cfg.llm.adapter)
+    except ValueError as e:  # unknown titles, empty history, bad sizes: a sentence, exit 2
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(out.to_dict(), indent=1, ensure_ascii=False, default=_json_default))
+    else:
+        print(format_text(out))
+    return 0
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+
+def format_text(out: Recommendation, shown_candidates: int = 10) -> str:
+    lines = [f"model: {out.model} · adapter: {out.adapter or 'none (base model)'} · ranker: {out.ranker}",
+             "history: " + "; ".join(h["title"] for h in out.history), ""]
+    titles = {h["index"]: h["title"] for h in out.history}
+    if out.profile is not None:
+        lines.append(f"PROFILE: {out.profile.summary}")
+        for kw in out.profile.keywords:
+            support = ", ".join(titles.get(i, str(i)) for i in kw.support[:4])
+            more = f" +{len(kw.support) - 4} more" if len(kw.support) > 4 else ""
+            tag = " (added from the history)" if kw.source == "heuristic" else ""
+            if kw.grounded:
+                lines.append(f"  [x] {kw.text}{tag}: {support}{more}")
+            else:
+                lines.append(f"  [ ] {kw.text}: not backed by the history")
+        lines.append("")
+    lines.append(f"SASREC CANDIDATES (top {min(shown_candidates, len(out.candidates))} of {len(out.candidates)}):")
+    for c in out.candidates[:shown_candidates]:
+        lines.append(f"  {c['rank']:>3}. {c['title']}  [{', '.join(c['attributes'])}]  {c['score']:.3f}")
+    lines += ["", f"TOP {len(out.results)} ({out.ranker}):"]
+    for r in out.results:
+        if r["retrieval_rank"] is None:
+            move = "not in SASRec's list"
+        else:
+            move = f"SASRec #{r['retrieval_rank']}, " + (f"up {r['move']}" if r["move"] > 0 else
+                                                         f"down {-r['move']}" if r["move"] < 0 else "same")
+        lines.append(f"  {r['rank']:>3}. {r['title']}  ({move})")
+        for e in r["evidence"]:
+            what = (f"{e['value']} users had both" if e["kind"] == "co-occurrence"
+                    else f"similar, {e['value']:.2f}")
+            lines.append(f"        <- {e['title']} ({what})")
+        if r["rationale"]:
+            tag = "" if r["rationale_source"] == "llm" else "  [template]"
+            lines.append(f"        {r['rationale']}{tag}")
+    lines += ["", "timings: " + " · ".join(f"{s} {v:.2f} s" for s, v in out.timings.items())]
+    lines += [f"warning: {w}" for w in out.warnings]
+    return "\n".join(lines)

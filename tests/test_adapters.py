@@ -1,0 +1,106 @@
+"""AdapterManager: LoRA adapters loaded, switched and disabled on one base model, in place."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import make_tiny_adapter, make_tiny_llm
+
+from recdemo.llm.adapters import AdapterManager, same_base
+from recdemo.llm.models import ModelNotFound
+
+
+def logits(llm, ids=(5, 9, 17, 3, 40)):
+    with torch.inference_mode():
+        return llm.model(torch.tensor([list(ids)])).logits[0, -1].clone()
+
+
+def base_weights(llm):
+    """The base model's own parameters (LoRA matrices excluded), by their original names."""
+    out = {}
+    for name, p in llm.model.named_parameters():
+        if "lora_" in name:
+            continue
+        out[name.replace("base_layer.", "")] = p.detach().clone()
+    return out
+
+
+def test_switch_on_off_and_between_adapters_without_touching_the_base(tiny_llm, tmp_path):
+    make_tiny_adapter(tiny_llm, tmp_path / "a", seed=1)
+    make_tiny_adapter(tiny_llm, tmp_path / "b", seed=2)
+    before_w = base_weights(tiny_llm)
+    base = logits(tiny_llm)
+    mgr = AdapterManager(tiny_llm, tmp_path)
+    assert mgr.available() == ["a", "b"]
+
+    mgr.activate("a")
+    with_a = logits(tiny_llm)
+    mgr.activate("b")
+    with_b = logits(tiny_llm)
+    mgr.activate(None)
+    off = logits(tiny_llm)
+    mgr.activate("a")
+    again_a = logits(tiny_llm)
+
+    assert not torch.allclose(with_a, base, atol=1e-4)  # the adapter changes the output
+    assert not torch.allclose(with_a, with_b, atol=1e-4)  # two adapters differ
+    assert torch.allclose(off, base, atol=1e-6)  # disabled: exactly the base model again
+    assert torch.allclose(again_a, with_a, atol=1e-6)  # switching back is reproducible
+    after_w = base_weights(tiny_llm)
+    assert before_w.keys() == after_w.keys()
+    assert all(torch.equal(before_w[k], after_w[k]) for k in before_w)  # base weights untouched
+    assert mgr.peft is not None and len(mgr.loaded) == 2  # one PeftModel, two adapters
+
+
+def test_missing_adapter_says_how_to_make_it(tiny_llm, tmp_path):
+    mgr = AdapterManager(tiny_llm, tmp_path)
+    with pytest.raises(ModelNotFound, match="python -m recdemo finetune"):
+        mgr.activate("movielens-small")
+
+
+def test_adapter_for_another_base_model_is_refused(tiny_llm, tmp_path):
+    make_tiny_adapter(tiny_llm, tmp_path / "other", base_model="meta-llama/Llama-2-7b-hf")
+    mgr = AdapterManager(tiny_llm, tmp_path)
+    with pytest.raises(ModelNotFound, match="Llama-2-7b-hf.*tiny-llama"):
+        mgr.activate("other")
+    assert mgr.loaded == {}
+
+
+def test_only_safetensors_adapters_are_loaded(tiny_llm, tmp_path):
+    folder = make_tiny_adapter(tiny_llm, tmp_path / "pickled")
+    (folder / "adapter_model.safetensors").rename(folder / "adapter_model.bin")
+    mgr = AdapterManager(tiny_llm, tmp_path)
+    assert mgr.available() == []
+    with pytest.raises(ModelNotFound, match="only safetensors"):
+        mgr.load("pickled")
+
+
+def test_adapter_that_does_not_fit_the_model_is_a_clear_error(tiny_llm, tmp_path):
+    folder = make_tiny_adapter(tiny_llm, tmp_path / "bad")
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    cfg["target_modules"] = ["no_such_module"]
+    (folder / "adapter_config.json").write_text(json.dumps(cfg))
+    mgr = AdapterManager(tiny_llm, tmp_path)
+    with pytest.raises(ModelNotFound, match="does not fit"):
+        mgr.load("bad")
+
+
+def test_reload_replaces_a_retrained_adapter(tiny_llm, tmp_path):
+    make_tiny_adapter(tiny_llm, tmp_path / "a", seed=1)
+    mgr = AdapterManager(tiny_llm, tmp_path)
+    mgr.activate("a")
+    first = logits(tiny_llm)
+    fresh_base = make_tiny_llm(tiny_llm.tokenizer)  # same weights as tiny_llm, without LoRA layers
+    make_tiny_adapter(fresh_base, tmp_path / "a", seed=7)  # a new fine-tune wrote the same folder
+    mgr.load(tmp_path / "a", reload=True)
+    assert mgr.active == "a"
+    second = logits(tiny_llm)
+    assert not torch.allclose(first, second, atol=1e-4)
+    assert len(mgr.peft.peft_config) == 1  # the old copy was deleted
+
+
+def test_same_base_names():
+    assert same_base("smollm2-135m", "/x/.cache/models/smollm2-135m/")
+    assert same_base("HuggingFaceTB/SmolLM2-135M-Instruct", "smollm2-135m")
+    assert not same_base("meta-llama/Llama-2-7b-hf", "smollm2-135m")

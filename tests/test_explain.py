@@ -1,0 +1,144 @@
+"""Explanations: evidence from the history, one batched LLM call, sentences verified or replaced."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from recdemo.llm.explain import Explainer, RationaleChecker, capitalised_spans, short_title, tidy
+
+
+class EmbRetriever:
+    """Just what the Explainer reads from SASRec's Retriever: item embeddings."""
+
+    def __init__(self, n, seed=0):
+        self.item_embeddings = np.random.default_rng(seed).normal(size=(n, 8)).astype(np.float32)
+
+
+class ScriptedService:
+    """An LLMService stand-in whose generate returns fixed continuations (and counts calls)."""
+
+    def __init__(self, llm, tails):
+        self.llm, self.tails, self.calls = llm, tails, []
+
+    def generate(self, prompts, **kwargs):
+        self.calls.append((list(prompts), kwargs))
+        return [self.tails(p) if callable(self.tails) else self.tails for p in prompts]
+
+
+def test_short_title():
+    assert short_title("Matrix, The (1999)") == "The Matrix"
+    assert short_title("Toy Story (1995)") == "Toy Story"
+    assert short_title("One Two Three Four Five Six Seven Eight Nine Ten") == "One Two Three Four Five Six Seven Eight"
+
+
+def test_capitalised_spans():
+    spans = capitalised_spans("They loved Toy Story and the Lord of the Rings. Because Jaws is great")
+    assert ("They", True) in spans and ("Toy Story", False) in spans
+    assert ("Lord of the Rings", False) in spans and ("Because Jaws", True) in spans
+    assert capitalised_spans("It is fun") == [("It", True)]
+
+
+def test_checker_allows_only_history_titles_and_attributes():
+    chk = RationaleChecker(["Toy Story (1995)", "Matrix, The (1999)", "Shrek (2001)"], ["Animation", "Sci-Fi"])
+    assert chk.problems('Like "Toy Story", "Shrek" is a funny Animation film.') == []
+    assert chk.problems("Fans of The Matrix will love Shrek, a Sci-Fi twist.") == []
+    assert chk.problems("Because Toy Story is fun.") == []
+    assert chk.problems('Like "Toy Story", it recalls "Finding Nemo".') == ["Finding Nemo"]
+    assert chk.problems("It is a Pixar classic like Jurassic Park.") == ["Pixar", "Jurassic Park"]
+    assert chk.problems("A movie with heart.") == []
+
+
+def test_tidy_keeps_one_sentence():
+    assert tidy('Like "A", "B" is fun. Also more.') == 'Like "A", "B" is fun.'
+    assert tidy("It is a comedy that") == "It is a comedy."
+    assert tidy("  ") == ""
+
+
+def brute_force_cooccurrence(dataset, a, b):
+    return sum(1 for s in dataset.train_sequences() if a in set(s.tolist()) and b in set(s.tolist()))
+
+
+def test_evidence_comes_from_the_history_with_true_counts(tiny_service, toy_dataset):
+    ex = Explainer(tiny_service, toy_dataset, EmbRetriever(toy_dataset.n_items), use_llm=False)
+    history = [int(i) for i in toy_dataset.sequences[0][:8]]
+    item = next(i for i in range(toy_dataset.n_items) if i not in history)
+    ev = ex.evidence(history, item)
+    assert 1 <= len(ev) <= 3
+    assert len({e["history_index"] for e in ev}) == len(ev)
+    for e in ev:
+        h = e["history_index"]
+        assert h in history and e["title"] == toy_dataset.catalog.titles[h]
+        assert e["co_occurrence"] == brute_force_cooccurrence(toy_dataset, item, h)
+        assert e["kind"] == ("co-occurrence" if e["co_occurrence"] else "similar")
+        assert e["value"] == (e["co_occurrence"] if e["co_occurrence"] else e["sasrec_similarity"])
+    assert ex.evidence([item], item) == []  # nothing else in the history
+
+
+def test_faithful_sentences_are_kept_and_others_replaced(tiny_llm, toy_dataset):
+    cat = toy_dataset.catalog
+    history = [int(i) for i in toy_dataset.sequences[0][:8]]
+    items = [i for i in range(toy_dataset.n_items) if i not in history][:4]
+    outside = next(i for i in range(toy_dataset.n_items) if i not in history and i not in items)
+    bad_title = short_title(cat.titles[outside])
+
+    def tail(prompt):  # item 0: faithful, 1: names a non-history title, 2: empty, 3: too short
+        target = next(i for i in items if f'"{short_title(cat.titles[i])}"' in prompt.split("Like")[-1])
+        return {0: " is a warm comedy with a strong cast.", 1: f' reminds you of "{bad_title}" too.',
+                2: "", 3: " is."}[items.index(target)]
+
+    svc = ScriptedService(tiny_llm, tail)
+    out = Explainer(svc, toy_dataset, EmbRetriever(toy_dataset.n_items)).explain(history, items)
+    assert len(svc.calls) == 1 and len(svc.calls[0][0]) == 4  # one batched generate call
+    assert [e.index for e in out] == items
+    assert [e.rationale_source for e in out] == ["llm", "template", "template", "template"]
+    assert out[0].rationale.endswith("is a warm comedy with a strong cast.")
+    assert out[0].rationale.startswith('Like "')
+    assert bad_title in out[1].llm_rationale and bad_title not in out[1].rationale
+    allowed = [cat.titles[h] for h in history] + [cat.titles[i] for i in items]
+    for e in out:
+        chk = RationaleChecker(allowed + [cat.titles[e.index]], {a for h in history for a in cat.attributes[h]})
+        assert chk.problems(e.rationale) == []
+        assert e.evidence and all(x["history_index"] in history for x in e.evidence)
+
+
+def test_real_tiny_llm_batch_gives_verified_sentences(tiny_service, toy_dataset):
+    cat = toy_dataset.catalog
+    history = [int(i) for i in toy_dataset.sequences[1]]
+    items = [i for i in range(toy_dataset.n_items) if i not in history][:10]
+    ex = Explainer(tiny_service, toy_dataset, EmbRetriever(toy_dataset.n_items), max_new_tokens=6)
+    out = ex.explain(history, items)
+    assert len(ex.last_prompts) == 10
+    titles = [cat.titles[h] for h in history]
+    for e in out:
+        assert e.rationale and e.rationale_source in ("llm", "template")
+        chk = RationaleChecker(titles + [cat.titles[e.index]], {a for a in cat.attributes[e.index]} |
+                               {a for h in history for a in cat.attributes[h]})
+        assert chk.problems(e.rationale) == []
+
+
+@pytest.mark.integration
+def test_smollm2_rationales_name_only_history_items():
+    from recdemo.config import Config
+    from recdemo.data import load_dataset
+    from recdemo.llm.service import LLMService
+    from recdemo.retrieval.baselines import ItemKNN
+
+    data = load_dataset("movielens-small", root=os.environ.get("RECDEMO_DATA_DIR", "../shared/data"))
+    cat = data.catalog
+    history = [int(i) for i in data.train_sequences()[20][-20:]]
+    knn = ItemKNN.for_dataset(data)
+    scores = knn.score_all(history)
+    scores[history] = -np.inf
+    items = [int(i) for i in np.argsort(-scores)[:10]]
+    ex = Explainer(LLMService(Config.from_env().llm), data, None, knn=knn)
+    out = ex.explain(history, items)
+    assert [e.index for e in out] == items
+    assert sum(e.rationale_source == "llm" for e in out) >= 5  # most sentences survive the check
+    for e in out:
+        assert all(x["history_index"] in history for x in e.evidence)
+        assert e.evidence[0]["kind"] == "co-occurrence"  # item-kNN picked them: they co-occur
+        chk = RationaleChecker([cat.titles[h] for h in history] + [cat.titles[e.index]],
+                               {a for h in history + [e.index] for a in cat.attributes[h]})
+        assert chk.problems(e.rationale) == []

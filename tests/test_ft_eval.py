@@ -1,0 +1,66 @@
+"""Fine-tuning validation: answer-token loss and the score ranker's metrics."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from recdemo.llm.examples import ExampleBuilder
+from recdemo.llm.ft_eval import answer_loss, collate, ranking_metrics
+
+
+def test_answer_loss_counts_answer_tokens_only(tiny_llm, toy_dataset):
+    builder = ExampleBuilder(toy_dataset, tiny_llm.tokenizer)
+    enc = builder.encode(builder.training_examples(["genrec"], 1, seed=0)[0], 4096)
+    got = answer_loss(tiny_llm.model, [enc], tiny_llm.tokenizer.pad_token_id, torch.device("cpu"))
+    batch = collate([enc], tiny_llm.tokenizer.pad_token_id, "cpu")
+    with torch.no_grad():
+        logits = tiny_llm.model(input_ids=batch["input_ids"]).logits[0]
+    n = enc["labels"].index(next(x for x in enc["labels"] if x != -100))
+    answer = torch.tensor(enc["input_ids"][n:])
+    want = torch.nn.functional.cross_entropy(logits[n - 1:-1], answer).item()
+    assert abs(got["val_loss"] - want) < 1e-4 and abs(got["val_loss_genrec"] - want) < 1e-4
+
+
+class ListRetriever:
+    """SASRec stand-in: a fixed candidate list (descending scores) per call."""
+    def __init__(self, items):
+        self.items = items
+
+    def top_k(self, history, k):
+        return [(i, float(k - r)) for r, i in enumerate(self.items[:k])]
+
+
+def test_ranking_metrics_follow_the_score_ranker_and_sasrec(tiny_llm, toy_dataset):
+    from recdemo.llm.rankers.score import ScoreRanker
+    from recdemo.types import Candidate, RerankRequest
+
+    builder = ExampleBuilder(toy_dataset, tiny_llm.tokenizer)
+    cases = toy_dataset.eval_cases("valid")[:4]
+    hit, miss = cases[0], cases[1]
+    others = [i for i in range(toy_dataset.n_items) if i not in set(hit.history) | {hit.target, miss.target}
+              and i not in set(miss.history)]
+    items = others[:5] + [hit.target]  # hit's target is SASRec's 6th; miss's target is absent
+    m = ranking_metrics(tiny_llm.model, builder, [hit, miss], ListRetriever(items), n_candidates=6, k=3,
+                        device="cpu")
+    assert m["users"] == 2 and m["users_with_target_in_candidates"] == 1 and m["candidates"] == 6
+    assert m["sasrec_mrr"] == pytest.approx((1 / 6) / 2)  # rank 6 for one user, a miss for the other
+    # the LLM rank equals the score ranker's own order of the same request
+    ranker = ScoreRanker(tiny_llm, toy_dataset, None, fuse=False)
+    req = RerankRequest(history=[int(x) for x in hit.history], k=3, profile=None,
+                        candidates=[Candidate(i, float(6 - r), r + 1) for r, i in enumerate(items)])
+    from recdemo.llm.examples import make_profile
+    req.profile = make_profile(toy_dataset.catalog, req.history)
+    llm = ranker.score_list(req).llm
+    rank = int((llm > llm[-1]).sum() + (llm[:-1] == llm[-1]).sum())
+    assert m["mrr"] == pytest.approx((1 / (rank + 1)) / 2)
+    assert m["fused_ndcg@10"] >= m["sasrec_ndcg@10"] and 0.0 <= m["fusion_weight"] <= 1.0
+
+
+def test_ranking_metrics_without_a_retriever_use_sampled_lists(tiny_llm, toy_dataset):
+    builder = ExampleBuilder(toy_dataset, tiny_llm.tokenizer)
+    cases = toy_dataset.eval_cases("valid")[:3]
+    m = ranking_metrics(tiny_llm.model, builder, cases, None, n_candidates=4, device="cpu")
+    assert m["users"] == 3 and m["users_with_target_in_candidates"] == 3
+    assert m["random_mrr"] == pytest.approx((1 + 1 / 2 + 1 / 3 + 1 / 4) / 4)  # the exact expectation
+    assert m["hr@5"] == 1.0 and "fusion_weight" not in m

@@ -1,0 +1,280 @@
+"""Recommender: titles -> retrieval -> profile -> ranker -> explanations, and the recommend CLI."""
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import numpy as np
+import pytest
+from conftest import PopularityRetriever
+
+from recdemo.config import Config
+from recdemo.pipeline import Recommender, build_personas, cli_recommend
+from recdemo.types import RankedItem
+
+
+class ReverseRanker:
+    """A minimal ranker: the candidates in reverse SASRec order (so moves are easy to predict).
+    Asserts it runs with the model lock held."""
+
+    def __init__(self, service):
+        self.service, self.seen = service, []
+
+    def rank(self, req):
+        assert self.service.lock._is_owned()  # the pipeline holds the lock around the ranker
+        self.seen.append(req)
+        picked = list(reversed(req.candidates))[: req.k]
+        return [RankedItem(c.index, llm_score=-float(n), score=-float(n), retrieval_rank=c.rank)
+                for n, c in enumerate(picked)]
+
+    def prompt(self, req):
+        return f"REVERSE PROMPT for {len(req.candidates)} candidates"
+
+
+class LockCheckingRetriever(PopularityRetriever):
+    def __init__(self, dataset, service):
+        super().__init__(dataset)
+        self.service, self.calls = service, 0
+        self.item_embeddings = np.random.default_rng(0).normal(size=(dataset.n_items, 8)).astype(np.float32)
+
+    def method_for(self, history):
+        return "sasrec"
+
+    def top_k(self, history, k=50):
+        assert not self.service.lock._is_owned()  # retrieval stays outside the model lock
+        self.calls += 1
+        return super().top_k(history, k)
+
+
+@pytest.fixture
+def rec(toy_dataset, tiny_service, tmp_path):
+    cfg = Config()
+    cfg = cfg.set("llm", "adapter_dir", str(tmp_path / "adapters"))
+    cfg = cfg.set("retrieval", "text_cache_dir", str(tmp_path / "text"))
+    r = Recommender(toy_dataset, cfg, service=tiny_service,
+                    retriever=LockCheckingRetriever(toy_dataset, tiny_service))
+    r._text_index_failed = True  # no sentence encoder in unit tests: search falls back to trigrams
+    r._rankers["reverse"] = ReverseRanker(tiny_service)
+    r.profiles.keyword_tokens = r.profiles.summary_tokens = 6
+    r.explainer.max_new_tokens = 6
+    return r
+
+
+def test_recommend_end_to_end_with_a_minimal_ranker(rec, toy_dataset):
+    cat = toy_dataset.catalog
+    history = [cat.titles[i] for i in toy_dataset.sequences[0][:6]]
+    out = rec.recommend(history, ranker="reverse", n_candidates=12, k=5)
+    hist_idx = [cat.find_title(t) for t in history]
+    assert [h["index"] for h in out.history] == hist_idx
+    assert len(out.candidates) == 12 and [c["rank"] for c in out.candidates] == list(range(1, 13))
+    cand_idx = [c["index"] for c in out.candidates]
+    assert not set(cand_idx) & set(hist_idx)
+    assert len(out.results) == 5
+    assert [r["index"] for r in out.results] == list(reversed(cand_idx))[:5]
+    for rank, r in enumerate(out.results, 1):
+        assert r["rank"] == rank and r["index"] in cand_idx
+        assert r["retrieval_rank"] == cand_idx.index(r["index"]) + 1
+        assert r["move"] == r["retrieval_rank"] - rank  # e.g. SASRec #12 -> 1st: +11
+        assert r["evidence"] and all(e["history_index"] in hist_idx for e in r["evidence"])
+        assert r["rationale"] and r["rationale_source"] in ("llm", "template")
+    assert out.results[0]["move"] == 11
+    assert out.profile is not None and sum(k.grounded for k in out.profile.keywords) >= 2
+    assert "profile prompt" in out.prompt and "REVERSE PROMPT for 12 candidates" in out.prompt
+    assert out.profile.prompt in out.prompt
+    assert set(out.timings) == {"retrieval", "profile", "rerank", "explain", "total"}
+    assert out.model == "tiny-llama on cpu (float32)" and out.adapter is None and out.ranker == "reverse"
+    data = json.loads(json.dumps(out.to_dict()))  # JSON-friendly
+    assert data["results"][0]["title"] == cat.titles[out.results[0]["index"]]
+
+
+def test_unknown_title_suggests_close_ones(rec, toy_dataset):
+    title = toy_dataset.catalog.titles[3]
+    with pytest.raises(ValueError, match=r"Unknown title 'Alpha Alpah Story'\. Did you mean: .*Alpha Alpha Story"):
+        rec.recommend([title, "Alpha Alpah Story"], ranker="reverse")
+
+
+def test_empty_history_and_bad_sizes_are_friendly_errors(rec, toy_dataset):
+    with pytest.raises(ValueError, match="history is empty"):
+        rec.recommend([], ranker="reverse")
+    with pytest.raises(ValueError, match="history is empty"):
+        rec.recommend(["  "], ranker="reverse")
+    with pytest.raises(ValueError, match="Cannot pick 20 results from 10 candidates"):
+        rec.recommend([toy_dataset.catalog.titles[0]], ranker="reverse", n_candidates=10, k=20)
+    with pytest.raises(ValueError, match="not in the catalog"):
+        rec.recommend([10_000], ranker="reverse")
+
+
+def test_history_accepts_indices_and_keeps_the_latest_repeat(rec, toy_dataset):
+    t = toy_dataset.catalog.titles
+    assert rec.resolve([1, t[2], t[1].upper(), 3]) == [2, 1, 3]
+
+
+def test_without_profile_and_explanations(rec, toy_dataset):
+    out = rec.recommend([0, 1, 2], ranker="reverse", n_candidates=8, k=3, with_profile=False,
+                        with_explanations=False)
+    assert out.profile is None and len(out.results) == 3
+    assert all(r["evidence"] == [] and r["rationale"] == "" for r in out.results)
+    assert out.prompt.startswith("===== reverse ranker prompt")
+
+
+def test_short_ranker_output_is_topped_up_with_a_warning(rec):
+    class Short(ReverseRanker):
+        def rank(self, req):
+            return super().rank(req)[:1] + [RankedItem(req.history[0], 0.0, 0.0, None)]  # a history item!
+
+    rec._rankers["short"] = Short(rec.service)
+    out = rec.recommend([0, 1, 2], ranker="short", n_candidates=8, k=4, with_explanations=False)
+    assert len(out.results) == 4 and 0 not in [r["index"] for r in out.results]
+    assert any("fewer than asked" in w for w in out.warnings)
+
+
+def test_retrieval_failure_falls_back_to_text_similarity(rec, toy_dataset):
+    class Broken:
+        def method_for(self, history):
+            raise RuntimeError("no checkpoint")
+
+    class FakeText:
+        def similar(self, history, k):
+            return [(i, 1.0 - i / 100) for i in range(toy_dataset.n_items) if i not in history][:k]
+
+    rec._retriever, rec._text_index, rec._text_index_failed = Broken(), FakeText(), False
+    rec._explainer = None
+    out = rec.recommend([0, 1], ranker="reverse", n_candidates=6, k=3, with_explanations=False)
+    assert [c["index"] for c in out.candidates] == [2, 3, 4, 5, 6, 7]
+    assert any("text similarity" in w for w in out.warnings)
+
+
+def test_adapter_auto_and_explicit(rec, tmp_path, toy_dataset):
+    from conftest import make_tiny_adapter
+
+    assert rec.recommend([0], ranker="reverse", n_candidates=5, k=2, with_profile=False,
+                         with_explanations=False).adapter is None
+    make_tiny_adapter(rec.service.llm, tmp_path / "adapters" / toy_dataset.name)
+    seen = []
+
+    class Spy(ReverseRanker):
+        def rank(self, req):
+            seen.append(self.service.adapters.active)
+            return super().rank(req)
+
+    rec._rankers["spy"] = Spy(rec.service)
+    out = rec.recommend([0], ranker="spy", n_candidates=5, k=2, with_profile=False, with_explanations=False)
+    assert out.adapter == "toy" and seen == ["toy"]  # "auto" = the adapter named like the dataset
+    out = rec.recommend([0], ranker="spy", n_candidates=5, k=2, adapter=None, with_profile=False,
+                        with_explanations=False)
+    assert out.adapter is None and seen[-1] is None
+    assert rec.service.adapters.active is None  # restored after the call
+
+
+def test_concurrent_calls_give_the_same_answers(rec):
+    histories = [[0, 1, 2], [5, 6], [10, 11, 12, 13]]
+    expected = [rec.recommend(h, ranker="reverse", n_candidates=8, k=3).to_dict()["results"] for h in histories]
+    got, errors = [None] * 3, []
+
+    def run(i):
+        try:
+            got[i] = rec.recommend(histories[i], ranker="reverse", n_candidates=8, k=3).to_dict()["results"]
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and got == expected
+
+
+def test_search_random_user_and_personas(rec, toy_dataset):
+    cat = toy_dataset.catalog
+    hits = rec.search_titles("alpha bravo", k=3)
+    assert hits[0]["title"].startswith("Alpha Bravo") and set(hits[0]) >= {"index", "title", "score"}
+    h1, h2 = rec.random_user_history(seed=3, max_items=5), rec.random_user_history(seed=3, max_items=5)
+    assert h1 == h2 and 1 <= len(h1) <= 5
+    idx = [cat.find_title(t) for t in h1]
+    assert any(list(s[-len(idx):]) == idx for s in toy_dataset.train_sequences())  # a real user's training tail
+    personas = rec.personas()
+    assert personas and all(name.endswith(" fan") for name in personas)
+    for name, titles in personas.items():
+        genre = name[: -len(" fan")]
+        assert titles and all(genre in cat.attributes[cat.find_title(t)] for t in titles)
+
+
+def test_personas_without_attributes_use_title_words():
+    from recdemo.data import Catalog, Dataset
+
+    titles = [f"{w} Shampoo {i}" for i, w in enumerate(["Argan", "Silk", "Mint", "Rose"] * 3)] + \
+             [f"Nail Polish {c}" for c in "ABCDEFGHIJKL"] + [f"Thing {i}" for i in range(30)]
+    cat = Catalog(ids=[str(i) for i in range(len(titles))], titles=titles)
+    seqs = [np.array([i, i + 1, i + 2]) for i in range(0, len(titles) - 3)]
+    data = Dataset(name="shop", catalog=cat, users=[str(i) for i in range(len(seqs))], sequences=seqs)
+    personas = build_personas(data, n=5, size=4)
+    assert "Shampoo shopper" in personas and "Polish shopper" in personas
+    assert all("Shampoo" in t for t in personas["Shampoo shopper"])
+
+
+def test_cli_unknown_title_exits_2(rec, monkeypatch, capsys):
+    import argparse
+
+    monkeypatch.setattr(Recommender, "from_config", classmethod(lambda cls, cfg, **kw: rec))
+    args = argparse.Namespace(history=["No Such Film"], ranker="reverse", candidates=8, top=3, json=False)
+    assert cli_recommend(args, rec.cfg) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Unknown title 'No Such Film'") and "Traceback" not in err
+
+
+def test_cli_text_and_json(rec, monkeypatch, capsys, toy_dataset):
+    import argparse
+
+    monkeypatch.setattr(Recommender, "from_config", classmethod(lambda cls, cfg, **kw: rec))
+    titles = [toy_dataset.catalog.titles[i] for i in (0, 1, 2)]
+    args = argparse.Namespace(history=titles, ranker="reverse", candidates=12, top=3, json=False)
+    assert cli_recommend(args, rec.cfg) == 0
+    text = capsys.readouterr().out
+    assert "PROFILE:" in text and "SASREC CANDIDATES (top 10 of 12)" in text and "TOP 3 (reverse)" in text
+    assert "SASRec #12, up 11" in text
+    args.json = True
+    assert cli_recommend(args, rec.cfg) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data["candidates"]) == 12 and len(data["results"]) == 3
+    assert data["profile"]["keywords"] and "support" in data["profile"]["keywords"][0]
+
+
+@pytest.mark.integration
+def test_smollm2_movielens_recommend_end_to_end():
+    """Real data, real SmolLM2, the real score ranker; item-kNN stands in for SASRec's retriever
+    so the test does not depend on a trained checkpoint."""
+    from recdemo.data import load_dataset
+    from recdemo.llm.explain import RationaleChecker
+    from recdemo.llm.service import LLMService
+    from recdemo.retrieval.baselines import ItemKNN
+
+    class KNNRetriever:
+        def __init__(self, data):
+            self.knn = ItemKNN.for_dataset(data)
+
+        def method_for(self, history):
+            return "sasrec"
+
+        def top_k(self, history, k=50):
+            s = self.knn.score_all(history)
+            s[list(history)] = -np.inf
+            top = np.argsort(-s, kind="stable")[:k]
+            return [(int(i), float(s[i])) for i in top]
+
+    cfg = Config.from_env()
+    data = load_dataset("movielens-small", root=os.environ.get("RECDEMO_DATA_DIR", "../shared/data"))
+    rec = Recommender(data, cfg, service=LLMService(cfg.llm), retriever=KNNRetriever(data))
+    history = ["Toy Story (1995)", "Aladdin (1992)", "Lion King, The (1994)", "Shrek (2001)", "Finding Nemo (2003)"]
+    out = rec.recommend(history, ranker="score", n_candidates=50, k=10, adapter=None)
+    hist_idx = [h["index"] for h in out.history]
+    cand_idx = {c["index"] for c in out.candidates}
+    assert len(out.results) == 10 and {r["index"] for r in out.results} <= cand_idx
+    assert sum(k.grounded for k in out.profile.keywords) >= 2
+    cat = data.catalog
+    for r in out.results:
+        assert r["evidence"] and all(e["history_index"] in hist_idx for e in r["evidence"])
+        chk = RationaleChecker([cat.titles[i] for i in hist_idx] + [r["title"]],
+                               {a for i in hist_idx + [r["index"]] for a in cat.attributes[i]})
+        assert r["rationale"] and chk.problems(r["rationale"]) == []

@@ -1,0 +1,107 @@
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from recdemo.config import PROJECT_ROOT, Config, RetrievalConfig
+from recdemo.eval import cli as eval_cli
+from recdemo.eval.retrieval_eval import evaluate_models, sample_negatives, select_cases
+
+KEYS = ("hr@10", "ndcg@10", "hr@5", "ndcg@5", "hr@20", "ndcg@20", "mrr", "users")
+
+
+def oracle(cases_by_history):
+    """A scorer that puts each case's target first (and item 0 second)."""
+    def score(histories):
+        out = np.zeros((len(histories), 200))
+        for row, h in enumerate(histories):
+            out[row, cases_by_history[tuple(h)]] = 10.0
+        return out
+    return score
+
+
+class Case:
+    def __init__(self, history, target):
+        self.history, self.target = np.asarray(history), target
+
+
+class FakeDataset:
+    n_items = 200
+
+    def __init__(self, cases):
+        self.cases = cases
+
+    def eval_cases(self, split):
+        return self.cases
+
+
+def test_negatives_avoid_history_and_target_and_are_seeded():
+    cases = [Case(list(range(150)), 160), Case([1, 2], 3)]
+    neg = sample_negatives(cases, 300, seed=5)
+    assert neg.shape == (2, 100)
+    for row, c in zip(neg, cases):
+        assert len(set(row.tolist())) == 100
+        assert not set(row.tolist()) & (set(c.history.tolist()) | {c.target})
+    assert np.array_equal(neg, sample_negatives(cases, 300, seed=5))
+    assert not np.array_equal(neg, sample_negatives(cases, 300, seed=6))
+    with pytest.raises(ValueError, match="outside a history"):
+        sample_negatives([Case(list(range(150)), 160)], 200)
+
+
+def test_oracle_scores_perfectly_and_its_negation_badly():
+    cases = [Case([u, u + 1], u + 2) for u in range(0, 60, 3)]
+    ds = FakeDataset(cases)
+    lookup = {tuple(c.history.tolist()): c.target for c in cases}
+    good = oracle(lookup)
+    result = evaluate_models({"good": good, "bad": lambda h: -good(h)}, ds, protocols=("full", "sampled100"))
+    for p in ("full", "sampled100"):
+        assert result[p]["good"]["ndcg@10"] == 1.0 and result[p]["good"]["users"] == len(cases)
+        assert result[p]["bad"]["hr@20"] == 0.0
+    assert all(k in result["full"]["good"] for k in KEYS)
+
+
+def test_user_sample_is_seeded_subset(cycle_dataset):
+    a = select_cases(cycle_dataset, "test", users=10, seed=1)
+    b = select_cases(cycle_dataset, "test", users=10, seed=1)
+    assert [c.user for c in a] == [c.user for c in b] and len(a) == 10
+    assert [c.user for c in a] == sorted(c.user for c in a)
+    assert len(select_cases(cycle_dataset, "test")) == len(cycle_dataset.sequences)
+
+
+def test_cli_writes_metrics_and_baselines(cycle_dataset, tmp_path, monkeypatch, capsys):
+    import recdemo.data
+    monkeypatch.setattr(recdemo.data, "load_from_config", lambda cfg: cycle_dataset)
+    cfg = Config()
+    cfg.retrieval = RetrievalConfig(maxlen=12, hidden=16, dropout=0.0, epochs=8, lr=1e-2, batch_size=16,
+                                    warmup_steps=5, checkpoint_dir=str(tmp_path))
+    out = tmp_path / "m.json"
+    args = argparse.Namespace(stage="retrieval", split="test", protocol="full", seed=0, users=None, json=str(out))
+    assert eval_cli.cli_evaluate(args, cfg) == 0
+    data = json.loads(out.read_text())
+    assert all(k in data for k in KEYS)
+    assert set(data["baselines"]) == {"popularity", "item_knn"}
+    assert all(k in data["baselines"]["item_knn"] for k in KEYS)
+    assert data["users"] == len(cycle_dataset.sequences)
+    assert data["ndcg@10"] > data["baselines"]["popularity"]["ndcg@10"]
+    printed = capsys.readouterr().out
+    assert "SASRec" in printed and "item-kNN" in printed
+
+
+@pytest.mark.integration
+def test_evaluate_command_on_real_data(tmp_path):
+    out = tmp_path / "retrieval.json"
+    env = {**os.environ, "RECDEMO_DATA_DIR": os.environ.get("RECDEMO_DATA_DIR", "../shared/data")}
+    assert (PROJECT_ROOT / "checkpoints" / "sasrec-movielens-small.safetensors").is_file()
+    proc = subprocess.run([sys.executable, "-m", "recdemo", "evaluate", "--dataset", "movielens-small",
+                           "--users", "60", "--json", str(out)], cwd=PROJECT_ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    assert all(k in data for k in KEYS) and data["users"] == 60
+    assert set(data["baselines"]) == {"popularity", "item_knn"}
+    assert "sampled100" in data["protocols"]
+    assert data["protocols"]["sampled100"]["sasrec"]["hr@10"] >= data["hr@10"]

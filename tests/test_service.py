@@ -1,0 +1,91 @@
+"""LLMService: one lazily loaded base model, adapters by context, batched greedy generation."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from conftest import make_tiny_adapter
+
+from recdemo.config import LLMConfig
+from recdemo.llm.models import ModelNotFound
+from recdemo.llm.service import LLMService
+
+
+def last_logits(llm):
+    with torch.inference_mode():
+        return llm.model(torch.tensor([[4, 8, 15, 16, 23]])).logits[0, -1].clone()
+
+
+def test_model_is_loaded_lazily_from_a_local_folder(tiny_llm, tmp_path):
+    folder = tmp_path / "tiny"
+    tiny_llm.model.save_pretrained(folder, safe_serialization=True)
+    tiny_llm.tokenizer.save_pretrained(folder)
+    svc = LLMService(LLMConfig(model=str(folder), device="cpu", adapter_dir=str(tmp_path / "none")))
+    assert not svc.loaded
+    assert svc.available_adapters() == []  # listing adapters does not load the model
+    assert not svc.loaded
+    assert torch.allclose(last_logits(svc.llm), last_logits(tiny_llm), atol=1e-5)
+    assert svc.describe().endswith("on cpu (float32)")
+
+
+def test_use_adapter_activates_then_restores(tiny_service, tmp_path):
+    make_tiny_adapter(tiny_service.llm, tmp_path / "adapters" / "toy")
+    base = last_logits(tiny_service.llm)
+    with tiny_service.use_adapter("toy") as llm:
+        assert tiny_service.adapters.active == "toy"
+        tuned = last_logits(llm)
+        with tiny_service.base_model():  # nested: the bare base model inside an adapter block
+            assert torch.allclose(last_logits(llm), base, atol=1e-6)
+        assert torch.allclose(last_logits(llm), tuned, atol=1e-6)
+    assert tiny_service.adapters.active is None
+    assert not torch.allclose(tuned, base, atol=1e-4)
+    assert torch.allclose(last_logits(tiny_service.llm), base, atol=1e-6)
+
+
+def test_use_adapter_holds_the_lock(tiny_service):
+    got = []
+    with tiny_service.base_model():
+        t = threading.Thread(target=lambda: got.append(tiny_service.lock.acquire(timeout=0.2)))
+        t.start()
+        t.join()
+    assert got == [False]  # another thread could not take the model mid-call
+    assert tiny_service.lock.acquire(timeout=1)
+    tiny_service.lock.release()
+
+
+def test_resolve_adapter(tiny_service, tmp_path):
+    assert tiny_service.resolve_adapter("auto", "toy") is None  # nothing shipped: base model
+    assert tiny_service.resolve_adapter("none", "toy") is None
+    assert tiny_service.resolve_adapter(None, "toy") is None
+    with pytest.raises(ModelNotFound, match="finetune"):
+        tiny_service.resolve_adapter("missing", "toy")
+    make_tiny_adapter(tiny_service.llm, tmp_path / "adapters" / "toy")
+    assert tiny_service.resolve_adapter("auto", "toy") == "toy"  # the adapter named like the dataset
+    assert tiny_service.resolve_adapter("auto", "other") is None
+
+
+def test_register_adapter_makes_a_new_folder_available(tiny_service, tmp_path):
+    folder = make_tiny_adapter(tiny_service.llm, tmp_path / "elsewhere" / "fresh")
+    assert "fresh" not in tiny_service.available_adapters()
+    assert tiny_service.register_adapter(folder) == "fresh"
+    assert "fresh" in tiny_service.available_adapters()
+    with tiny_service.use_adapter("fresh"):
+        assert tiny_service.adapters.active == "fresh"
+
+
+def test_batched_generation_matches_one_by_one(tiny_service):
+    prompts = ["Keywords: Comedy", "A user watched these movies, oldest first", "Summary"]
+    batched = tiny_service.generate(prompts, max_new_tokens=6)
+    single = [tiny_service.generate([p], max_new_tokens=6)[0] for p in prompts]
+    assert batched == single  # left padding does not change greedy answers
+    assert any(batched)
+
+
+def test_stop_strings_cut_the_answer(tiny_service):
+    prompt = ["Keywords: Comedy"]
+    text = tiny_service.generate(prompt, max_new_tokens=12)[0]
+    at = next(i for i in range(2, len(text)) if text[i] not in text[:i])  # a character first seen mid-answer
+    cut = tiny_service.generate(prompt, max_new_tokens=12, stop_strings=[text[at]])[0]
+    assert cut == text[:at]
+    assert tiny_service.generate([], max_new_tokens=4) == []
