@@ -58,6 +58,7 @@ def main() -> int:
         for query, title in MOVIES:
             search.fill("")
             search.press_sequentially(query, delay=30)
+            page.locator("#rd-suggestions", has_text=f"Matches for “{query}”").wait_for()  # results of the full query
             page.locator("#rd-suggestions label", has_text=title).first.click()
             page.locator("#rd-history label", has_text=title).first.wait_for()
         time.sleep(1.0)  # let the first (warm-up) request finish so it does not share the CPU

@@ -26,7 +26,7 @@ class DataConfig:
 # SASRec settings chosen per dataset on the validation split (docs/notes/retrieval.md lists the runs);
 # RetrievalConfig fields left at None take these, then SASREC_DEFAULTS (any other dataset).
 SASREC_DEFAULTS = {"maxlen": 200, "hidden": 64, "dropout": 0.2, "epochs": 20, "lr": 3e-3,
-                   "batch_size": 32, "weight_decay": 0.0, "warmup_steps": 20}
+                   "batch_size": 32, "weight_decay": 0.0, "warmup_steps": 20, "negatives": 0}
 SASREC_PRESETS = {
     "movielens-small": {"maxlen": 200},
     "amazon-beauty": {"maxlen": 50},
@@ -41,7 +41,8 @@ class RetrievalConfig:
     layers: int = 2
     heads: int = 1
     dropout: float | None = None
-    loss: str = "ce"  # "ce" (full softmax over all items) or "bce" (the paper's: one sampled negative)
+    loss: str = "ce"  # "ce" (softmax cross-entropy) or "bce" (the paper's: one sampled negative per position)
+    negatives: int | None = None  # ce only: 0 = full softmax over every item, N = N shared sampled negatives
     epochs: int | None = None  # at most; the best validation epoch is kept
     lr: float | None = None
     batch_size: int | None = None  # windows (of up to maxlen items) per step

@@ -96,6 +96,7 @@ def test_pick_three_movies_and_get_ten_explained_recommendations(page, real_app)
     for query, title in MOVIES:
         search.fill("")
         search.press_sequentially(query, delay=40)  # search as you type
+        page.locator("#rd-suggestions", has_text=f"Matches for “{query}”").wait_for()  # results of the full query
         option = page.locator("#rd-suggestions label", has_text=title).first
         option.wait_for()
         option.click()

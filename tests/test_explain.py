@@ -33,6 +33,22 @@ def test_short_title():
     assert short_title("One Two Three Four Five Six Seven Eight Nine Ten") == "One Two Three Four Five Six Seven Eight"
 
 
+def test_short_title_for_products_and_alternative_titles():
+    assert short_title("Men in Black (a.k.a. MIB) (1997)") == "Men in Black"
+    assert short_title("Herstyler Nourishing and Moisturizing Conditioner,6.4 Ounce (Pack of 2) extra words") == \
+        "Herstyler Nourishing and Moisturizing Conditioner"
+    assert short_title("Lemongrass + Argan Stem Cell Shampoo - 8 oz bottle for dry hair") == \
+        "Lemongrass + Argan Stem Cell Shampoo"
+
+
+def test_repetitive():
+    from recdemo.llm.explain import repetitive
+
+    assert repetitive("is a product that is a product that")
+    assert repetitive("luxurious and luxurious with luxurious")
+    assert not repetitive("is a warm comedy about family and friendship")
+
+
 def test_capitalised_spans():
     spans = capitalised_spans("They loved Toy Story and the Lord of the Rings. Because Jaws is great")
     assert ("They", True) in spans and ("Toy Story", False) in spans
@@ -85,7 +101,7 @@ def test_faithful_sentences_are_kept_and_others_replaced(tiny_llm, toy_dataset):
 
     def tail(prompt):  # item 0: faithful, 1: names a non-history title, 2: empty, 3: too short
         target = next(i for i in items if f'"{short_title(cat.titles[i])}"' in prompt.split("Like")[-1])
-        return {0: " is a warm comedy with a strong cast.", 1: f' reminds you of "{bad_title}" too.',
+        return {0: " is a warm comedy with a strong cast. Then more text", 1: f' reminds you of "{bad_title}" too.',
                 2: "", 3: " is."}[items.index(target)]
 
     svc = ScriptedService(tiny_llm, tail)
@@ -93,7 +109,7 @@ def test_faithful_sentences_are_kept_and_others_replaced(tiny_llm, toy_dataset):
     assert len(svc.calls) == 1 and len(svc.calls[0][0]) == 4  # one batched generate call
     assert [e.index for e in out] == items
     assert [e.rationale_source for e in out] == ["llm", "template", "template", "template"]
-    assert out[0].rationale.endswith("is a warm comedy with a strong cast.")
+    assert out[0].rationale.endswith('" is a warm comedy with a strong cast.')  # one sentence
     assert out[0].rationale.startswith('Like "')
     assert bad_title in out[1].llm_rationale and bad_title not in out[1].rationale
     allowed = [cat.titles[h] for h in history] + [cat.titles[i] for i in items]

@@ -154,10 +154,26 @@ def test_real_model_rankers_on_movielens(tmp_path):
     for name in sorted(RANKERS):
         r = ranker(name, llm, dataset, retriever, tmp_path)
         for user in (0, 1):
-            req = request_for(dataset, retriever, user, n=50, k=10)
+            req = request_for(dataset, retriever, user, n=20, k=10)  # 20 candidates: shorter prompts
             items = [o.index for o in r.rank(req)]
             assert len(items) == 10 == len(set(items))
             if name == "genrec":
                 assert not set(items) & set(req.history)
             else:
                 assert set(items) <= {c.index for c in req.candidates}
+
+
+def test_scores_run_through_an_active_lora_adapter(tiny_tokenizer, toy_dataset, pop_retriever, tmp_path):
+    """peft injects LoRA layers in place: the packed decoder path must see them (and not when disabled)."""
+    from peft import LoraConfig, get_peft_model
+
+    llm = make_tiny_llm(tiny_tokenizer, seed=3)
+    req = request_for(toy_dataset, pop_retriever, user=1, n=12)
+    r = ranker("score", llm, toy_dataset, pop_retriever, tmp_path, fuse=False)
+    base = r.score_list(req).llm
+    peft_model = get_peft_model(llm.model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                      init_lora_weights=False))  # random B: changes outputs
+    with_lora = r.score_list(req).llm
+    assert not np.allclose(base, with_lora, atol=1e-4)
+    with peft_model.disable_adapter():
+        assert np.allclose(r.score_list(req).llm, base, atol=1e-5)

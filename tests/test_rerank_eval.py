@@ -85,3 +85,35 @@ def test_real_rankers_on_the_tiny_model(name, data, tiny_llm, tmp_path):
     assert set(m["ndcg_by_weight"]) == {str(w / 10) for w in range(11)}
     assert (m["auc"] is None) == (name == "genrec")
     assert m["latency_ms_p90"] >= m["latency_ms_p50"] > 0
+
+
+def test_cli_selects_on_valid_then_applies_the_weight_on_test(data, tiny_llm, tmp_path, monkeypatch, capsys):
+    import argparse
+    import json
+    from dataclasses import replace
+
+    import recdemo.data.dataset as dataset_mod
+    import recdemo.llm.service as service_mod
+    import recdemo.retrieval.retriever as retriever_mod
+    from recdemo.config import Config
+    from recdemo.eval.rerank_eval import cli_rerank
+
+    ds, retriever = data
+    real_service = service_mod.LLMService
+    monkeypatch.setattr(dataset_mod, "load_from_config", lambda cfg: ds)
+    monkeypatch.setattr(service_mod, "LLMService", lambda cfg: real_service(cfg, llm=tiny_llm))
+    monkeypatch.setattr(retriever_mod.Retriever, "for_dataset", classmethod(lambda cls, *a, **k: retriever))
+    cfg = Config()
+    cfg = replace(cfg, llm=replace(cfg.llm, fusion_dir=str(tmp_path / "fusion"), adapter_dir=str(tmp_path / "ad")))
+    args = dict(ranker="score", users=5, seed=0, no_fuse=False)
+    assert cli_rerank(argparse.Namespace(split="valid", json=str(tmp_path / "v.json"), **args), cfg) == 0
+    valid = json.loads((tmp_path / "v.json").read_text())
+    for key in ("ndcg@10", "hr@10", "baseline_ndcg@10", "baseline_hr@10", "valid_ratio", "latency_ms_p50",
+                "latency_ms_p90", "users", "auc"):
+        assert key in valid
+    saved = json.loads((tmp_path / "fusion" / "toy.json").read_text())
+    assert saved["weights"]["tiny-llama/base/score"]["weight"] == valid["fusion_weight"]
+    assert cli_rerank(argparse.Namespace(split="test", json=str(tmp_path / "t.json"), **args), cfg) == 0
+    test = json.loads((tmp_path / "t.json").read_text())
+    assert test["fusion_weight"] == valid["fusion_weight"] and test["fusion_source"].endswith("toy.json")
+    assert "SASRec top-10" in capsys.readouterr().out

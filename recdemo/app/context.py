@@ -255,6 +255,8 @@ class AppContext:
             raise ValueError(f"A fine-tune that writes {name!r} is already queued.")
         return self.jobs.submit({**params, "adapter": name, "tasks": tasks, "steps": steps, "lr": lr})
 
-    def close(self) -> None:
+    def close(self, timeout: float = 120.0) -> None:
         self.jobs.shutdown()
+        if isinstance(self._warm_thread, threading.Thread):  # torch threads must not outlive Python
+            self._warm_thread.join(timeout)
         shutil.rmtree(self._upload_root, ignore_errors=True)

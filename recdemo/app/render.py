@@ -48,8 +48,11 @@ def profile_html(rec: dict) -> str:
         if grounded:
             words.append(text)
             because = ", ".join(support[:4]) + (f" +{len(support) - 4} more" if len(support) > 4 else "")
-            chips.append(f'<div class="rd-kw grounded"><span class="rd-kw-text">{_e(text)}</span>'
-                         f'<span class="rd-kw-support">from: {_e(because)}</span></div>')
+            added = kw.get("source") == "heuristic"  # the LLM gave too few grounded keywords
+            chips.append(f'<div class="rd-kw grounded{" heuristic" if added else ""}"'
+                         f'{" title=" + chr(34) + "added from the history, not written by the LLM" + chr(34) if added else ""}>'
+                         f'<span class="rd-kw-text">{_e(text)}</span>'
+                         f'<span class="rd-kw-support">{"added · " if added else ""}from: {_e(because)}</span></div>')
         else:
             chips.append(f'<div class="rd-kw ungrounded" title="nothing in the history supports this">'
                          f'<span class="rd-kw-text">{_e(text)}</span>'
@@ -231,6 +234,8 @@ CSS = """
 .rd-kw {display: flex; flex-direction: column; padding: 6px 10px; border-radius: 10px; max-width: 320px}
 .rd-kw.grounded {background: #eef2ff; border: 1px solid #c7d2fe}
 .rd-kw.grounded .rd-kw-text {color: #3730a3; font-weight: 600}
+.rd-kw.grounded.heuristic {background: #f8fafc; border-color: #cbd5e1}
+.rd-kw.grounded.heuristic .rd-kw-text {color: #475569}
 .rd-kw.ungrounded {background: transparent; border: 1px dashed #d1d5db}
 .rd-kw.ungrounded .rd-kw-text {color: #9ca3af; text-decoration: line-through}
 .rd-kw-support {font-size: .75rem; color: var(--body-text-color-subdued)}

@@ -129,7 +129,10 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
         # ---------------- wiring: picker ----------------
         def on_search(ds, q):
             titles, msg = events.search(ctx, ds, q)
-            return gr.update(choices=titles, value=None), render.notice_html(msg, "info") if msg else ""
+            # The label names the query the list answers: typing fast, a list may lag a keystroke.
+            label = f"Matches for “{q.strip()}”: click to add" if titles else "Matches: click to add"
+            return (gr.update(choices=titles, value=None, label=label),
+                    render.notice_html(msg, "info") if msg else "")
 
         query.input(on_search, [dataset, query], [suggestions, notice], trigger_mode="always_last",
                     show_progress="hidden")
@@ -138,7 +141,7 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
             new, msg = events.add_item(hist, title)
             if msg:
                 gr.Warning(msg)
-            return (*_hist(new), "", gr.update(choices=[], value=None), "")
+            return (*_hist(new), "", gr.update(choices=[], value=None, label="Matches: click to add"), "")
 
         pick_outputs = [history, hist_view, query, suggestions, notice]
         suggestions.input(on_pick, [history, suggestions], pick_outputs, show_progress="hidden")

@@ -101,8 +101,9 @@ def _decode(raw: bytes, encoding: str, fname: str, sep: str, names: list[str] | 
         prefix = raw[start: e.start].decode(encoding, errors="replace")
         field = len(next(csv.reader([prefix], delimiter=sep[0]), [""])) if len(sep) == 1 else \
             len(prefix.split(sep))
-        header = names or next(csv.reader([raw[: raw.find(b"\n")].decode(encoding, "replace")],
-                                          delimiter=sep[0] if len(sep) == 1 else ","), [])
+        end = raw.find(b"\n")
+        first_line = (raw if end < 0 else raw[:end]).decode(encoding, "replace")
+        header = names or next(csv.reader([first_line], delimiter=sep[0]), [])
         column = header[field - 1].strip().lstrip("\ufeff") if 0 < field <= len(header) else field
         raise DataError(f"byte 0x{raw[e.start]:02x} (character {e.start - start + 1} of the line) is not "
                         f"valid {encoding.upper()}; save the file as UTF-8", file=fname, line=line,

@@ -26,13 +26,21 @@ DANGLING = CONNECTORS | {"and", "or", "in", "to", "on", "for", "from", "with", "
 HARMLESS = {"i", "they", "the", "a", "an", "this", "it", "its", "like", "both", "but", "and", "as", "if",
             "because", "since", "while", "with", "you", "your", "user", "users", "fans", "fan"}
 SENTENCE_END = re.compile(r"(?<=[.!?])\s")
+META = re.compile(r"\b(sentences?|titles?|listed|recommendations?|in common with them|as an ai)\b", re.I)
 
 
 def short_title(title: str, max_words: int = 8) -> str:
-    """"Toy Story (1995)" -> "Toy Story"; "Matrix, The (1999)" -> "The Matrix"; long product names cut."""
+    """"Toy Story (1995)" -> "Toy Story"; "Matrix, The (1999)" -> "The Matrix"; "Men in Black (a.k.a. MIB)"
+    -> "Men in Black"; a product name is cut at its first comma/dash when long or followed by a size
+    ("Herstyler Conditioner,6.4 Ounce (Pack of 2)" -> "Herstyler Conditioner"), then to ``max_words``."""
     text = re.sub(r"\s*\(\d{4}\)\s*$", "", natural_title(title)).strip() or title
-    words = text.split()
-    return " ".join(words[:max_words]) if len(words) > max_words else text
+    long = len(text.split()) > max_words
+    bare = re.sub(r"\s*\([^()]*\)", "", text).strip()
+    text = bare if len(bare) >= 2 else text
+    parts = re.split(r"\s*(?:,|\s-\s|\[|\|)\s*", text, maxsplit=1)
+    if len(parts) == 2 and len(parts[0].split()) >= 2 and (long or re.match(r"\d", parts[1])):
+        text = parts[0]
+    return " ".join(text.split()[:max_words])
 
 
 def _norm(text: str) -> str:
@@ -194,10 +202,15 @@ class Explainer:
         drafts = self._generate(items, evidence, adapter) if (self.use_llm and items) else [("", "")] * len(items)
         out = []
         for item, ev, (prefix, tail) in zip(items, evidence, drafts):
-            sentence = tidy(prefix + tail)
-            problems = self.checker(history, item).problems(sentence) if sentence else ["empty"]
+            tail = tidy(tail)  # the primed prefix may hold "Mr." or "a.k.a.": only the tail is cut
+            sentence = (prefix + ("" if tail[:1] in ",.;:!?'" else " ") + tail).strip()
+            problems = self.checker(history, item).problems(sentence) if tail else ["empty"]
             if len(re.findall(r"\w+", tail)) < 3:  # the model added (almost) nothing to the primed start
                 problems = problems or ["too short"]
+            if META.search(tail):  # it talks about the task ("not listed", "a product recommendation")
+                problems = problems or ["about the task, not the item"]
+            if repetitive(tail):  # "is a product that is a product that ..."
+                problems = problems or ["repetitive"]
             if problems:
                 out.append(Explanation(int(item), ev, self.template(item, ev), rationale_source="template",
                                        llm_rationale=sentence))
@@ -219,6 +232,19 @@ class Explainer:
         tails = self.service.generate(prompts, max_new_tokens=self.max_new_tokens, stop_strings=["\n", ". "],
                                       adapter=adapter)
         return list(zip(prefixes, tails))
+
+
+def repetitive(text: str) -> bool:
+    """A word pair said twice, or a longer word said three times: a small model looping."""
+    words = re.findall(r"[a-z']+", text.lower())
+    pairs = list(zip(words, words[1:]))
+    if len(pairs) != len(set(pairs)):
+        return True
+    counts: dict[str, int] = {}
+    for w in words:
+        if len(w) >= 4:
+            counts[w] = counts.get(w, 0) + 1
+    return any(n >= 3 for n in counts.values())
 
 
 def tidy(sentence: str) -> str:

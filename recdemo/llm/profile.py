@@ -226,8 +226,9 @@ class ProfileGenerator:
     the keyword line (stopped after 6 items, a repeat, or a newline), then one summary sentence."""
 
     def __init__(self, service, catalog, max_history: int = P.MAX_HISTORY, keyword_tokens: int = 24,
-                 summary_tokens: int = 28, cache_size: int = 512):
+                 summary_tokens: int = 28, cache_size: int = 512, max_title_words: int = 12):
         self.service, self.catalog, self.max_history = service, catalog, max_history
+        self.max_title_words = max_title_words  # long product names would make the prompt slow
         self.domain = P.domain_for(catalog)
         self.keyword_tokens, self.summary_tokens = keyword_tokens, summary_tokens
         self._cache: OrderedDict = OrderedDict()
@@ -237,7 +238,8 @@ class ProfileGenerator:
     def prompt(self, history) -> str:
         hist = [int(h) for h in history][-self.max_history:]
         return P.render_profile(self.service.llm.tokenizer, self.domain,
-                                P.format_history(self.catalog, hist, self.max_history, with_attributes=True))
+                                P.format_history(self.catalog, hist, self.max_history, with_attributes=True,
+                                                 max_title_words=self.max_title_words))
 
     def generate(self, history, adapter: str | None = None) -> Profile:
         hist = [int(h) for h in history][-self.max_history:]
@@ -266,7 +268,7 @@ class ProfileGenerator:
         """The answer text: PROFILE_PREFIX + keyword line + newline + PROFILE_SUMMARY_PREFIX + sentence."""
         from transformers import StoppingCriteriaList
 
-        from .service import _TextStop
+        from .service import TextStop, stop_string_criteria
 
         tok, model = llm.tokenizer, llm.model
         ids = tok(prompt, return_tensors="pt", add_special_tokens=False).input_ids.to(llm.device)
@@ -276,7 +278,7 @@ class ProfileGenerator:
             out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=self.keyword_tokens,
                                  do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None,
                                  pad_token_id=tok.pad_token_id, return_dict_in_generate=True,
-                                 stopping_criteria=StoppingCriteriaList([_TextStop(tok, n, keyword_line_done)]))
+                                 stopping_criteria=StoppingCriteriaList([TextStop(tok, n, keyword_line_done)]))
             line = tok.decode(out.sequences[0, n:], skip_special_tokens=True).split("\n")[0]
             keywords = split_keywords(line)
             # Pass 2: reuse the prompt's KV cache (drop pass 1's tokens), append the cleaned line.
@@ -290,7 +292,7 @@ class ProfileGenerator:
             out2 = model.generate(ids2, attention_mask=torch.ones_like(ids2), past_key_values=cache,
                                   max_new_tokens=self.summary_tokens, do_sample=False, num_beams=1,
                                   temperature=None, top_p=None, top_k=None, pad_token_id=tok.pad_token_id,
-                                  stop_strings=[".", "\n"], tokenizer=tok)
+                                  stopping_criteria=StoppingCriteriaList([stop_string_criteria(tok, [".", "\n"])]))
         sentence = tok.decode(out2[0, ids2.shape[1]:], skip_special_tokens=True).split("\n")[0]
         sentence = sentence[: sentence.find(".") + 1] if "." in sentence else sentence
         return f"{P.PROFILE_PREFIX}{line}\n{P.PROFILE_SUMMARY_PREFIX}{sentence}"

@@ -68,8 +68,8 @@ TEMPLATES: dict[str, str] = {
     # Explanation: one sentence that may cite only the given history items. Kept short (ten of them
     # run in one batch on CPU); the answer is primed with EXPLAIN_PREFIX so it starts from the evidence.
     "explain": (
-        "The user liked {evidence}. Why may they like \"{target}\"{attributes}? "
-        "One sentence, naming no other titles."
+        "The user liked {evidence}. In one sentence, say what \"{target}\"{attributes} has in common "
+        "with them."
     ),
 }
 
@@ -130,10 +130,20 @@ ANSWER_YES, ANSWER_NO = "Yes", "No"
 TITLE_SEPARATOR = "\n"
 
 
-def format_history(catalog, history, max_items: int = MAX_HISTORY, with_attributes: bool = True) -> str:
-    """The last ``max_items`` items, numbered, oldest first: '1. Toy Story (1995) (Animation, ...)'."""
+def format_history(catalog, history, max_items: int = MAX_HISTORY, with_attributes: bool = True,
+                   max_title_words: int | None = None) -> str:
+    """The last ``max_items`` items, numbered, oldest first: '1. Toy Story (1995) (Animation, ...)'.
+    ``max_title_words`` cuts long titles (Amazon product names run to 100+ words) with '...'."""
     recent = list(history)[-max_items:]
-    return "\n".join(f"{i}. {catalog.describe(int(x), with_attributes)}" for i, x in enumerate(recent, 1))
+    if max_title_words is None:
+        return "\n".join(f"{i}. {catalog.describe(int(x), with_attributes)}" for i, x in enumerate(recent, 1))
+    lines = []
+    for i, x in enumerate(recent, 1):
+        words = catalog.titles[int(x)].split()
+        title = " ".join(words[:max_title_words]) + (" ..." if len(words) > max_title_words else "")
+        attrs = catalog.attributes[int(x)]
+        lines.append(f"{i}. {title} ({', '.join(attrs)})" if with_attributes and attrs else f"{i}. {title}")
+    return "\n".join(lines)
 
 
 def format_candidates(catalog, candidates, with_attributes: bool = False) -> str:

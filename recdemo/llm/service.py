@@ -10,16 +10,28 @@ from __future__ import annotations
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-
 from typing import Callable
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import StoppingCriteria, StoppingCriteriaList, StopStringCriteria
 
 from .adapters import AdapterManager, finetune_hint, is_adapter_dir
 from .models import LLM, ModelNotFound, load_llm
 
 NO_ADAPTER = {None, "", "none", "base"}
+_STOP_CRITERIA: dict = {}  # (id(tokenizer), stop strings) -> (tokenizer, StopStringCriteria)
+
+
+def stop_string_criteria(tokenizer, stops) -> StopStringCriteria:
+    """transformers' stop-string criterion, built once per tokenizer and stop strings. Building one
+    scans the whole vocabulary (~0.5-1 s of CPU for SmolLM2's 49k tokens, on every generate call
+    given ``stop_strings=``: transformers' own cache misses because a fast tokenizer's get_vocab()
+    comes back in a different order each time). It keeps no per-call state, so one serves all calls."""
+    key = (id(tokenizer), tuple(stops))
+    hit = _STOP_CRITERIA.get(key)
+    if hit is None or hit[0] is not tokenizer:
+        hit = _STOP_CRITERIA[key] = (tokenizer, StopStringCriteria(tokenizer, list(stops)))
+    return hit[1]
 
 
 class LLMService:
@@ -130,11 +142,11 @@ class LLMService:
             enc = {k: v.to(llm.device) for k, v in enc.items()}
             kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
                           num_beams=1, **gen_kwargs)
-            if stop_strings:
-                kwargs.update(stop_strings=list(stop_strings), tokenizer=tok)
+            criteria = [stop_string_criteria(tok, stop_strings)] if stop_strings else []
             if stop_when is not None:
-                kwargs["stopping_criteria"] = StoppingCriteriaList(
-                    [_TextStop(tok, enc["input_ids"].shape[1], stop_when)])
+                criteria.append(TextStop(tok, enc["input_ids"].shape[1], stop_when))
+            if criteria:
+                kwargs["stopping_criteria"] = StoppingCriteriaList(criteria)
             with torch.inference_mode():
                 out = llm.model.generate(**enc, **kwargs, temperature=None, top_p=None, top_k=None)
         texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
@@ -143,7 +155,7 @@ class LLMService:
         return texts
 
 
-class _TextStop(StoppingCriteria):
+class TextStop(StoppingCriteria):
     """Stops each sequence once ``predicate(text generated so far)`` is true."""
 
     def __init__(self, tokenizer, prompt_len: int, predicate: Callable[[str], bool]):

@@ -42,15 +42,24 @@ def make_windows(sequences, maxlen: int) -> np.ndarray:
     return np.stack(rows) if rows else np.zeros((0, maxlen + 1), dtype=np.int64)
 
 
-def sequence_loss(model: SASRec, batch: torch.Tensor, loss: str, gen: torch.Generator) -> torch.Tensor:
+def sequence_loss(model: SASRec, batch: torch.Tensor, loss: str, gen: torch.Generator,
+                  negatives: int = 0) -> torch.Tensor:
     """Next-item loss over every real position of a batch of windows."""
     inputs, targets = batch[:, :-1], batch[:, 1:]
     hidden = model(inputs)
     keep = (inputs > 0) & (targets > 0)
     h, y = hidden[keep], targets[keep] - 1  # back to 0-based catalog indices
-    if loss == "ce":
+    if loss == "ce" and negatives <= 0:
         # Full softmax over all items: every other item is a negative (much stronger than one).
         return F.cross_entropy(model.logits(h), y)
+    if loss == "ce":
+        # Sampled softmax: the target against `negatives` uniform items shared by the whole batch
+        # (a negative that happens to be a position's own target is masked out).
+        emb = model.output_embeddings
+        neg = torch.randint(0, emb.shape[0], (negatives,), generator=gen)
+        logits = torch.cat([(h * emb[y]).sum(-1, keepdim=True), h @ emb[neg].T], dim=1)
+        logits[:, 1:] = logits[:, 1:].masked_fill(neg[None, :] == y[:, None], float("-inf"))
+        return F.cross_entropy(logits, torch.zeros_like(y))
     if loss == "bce":
         # The paper's loss: the true next item vs one uniformly sampled negative per position.
         emb = model.output_embeddings
@@ -116,7 +125,7 @@ def train_sasrec(dataset, cfg: RetrievalConfig, progress: bool = True):
             batch = windows[order[i * cfg.batch_size:(i + 1) * cfg.batch_size]]
             for group in optim.param_groups:  # 2. learning rate for this step
                 group["lr"] = lr_at(step, total_steps, cfg)
-            loss = sequence_loss(model, batch, cfg.loss, gen)  # 3. forward
+            loss = sequence_loss(model, batch, cfg.loss, gen, cfg.negatives)  # 3. forward
             optim.zero_grad(set_to_none=True)
             loss.backward()  # 4. backward
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # 5. guard against spikes
