@@ -235,7 +235,7 @@ def bench_finetune(ctx) -> dict:
             "train_seconds": meta.get("train_seconds"), "peak_gb": peak, "copy_base": True}
 
 
-def main(argv=None) -> dict:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tiny", action="store_true", help="CPU, 2-layer tiny LLaMA, float32 (checks the script)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder for gpu-<device>.json/.md")
@@ -253,21 +253,26 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    tiny = args.tiny
     defaults = dict(users=(3, 20), batch_sizes=([2], [4, 16]), seq_lens=([64, 128], [512, 1024]),
                     micro_batch=(2, 4), train_steps=(2, 8), finetune_steps=(2, 10))
     for key, (small, big) in defaults.items():
         if getattr(args, key) is None:
-            setattr(args, key, small if tiny else big)
-    torch.set_num_threads(args.threads)
-    if not tiny and not torch.cuda.is_available():
-        raise SystemExit("no CUDA GPU here: bench/gpu.py measures a LLaMA-7B-shaped model on a GPU. "
-                         "Run `python bench/gpu.py --tiny` to check the script on the CPU.")
+            setattr(args, key, small if args.tiny else big)
+    return args
 
+
+def setup(args, tmp: str):
+    """(ctx, results header): device, tokenizer, catalog, candidates, the model in an LLMService
+    (adapters and fusion weights under ``tmp``), measured matmul rate and bandwidth."""
     from recdemo.config import Config
     from recdemo.llm.models import LLM
     from recdemo.llm.service import LLMService
 
+    tiny = args.tiny
+    torch.set_num_threads(args.threads)
+    if not tiny and not torch.cuda.is_available():
+        raise SystemExit("no CUDA GPU here: bench/gpu.py measures a LLaMA-7B-shaped model on a GPU. "
+                         "Run `python bench/gpu.py --tiny` to check the script on the CPU.")
     cfg = Config.from_env()
     dev = Dev(torch.device("cpu" if tiny else "cuda"))
     dtype = torch.float32 if tiny else torch.bfloat16
@@ -278,53 +283,60 @@ def main(argv=None) -> dict:
     model = build_model(TINY if tiny else LLAMA_7B, tok, dev.device, dtype, args.seed)
     dev.sync()
     build_s = time.perf_counter() - start
-    weights_gb = dev.allocated_gb()
     name = "tiny-llama-random" if tiny else "llama-7b-shape-random"
     llm = LLM(model=model, tokenizer=tok, name=name, device=dev.device, dtype=dtype)
+    service = LLMService(replace(cfg.llm, adapter_dir=str(Path(tmp) / "adapters"),
+                                 fusion_dir=str(Path(tmp) / "fusion")), llm=llm)
+    ctx = SimpleNamespace(args=args, dev=dev, llm=llm, service=service, dataset=dataset, source=source, tmp=tmp,
+                          cost=Cost(model, dtype), weights_gb=dev.allocated_gb())
+    dname = str(dtype).replace("torch.", "")
+    ctx.rate = matmul_rate(dev, dtype, 1024 if tiny else 8192)
+    ctx.bandwidth = copy_bandwidth(dev, (64 if tiny else 1024) * 2**20)
     results = {"date": date.today().isoformat(), "device": dev.name(), "mode": "tiny-cpu" if tiny else "llama-7b",
                "gpu_figures": not tiny, "torch": torch.__version__, "cuda": torch.version.cuda,
                "model": {"name": name, "shape": TINY if tiny else LLAMA_7B, "vocab": model.config.vocab_size,
-                         "dtype": str(dtype).replace("torch.", ""), "attn": model.config._attn_implementation,
-                         "build_s": build_s, **Cost(model, dtype).describe()},
+                         "dtype": dname, "attn": model.config._attn_implementation, "build_s": build_s,
+                         **ctx.cost.describe()},
                "tokenizer": {"source": tok_source, "size": len(tok),
                              "note": "SmolLM2 tokenizer (no LLaMA tokenizer offline): model vocab = "
                                      f"max(32000, {len(tok)}); prompts in the instruction frame (no chat template)"},
-               "catalog": {"source": catalog_source, "items": dataset.n_items}, "candidates": source_name}
+               "catalog": {"source": catalog_source, "items": dataset.n_items}, "candidates": source_name,
+               "rates": {"matmul_flops": ctx.rate, "matmul": f"{1024 if tiny else 8192}^3 {dname}",
+                         "copy_bytes_per_s": ctx.bandwidth},
+               "formulas": {
+                   "inference_flops": "sum over decoder calls of rows*new*(2*N_dec + 4*L*d*(past + (new+1)/2)) "
+                                      "+ 2*N_head per output-projection row",
+                   "inference_bytes": "calls * N_dec * bytes/param (+ N_head * bytes/param per output-projection "
+                                      "call)",
+                   "inference_limit": "max(FLOPs / matmul_flops, bytes / copy_bytes_per_s); ratio = limit / measured",
+                   "train_flops_per_token": "4*(N_dec + N_head) + 6*L*d*(S+1)  (LoRA: no weight gradients for "
+                                            "frozen weights); ratio = tokens_per_s * flops_per_token / matmul_flops"}}
+    return ctx, results
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    skip = set(filter(None, args.skip.split(",")))
     with tempfile.TemporaryDirectory() as tmp:
-        service = LLMService(replace(cfg.llm, adapter_dir=str(Path(tmp) / "adapters"),
-                                     fusion_dir=str(Path(tmp) / "fusion")), llm=llm)
-        ctx = SimpleNamespace(args=args, dev=dev, llm=llm, service=service, dataset=dataset, source=source,
-                              tmp=tmp, cost=Cost(model, dtype))
-        ctx.rate = matmul_rate(dev, dtype, 1024 if tiny else 8192)
-        ctx.bandwidth = copy_bandwidth(dev, (64 if tiny else 1024) * 2**20)
-        results["rates"] = {"matmul_flops": ctx.rate, "matmul": f"{'1024' if tiny else '8192'}^3 "
-                            f"{str(dtype).replace('torch.', '')}", "copy_bytes_per_s": ctx.bandwidth}
-        results["formulas"] = {
-            "inference_flops": "sum over decoder calls of rows*new*(2*N_dec + 4*L*d*(past + (new+1)/2)) "
-                               "+ 2*N_head per output-projection row",
-            "inference_bytes": "calls * N_dec * bytes/param (+ N_head * bytes/param per output-projection call)",
-            "inference_limit": "max(FLOPs / matmul_flops, bytes / copy_bytes_per_s); ratio = limit / measured",
-            "train_flops_per_token": "4*(N_dec + N_head) + 6*L*d*(S+1)  (LoRA: no weight gradients for frozen "
-                                     "weights); ratio = tokens_per_s * flops_per_token / matmul_flops"}
-        skip = set(filter(None, args.skip.split(",")))
-        users = pick_users(dataset, args.users, args.seed)
+        ctx, results = setup(args, tmp)
+        dev = ctx.dev
+        users = pick_users(ctx.dataset, args.users, args.seed)
         dev.reset_peak()
         if "rankers" not in skip:
             results.update(bench_rankers(ctx, users))
         if "profile" not in skip:
             results["profile"] = bench_profile(ctx, users)
-        mem = {"weights_gb": weights_gb, "inference_peak_gb": dev.peak_gb(),
+        mem = {"weights_gb": ctx.weights_gb, "inference_peak_gb": dev.peak_gb(),
                "inference_peak_reserved_gb": dev.peak_reserved_gb()}
         if "lora" not in skip:
             results["lora"] = [bench_lora(ctx, t, s) for t in args.lora_targets for s in args.seq_lens]
         if "finetune" not in skip and args.finetune_steps > 0:
             results["finetune"] = bench_finetune(ctx)
     ft = results.get("finetune", {})
+    mem["together_gb"] = None
     if dev.cuda and ft.get("peak_gb") is not None and mem["inference_peak_gb"] is not None:
         # The app serving a request while a fine-tune trains on its copy of the base model.
-        mem["together_gb"] = ft["peak_gb"] + (mem["inference_peak_gb"] - weights_gb)
-    else:
-        mem["together_gb"] = None
+        mem["together_gb"] = ft["peak_gb"] + (mem["inference_peak_gb"] - ctx.weights_gb)
     results["memory"] = mem
     results["targets"] = check_targets(results)
     write(results, Path(args.out))

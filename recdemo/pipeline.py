@@ -19,6 +19,7 @@ import numpy as np
 
 from .data.dataset import load_from_config
 from .llm.explain import Explainer
+from .llm.models import ModelNotFound
 from .llm.profile import STOPWORDS, ProfileGenerator, heuristic_profile, words
 from .llm.prompts import domain_for
 from .llm.service import LLMService
@@ -174,7 +175,7 @@ class Recommender:
             raise ValueError(f"Cannot pick {k} results from {n_candidates} candidates: ask for fewer results "
                              "or more candidates.")
         hist = self.resolve(history)
-        adapter_name = self.service.resolve_adapter(adapter, self.name)
+        adapter_name = self._adapter(adapter, warnings)
 
         t = time.perf_counter()
         candidates = self._candidates(hist, n_candidates, warnings)
@@ -214,11 +215,7 @@ class Recommender:
                 log.warning("LLM explanations failed", exc_info=True)
                 warnings.append(f"The LLM explanations failed ({type(e).__name__}); showing evidence-based "
                                 "sentences instead.")
-                self.explainer.use_llm = False
-                try:
-                    explanations = {e.index: e for e in self.explainer.explain(hist, items)}
-                finally:
-                    self.explainer.use_llm = True
+                explanations = {e.index: e for e in self.explainer.explain(hist, items, use_llm=False)}
         timings["explain"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - start
 
@@ -234,6 +231,19 @@ class Recommender:
             results=[self._result(rank, r, explanations.get(r.index)) for rank, r in enumerate(ranked, 1)],
             prompt=prompt, timings={s: round(v, 3) for s, v in timings.items()}, ranker=ranker_name,
             model=self.service.describe(), adapter=adapter_name, warnings=warnings)
+
+    def _adapter(self, requested, warnings: list[str]) -> str | None:
+        """The adapter name to use. An explicit name that cannot be used is an error; "auto" falls
+        back to the base model with a warning (e.g. the shipped adapter was trained for another model)."""
+        name = self.service.resolve_adapter(requested, self.name)
+        if requested == "auto" and name is not None:
+            try:
+                with self.service.lock:
+                    self.service.adapters.load(name)
+            except ModelNotFound as e:
+                warnings.append(f"The adapter {name!r} cannot be used, so the base model ranks: {e}")
+                return None
+        return name
 
     def _candidates(self, hist: list[int], n: int, warnings: list[str]) -> list[Candidate]:
         """SASRec's top-n; when SASRec cannot read the history (or is unavailable): text similarity."""

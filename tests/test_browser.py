@@ -106,6 +106,7 @@ def test_pick_three_movies_and_get_ten_explained_recommendations(page, real_app)
 
     page.click("#rd-recommend")
     page.locator("#rd-cards .rd-card").nth(9).wait_for(timeout=120_000)
+    page.screenshot(path=str(real_app[2] / "main.png"))
     cards = page.locator("#rd-cards .rd-card")
     assert cards.count() == 10
     for i in range(10):  # every card explains itself: evidence from the history and/or a rationale
@@ -141,6 +142,7 @@ def test_upload_finetune_and_use_new_adapter(page, real_app):
     page.locator("#rd-ft-progress .rd-job").wait_for(timeout=30_000)  # queued/running, then done
     page.locator("#rd-ft-progress .rd-job.done, #rd-ft-progress .rd-job.failed").first.wait_for(timeout=150_000)
     text = page.locator("#rd-ft-progress").inner_text()
+    page.screenshot(path=str(tmp / "finetune.png"))  # kept in pytest's temp folder for debugging
     assert "is ready" in text, text
     assert "HR@10" in text
     # the adapter selector now holds (and shows) the new adapter, and it is usable at once

@@ -11,6 +11,7 @@ from recdemo.data.catalog import clean_title, decode_entities, natural_title, no
     ("Crabtree &amp; Evelyn Hand Therapy", "Crabtree & Evelyn Hand Therapy"),
     ("Say &quot;Cheese&quot; &#39;n&#x27; smile", "Say \"Cheese\" 'n' smile"),
     ("Double &amp;quot;escaped&amp;quot;", 'Double "escaped"'),
+    ("XIU&amp;#8482 Brush", "XIU\u2122 Brush"),  # numeric reference without ';', double-escaped
     ("AT&T Q&A &notes &copy", "AT&T Q&A &notes &copy"),  # no ';': not an entity, left alone
     ("Cream \nVanilla\r\n  2 oz", "Cream Vanilla 2 oz"),
 ])

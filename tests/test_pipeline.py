@@ -167,6 +167,18 @@ def test_adapter_auto_and_explicit(rec, tmp_path, toy_dataset):
     assert rec.service.adapters.active is None  # restored after the call
 
 
+def test_auto_adapter_for_another_base_falls_back_with_a_warning(rec, tmp_path, toy_dataset):
+    from conftest import make_tiny_adapter
+
+    from recdemo.llm.models import ModelNotFound
+
+    make_tiny_adapter(rec.service.llm, tmp_path / "adapters" / toy_dataset.name, base_model="other-model")
+    out = rec.recommend([0], ranker="reverse", n_candidates=5, k=2, with_profile=False, with_explanations=False)
+    assert out.adapter is None and any("other-model" in w for w in out.warnings)
+    with pytest.raises(ModelNotFound, match="other-model"):  # asked for by name: an error, not a fallback
+        rec.recommend([0], ranker="reverse", n_candidates=5, k=2, adapter=toy_dataset.name)
+
+
 def test_concurrent_calls_give_the_same_answers(rec):
     histories = [[0, 1, 2], [5, 6], [10, 11, 12, 13]]
     expected = [rec.recommend(h, ranker="reverse", n_candidates=8, k=3).to_dict()["results"] for h in histories]

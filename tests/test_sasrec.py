@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from recdemo.retrieval.sasrec import SASRec, SASRecConfig
@@ -13,7 +14,7 @@ def tiny_model(seed=0, **kw):
 def test_shapes_and_shared_embeddings():
     model = tiny_model()
     hidden = model(model.pad_histories([[1, 2, 3], [4]]))
-    assert hidden.shape == (2, 8, 16)
+    assert hidden.shape == (2, 3, 16)  # as wide as the longest history
     assert model.score([[1, 2, 3]]).shape == (1, 30)
     # the output table is the input table minus the padding row
     assert torch.equal(model.output_embeddings, model.item_emb.weight[1:])
@@ -34,6 +35,16 @@ def test_padding_does_not_change_the_query():
     alone = model.encode([[5, 6, 7]])
     batched = model.encode([[5, 6, 7], [1, 2, 3, 4, 5, 6, 7, 8]])
     assert torch.allclose(alone[0], batched[0], atol=1e-5)
+
+
+def test_leading_padding_columns_change_nothing():
+    model = tiny_model()
+    short = model.pad_histories([[5, 6, 7], [8]])
+    full = torch.zeros(2, 8, dtype=torch.long)
+    full[:, -3:] = short
+    assert torch.allclose(model(short)[:, -1], model(full)[:, -1], atol=1e-5)
+    with pytest.raises(ValueError, match="longer than maxlen"):
+        model(torch.ones(1, 9, dtype=torch.long))
 
 
 def test_histories_are_cut_to_maxlen_and_shifted():

@@ -12,13 +12,14 @@ import unicodedata
 from dataclasses import dataclass, field
 
 
-_ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
+_ENTITY = re.compile(r"&(?:#[0-9]{1,7};?|#[xX][0-9a-fA-F]{1,6};?|[A-Za-z][A-Za-z0-9]{1,31};)")
 
 
 def decode_entities(text: str) -> str:
-    """Decode HTML entities that end with ';' (``&amp;`` -> ``&``, ``&#39;`` -> ``'``), twice, for
-    double-escaped text (``&amp;quot;``). Bare ``&`` words such as ``AT&T`` or ``Salt &notes`` are
-    left alone (``html.unescape`` alone would turn ``&not`` into a negation sign)."""
+    """Decode HTML entities: named ones that end with ';' (``&amp;`` -> ``&``) and numeric ones
+    (``&#39;``, ``&#8482`` -> ``™``), twice, for double-escaped text (``&amp;quot;``). Bare ``&``
+    words such as ``AT&T`` or ``Salt &notes`` are left alone (``html.unescape`` alone would turn
+    ``&not`` into a negation sign)."""
     for _ in range(2):
         text = _ENTITY.sub(_decode_entity, text)
     return text

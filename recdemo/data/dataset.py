@@ -85,8 +85,7 @@ class Dataset:
 
 def build_dataset(raw: RawData, name: str, source: str = "") -> Dataset:
     """Validate references between the two tables, then group interactions into sequences."""
-    items, inter = raw.items, raw.interactions
-    items = items.assign(item_id=items["item_id"].str.strip())
+    items, inter = raw.items, raw.interactions  # values already stripped by read_table
     dup = items["item_id"].duplicated().to_numpy()
     if dup.any():
         i = int(np.argmax(dup))
@@ -94,44 +93,44 @@ def build_dataset(raw: RawData, name: str, source: str = "") -> Dataset:
         raise DataError(f"duplicate item id {items['item_id'].iloc[i]!r} (first defined on line "
                         f"{line_of(items, first)})", file=raw.items_file, line=line_of(items, i),
                         column="item_id")
-    empty = (items["title"].str.strip() == "").to_numpy()
-    if empty.any():
-        i = int(np.argmax(empty))
-        raise DataError("empty title", file=raw.items_file, line=line_of(items, i), column="title")
-    inter = inter.assign(user_id=inter["user_id"].str.strip(), item_id=inter["item_id"].str.strip())
+    for col in ("item_id", "title"):
+        empty = (items[col].str.strip() == "").to_numpy()
+        if empty.any():
+            i = int(np.argmax(empty))
+            raise DataError(f"empty {'title' if col == 'title' else 'value'}", file=raw.items_file,
+                            line=line_of(items, i), column=col)
     for col in ("user_id", "item_id"):
         blank = (inter[col] == "").to_numpy()
         if blank.any():
             i = int(np.argmax(blank))
             raise DataError("empty value", file=raw.interactions_file,
                             line=line_of(inter, i), column=col)
-    known = inter["item_id"].isin(set(items["item_id"])).to_numpy()
-    if not known.all():
-        i = int(np.argmin(known))
+    codes = pd.Index(items["item_id"]).get_indexer(inter["item_id"])  # position in items.csv, -1: unknown
+    if (codes < 0).any():
+        i = int(np.argmax(codes < 0))
         raise DataError(f"item id {inter['item_id'].iloc[i]!r} is not in {raw.items_file}",
                         file=raw.interactions_file, line=line_of(inter, i), column="item_id")
 
     # Only items someone interacted with can be learned or ranked; keep catalog order.
-    used = set(inter["item_id"])
-    items = items[items["item_id"].isin(used)].reset_index(drop=True)
+    keep = np.flatnonzero(np.bincount(codes, minlength=len(items)) > 0)
+    remap = np.full(len(items), -1, dtype=np.int64)
+    remap[keep] = np.arange(len(keep))
+    items = items.iloc[keep].reset_index(drop=True)
     catalog = Catalog(ids=items["item_id"].tolist(), titles=items["title"].tolist(),
                       attributes=list(items["attributes"]), descriptions=items["description"].tolist(),
                       attribute_name=raw.attribute_name)
-    index = pd.Series(np.arange(len(catalog)), index=catalog.ids)
 
     # Stable order: user, then timestamp, then position in the file (day-resolution ties).
-    inter = inter.assign(_item=index.loc[inter["item_id"]].to_numpy(), _pos=np.arange(len(inter)))
     user_key = _sort_key(inter["user_id"])
-    order = np.lexsort((inter["_pos"].to_numpy(), inter["timestamp"].to_numpy(), user_key))
-    inter = inter.iloc[order]
-    user_codes, first = np.unique(user_key[order], return_index=True)
+    order = np.lexsort((np.arange(len(inter)), inter["timestamp"].to_numpy(), user_key))
+    _, first = np.unique(user_key[order], return_index=True)
     bounds = list(first) + [len(inter)]
-    item_arr = inter["_item"].to_numpy(np.int64)
-    users = [inter["user_id"].iloc[b] for b in first]
+    item_arr = remap[codes][order]
+    users = inter["user_id"].to_numpy(dtype=object)[order[first]].tolist()
     sequences = [item_arr[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
     ratings = None
     if "rating" in inter.columns:
-        r = inter["rating"].to_numpy(np.float32)
+        r = inter["rating"].to_numpy(np.float32)[order]
         ratings = [r[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
     return Dataset(name=name, catalog=catalog, users=users, sequences=sequences, ratings=ratings,
                    source=source)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +52,9 @@ def read_table(path: str | Path, required: list[str], *, numeric: dict[str, str]
     elif len(text) <= EXACT_PARSE_MB * 2**20:
         header, df = _parse_exact(text, sep, names, fname)
     else:
-        header, df = _parse_fast(text, sep, names, fname)
+        header, df = _parse_fast(text, sep, names, fname, numeric or {})
+        if df is None:  # the C parser disliked something: the exact scan finds and names it
+            header, df = _parse_exact(text, sep, names, fname)
 
     missing = [c for c in required if c not in header]
     if missing:
@@ -192,18 +195,25 @@ def _parse_split(text: str, sep: str, names: list[str], fname: str):
     return list(names), _frame(list(names), rows, lines)
 
 
-def _parse_fast(text: str, sep: str, names: list[str] | None, fname: str):
-    """pandas' C parser; on any structural problem, rescan exactly to report the precise place."""
+def _parse_fast(text: str, sep: str, names: list[str] | None, fname: str, numeric: dict[str, str]):
+    """pandas' C parser, converting 'int'/'float' columns in C. Returns (None, None) when it fails
+    (a ragged row, a non-number, ...): the caller then rescans exactly to locate and name the error."""
+    dtypes = defaultdict(lambda: str, {c: "int64" if k == "int" else "float64"
+                                       for c, k in numeric.items() if k in ("int", "float")})
     try:
-        df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, index_col=False,
-                         header=None if names else 0, names=names, skipinitialspace=True)
-    except (pd.errors.ParserError, ValueError) as e:
-        _parse_exact(text, sep, names, fname)  # raises the precise DataError
-        raise DataError(f"cannot parse: {_parser_reason(e)}", file=fname) from None
+        df = pd.read_csv(io.StringIO(text), sep=sep, dtype=dtypes, keep_default_na=False, na_values=[],
+                         index_col=False, header=None if names else 0, names=names,
+                         skipinitialspace=True)
+    except (pd.errors.ParserError, ValueError, TypeError):
+        return None, None
     header = _check_header(list(df.columns), fname) if not names else list(names)
     df.columns = header
-    for col in header:  # as the exact parser does: no spaces around values
-        df[col] = df[col].str.strip()
+    # Leading spaces are skipped by the parser; strip trailing ones only if the text has any
+    # (a Python-level pass over millions of ids otherwise).
+    if re.search(r"[ \t](?=" + re.escape(sep) + r"|\r?\n|\Z)", text):
+        for col in header:
+            if df[col].dtype == object or str(df[col].dtype).startswith(("str", "string")):
+                df[col] = df[col].str.strip()
     first = 1 if names else 2
     physical = text.count("\n") + (0 if text.endswith("\n") else 1) - (first - 1)
     if physical == len(df):  # one record per line: the line is the position
@@ -214,15 +224,12 @@ def _parse_fast(text: str, sep: str, names: list[str] | None, fname: str):
     return header, df
 
 
-def _parser_reason(e: Exception) -> str:
-    msg = str(e).strip().splitlines()[-1]
-    return re.sub(r"^Error tokenizing data\. C error: ", "", msg)
-
-
 # -- numbers -------------------------------------------------------------------------------------
 
 def _to_number(df: pd.DataFrame, col: str, kind: str, fname: str) -> pd.Series:
     values = df[col]
+    if values.dtype.kind in "iu":  # already parsed as integers (fast path)
+        return values.astype("int64")
     conv = pd.to_numeric(values, errors="coerce").astype("float64")
     arr = conv.to_numpy()
     bad = ~np.isfinite(arr)

@@ -12,6 +12,7 @@ and ``rationale_source`` says "template".
 from __future__ import annotations
 
 import re
+import threading
 
 import numpy as np
 
@@ -127,21 +128,24 @@ class Explainer:
         self.max_history, self.n_evidence = max_history, n_evidence
         self.max_new_tokens, self.use_llm = max_new_tokens, use_llm
         self._sasrec = None
-        self.last_prompts: list[str] = []
+        self._lock = threading.Lock()
+        self.last_prompts: list[str] = []  # of the latest call (for the bench and the UI's prompt view)
 
     # -- evidence --
     @property
     def knn(self):
-        if self._knn is None:
-            from ..retrieval.baselines import ItemKNN
-            self._knn = ItemKNN.for_dataset(self.dataset)  # training sequences: no leak of test items
-        return self._knn
+        with self._lock:
+            if self._knn is None:
+                from ..retrieval.baselines import ItemKNN
+                self._knn = ItemKNN.for_dataset(self.dataset)  # training sequences: no leak of test items
+            return self._knn
 
     def _sasrec_embeddings(self) -> np.ndarray | None:
-        if self._sasrec is None and getattr(self.retriever, "item_embeddings", None) is not None:
-            emb = np.asarray(self.retriever.item_embeddings, dtype=np.float32)
-            self._sasrec = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-        return self._sasrec
+        with self._lock:
+            if self._sasrec is None and getattr(self.retriever, "item_embeddings", None) is not None:
+                emb = np.asarray(self.retriever.item_embeddings, dtype=np.float32)
+                self._sasrec = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+            return self._sasrec
 
     def evidence(self, history, item: int) -> list[dict]:
         """The ``n_evidence`` history items most related to ``item``, strongest first."""
@@ -196,10 +200,12 @@ class Explainer:
         attrs = {a for h in list(history) + [item] for a in self.catalog.attributes[int(h)]}
         return RationaleChecker(titles, attrs, (self.domain.item, self.domain.items))
 
-    def explain(self, history, items, adapter: str | None = None) -> list[Explanation]:
+    def explain(self, history, items, adapter: str | None = None, use_llm: bool | None = None) -> list[Explanation]:
+        """``use_llm=False``: evidence and templated sentences only (no model call)."""
         history = [int(h) for h in history]
         evidence = [self.evidence(history, int(i)) for i in items]
-        drafts = self._generate(items, evidence, adapter) if (self.use_llm and items) else [("", "")] * len(items)
+        use_llm = self.use_llm if use_llm is None else use_llm
+        drafts = self._generate(items, evidence, adapter) if (use_llm and items) else [("", "")] * len(items)
         out = []
         for item, ev, (prefix, tail) in zip(items, evidence, drafts):
             tail = tidy(tail)  # the primed prefix may hold "Mr." or "a.k.a.": only the tail is cut

@@ -34,7 +34,10 @@ class Retriever:
         self.meta = getattr(model, "meta", {})
         self.popularity = Popularity.for_dataset(dataset)
         self.trained_items = self.popularity.counts > 0  # items SASRec saw as input during training
-        self.index = ItemIndex(self.item_embeddings)
+        # The model is frozen from here on: one read-only copy of the embeddings serves every caller.
+        self._item_embeddings = model.output_embeddings.detach().cpu().numpy().astype(np.float32)
+        self._item_embeddings.setflags(write=False)
+        self.index = ItemIndex(self._item_embeddings)
 
     @classmethod
     def for_dataset(cls, dataset, cfg: RetrievalConfig, train_if_missing: bool = True, text_index=None,
@@ -55,8 +58,8 @@ class Retriever:
 
     @property
     def item_embeddings(self) -> np.ndarray:
-        """[n_items, hidden] float32: row i is catalog item i's output embedding."""
-        return self.model.output_embeddings.detach().cpu().numpy().astype(np.float32)
+        """[n_items, hidden] float32 (read-only): row i is catalog item i's output embedding."""
+        return self._item_embeddings
 
     # -- histories --
     def _check(self, history: Sequence[int]) -> list[int]:

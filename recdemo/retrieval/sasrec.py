@@ -80,11 +80,17 @@ class SASRec(nn.Module):
 
     # -- encoding --
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
-        """seq: [B, L] shifted ids (0 = pad, left-padded) -> hidden states [B, L, hidden]."""
+        """seq: [B, L] shifted ids (0 = pad, left-padded), L <= maxlen -> hidden states [B, L, hidden].
+
+        Positions count from the right (the last column is always position maxlen - 1), so a batch
+        may drop its all-padding leading columns without changing any result.
+        """
         length = seq.shape[1]
+        if length > self.cfg.maxlen:
+            raise ValueError(f"sequence of {length} items is longer than maxlen {self.cfg.maxlen}")
         valid = seq > 0
         x = self.item_emb(seq) * math.sqrt(self.cfg.hidden)
-        x = x + self.pos_emb(torch.arange(length, device=seq.device))[None]
+        x = x + self.pos_emb(torch.arange(self.cfg.maxlen - length, self.cfg.maxlen, device=seq.device))[None]
         x = self.emb_drop(x) * valid[..., None]
         # Causal, and pads are never attended to; every position may see itself so that pad rows
         # (whose output is ignored) never have an all-masked row (NaN in softmax).
@@ -106,11 +112,13 @@ class SASRec(nn.Module):
 
     # -- inference on 0-based catalog indices --
     def pad_histories(self, histories: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Left-pad the last ``maxlen`` items of each history (catalog indices) into a [B, L] tensor."""
+        """Left-pad the last ``maxlen`` items of each history (catalog indices) into a [B, L] tensor
+        (L = the longest history, at most maxlen; at least 1)."""
         device = self.item_emb.weight.device
-        out = np.zeros((len(histories), self.cfg.maxlen), dtype=np.int64)
+        width = max([min(len(h), self.cfg.maxlen) for h in histories] + [1])
+        out = np.zeros((len(histories), width), dtype=np.int64)
         for row, h in enumerate(histories):
-            h = np.asarray(h, dtype=np.int64)[-self.cfg.maxlen:]
+            h = np.asarray(h, dtype=np.int64)[-width:]
             if len(h):
                 out[row, -len(h):] = h + 1
         return torch.from_numpy(out).to(device)

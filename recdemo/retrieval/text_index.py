@@ -31,8 +31,8 @@ MAX_TOKENS = 64  # titles are short; long product titles are cut here (embedding
 # search = lexical + w * cosine + POPULARITY_WEIGHT * log-popularity (in [0, 1]). The cosine weight w
 # falls from SEMANTIC_WEIGHT to SEMANTIC_WEIGHT_TITLED once some title matches the query well
 # (best lexical score 0.4 -> 0.6): for a misspelt title the embedding is noisy ("titanc" sits next
-# to "Titan A.E."), for a description ("space adventure") it is the only signal. Weights picked on
-# 48 misspelt/partial MovieLens titles (all 48 at rank 1; bench/text_index.py).
+# to "Titan A.E."), for a description ("space adventure") it is the only signal. Weights checked
+# with bench/text_index.py (generated typos of the 200 most popular titles; docs/notes/data.md).
 SEMANTIC_WEIGHT = 0.3
 SEMANTIC_WEIGHT_TITLED = 0.1
 POPULARITY_WEIGHT = 0.15
@@ -171,13 +171,21 @@ class TextIndex:
         query = (query or "").strip()
         if not query or k <= 0:
             return []
+        q = self.encode([query])[0] if semantic and self._encoder is not None else None
+        return self.search_with_vector(query, q, k)
+
+    def search_with_vector(self, query: str, query_vec: np.ndarray | None,
+                           k: int = 10) -> list[tuple[int, float]]:
+        """``search`` with the query's embedding given (None: lexical and popularity only)."""
+        query = (query or "").strip()
+        if not query or k <= 0:
+            return []
         lexical = self.matcher.scores(query)
         score = lexical + POPULARITY_WEIGHT * self.popularity
-        if semantic and self._encoder is not None:
-            q = self.encode([query])[0]
+        if query_vec is not None:
             titled = float(np.clip((lexical.max() - 0.4) / 0.2, 0.0, 1.0))
             weight = SEMANTIC_WEIGHT - (SEMANTIC_WEIGHT - SEMANTIC_WEIGHT_TITLED) * titled
-            score = score + weight * np.clip(self._embeddings @ q, 0.0, None)
+            score = score + weight * np.clip(self._embeddings @ query_vec, 0.0, None)
         k = min(k, len(score))
         top = np.argpartition(-score, k - 1)[:k]
         top = top[np.argsort(-score[top], kind="stable")]

@@ -42,9 +42,26 @@ def make_windows(sequences, maxlen: int) -> np.ndarray:
     return np.stack(rows) if rows else np.zeros((0, maxlen + 1), dtype=np.int64)
 
 
+def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """One epoch of batches: shuffled, then grouped by window length within blocks of 64 batches
+    (windows of a batch are about as long, so little work goes to padding); batches in random order."""
+    perm = rng.permutation(len(lengths))
+    block = batch_size * 64
+    batches = []
+    for i in range(0, len(perm), block):
+        part = perm[i:i + block]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches += [part[j:j + batch_size] for j in range(0, len(part), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 def sequence_loss(model: SASRec, batch: torch.Tensor, loss: str, gen: torch.Generator,
                   negatives: int = 0) -> torch.Tensor:
     """Next-item loss over every real position of a batch of windows."""
+    # Drop leading columns that are padding in every window: no work on them, same result
+    # (positions count from the right).
+    first = int((batch > 0).any(dim=0).nonzero()[0])
+    batch = batch[:, first:]
     inputs, targets = batch[:, :-1], batch[:, 1:]
     hidden = model(inputs)
     keep = (inputs > 0) & (targets > 0)
@@ -101,6 +118,7 @@ def train_sasrec(dataset, cfg: RetrievalConfig, progress: bool = True):
     if len(windows) == 0:
         raise ValueError(f"dataset {dataset.name!r} has no user with two or more training items; "
                          "SASRec cannot be trained on it")
+    lengths = (windows > 0).sum(dim=1).numpy()
     valid_cases = dataset.eval_cases("valid")
     model = SASRec(SASRecConfig(n_items=dataset.n_items, maxlen=cfg.maxlen, hidden=cfg.hidden,
                                 layers=cfg.layers, heads=cfg.heads, dropout=cfg.dropout))
@@ -119,10 +137,9 @@ def train_sasrec(dataset, cfg: RetrievalConfig, progress: bool = True):
     for epoch in range(1, cfg.epochs + 1):
         # 1. one pass over the shuffled windows
         model.train()
-        order = torch.from_numpy(rng.permutation(len(windows)))
         epoch_loss, t_epoch = 0.0, time.perf_counter()
-        for i in range(steps_per_epoch):
-            batch = windows[order[i * cfg.batch_size:(i + 1) * cfg.batch_size]]
+        for rows in length_batches(lengths, cfg.batch_size, rng):
+            batch = windows[torch.from_numpy(rows)]
             for group in optim.param_groups:  # 2. learning rate for this step
                 group["lr"] = lr_at(step, total_steps, cfg)
             loss = sequence_loss(model, batch, cfg.loss, gen, cfg.negatives)  # 3. forward

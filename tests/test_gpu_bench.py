@@ -1,0 +1,154 @@
+"""bench/gpu.py end to end in its --tiny CPU mode (reduced repetitions), its arithmetic, and the
+speed fix it led to (stop-string criteria built once, recdemo/llm/service.py)."""
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_tiny_tokenizer
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def load_bench():
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location("bench_gpu", BENCH / "gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_bench()
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    """The tests' tiny BPE saved as a folder: the bench needs no model cache and no download."""
+    folder = tmp_path_factory.mktemp("tokenizer")
+    make_tiny_tokenizer().save_pretrained(str(folder))
+    return folder
+
+
+def tiny_args(out, tokenizer_dir, *extra):
+    return ["--tiny", "--synthetic", "--out", str(out), "--tokenizer", str(tokenizer_dir), "--users", "2",
+            "--batch-sizes", "2", "--seq-lens", "32", "--train-steps", "1", "--finetune-steps", "2",
+            "--threads", "1", *extra]
+
+
+def positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_tiny_run_writes_every_figure(bench, tokenizer_dir, tmp_path):
+    bench.main(tiny_args(tmp_path, tokenizer_dir, "--lora-targets", "q_proj,v_proj", "all-linear"))
+    r = json.loads((tmp_path / "gpu-tiny-cpu.json").read_text())
+    assert r["mode"] == "tiny-cpu" and r["gpu_figures"] is False
+    assert r["model"]["vocab"] == 32000 and r["model"]["attn"] == "sdpa" and r["model"]["dtype"] == "float32"
+    assert r["catalog"]["source"] == "synthetic" and r["candidates"] == "popularity"
+    assert positive(r["rates"]["matmul_flops"]) and positive(r["rates"]["copy_bytes_per_s"])
+    assert set(r["formulas"]) == {"inference_flops", "inference_bytes", "inference_limit", "train_flops_per_token"}
+    for name in ("score", "palr"):
+        x = r[name]
+        assert x["n"] == 2 and x["p90_ms"] >= x["p50_ms"] > 0
+        assert positive(x["limit_ms"]) and 0 < x["ratio"] < 5
+        assert x["prompt_tokens"] > 100 and x["forwards"] >= 1
+    assert r["score"]["forwards"] == 2  # the prompt, then every candidate's branching tokens in one call
+    assert r["palr"]["forwards"] > 2  # one call per branching step of 10 titles
+    (b,) = r["score_batched"]
+    assert b["batch"] == 2 and positive(b["per_user_ms"]) and 0 < b["ratio"] < 5
+    p = r["profile"]
+    assert p["generated_tokens"] >= 2 and positive(p["tokens_per_s"]) and positive(p["limit_tokens_per_s"])
+    assert [(x["targets"], x["seq"]) for x in r["lora"]] == [("q_proj,v_proj", 32), ("all-linear", 32)]
+    for x in r["lora"]:
+        assert positive(x["tokens_per_s"]) and positive(x["limit_tokens_per_s"]) and 0 < x["ratio"] < 5
+        assert x["peak_gb"] is None  # CUDA only
+    assert r["lora"][1]["trainable_params"] > r["lora"][0]["trainable_params"] > 0
+    f = r["finetune"]
+    assert f["status"] == "done" and f["steps"] == 2 and positive(f["tokens_per_s"]) and f["copy_base"] is True
+    assert r["memory"] == {"weights_gb": None, "inference_peak_gb": None, "inference_peak_reserved_gb": None,
+                           "together_gb": None}
+    assert set(r["targets"].values()) == {None}  # tiny CPU figures are never checked against GPU targets
+    table = (tmp_path / "gpu-tiny-cpu.md").read_text()
+    assert table.startswith("### TINY CPU SMOKE RUN (not GPU figures)") and "| score rerank" in table
+
+
+def test_lora_bench_gives_the_served_model_back_unchanged(bench, tokenizer_dir, tmp_path):
+    args = bench.parse_args(tiny_args(tmp_path, tokenizer_dir))
+    ctx, _ = bench.setup(args, str(tmp_path))
+    ids = torch.arange(5, 25)[None]
+    before = ctx.llm.model(input_ids=ids).logits
+    out = bench.bench_lora(ctx, "q_proj,v_proj", 32)
+    assert out["steps"] == 1 and positive(out["step_ms"])
+    assert not any("lora" in name for name, _ in ctx.llm.model.named_modules())
+    assert not ctx.llm.model.training
+    assert torch.equal(ctx.llm.model(input_ids=ids).logits, before)
+
+
+def test_packed_training_sequences_have_the_exact_length_and_an_answer(bench, tokenizer_dir, tmp_path):
+    ctx, _ = bench.setup(bench.parse_args(tiny_args(tmp_path, tokenizer_dir)), str(tmp_path))
+    seqs = bench.packed_sequences(ctx, 48, 5)
+    assert [len(s["input_ids"]) for s in seqs] == [48] * 5 == [len(s["labels"]) for s in seqs]
+    assert all(any(x != -100 for x in s["labels"]) for s in seqs)
+    assert len({tuple(s["input_ids"]) for s in seqs}) == 5
+
+
+def test_no_gpu_and_no_tiny_is_a_clear_message(bench, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="--tiny"):
+        bench.setup(bench.parse_args(["--out", str(tmp_path)]), str(tmp_path))
+
+
+def test_llama_7b_shape_has_the_paper_parameter_count(bench):
+    import gpu_setup
+
+    class Vocab32k:
+        pad_token_id, bos_token_id, eos_token_id = 0, 1, 2
+
+        def __len__(self):
+            return 32000
+
+    model = gpu_setup.build_model(gpu_setup.LLAMA_7B, Vocab32k(), torch.device("meta"), torch.bfloat16)
+    cost = gpu_setup.Cost(model, torch.bfloat16)
+    assert cost.n_total == 6_738_415_616  # LLaMA-7B
+    assert next(model.parameters()).dtype == torch.bfloat16 and cost.bytes_per_param == 2
+    assert cost.n_head == cost.n_embed == 32000 * 4096
+    # a forward of 1 token with no context costs 2 N_dec + attention over itself
+    assert cost.forward_flops(1, 1, 0) == 2 * cost.n_dec + 4 * 32 * 4096
+    assert 4 * 6.6e9 < cost.train_flops_per_token(512) < 4.3 * 6.74e9
+
+
+def test_call_log_prices_the_calls_a_model_makes(bench, tiny_llm):
+    import gpu_setup
+
+    model = tiny_llm.model
+    cost = gpu_setup.Cost(model, torch.float32)
+    log = gpu_setup.CallLog(model)
+    with torch.inference_mode():
+        out = model.model(input_ids=torch.arange(3, 13)[None], use_cache=True)
+        model.model(input_ids=torch.tensor([[5, 6, 7]]), past_key_values=out.past_key_values, use_cache=True)
+        model(input_ids=torch.arange(3, 7)[None, :].repeat(2, 1), logits_to_keep=1)
+    log.close()
+    assert log.calls == [(1, 10, 0), (1, 3, 10), (2, 4, 0)]
+    assert log.head_calls == 1 and log.head_rows == 2
+    expected = cost.forward_flops(1, 10, 0) + cost.forward_flops(1, 3, 10) + cost.forward_flops(2, 4, 0)
+    assert log.flops(cost) == pytest.approx(expected + 2 * cost.n_head * 2)
+    assert log.weight_bytes(cost) == (3 * cost.n_dec + cost.n_head) * 4
+
+
+def test_stop_string_criteria_are_built_once_per_tokenizer(tiny_service):
+    from recdemo.llm.service import stop_string_criteria
+
+    tok = tiny_service.llm.tokenizer
+    first = stop_string_criteria(tok, [".", "\n"])
+    assert stop_string_criteria(tok, [".", "\n"]) is first  # no vocabulary scan on the next call
+    assert stop_string_criteria(tok, ["\n"]) is not first
+    assert stop_string_criteria(make_tiny_tokenizer(), [".", "\n"]) is not first
+    texts = tiny_service.generate(["Alpha Bravo", "Castle"], max_new_tokens=12, stop_strings=["a", "e"],
+                                  stop_when=lambda t: len(t) > 30)
+    assert len(texts) == 2 and all("a" not in t and "e" not in t for t in texts)
