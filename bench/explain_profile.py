@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--items", type=int, default=10)
+    ap.add_argument("--explain-tokens", type=int, default=None, help="max new tokens per rationale")
     ap.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: the config's, auto)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -58,6 +59,8 @@ def main() -> None:
     knn = ItemKNN.for_dataset(data)
     profiles = ProfileGenerator(service, data.catalog)
     explainer = Explainer(service, data, None, knn=knn)
+    if args.explain_tokens:
+        explainer.max_new_tokens = args.explain_tokens
     train = data.train_sequences()
     rng = np.random.default_rng(0)
     users = [int(u) for u in rng.choice([u for u, s in enumerate(train) if len(s) >= 5], args.users + 1,
@@ -95,7 +98,7 @@ def main() -> None:
     measured = [r for r in rows if not r["warmup"]]
     summary = {
         "dataset": args.dataset, "model": service.describe(), "threads": args.threads, "users": len(measured),
-        "items_explained": args.items,
+        "items_explained": args.items, "explain_max_new_tokens": explainer.max_new_tokens,
         "cpu_count": os.cpu_count(),
         "profile_s_mean": round(float(np.mean([r["profile_s"] for r in measured])), 3),
         "profile_s_max": round(float(np.max([r["profile_s"] for r in measured])), 3),
@@ -114,7 +117,8 @@ def main() -> None:
     print(f"{'metric':<34}{'value':>12}")
     for key, value in summary.items():
         print(f"{key:<34}{str(value):>12}")
-    suffix = ("" if args.dataset == "movielens-small" else f"-{args.dataset}") + (f"-{args.dtype}" if args.dtype else "")
+    suffix = ("" if args.dataset == "movielens-small" else f"-{args.dataset}") + (f"-{args.dtype}" if args.dtype else "") + \
+        (f"-tok{args.explain_tokens}" if args.explain_tokens else "")
     out = ROOT / "bench" / "results" / f"explain_profile{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"summary": summary, "rows": rows, "command": " ".join(sys.argv)}, indent=1))

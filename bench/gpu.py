@@ -18,7 +18,7 @@ their values) is wrapped in ``recdemo.llm.models.LLM`` + ``LLMService`` and driv
 Every figure stands next to its arithmetic limit, max(FLOPs / measured matmul FLOP/s, weight bytes /
 measured copy bandwidth) for inference (FLOPs and bytes of the calls actually made, see
 gpu_setup.CallLog) and FLOPs per token / matmul FLOP/s for training; ratio = limit / measured time.
-Peak memory is CUDA-only (None on CPU). Writes bench/results/gpu-<device>.json and .md (the table).
+Peak memory (GB = 1e9 bytes, torch.cuda.max_memory_allocated) is CUDA-only (None on CPU). Writes bench/results/gpu-<device>.json and .md (the table).
 """
 from __future__ import annotations
 
@@ -176,30 +176,31 @@ def bench_lora(ctx, targets: str, seq: int) -> dict:
     pad = ctx.llm.tokenizer.pad_token_id
     ctx.dev.reset_peak()
     torch.manual_seed(0)
-    model = add_lora(trainable_base(ctx.service, copy_base=False), spec)  # the served weights, shared
-    if a.grad_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.enable_input_require_grads()
-    accelerator = make_accelerator(ctx.dev.device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    n_trainable = sum(p.numel() for p in params)
-    optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    model.train()
-
-    def step(s: int) -> float:  # run_finetune's step with one micro-batch (batch_size = micro_batch_size)
-        part = [data[(s * a.micro_batch + m) % len(data)] for m in range(a.micro_batch)]
-        batch = collate(part, pad, ctx.dev.device)
-        loss = model(**batch).loss
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(params, spec.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
-
+    model = optimizer = params = None
     try:
+        model = add_lora(trainable_base(ctx.service, copy_base=False), spec)  # the served weights, shared
+        if a.grad_checkpointing:
+            model.gradient_checkpointing_enable()
+            model.enable_input_require_grads()
+        accelerator = make_accelerator(ctx.dev.device)
+        params = [p for p in model.parameters() if p.requires_grad]
+        n_trainable = sum(p.numel() for p in params)
+        optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+        model, optimizer = accelerator.prepare(model, optimizer)
+        model.train()
+
+        def step(s: int) -> torch.Tensor:  # run_finetune's step, one micro-batch (batch_size = micro_batch_size)
+            part = [data[(s * a.micro_batch + m) % len(data)] for m in range(a.micro_batch)]
+            batch = collate(part, pad, ctx.dev.device)
+            loss = model(**batch).loss
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(params, spec.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return loss.detach()
+
         times = [ctx.dev.timed(lambda: step(s))[1] for s in range(a.train_steps + 2)][2:]  # 2 warm-up steps
-        peak = ctx.dev.peak_gb()
+        peak = ctx.dev.peak_gb()  # weights + LoRA + its gradients and AdamW moments + activations
     finally:
         del optimizer, model, params
         trainable_base(ctx.service, copy_base=False)  # strips the LoRA layers from the served model again
@@ -235,6 +236,19 @@ def bench_finetune(ctx) -> dict:
             "train_seconds": meta.get("train_seconds"), "peak_gb": peak, "copy_base": True}
 
 
+def guarded(results: dict, section: str, fn):
+    """fn(), or None with the error noted in results["errors"] (e.g. CUDA out of memory for one LoRA
+    setting): the other figures are still measured and written."""
+    try:
+        return fn()
+    except (RuntimeError, ValueError) as e:  # torch.cuda.OutOfMemoryError is a RuntimeError
+        results.setdefault("errors", {})[section] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+        print(f"warning: {section} failed: {results['errors'][section]}", file=sys.stderr)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return None
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tiny", action="store_true", help="CPU, 2-layer tiny LLaMA, float32 (checks the script)")
@@ -250,11 +264,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--synthetic", action="store_true", help="generated catalog even when movielens-small is there")
     ap.add_argument("--tokenizer", default=None, help="folder with tokenizer.json (default: cached SmolLM2)")
     ap.add_argument("--skip", default="", help="comma list of: rankers,profile,lora,finetune")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (4; tiny 1: on a busy "
+                    "2-core machine a second thread slows small ops down many times)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     defaults = dict(users=(3, 20), batch_sizes=([2], [4, 16]), seq_lens=([64, 128], [512, 1024]),
-                    micro_batch=(2, 4), train_steps=(2, 8), finetune_steps=(2, 10))
+                    micro_batch=(2, 4), train_steps=(2, 8), finetune_steps=(2, 10), threads=(1, 4))
     for key, (small, big) in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, small if args.tiny else big)
@@ -323,15 +338,19 @@ def main(argv=None) -> dict:
         users = pick_users(ctx.dataset, args.users, args.seed)
         dev.reset_peak()
         if "rankers" not in skip:
-            results.update(bench_rankers(ctx, users))
+            results.update(guarded(results, "rankers", lambda: bench_rankers(ctx, users)) or {})
         if "profile" not in skip:
-            results["profile"] = bench_profile(ctx, users)
+            results["profile"] = guarded(results, "profile", lambda: bench_profile(ctx, users))
         mem = {"weights_gb": ctx.weights_gb, "inference_peak_gb": dev.peak_gb(),
                "inference_peak_reserved_gb": dev.peak_reserved_gb()}
         if "lora" not in skip:
-            results["lora"] = [bench_lora(ctx, t, s) for t in args.lora_targets for s in args.seq_lens]
+            results["lora"] = [x for t in args.lora_targets for s in args.seq_lens
+                               if (x := guarded(results, f"lora {t} {s}", lambda: bench_lora(ctx, t, s)))]
         if "finetune" not in skip and args.finetune_steps > 0:
-            results["finetune"] = bench_finetune(ctx)
+            results["finetune"] = guarded(results, "finetune", lambda: bench_finetune(ctx))
+    for key in ("profile", "finetune"):  # a section that failed is left out (see "errors")
+        if results.get(key) is None:
+            results.pop(key, None)
     ft = results.get("finetune", {})
     mem["together_gb"] = None
     if dev.cuda and ft.get("peak_gb") is not None and mem["inference_peak_gb"] is not None:

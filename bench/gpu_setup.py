@@ -68,13 +68,13 @@ class Dev:
             torch.cuda.reset_peak_memory_stats(self.device)
 
     def allocated_gb(self) -> float | None:
-        return torch.cuda.memory_allocated(self.device) / 2**30 if self.cuda else None
+        return torch.cuda.memory_allocated(self.device) / 1e9 if self.cuda else None
 
     def peak_gb(self) -> float | None:
-        return torch.cuda.max_memory_allocated(self.device) / 2**30 if self.cuda else None
+        return torch.cuda.max_memory_allocated(self.device) / 1e9 if self.cuda else None
 
     def peak_reserved_gb(self) -> float | None:
-        return torch.cuda.max_memory_reserved(self.device) / 2**30 if self.cuda else None
+        return torch.cuda.max_memory_reserved(self.device) / 1e9 if self.cuda else None
 
 
 def load_tokenizer(path: str | None, cache_dir: str):

@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--history-attributes", action="store_true", default=None,
                    help="show genres/categories in training histories (longer prompts)")
     p.add_argument("--no-rank-eval", action="store_true", help="validation loss only, no ranking metrics")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (on a busy shared CPU, 1 can be much faster)")
 
     p = sub.add_parser("demo", help="launch the Gradio app")
     _dataset_flags(p)

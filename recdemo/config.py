@@ -109,6 +109,7 @@ class Config:
             "RECDEMO_MODEL_CACHE": ("llm", "cache_dir"),
             "RECDEMO_ADAPTER": ("llm", "adapter"),
             "RECDEMO_ADAPTER_DIR": ("llm", "adapter_dir"),
+            "RECDEMO_FUSION_DIR": ("llm", "fusion_dir"),
             "RECDEMO_RANKER": ("llm", "ranker"),
             "HF_TOKEN": ("llm", "hf_token"),
             "RECDEMO_HOST": ("app", "host"),

@@ -24,6 +24,19 @@ def test_search_unknown_dataset_gives_message_not_exception(ctx):
     assert titles == [] and "Unknown dataset" in msg
 
 
+def test_missing_builtin_dataset_says_how_to_download(tmp_path):
+    """Real Recommender factory (no fake): the data folder is empty, so loading fails early."""
+    from recdemo.app.context import AppContext
+    from recdemo.config import Config
+
+    c = AppContext(Config().set("data", "root", str(tmp_path / "nodata")), upload_root=str(tmp_path / "up"))
+    titles, msg = events.search(c, "amazon-beauty", "lipstick")
+    assert titles == [] and "python -m recdemo data download amazon-beauty" in msg
+    out = events.recommend(c, ["Toy Story (1995)"], "movielens-small", "score", "auto", 50, 10)
+    assert not out["ok"] and "data download movielens-small" in out["message"]
+    c.close()
+
+
 def test_add_move_remove_keep_order():
     h, _ = events.add_item([], "A")
     h, _ = events.add_item(h, "B")

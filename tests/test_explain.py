@@ -69,6 +69,8 @@ def test_checker_allows_only_history_titles_and_attributes():
 def test_tidy_keeps_one_sentence():
     assert tidy('Like "A", "B" is fun. Also more.') == 'Like "A", "B" is fun.'
     assert tidy("It is a comedy that") == "It is a comedy."
+    assert tidy("is a film that mixes action, sci-fi and thriller, with a sci") == \
+        "is a film that mixes action, sci-fi and thriller."
     assert tidy("  ") == ""
 
 

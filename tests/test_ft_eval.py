@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from recdemo.llm.examples import ExampleBuilder
-from recdemo.llm.ft_eval import answer_loss, collate, ranking_metrics
+from recdemo.llm.ft_eval import answer_loss, answer_token_loss, collate, ranking_metrics
 
 
 def test_answer_loss_counts_answer_tokens_only(tiny_llm, toy_dataset):
@@ -20,6 +20,18 @@ def test_answer_loss_counts_answer_tokens_only(tiny_llm, toy_dataset):
     answer = torch.tensor(enc["input_ids"][n:])
     want = torch.nn.functional.cross_entropy(logits[n - 1:-1], answer).item()
     assert abs(got["val_loss"] - want) < 1e-4 and abs(got["val_loss_genrec"] - want) < 1e-4
+
+
+def test_answer_token_loss_equals_the_full_loss_on_a_padded_batch(tiny_llm, toy_dataset):
+    builder = ExampleBuilder(toy_dataset, tiny_llm.tokenizer)
+    encs = [builder.encode(e, 4096) for e in builder.training_examples(["genrec", "recommend"], 2, seed=1)]
+    assert len(encs[0]["input_ids"]) != len(encs[1]["input_ids"])
+    batch = collate(encs, tiny_llm.tokenizer.pad_token_id, "cpu")
+    with torch.no_grad():
+        full = tiny_llm.model(**batch).loss
+        mine, n = answer_token_loss(tiny_llm.model, batch)
+    assert torch.allclose(full, mine, atol=1e-5)
+    assert n == sum(sum(x != -100 for x in e["labels"]) for e in encs)
 
 
 class ListRetriever:

@@ -49,6 +49,7 @@ def test_tiny_run_writes_every_figure(bench, tokenizer_dir, tmp_path):
     bench.main(tiny_args(tmp_path, tokenizer_dir, "--lora-targets", "q_proj,v_proj", "all-linear"))
     r = json.loads((tmp_path / "gpu-tiny-cpu.json").read_text())
     assert r["mode"] == "tiny-cpu" and r["gpu_figures"] is False
+    assert "errors" not in r
     assert r["model"]["vocab"] == 32000 and r["model"]["attn"] == "sdpa" and r["model"]["dtype"] == "float32"
     assert r["catalog"]["source"] == "synthetic" and r["candidates"] == "popularity"
     assert positive(r["rates"]["matmul_flops"]) and positive(r["rates"]["copy_bytes_per_s"])
@@ -152,3 +153,23 @@ def test_stop_string_criteria_are_built_once_per_tokenizer(tiny_service):
     texts = tiny_service.generate(["Alpha Bravo", "Castle"], max_new_tokens=12, stop_strings=["a", "e"],
                                   stop_when=lambda t: len(t) > 30)
     assert len(texts) == 2 and all("a" not in t and "e" not in t for t in texts)
+
+
+def test_a_failing_setting_is_reported_and_the_rest_still_written(bench, tokenizer_dir, tmp_path):
+    r = bench.main(tiny_args(tmp_path, tokenizer_dir, "--skip", "rankers,profile,finetune",
+                             "--lora-targets", "no_such_proj", "q_proj,v_proj"))
+    assert "no_such_proj" in r["errors"]["lora no_such_proj 32"]
+    assert [x["targets"] for x in r["lora"]] == ["q_proj,v_proj"]
+    saved = json.loads((tmp_path / "gpu-tiny-cpu.json").read_text())
+    assert saved["errors"] == r["errors"] and "score" not in saved
+
+
+@pytest.mark.integration
+def test_default_tiny_run_on_movielens_has_realistic_prompts(bench, tmp_path):
+    """The default --tiny path: cached SmolLM2 tokenizer, movielens-small titles (RECDEMO_DATA_DIR)."""
+    r = bench.main(["--tiny", "--out", str(tmp_path), "--users", "2", "--skip", "profile,lora,finetune"])
+    assert r["catalog"]["source"] == "movielens-small" and r["tokenizer"]["size"] == 49152
+    assert r["model"]["vocab"] == 49152  # max(32000, tokenizer): SmolLM2's tokenizer stands in for LLaMA's
+    assert 300 < r["score"]["prompt_tokens"] < 700  # history of 20 titles + profile, no candidates
+    assert r["palr"]["prompt_tokens"] > 800  # ... plus the 50 candidates
+    assert r["score"]["answer_tokens"] > 10  # the candidates' branching tokens, fed in one call

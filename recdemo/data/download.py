@@ -200,7 +200,8 @@ def download(name: str, root: str | Path, url: str | None = None, force: bool = 
             log(f"note: {note}")
         ds = build_dataset(read_layout(out), name=name, source=str(target))  # loads: usable
         (out / "download.json").write_text(json.dumps({
-            "dataset": name, "url": url, "zip_sha256": digest, "downloaded": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "dataset": name, "url": url, "zip_sha256": digest,
+            "downloaded": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "files": {rel: sha256_file(out / PurePosixPath(rel).name) for rel in source.files},
         }, indent=2))
         _move_into_place(out, target)

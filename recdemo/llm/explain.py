@@ -152,13 +152,18 @@ class Explainer:
         recent = list(dict.fromkeys(int(h) for h in history[-self.max_history:] if int(h) != int(item)))
         if not recent:
             return []
-        co = self.knn.cooccurrence(int(item))[recent].astype(np.float64)
+        knn = self.knn
+        co = knn.cooccurrence(int(item))[recent].astype(np.float64)
         text = (self.text_index.embeddings[recent] @ self.text_index.embeddings[int(item)]
                 if self.text_index is not None else np.zeros(len(recent)))
         sas_emb = self._sasrec_embeddings()
         sas = sas_emb[recent] @ sas_emb[int(item)] if sas_emb is not None else np.zeros(len(recent))
-        # Co-occurrence on a log scale (counts run from 0 to hundreds), plus both similarities.
-        strength = np.log1p(co) / np.log1p(max(co.max(), 1.0)) + 0.5 * text + 0.5 * sas
+        # Rank by co-occurrence relative to popularity (cosine of the two user sets: a blockbuster in
+        # the history co-occurs with everything and would otherwise explain every item), plus both
+        # similarities. The raw count is what the user is shown.
+        counts = np.asarray(knn.user_counts, dtype=np.float64)
+        cosine = co / np.sqrt(np.maximum(counts[recent] * counts[int(item)], 1.0))
+        strength = cosine / max(cosine.max(), 1e-9) + 0.5 * text + 0.5 * sas
         order = np.argsort(-strength, kind="stable")[: self.n_evidence]
         out = []
         for j in order:
@@ -261,6 +266,8 @@ def tidy(sentence: str) -> str:
     first = SENTENCE_END.split(text, maxsplit=1)[0].strip()
     if first[-1:] in ".!?":
         return first
+    if "," in first and len(first.rsplit(",", 1)[0].split()) >= 4:  # cut off mid-clause: drop that clause
+        first = first.rsplit(",", 1)[0]
     words = first.rstrip(",;:- ").split()
     while len(words) > 1 and words[-1].lower() in DANGLING:
         words.pop()

@@ -35,7 +35,7 @@ import torch
 from . import ft_checkpoint as ckpt
 from .examples import ExampleBuilder, check_tasks
 from .ft_model import add_lora, make_accelerator, trainable_base
-from .ft_eval import Cancelled, answer_loss, check_cancel, collate, finite, ranking_metrics
+from .ft_eval import Cancelled, answer_loss, answer_token_loss, check_cancel, collate, finite, ranking_metrics
 
 # Spec fields that change what is trained: a partial run resumes only if all of them match.
 TRAINING_FIELDS = ("tasks", "steps", "examples", "batch_size", "micro_batch_size", "lora_r", "lora_alpha",
@@ -224,7 +224,7 @@ def run_finetune(spec: FineTuneSpec, dataset, service, retriever=None, progress=
                 # Gradients sync across GPUs only on the last micro-batch (no_sync is a no-op on 1 device).
                 sync = nullcontext() if m == accum - 1 else accelerator.no_sync(model)
                 with sync:
-                    loss = model(**batch).loss / accum  # mean over micro-batches = mean over the step
+                    loss = answer_token_loss(model, batch)[0] / accum  # mean over micro-batches
                     accelerator.backward(loss)
                 step_loss += loss.detach().item()
             if spec.grad_clip:

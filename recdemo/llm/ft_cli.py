@@ -62,6 +62,8 @@ def main(args, cfg) -> int:
     from .finetune import run_finetune
 
     spec = spec_from_args(args)  # checks the flags before anything slow
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
     if not Path(spec.out).name or Path(spec.out).name.endswith(".partial"):
         raise ValueError(f"--out {spec.out!r} must name an adapter folder, e.g. checkpoints/adapters/NAME")
     dataset = load_from_config(cfg.data)
