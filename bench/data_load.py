@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -77,6 +78,10 @@ def main() -> None:
             results.append({"dataset": f"synthetic {args.synthetic:,} rows ({mb:.0f} MB)",
                             "seconds": round(seconds, 3), "interactions": ds.n_interactions,
                             "path": "fast (pandas C parser)" if mb > EXACT_PARSE_MB else "exact (csv module)"})
+    load = os.getloadavg()[0]
+    for r in results:
+        r["load_average"] = round(load, 2)
+    print(f"load average {load:.1f} on {os.cpu_count()} cores")
     print(f"{'dataset':40} {'interactions':>12} {'load s':>8}  parser")
     for r in results:
         print(f"{r['dataset']:40} {r['interactions']:12,} {r['seconds']:8.2f}  {r['path']}")

@@ -11,13 +11,13 @@ their values) is wrapped in ``recdemo.llm.models.LLM`` + ``LLMService`` and driv
 - profile generation (``llm.profile.ProfileGenerator``), generated tokens/s;
 - LoRA training tokens/s at sequence lengths 512 and 1024, r=8 on q_proj/v_proj and on all-linear:
   the model from ``ft_model.trainable_base`` + ``add_lora``, micro-batches from ``ft_eval.collate``,
-  and run_finetune's step (loss -> backward -> clip -> AdamW); sequences are real fine-tuning
-  examples (``ExampleBuilder``) packed to exactly the length;
+  and run_finetune's step (``ft_eval.answer_token_loss`` -> backward -> clip -> AdamW); sequences are
+  real fine-tuning examples (``ExampleBuilder``) with their prompt trimmed to exactly the length;
 - one short real ``run_finetune`` (copy of the base, as the app trains while serving): its peak
   memory is the "inference + LoRA training together" figure.
 Every figure stands next to its arithmetic limit, max(FLOPs / measured matmul FLOP/s, weight bytes /
-measured copy bandwidth) for inference (FLOPs and bytes of the calls actually made, see
-gpu_setup.CallLog) and FLOPs per token / matmul FLOP/s for training; ratio = limit / measured time.
+measured copy bandwidth) for inference, FLOPs / matmul FLOP/s for training (FLOPs and bytes of the
+calls actually made, see gpu_setup.CallLog and Cost); ratio = limit / measured time.
 Peak memory (GB = 1e9 bytes, torch.cuda.max_memory_allocated) is CUDA-only (None on CPU). Writes bench/results/gpu-<device>.json and .md (the table).
 """
 from __future__ import annotations
@@ -144,35 +144,33 @@ def bench_profile(ctx, users) -> dict:
             "limit_tokens_per_s": limit_tok_s, "ratio": tok_s / limit_tok_s}
 
 
-def packed_sequences(ctx, seq: int, n: int) -> list[dict]:
-    """``n`` sequences of exactly ``seq`` tokens cut from a stream of real fine-tuning examples
-    (answer-only labels, as in training; a piece with no answer token trains on its last 8 tokens)."""
+def training_sequences(ctx, seq: int, n: int, rounds: int = 50) -> list[dict]:
+    """``n`` real fine-tuning examples (recommend / recommend_retrieval: prompt, then the answer titles,
+    the only labelled tokens) of exactly ``seq`` tokens: built with up to 200 history items (with
+    genres) so that they are long enough, then their prompt trimmed from the start to the length."""
     from recdemo.llm.examples import ExampleBuilder
-    builder = ExampleBuilder(ctx.dataset, ctx.llm.tokenizer, None)
-    ids, labels, seed = [], [], 0
-    while len(ids) < n * seq:
-        examples = builder.training_examples(["recommend", "recommend_retrieval"], 8, seed=seed)
-        for e in builder.encode_all(examples, 1 << 16)[0]:
-            ids += e["input_ids"]
-            labels += e["labels"]
-        seed += 1
+    builder = ExampleBuilder(ctx.dataset, ctx.llm.tokenizer, None, max_history=200, with_attributes=True)
     out = []
-    for j in range(n):
-        piece = {"input_ids": ids[j * seq:(j + 1) * seq], "labels": labels[j * seq:(j + 1) * seq]}
-        if all(x == -100 for x in piece["labels"]):
-            piece["labels"] = piece["labels"][:-8] + piece["input_ids"][-8:]
-        out.append(piece)
-    return out
+    for seed in range(rounds):
+        for e in builder.encode_all(builder.training_examples(["recommend", "recommend_retrieval"], 16, seed),
+                                    1 << 20)[0]:
+            cut = len(e["input_ids"]) - seq
+            if cut >= 0 and e["labels"][cut] == -100:  # long enough, and the whole answer stays
+                out.append({"input_ids": e["input_ids"][cut:], "labels": e["labels"][cut:]})
+        if len(out) >= n:
+            return out[:n]
+    raise ValueError(f"only {len(out)} training examples of {ctx.dataset.name} reach {seq} tokens; "
+                     "use shorter --seq-lens")
 
 
 def bench_lora(ctx, targets: str, seq: int) -> dict:
     from recdemo.llm.finetune import FineTuneSpec
-    from recdemo.llm.ft_eval import collate
+    from recdemo.llm.ft_eval import answer_token_loss, collate
     from recdemo.llm.ft_model import add_lora, make_accelerator, trainable_base
 
     a = ctx.args
     spec = FineTuneSpec(lora_r=8, lora_targets=targets, micro_batch_size=a.micro_batch, out="(bench: never saved)")
-    data = packed_sequences(ctx, seq, 2 * a.micro_batch)
+    data = training_sequences(ctx, seq, 2 * a.micro_batch)
     pad = ctx.llm.tokenizer.pad_token_id
     ctx.dev.reset_peak()
     torch.manual_seed(0)
@@ -192,14 +190,25 @@ def bench_lora(ctx, targets: str, seq: int) -> dict:
         def step(s: int) -> torch.Tensor:  # run_finetune's step, one micro-batch (batch_size = micro_batch_size)
             part = [data[(s * a.micro_batch + m) % len(data)] for m in range(a.micro_batch)]
             batch = collate(part, pad, ctx.dev.device)
-            loss = model(**batch).loss
+            loss = answer_token_loss(model, batch)[0]  # logits for the answer positions only
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(params, spec.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             return loss.detach()
 
-        times = [ctx.dev.timed(lambda: step(s))[1] for s in range(a.train_steps + 2)][2:]  # 2 warm-up steps
+        times, flops = [], []
+        log = CallLog(accelerator.unwrap_model(model))  # the positions the decoder and the output projection actually ran on
+        try:
+            for s in range(a.train_steps + 2):  # 2 warm-up steps
+                log.reset()
+                seconds = ctx.dev.timed(lambda: step(s))[1]
+                if s >= 2:
+                    times.append(seconds)
+                    flops.append(sum(ctx.cost.train_flops(rows, new, 0) for rows, new, _ in log.calls)
+                                 + ctx.cost.train_flops(0, 0, log.head_rows))
+        finally:
+            log.close()
         peak = ctx.dev.peak_gb()  # weights + LoRA + its gradients and AdamW moments + activations
     finally:
         del optimizer, model, params
@@ -207,11 +216,10 @@ def bench_lora(ctx, targets: str, seq: int) -> dict:
         ctx.llm.model.eval()
         ctx.dev.reset_peak()
     tokens = a.micro_batch * seq
-    tok_s = tokens / float(np.median(times))
-    per_token = ctx.cost.train_flops_per_token(seq)
+    step_s, step_flops = float(np.median(times)), float(np.median(flops))
     return {"targets": targets, "r": 8, "seq": seq, "micro_batch": a.micro_batch, "steps": len(times),
-            "step_ms": 1e3 * float(np.median(times)), "tokens_per_s": tok_s, "flops_per_token": per_token,
-            "limit_tokens_per_s": ctx.rate / per_token, "ratio": tok_s * per_token / ctx.rate,
+            "step_ms": 1e3 * step_s, "tokens_per_s": tokens / step_s, "flops_per_token": step_flops / tokens,
+            "limit_tokens_per_s": tokens * ctx.rate / step_flops, "ratio": step_flops / step_s / ctx.rate,
             "peak_gb": peak, "trainable_params": n_trainable, "grad_checkpointing": bool(a.grad_checkpointing)}
 
 
@@ -267,6 +275,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (4; tiny 1: on a busy "
                     "2-core machine a second thread slows small ops down many times)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                    help="model dtype (bfloat16; tiny float32; --tiny --dtype bfloat16 checks the bf16 path on CPU)")
     args = ap.parse_args(argv)
     defaults = dict(users=(3, 20), batch_sizes=([2], [4, 16]), seq_lens=([64, 128], [512, 1024]),
                     micro_batch=(2, 4), train_steps=(2, 8), finetune_steps=(2, 10), threads=(1, 4))
@@ -290,7 +300,7 @@ def setup(args, tmp: str):
                          "Run `python bench/gpu.py --tiny` to check the script on the CPU.")
     cfg = Config.from_env()
     dev = Dev(torch.device("cpu" if tiny else "cuda"))
-    dtype = torch.float32 if tiny else torch.bfloat16
+    dtype = getattr(torch, args.dtype or ("float32" if tiny else "bfloat16"))
     tok, tok_source = load_tokenizer(args.tokenizer, cfg.llm.cache_dir)
     dataset, catalog_source = load_catalog(cfg, args.synthetic)
     source, source_name = candidate_source(dataset, cfg)
@@ -324,8 +334,9 @@ def setup(args, tmp: str):
                    "inference_bytes": "calls * N_dec * bytes/param (+ N_head * bytes/param per output-projection "
                                       "call)",
                    "inference_limit": "max(FLOPs / matmul_flops, bytes / copy_bytes_per_s); ratio = limit / measured",
-                   "train_flops_per_token": "4*(N_dec + N_head) + 6*L*d*(S+1)  (LoRA: no weight gradients for "
-                                            "frozen weights); ratio = tokens_per_s * flops_per_token / matmul_flops"}}
+                   "train_flops": "per step: rows*S*(4*N_dec + 6*L*d*(S+1)) + 4*N_head*(positions given logits: "
+                                  "the answer's only, ft_eval.answer_token_loss); LoRA: no weight gradients for "
+                                  "frozen weights; ratio = step FLOPs / step time / matmul_flops"}}
     return ctx, results
 
 

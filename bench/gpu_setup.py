@@ -213,11 +213,12 @@ class Cost:
         pair, each new token attending to ``past`` + on average (new + 1) / 2 keys."""
         return rows * new * (2 * self.n_dec + 4 * self.layers * self.d * (past + (new + 1) / 2))
 
-    def train_flops_per_token(self, seq: int) -> float:
-        """LoRA: forward 2N + backward 2N (activation gradients through the frozen weights; LoRA's own
-        weight gradients are negligible), N = N_dec + N_head; attention forward 2 L d (S + 1) per
-        token (causal), backward twice that."""
-        return 4 * (self.n_dec + self.n_head) + 3 * 2 * self.layers * self.d * (seq + 1)
+    def train_flops(self, rows: int, seq: int, head_rows: int) -> float:
+        """One LoRA training step: forward 2 N_dec + backward 2 N_dec per token (activation gradients
+        through the frozen weights; LoRA's own weight gradients are negligible), attention forward
+        2 L d (S + 1) per token (causal) and backward twice that, and 4 N_head per position whose
+        logits are computed (the project's loss keeps only the answer's: ft_eval.answer_token_loss)."""
+        return rows * seq * (4 * self.n_dec + 6 * self.layers * self.d * (seq + 1)) + 4 * self.n_head * head_rows
 
     def describe(self) -> dict:
         return {"params": self.n_total, "decoder_params": self.n_dec, "head_params": self.n_head,

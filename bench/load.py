@@ -105,8 +105,8 @@ def main() -> int:
             return 1
         startup["server_up_s"] = time.perf_counter() - t0
         client = Client(url, verbose=False)
-        while not client.predict(api_name="/status")["model_ready"]:
-            if time.perf_counter() - t0 > 600:
+        while (state := client.predict(api_name="/status")["state"]) != "ready":
+            if state == "error" or time.perf_counter() - t0 > 600:
                 break
             time.sleep(0.2)
         startup["model_ready_s"] = time.perf_counter() - t0

@@ -52,6 +52,7 @@ def main() -> int:
         page.locator("#rd-recommend").wait_for()
         timing["page_interactive_s"] = time.perf_counter() - t0
         ctx.wait_ready(600)
+        ctx.ensure_ready(ctx.default_dataset(), wait=600)
         timing["model_ready_s"] = time.perf_counter() - t0
         page.locator("#rd-ranker label", has_text=RANKER_TEXT[args.ranker]).first.click()
         search = page.locator("#rd-search").locator("input, textarea").first

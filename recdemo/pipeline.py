@@ -39,7 +39,8 @@ class Recommender:
         self._profiles: ProfileGenerator | None = None
         self._explainer: Explainer | None = None
         self._personas: dict[str, list[str]] | None = None
-        self._init = threading.RLock()
+        # One lock per lazily built part: a search must not wait while SASRec trains on first use.
+        self._locks = {k: threading.RLock() for k in ("text", "retriever", "ranker", "profile", "explain")}
 
     @classmethod
     def from_config(cls, cfg, dataset_name: str | None = None, data_dir: str | None = None,
@@ -53,7 +54,7 @@ class Recommender:
     @property
     def text_index(self):
         """The TextIndex (typo-tolerant search, content similarity), or None if it cannot be built."""
-        with self._init:
+        with self._locks["text"]:
             if self._text_index is None and not self._text_index_failed:
                 try:
                     from .retrieval.text_index import TextIndex
@@ -65,7 +66,7 @@ class Recommender:
 
     @property
     def retriever(self):
-        with self._init:
+        with self._locks["retriever"]:
             if self._retriever is None:
                 from .retrieval.retriever import Retriever
                 self._retriever = Retriever.for_dataset(self.dataset, self.cfg.retrieval, train_if_missing=True,
@@ -73,22 +74,23 @@ class Recommender:
             return self._retriever
 
     def ranker(self, name: str):
-        with self._init:
+        with self._locks["ranker"]:
             if name not in self._rankers:
                 from .llm.rankers import get_ranker
-                self._rankers[name] = get_ranker(name, self.service, self.dataset, self.retriever)
+                # the retriever as built by the retrieval stage (None when it fell back to text similarity)
+                self._rankers[name] = get_ranker(name, self.service, self.dataset, self._retriever)
             return self._rankers[name]
 
     @property
     def profiles(self) -> ProfileGenerator:
-        with self._init:
+        with self._locks["profile"]:
             if self._profiles is None:
                 self._profiles = ProfileGenerator(self.service, self.catalog, self.cfg.llm.max_history)
             return self._profiles
 
     @property
     def explainer(self) -> Explainer:
-        with self._init:
+        with self._locks["explain"]:
             if self._explainer is None:
                 retriever = self.retriever if self._retriever is not None else None
                 self._explainer = Explainer(self.service, self.dataset, retriever, self.text_index,

@@ -92,6 +92,7 @@ def page(real_app):
 def test_pick_three_movies_and_get_ten_explained_recommendations(page, real_app):
     ctx = real_app[1]
     assert ctx.wait_ready(300), "the model did not load"
+    assert ctx.ensure_ready("movielens-small", wait=300) is None, "movielens-small was not prepared"
     search = page.locator("#rd-search").locator("input, textarea").first
     for query, title in MOVIES:
         search.fill("")
@@ -133,13 +134,15 @@ def test_upload_finetune_and_use_new_adapter(page, real_app):
     assert "30 users" in page.locator("#rd-up-msg").inner_text()
 
     steps = page.locator("#rd-ft-steps input").first
-    steps.fill("4")
+    steps.fill("3")
     evals = page.locator("#rd-ft-eval input").first
-    evals.fill("4")
+    evals.fill("3")
+    page.locator("#rd-ft-tasks label", has_text="PALR v2").click()  # one task (PALR v1): a shorter run
     adapter_name = page.locator("#rd-ft-name").locator("input, textarea").first
     assert adapter_name.input_value() == "tiny-songs-ft1"
     page.click("#rd-ft-start")
-    page.locator("#rd-ft-progress .rd-job").wait_for(timeout=30_000)  # queued/running, then done
+    page.locator("#rd-ft-progress .rd-job", has_text="running").wait_for(timeout=60_000)  # progress bar
+    assert page.locator("#rd-ft-progress .rd-bar").count() == 1
     page.locator("#rd-ft-progress .rd-job.done, #rd-ft-progress .rd-job.failed").first.wait_for(timeout=150_000)
     text = page.locator("#rd-ft-progress").inner_text()
     page.screenshot(path=str(tmp / "finetune.png"))  # kept in pytest's temp folder for debugging

@@ -105,6 +105,9 @@ def test_resolve_folder_messages(tmp_path):
         resolve_folder("movielens-small", None, str(tmp_path))
     assert "python -m recdemo data download movielens-small" in str(e.value)
     assert "RECDEMO_DATA_DIR" in str(e.value)
+    with pytest.raises(DataError, match="is not a folder"):
+        resolve_folder(None, str(tmp_path / "x"), None)
+    (tmp_path / "x").mkdir()
     assert resolve_folder("ml-1m", str(tmp_path / "x"), None) == tmp_path / "x"  # --data-dir wins
 
 

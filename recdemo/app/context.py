@@ -64,6 +64,7 @@ class AppContext:
         self.model_ready = threading.Event()
         self.started = time.time()
         self._warm: dict = {"state": "idle", "message": "", "seconds": None}
+        self._prep: dict[str, dict] = {}  # dataset -> {"state": preparing|ready|error, "message", ...}
         self._warm_thread: threading.Thread | None = None
 
     # -- shared objects --
@@ -78,13 +79,14 @@ class AppContext:
     def default_dataset(self) -> str:
         return self.cfg.data.dataset if self.cfg.data.dataset in BUILTIN_FOLDERS else "movielens-small"
 
-    def datasets(self) -> list[tuple[str, str]]:
-        """(label, name) for the dataset selectors: the two domains, the configured one, uploads."""
+    def datasets(self, uploads: list[str] | None = None) -> list[tuple[str, str]]:
+        """(label, name) for the dataset selectors: the two domains, the configured one, and the
+        given uploads (a browser session sees its own uploads, not other visitors')."""
         names = list(DOMAINS)
         if self.default_dataset() not in names:
             names.append(self.default_dataset())
         out = [(DOMAINS.get(n, n), n) for n in names]
-        out += [(f"Uploaded · {n}", n) for n in self.uploads]
+        out += [(f"Uploaded · {n}", n) for n in uploads or [] if n in self.uploads]
         return out
 
     def recommender(self, name: str):
@@ -132,8 +134,78 @@ class AppContext:
             return []
         return sorted(p.name for p in root.iterdir() if (p / "adapter_config.json").is_file())
 
-    # -- warm-up: load the default dataset and the model in the background at launch --
+    # -- preparing a dataset (search index, SASRec) and the model, in the background --
+    def prepare(self, name: str) -> dict:
+        """Start building ``name``'s search index and retriever in a background thread (once);
+        returns its state. Events check ``preparing(name)`` instead of blocking for minutes."""
+        with self._lock:
+            state = self._prep.get(name)
+            if state is not None and state["state"] != "error":
+                return dict(state)
+            state = {"state": "preparing", "message": f"Loading {DOMAINS.get(name, name)}…",
+                     "started": time.time(), "seconds": None}
+            self._prep[name] = state
+        threading.Thread(target=self._prepare, args=(name, state), name=f"prepare-{name}", daemon=True).start()
+        return dict(state)
+
+    def _prepare(self, name: str, state: dict) -> None:
+        try:
+            rec = self.recommender(name)
+            state["message"] = f"Building the search index for {DOMAINS.get(name, name)}…"
+            getattr(rec, "text_index", None)  # lazy property: built (or read from cache) here
+            problem = self._checkpoint_problem(rec)
+            state["message"] = (f"Training SASRec for {name} ({problem}); `python -m recdemo train "
+                                f"--dataset {name}` does this ahead of time…" if problem
+                                else "Loading the SASRec retriever…")
+            getattr(rec, "retriever", None)
+            state.update(state="ready", message="Ready", seconds=time.time() - state["started"])
+        except Exception as e:  # noqa: BLE001 - shown in the page
+            state.update(state="error", message=friendly_error(e), seconds=time.time() - state["started"])
+
+    def _checkpoint_problem(self, rec) -> str | None:
+        dataset = getattr(rec, "dataset", None)
+        if not hasattr(dataset, "content_hash"):
+            return None
+        try:
+            from ..retrieval.checkpoint import checkpoint_problem
+            return checkpoint_problem(dataset, self.cfg.retrieval.checkpoint_dir)
+        except Exception:  # noqa: BLE001 - only used for the message
+            return None
+
+    def ensure_ready(self, name: str, wait: float = 2.0) -> str | None:
+        """Start preparing ``name`` if needed and wait up to ``wait`` seconds. Returns a sentence
+        while it is still being prepared, None when ready; raises ValueError if it failed."""
+        if name not in BUILTIN_FOLDERS and name not in self.uploads:
+            raise ValueError(f"Unknown dataset {name!r}. Pick one from the list, or upload "
+                             "interactions.csv and items.csv in the side panel.")
+        self.prepare(name)
+        deadline = time.time() + wait
+        while True:
+            state = self.prep_state(name) or {}
+            if state.get("state") == "error":
+                raise ValueError(state["message"])
+            if state.get("state") == "ready":
+                return None
+            if time.time() >= deadline:
+                return self.preparing(name)
+            time.sleep(0.05)
+
+    def preparing(self, name: str) -> str | None:
+        """A sentence while ``name`` is still being prepared, else None."""
+        with self._lock:
+            state = self._prep.get(name)
+        if state is None or state["state"] != "preparing":
+            return None
+        return (f"{DOMAINS.get(name, name)} is still being prepared ({time.time() - state['started']:.0f} s): "
+                f"{state['message']} Please try again in a moment.")
+
+    def prep_state(self, name: str) -> dict | None:
+        with self._lock:
+            state = self._prep.get(name)
+            return dict(state) if state else None
+
     def start_warmup(self, name: str | None = None) -> None:
+        """At launch: prepare the default dataset, then load the model, then one throw-away request."""
         name = name or self.default_dataset()
         if self._warm_thread is not None:
             return
@@ -144,12 +216,15 @@ class AppContext:
     def _warmup(self, name: str) -> None:
         t0 = time.time()
         try:
-            rec = self.recommender(name)
+            self.prepare(name)
             self._warm.update(message="Loading the language model…")
             _ = self.service.llm  # the lazy load happens here, not in the first click
             self.model_ready.set()
             self._warm.update(state="ready", message="Ready", seconds=time.time() - t0)
-            # One throw-away request so the first real click does not pay for lazy imports.
+            while self.preparing(name):
+                time.sleep(0.2)
+            # One throw-away request so the first real click does not pay for lazy initialisation.
+            rec = self.recommender(name)
             history = rec.random_user_history(seed=0, max_items=5)
             rec.recommend(history, ranker=self.cfg.llm.ranker, n_candidates=20, k=3)
         except Exception as e:  # noqa: BLE001 - reported in the page header
@@ -160,9 +235,14 @@ class AppContext:
         finally:
             self.model_ready.set()  # never leave callers waiting on a failed warm-up
 
-    def status(self) -> dict:
-        return {**self._warm, "uptime_s": round(time.time() - self.started, 1),
-                "model_ready": self.model_ready.is_set(), "finetune_running": self.jobs.running()}
+    def status(self, dataset: str | None = None) -> dict:
+        """The model's state, and ``dataset``'s preparation when it is not ready yet."""
+        out = {**self._warm, "uptime_s": round(time.time() - self.started, 1),
+               "model_ready": self.model_ready.is_set(), "finetune_running": self.jobs.running()}
+        prep = self.prep_state(dataset) if dataset else None
+        if prep and prep["state"] != "ready" and out["state"] != "loading":
+            out.update(state="loading" if prep["state"] == "preparing" else "error", message=prep["message"])
+        return out
 
     def wait_ready(self, timeout: float) -> bool:
         if self._warm_thread is None:

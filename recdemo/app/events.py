@@ -16,6 +16,10 @@ MAX_HISTORY_ITEMS = 50  # the prompts use the last 20; longer lists only slow th
 ADAPTER_AUTO, ADAPTER_NONE = "auto", "none"
 
 
+class Busy(RuntimeError):
+    """The dataset or the model is still being prepared: try again in a moment."""
+
+
 # -- item picker --
 def search(ctx: AppContext, dataset: str, query: str, k: int = 8) -> tuple[list[str], str]:
     """Titles matching ``query`` (typo tolerant, via the text index) and a message ('' if fine)."""
@@ -23,6 +27,9 @@ def search(ctx: AppContext, dataset: str, query: str, k: int = 8) -> tuple[list[
     if len(query) < 2:
         return [], ""
     try:
+        busy = ctx.ensure_ready(dataset)
+        if busy:
+            return [], busy
         hits = ctx.recommender(dataset).search_titles(query, k=k)
     except Exception as e:  # noqa: BLE001
         return [], friendly_error(e)
@@ -108,8 +115,10 @@ def _run(rec, history, **kwargs):
 
 
 def run_recommendation(ctx: AppContext, history: list[str], dataset: str, ranker: str,
-                       adapter: str | None = ADAPTER_AUTO, n_candidates: int = 50, k: int = 10) -> dict:
-    """Recommendation.to_dict() as JSON-safe data. Raises ValueError etc. for the caller to show."""
+                       adapter: str | None = ADAPTER_AUTO, n_candidates: int = 50, k: int = 10,
+                       wait: float = 2.0) -> dict:
+    """Recommendation.to_dict() as JSON-safe data. Raises ValueError etc. for the caller to show;
+    ``Busy`` while the dataset is still being prepared after ``wait`` seconds."""
     history = [h for h in (history or []) if str(h).strip()]
     if not history:
         raise ValueError("Pick at least one item first: search for a title, choose a persona, or "
@@ -119,6 +128,9 @@ def run_recommendation(ctx: AppContext, history: list[str], dataset: str, ranker
     n_candidates, k = int(n_candidates), int(k)
     if not 1 <= k <= n_candidates:
         raise ValueError("The number of results must be between 1 and the number of candidates.")
+    busy = ctx.ensure_ready(dataset, wait)
+    if busy:
+        raise Busy(busy)
     rec = ctx.recommender(dataset)
     out = _run(rec, history, ranker=ranker, n_candidates=n_candidates, k=k, adapter=_adapter_arg(adapter))
     return jsonable(out.to_dict() if hasattr(out, "to_dict") else out)
@@ -135,6 +147,8 @@ def recommend(ctx: AppContext, history: list[str], dataset: str, ranker: str, ad
     t0 = time.perf_counter()
     try:
         data = run_recommendation(ctx, history, dataset, ranker, adapter, n_candidates, k)
+    except Busy as e:
+        return {"ok": False, "kind": "info", "message": str(e)}
     except Exception as e:  # noqa: BLE001 - shown in the page, never as a traceback
         return {"ok": False, "kind": "error", "message": friendly_error(e)}
     log.info("recommend %s/%s: %d items in %.2f s", dataset, ranker, len(data.get("results", [])),

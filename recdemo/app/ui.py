@@ -31,6 +31,7 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
         history = gr.State([])
         selected = gr.State(None)
         job_id = gr.State(None)
+        my_uploads = gr.State([])  # datasets uploaded in this browser session
 
         # ---------------- header ----------------
         with gr.Row(elem_id="rd-header"):
@@ -60,7 +61,7 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                 ft_rank = gr.Dropdown([4, 8, 16, 32], value=8, label="LoRA rank", elem_id="rd-ft-rank")
             with gr.Row():
                 ft_lr = gr.Number(2e-4, label="Learning rate", elem_id="rd-ft-lr")
-                ft_eval = gr.Number(32, label="Validation users", precision=0, minimum=4, elem_id="rd-ft-eval")
+                ft_eval = gr.Number(32, label="Validation users", precision=0, minimum=2, elem_id="rd-ft-eval")
             ft_name = gr.Textbox(f"{default}-ft1", label="Adapter name", elem_id="rd-ft-name")
             with gr.Row():
                 ft_start = gr.Button("Start fine-tune", variant="primary", elem_id="rd-ft-start")
@@ -116,7 +117,7 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
 
         # ---------------- wiring: status ----------------
         def on_status(ds):
-            st = ctx.status()
+            st = ctx.status(ds)
             if st["state"] not in ("ready", "error"):
                 return render.status_html(st), gr.skip(), gr.skip(), gr.skip()
             names = list(events.personas(ctx, ds)) if ctx.is_loaded(ds) else []
@@ -187,21 +188,26 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
         persona.input(on_persona, [dataset, persona], [history, hist_view, selected])
 
         def on_dataset(ds):
-            try:
-                ctx.recommender(ds)
-                msg = ""
+            names = []
+            try:  # starts building the search index / retriever in the background
+                busy = ctx.ensure_ready(ds, wait=1.0)
+                msg = render.notice_html(busy, "info") if busy else ""
+                names = list(events.personas(ctx, ds))
             except Exception as e:  # noqa: BLE001 - e.g. the dataset is not downloaded
                 msg = render.notice_html(events.friendly_error(e))
-            names = list(events.personas(ctx, ds)) if not msg else []
             return (*_hist([]), None, gr.update(choices=names, value=None), msg,
                     render.placeholder_html("Your taste profile will appear here."), "",
                     render.placeholder_html("The LLM's top 10, with reasons."),
-                    render.placeholder_html("SASRec candidates."), "", gr.update(value=ds))
+                    render.placeholder_html("SASRec candidates."), "", gr.update(value=ds),
+                    render.status_html(ctx.status(ds)), gr.Timer(active=True))
 
         dataset.change(on_dataset, dataset, [history, hist_view, selected, persona, notice, profile, meta,
-                                             cards, cands, prompt, ft_dataset])
-        demo.load(lambda ds: gr.update(choices=list(events.personas(ctx, ds)) if ctx.is_loaded(ds) else []),
-                  dataset, persona, show_progress="hidden")
+                                             cards, cands, prompt, ft_dataset, status, status_timer])
+        def on_load(ds):  # a new visitor: adapters trained since launch, personas once loaded
+            names = list(events.personas(ctx, ds)) if ctx.is_loaded(ds) else []
+            return gr.update(choices=names), gr.update(choices=events.adapter_choices(ctx))
+
+        demo.load(on_load, dataset, [persona, adapter], show_progress="hidden")
 
         # ---------------- wiring: recommend ----------------
         def on_recommend(hist, ds, rk, ad, nc, k):
@@ -217,16 +223,17 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                  [notice, profile, meta, cards, cands, prompt], concurrency_limit=2, concurrency_id="recommend")
 
         # ---------------- wiring: fine-tune ----------------
-        def on_upload(f_inter, f_items, name, ds, ft_ds):
+        def on_upload(f_inter, f_items, name, mine):
             ok, html = events.upload_dataset(ctx, f_inter, f_items, name)
             if not ok:
-                return html, gr.skip(), gr.skip(), gr.skip()
-            choices = ctx.datasets()
+                return html, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            mine = list(mine or []) + [name.strip()]
+            choices = ctx.datasets(mine)
             return (html, gr.update(choices=choices), gr.update(choices=choices, value=name.strip()),
-                    f"{name.strip()}-ft1")
+                    f"{name.strip()}-ft1", mine)
 
-        up_btn.click(on_upload, [up_inter, up_items, up_name, dataset, ft_dataset],
-                     [up_msg, dataset, ft_dataset, ft_name])
+        up_btn.click(on_upload, [up_inter, up_items, up_name, my_uploads],
+                     [up_msg, dataset, ft_dataset, ft_name, my_uploads])
 
         def on_start(ds, tasks, steps, rank, lr, name, n_eval):
             jid, html = events.start_finetune(ctx, ds, tasks, steps, rank, lr, name, n_eval)
@@ -251,16 +258,18 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                           adapter: str = "auto", n_candidates: int = 50, k: int = 10) -> dict:
             """Recommendations for a history of item titles (oldest first): profile, SASRec candidates
             and the reranked top-k with explanations."""
-            ctx.wait_ready(120)
-            try:
-                data = events.run_recommendation(ctx, history, dataset, ranker, adapter, n_candidates, k)
+            ctx.wait_ready(300)
+            try:  # scripts would rather wait than retry: up to 10 minutes for a dataset to be prepared
+                data = events.run_recommendation(ctx, history, dataset, ranker, adapter, n_candidates, k,
+                                                 wait=600)
             except Exception as e:  # noqa: BLE001 - a clean error for the client, not a traceback
                 raise gr.Error(events.friendly_error(e)) from None
             return events.api_result(data)
 
-        def status_api() -> dict:
-            """Whether the model is loaded, and what the app is doing."""
-            return ctx.status()
+        def status_api(dataset: str = default) -> dict:
+            """Whether the model is loaded and the dataset prepared ("state": "ready"), and what the
+            app is doing."""
+            return ctx.status(dataset)
 
         gr.api(recommend_api, api_name="recommend", concurrency_limit=2, concurrency_id="recommend")
         gr.api(status_api, api_name="status", queue=False)

@@ -153,7 +153,11 @@ def _sort_key(user_ids: pd.Series) -> np.ndarray:
 def resolve_folder(name: str | None = None, data_dir: str | None = None, root: str | None = None) -> Path:
     """Folder for ``--data-dir PATH`` or a built-in name under the data root."""
     if data_dir:
-        return Path(data_dir).expanduser()
+        folder = Path(data_dir).expanduser()
+        if not folder.is_dir():
+            raise DataError(f"{folder} is not a folder: --data-dir needs a folder holding "
+                            "interactions.csv + items.csv (or a MovieLens layout)")
+        return folder
     if name not in BUILTIN_FOLDERS:
         raise DataError(f"unknown dataset {name!r}: use one of {sorted(BUILTIN_FOLDERS)} "
                         "or --data-dir PATH")

@@ -169,8 +169,10 @@ def download(name: str, root: str | Path, url: str | None = None, force: bool = 
         log(f"{name} is already at {target} (use --force to download it again)")
         return target
     url = url or source.url
+    made_root = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.download-", dir=root))
+    done = False
     try:
         zip_path = work / "download.zip"
         log(f"downloading {url}")
@@ -205,11 +207,14 @@ def download(name: str, root: str | Path, url: str | None = None, force: bool = 
             "files": {rel: sha256_file(out / PurePosixPath(rel).name) for rel in source.files},
         }, indent=2))
         _move_into_place(out, target)
+        done = True
         log(f"{name}: {len(ds.users):,} users, {ds.n_items:,} items, {ds.n_interactions:,} interactions "
             f"-> {target}")
         return target
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if made_root and not done and not any(root.iterdir()):
+            root.rmdir()  # a failed first download leaves no empty data root either
 
 
 def _move_into_place(new: Path, target: Path) -> None:

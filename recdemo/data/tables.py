@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -39,27 +40,28 @@ def read_table(path: str | Path, required: list[str], *, numeric: dict[str, str]
     if not path.is_file():
         raise DataError("file not found", file=str(path))
     expected = list(names or required) + [f"[{o}]" for o in optional if not names]
-    _check_size(path, fname, max_mb)
-    raw = path.read_bytes()
-    if not raw.strip():
+    _check_size(path, fname, max_mb, sep, encoding, names)
+    text = _decode(path.read_bytes(), encoding, fname, sep, names)
+    if not text.strip():
         what = "data rows" if names else "a header line: " + ",".join(expected)
         raise DataError(f"the file is empty; it should start with {what}", file=fname, line=1,
                         column=(names or required or [None])[0])
-    text = _decode(raw, encoding, fname, sep, names)
-    del raw
+
+    def check_header(header: list[str]) -> None:  # before any row is looked at
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise DataError(f"missing column {missing[0]!r}: the header is {','.join(header)!r}, "
+                            f"expected {','.join(expected)}", file=fname, line=1, column=missing[0])
+
     if len(sep) > 1:
         header, df = _parse_split(text, sep, names, fname)
     elif len(text) <= EXACT_PARSE_MB * 2**20:
-        header, df = _parse_exact(text, sep, names, fname)
+        header, df = _parse_exact(text, sep, names, fname, check_header)
     else:
         header, df = _parse_fast(text, sep, names, fname, numeric or {})
         if df is None:  # the C parser disliked something: the exact scan finds and names it
-            header, df = _parse_exact(text, sep, names, fname)
-
-    missing = [c for c in required if c not in header]
-    if missing:
-        raise DataError(f"missing column {missing[0]!r}: the header is {','.join(header)!r}, expected "
-                        f"{','.join(expected)}", file=fname, line=1, column=missing[0])
+            header, df = _parse_exact(text, sep, names, fname, check_header)
+    check_header(header)
     if len(df) == 0:
         raise DataError("the header is there but no data rows follow it", file=fname,
                         line=2 if not names else 1, column=header[0])
@@ -77,22 +79,33 @@ def line_of(df: pd.DataFrame, row: int) -> int:
 
 # -- checks before parsing ----------------------------------------------------------------------
 
-def _check_size(path: Path, fname: str, max_mb: float) -> None:
+def _check_size(path: Path, fname: str, max_mb: float, sep: str, encoding: str,
+                names: list[str] | None) -> None:
+    """Refuse a file over the limit, saying where in it the limit falls (line and field), so the
+    user knows how much of it would fit."""
     size = path.stat().st_size
     limit = int(max_mb * 2**20)
     if size <= limit:
         return
-    lines = 1
-    with path.open("rb") as f:  # count lines up to the limit: tells the user how much would fit
+    lines, head, tail = 1, b"", b""
+    with path.open("rb") as f:  # read only up to the limit
         remaining = limit
         while remaining > 0:
             chunk = f.read(min(remaining, 2**22))
             if not chunk:
                 break
+            head = head or chunk
             lines += chunk.count(b"\n")
+            cut = chunk.rfind(b"\n")
+            tail = chunk[cut + 1:] if cut >= 0 else (tail + chunk)[-2**20:]
             remaining -= len(chunk)
-    raise DataError(f"the file is {size / 2**20:.1f} MB, over the {max_mb:g} MB limit (the limit is "
-                    "reached on this line); split the file or raise the limit", file=fname, line=lines)
+    field = tail.decode(encoding, "replace").count(sep) + 1  # quotes ignored: a close guess is enough
+    end = head.find(b"\n")
+    header = names or [h.strip() for h in (head if end < 0 else head[:end]).decode(
+        encoding, "replace").lstrip("\ufeff").split(sep)]
+    column = header[field - 1] if field <= len(header) else field
+    raise DataError(f"the file is {size / 2**20:.1f} MB, over the {max_mb:g} MB limit, which is reached "
+                    "here; split the file or raise the limit", file=fname, line=lines, column=column)
 
 
 def _decode(raw: bytes, encoding: str, fname: str, sep: str, names: list[str] | None) -> str:
@@ -163,13 +176,15 @@ def _ragged(header: list[str], row: list[str], line: int, fname: str) -> DataErr
                      file=fname, line=line, column=width + 1)
 
 
-def _parse_exact(text: str, sep: str, names: list[str] | None, fname: str):
+def _parse_exact(text: str, sep: str, names: list[str] | None, fname: str, check_header=None):
     records = _scan(text, sep, fname)
     if names:
         header = list(names)
     else:
         first = next(records, None)
         header = _check_header(first[1] if first else [], fname)
+        if check_header:
+            check_header(header)
     width = len(header)
     rows, lines = [], []
     for line, row in records:
@@ -201,10 +216,12 @@ def _parse_fast(text: str, sep: str, names: list[str] | None, fname: str, numeri
     dtypes = defaultdict(lambda: str, {c: "int64" if k == "int" else "float64"
                                        for c, k in numeric.items() if k in ("int", "float")})
     try:
-        df = pd.read_csv(io.StringIO(text), sep=sep, dtype=dtypes, keep_default_na=False, na_values=[],
-                         index_col=False, header=None if names else 0, names=names,
-                         skipinitialspace=True)
-    except (pd.errors.ParserError, ValueError, TypeError):
+        with warnings.catch_warnings():  # "loss of data" is a warning in pandas: make it fail here
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            df = pd.read_csv(io.StringIO(text), sep=sep, dtype=dtypes, keep_default_na=False,
+                             na_values=[], index_col=False, header=None if names else 0, names=names,
+                             skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.ParserWarning, ValueError, TypeError):
         return None, None
     header = _check_header(list(df.columns), fname) if not names else list(names)
     df.columns = header

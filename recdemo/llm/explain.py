@@ -121,7 +121,7 @@ class Explainer:
     """``explain(history, items) -> list[Explanation]`` (see module doc)."""
 
     def __init__(self, service, dataset, retriever=None, text_index=None, knn=None, max_history: int = 20,
-                 n_evidence: int = 3, max_new_tokens: int = 20, use_llm: bool = True):
+                 n_evidence: int = 3, max_new_tokens: int = 16, use_llm: bool = True):
         self.service, self.dataset, self.catalog = service, dataset, dataset.catalog
         self.retriever, self.text_index, self._knn = retriever, text_index, knn
         self.domain = P.domain_for(self.catalog)

@@ -44,6 +44,7 @@ def write_dir_atomically(target: str | Path, write: Callable[[Path], None]) -> P
     old = None
     try:
         write(tmp)
+        _readable(tmp)
         if target.exists():
             old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(target, old)
@@ -56,6 +57,14 @@ def write_dir_atomically(target: str | Path, write: Callable[[Path], None]) -> P
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def _readable(folder: Path) -> None:
+    """mkdtemp makes a private (0700) folder; an adapter folder is ordinary readable data."""
+    folder.chmod(0o755)
+    for f in folder.iterdir():
+        if f.is_file():
+            f.chmod(0o644)
 
 
 def recover_dir(target: str | Path) -> None:

