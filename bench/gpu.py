@@ -18,7 +18,8 @@ their values) is wrapped in ``recdemo.llm.models.LLM`` + ``LLMService`` and driv
 Every figure stands next to its arithmetic limit, max(FLOPs / measured matmul FLOP/s, weight bytes /
 measured copy bandwidth) for inference, FLOPs / matmul FLOP/s for training (FLOPs and bytes of the
 calls actually made, see gpu_setup.CallLog and Cost); ratio = limit / measured time.
-Peak memory (GB = 1e9 bytes, torch.cuda.max_memory_allocated) is CUDA-only (None on CPU). Writes bench/results/gpu-<device>.json and .md (the table).
+Peak memory (GB = 1e9 bytes, torch.cuda.max_memory_allocated) is CUDA-only (None on CPU).
+Writes bench/results/gpu-<device>.json and .md (the table).
 """
 from __future__ import annotations
 
@@ -174,12 +175,11 @@ def bench_lora(ctx, targets: str, seq: int) -> dict:
     pad = ctx.llm.tokenizer.pad_token_id
     ctx.dev.reset_peak()
     torch.manual_seed(0)
-    model = optimizer = params = None
+    model = optimizer = params = accelerator = None
     try:
         model = add_lora(trainable_base(ctx.service, copy_base=False), spec)  # the served weights, shared
-        if a.grad_checkpointing:
+        if a.grad_checkpointing:  # (transformers also makes the embedding output require grad)
             model.gradient_checkpointing_enable()
-            model.enable_input_require_grads()
         accelerator = make_accelerator(ctx.dev.device)
         params = [p for p in model.parameters() if p.requires_grad]
         n_trainable = sum(p.numel() for p in params)
@@ -198,7 +198,7 @@ def bench_lora(ctx, targets: str, seq: int) -> dict:
             return loss.detach()
 
         times, flops = [], []
-        log = CallLog(accelerator.unwrap_model(model))  # the positions the decoder and the output projection actually ran on
+        log = CallLog(accelerator.unwrap_model(model))  # positions the decoder and output projection ran on
         try:
             for s in range(a.train_steps + 2):  # 2 warm-up steps
                 log.reset()
@@ -211,8 +211,13 @@ def bench_lora(ctx, targets: str, seq: int) -> dict:
             log.close()
         peak = ctx.dev.peak_gb()  # weights + LoRA + its gradients and AdamW moments + activations
     finally:
-        del optimizer, model, params
+        if hasattr(accelerator, "free_memory"):
+            accelerator.free_memory()  # accelerate keeps references to what it prepared
+        del optimizer, model, params, accelerator
         trainable_base(ctx.service, copy_base=False)  # strips the LoRA layers from the served model again
+        if a.grad_checkpointing:
+            ctx.llm.model.gradient_checkpointing_disable()
+            ctx.llm.model.disable_input_require_grads()
         ctx.llm.model.eval()
         ctx.dev.reset_peak()
     tokens = a.micro_batch * seq

@@ -259,7 +259,8 @@ def print_table(r: dict) -> None:
         print(f"profile   p50 {p['p50_s']:.2f} s   p90 {p['p90_s']:.2f} s   ({p['users']} users)")
     for name, v in r.get("rerank", {}).items():
         extra = f"   trie build {v['trie_build_s']:.1f} s" if "trie_build_s" in v else ""
-        print(f"rerank    {name:<8} p50 {v['p50_s']:.2f} s   p90 {v['p90_s']:.2f} s   prompt {v['prompt_tokens']:.0f} tok"
+        print(f"rerank    {name:<8} p50 {v['p50_s']:.2f} s   p90 {v['p90_s']:.2f} s   "
+              f"prompt {v['prompt_tokens']:.0f} tok"
               f"   +{v['tree_or_generated_tokens']:.0f} tok   {v['forwards']:.0f} forwards{extra}"
               f"   (load avg {v['load_avg']:.1f})")
     if "train" in r:

@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show genres/categories in training histories (longer prompts)")
     p.add_argument("--no-rank-eval", action="store_true", help="validation loss only, no ranking metrics")
     p.add_argument("--threads", type=int, help="CPU threads for torch (on a busy shared CPU, 1 can be much faster)")
+    p.add_argument("--grad-checkpointing", action="store_true", help="less GPU memory, ~30%% slower steps")
 
     p = sub.add_parser("demo", help="launch the Gradio app")
     _dataset_flags(p)

@@ -155,6 +155,13 @@ def test_titles_are_escaped():
     assert "<script>" not in html and "&lt;script&gt;" in html
 
 
+def test_missing_scores_render_as_dash():
+    rec = {"results": [{"rank": 1, "title": "A", "retrieval_rank": None, "score": None}],
+           "candidates": [{"rank": 1, "index": 0, "title": "A", "score": float("nan")}]}
+    assert "score — · outside SASRec top-N" in render.cards_html(rec)
+    assert '<td class="rd-num">—</td>' in render.candidates_html(rec)
+
+
 def test_move_badge():
     assert render.move_badge(1, 15) == ("▲ up 14", "up")
     assert render.move_badge(4, 1) == ("▼ down 3", "down")

@@ -118,6 +118,16 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(service, toy_data
         assert torch.allclose(a[k], b[k], atol=1e-6), k
 
 
+def test_gradient_checkpointing_trains_the_same_weights(service, toy_dataset, tmp_path):
+    for name, gc in (("plain", False), ("gc", True)):
+        run_finetune(spec_for(tmp_path / "adapters" / name, steps=2, eval_every=0, rank_eval=False,
+                              gradient_checkpointing=gc), toy_dataset, service)
+    a = load_file(str(tmp_path / "adapters" / "plain" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "adapters" / "gc" / "adapter_model.safetensors"))
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+
+
 def test_resume_ignores_state_from_a_different_run(service, toy_dataset, tmp_path):
     out = tmp_path / "adapters" / "x"
     cancel = threading.Event()

@@ -79,16 +79,18 @@ def test_tiny_run_writes_every_figure(bench, tokenizer_dir, tmp_path):
     assert table.startswith("### TINY CPU SMOKE RUN (not GPU figures)") and "| score rerank" in table
 
 
-def test_lora_bench_gives_the_served_model_back_unchanged(bench, tokenizer_dir, tmp_path):
-    args = bench.parse_args(tiny_args(tmp_path, tokenizer_dir))
+@pytest.mark.parametrize("extra", [[], ["--grad-checkpointing"]])
+def test_lora_bench_gives_the_served_model_back_unchanged(bench, tokenizer_dir, tmp_path, extra):
+    args = bench.parse_args(tiny_args(tmp_path, tokenizer_dir, *extra))
     ctx, _ = bench.setup(args, str(tmp_path))
     ids = torch.arange(5, 25)[None]
     before = ctx.llm.model(input_ids=ids).logits
     out = bench.bench_lora(ctx, "q_proj,v_proj", 32)
-    assert out["steps"] == 1 and positive(out["step_ms"])
+    assert out["steps"] == 1 and positive(out["step_ms"]) and out["grad_checkpointing"] == bool(extra)
     assert not any("lora" in name for name, _ in ctx.llm.model.named_modules())
-    assert not ctx.llm.model.training
-    assert torch.equal(ctx.llm.model(input_ids=ids).logits, before)
+    assert not ctx.llm.model.training and not ctx.llm.model.is_gradient_checkpointing
+    after = ctx.llm.model(input_ids=ids).logits
+    assert torch.equal(after, before) and not after.requires_grad  # frozen, no input-grad hook left
 
 
 def test_training_sequences_have_the_exact_length_and_end_with_the_answer(bench, tokenizer_dir, tmp_path):

@@ -99,7 +99,7 @@ def cards_html(rec: dict) -> str:
             + (f'<p class="rd-why">{_e(rationale)}</p>' if rationale else "")
             + (f'<div class="rd-because">Because of</div>{_evidence(r.get("evidence") or [])}'
                if r.get("evidence") else "")
-            + f'<div class="rd-score">score {float(r.get("score", 0.0)):.3f} · {_e(sasrec)}</div></div>')
+            + f'<div class="rd-score">score {_num(r.get("score"))} · {_e(sasrec)}</div></div>')
     return f'<div class="rd-cards">{"".join(cards)}</div>'
 
 
@@ -112,7 +112,7 @@ def candidates_html(rec: dict) -> str:
         cls = ' class="rd-picked"' if llm else ""
         rows.append(f'<tr{cls}><td class="rd-num">{_e(c.get("rank", ""))}</td>'
                     f'<td>{_e(c.get("title", ""))}<div class="rd-attrs">{_e(", ".join(c.get("attributes") or []))}'
-                    f'</div></td><td class="rd-num">{float(c.get("score", 0.0)):.3f}</td><td>'
+                    f'</div></td><td class="rd-num">{_num(c.get("score"))}</td><td>'
                     + (f'<span class="rd-llm">#{llm}</span>' if llm else "") + '</td></tr>')
     return (f'<div class="rd-panel rd-table-wrap"><div class="rd-h">SASRec top-{len(cands)} candidates</div>'
             '<table class="rd-table"><thead><tr><th>#</th><th>Title · attributes</th><th>Score</th>'
@@ -204,7 +204,11 @@ def task_choices() -> list[tuple[str, str]]:
 
 
 def _num(x) -> str:
-    return "—" if x is None else f"{float(x):.3f}"
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return "—"
+    return "—" if x != x else f"{x:.3f}"  # None / NaN (a ranker that gave no score) -> a dash
 
 
 def _fmt_s(seconds) -> str:

@@ -18,7 +18,8 @@ Also reported: ``valid_ratio`` (returned items that are distinct and valid - in 
 or for genrec in the catalog and not in the history - over all returned items, counted on the
 outputs), ``auc`` (for rankers that score every candidate: the target against the other candidates,
 by the LLM's own score, over users whose target was retrieved; ``baseline_auc`` the same with
-SASRec's scores), latency percentiles of the ranker call (LLM + fusion), ``candidate_recall``.
+SASRec's scores), latency percentiles of the ranker's LLM call per user (``score_list``; fusion adds
+microseconds), ``candidate_recall`` (targets inside SASRec's top-N: the ceiling of any reranker).
 Profiles are the heuristic profile (``llm.profile.heuristic_profile``), as in fine-tuning examples.
 """
 from __future__ import annotations
@@ -97,13 +98,8 @@ def evaluate_rerank(ranker, dataset, retriever, split: str = "test", users: int 
     chosen = table.get(weight) or metrics_from_ranks([_rank(s, t, weight, k) for s, t, *_ in lists], cuts)
     base = metrics_from_ranks(base_ranks, cuts)
 
-    returned = valid = 0
-    for scored, target, history, cand_set in lists:
-        final = _final(scored, weight, k)
-        returned += len(final)
-        ok = (lambda i: 0 <= i < dataset.n_items and i not in set(history)) if ranker.name == "genrec" \
-            else (lambda i: i in cand_set)
-        valid += sum(1 for j, i in enumerate(final) if ok(i) and i not in final[:j])
+    valid_ratio, returned = _valid_ratio(lists, weight, k, dataset.n_items, ranker.name == "genrec")
+    llm_valid_ratio, _ = _valid_ratio(lists, 1.0, k, dataset.n_items, ranker.name == "genrec")
     auc, base_auc = _auc(lists) if ranker.name != "genrec" else (None, None)
     lat = np.asarray(latency) * 1000.0
     return {
@@ -118,7 +114,8 @@ def evaluate_rerank(ranker, dataset, retriever, split: str = "test", users: int 
         "lift": (chosen.get(f"ndcg@{k}", 0.0) / base[f"ndcg@{k}"]) if base.get(f"ndcg@{k}") else None,
         "fusion_weight": weight, "fusion_source": source,
         "ndcg_by_weight": {str(w): m.get(f"ndcg@{k}") for w, m in table.items()},
-        "valid_ratio": valid / returned if returned else 0.0, "returned_per_user": returned / len(cases),
+        "valid_ratio": valid_ratio, "llm_valid_ratio": llm_valid_ratio,
+        "returned_per_user": returned / len(cases),
         "candidate_recall": retrieved / len(cases), "auc": auc, "baseline_auc": base_auc,
         "latency_ms_p50": float(np.percentile(lat, 50)), "latency_ms_p90": float(np.percentile(lat, 90)),
     }
@@ -132,6 +129,20 @@ def _final(scored, weight: float, k: int) -> list[int]:
     else:
         order = fused_order(scored.sasrec, scored.llm, weight)
     return [int(scored.items[i]) for i in order[:k]]
+
+
+def _valid_ratio(lists, weight: float, k: int, n_items: int, generative: bool) -> tuple[float, int]:
+    """(distinct valid items / returned items, returned items) over every user's final list.
+    Valid: a candidate of that user (generative: a catalog item outside the user's history)."""
+    returned = valid = 0
+    for scored, _, history, cand_set in lists:
+        final, seen, past = _final(scored, weight, k), set(), set(history)
+        returned += len(final)
+        for i in final:
+            ok = (0 <= i < n_items and i not in past) if generative else i in cand_set
+            valid += ok and i not in seen
+            seen.add(i)
+    return (valid / returned if returned else 0.0), returned
 
 
 def _rank(scored, target: int, weight: float, k: int) -> int:
@@ -200,7 +211,8 @@ def format_table(m: dict) -> str:
             (f"{m['ranker']} fused w={m['fusion_weight']:.1f}", m[f"ndcg@{k}"], m[f"hr@{k}"])]
     lines = [f"{a:<28}{b:>10}{c:>10}" if isinstance(b, str)
              else f"{a:<28}{b:>10.4f}{c:>10.4f}" for a, b, c in rows]
-    extra = [f"users {m['users']} ({m['split']}), valid_ratio {m['valid_ratio']:.3f}, "
+    extra = [f"users {m['users']} ({m['split']}), valid_ratio {m['valid_ratio']:.3f} "
+             f"(LLM alone {m['llm_valid_ratio']:.3f}), "
              f"latency p50 {m['latency_ms_p50']:.0f} ms / p90 {m['latency_ms_p90']:.0f} ms, "
              f"candidate recall {m['candidate_recall']:.3f}"]
     if m.get("auc") is not None:

@@ -71,6 +71,7 @@ class FineTuneSpec:
     out: str = ""  # adapter folder, e.g. checkpoints/adapters/movielens-small
     resume: bool = True  # continue from <out>.partial when it matches this spec
     copy_base: bool = True  # train on a copy of the service's base model (see module docstring)
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
 
     def __post_init__(self):
         self.tasks = check_tasks(self.tasks)
@@ -136,7 +137,10 @@ def run_finetune(spec: FineTuneSpec, dataset, service, retriever=None, progress=
     # 2. Model: a fresh LoRA on (a copy of) the base; the seed fixes LoRA init and dropout.
     torch.manual_seed(spec.seed)
     random.seed(spec.seed)
-    model = add_lora(trainable_base(service, spec.copy_base), spec)
+    base = trainable_base(service, spec.copy_base)
+    if spec.gradient_checkpointing:  # a 7B model's activations at long sequences outgrow the GPU
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = add_lora(base, spec)
     accelerator = make_accelerator(llm.device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)

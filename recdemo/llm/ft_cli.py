@@ -25,6 +25,8 @@ def spec_from_args(args):
             values[name] = getattr(args, flag)
     if getattr(args, "no_rank_eval", False):
         values["rank_eval"] = False
+    if getattr(args, "grad_checkpointing", False):
+        values["gradient_checkpointing"] = True
     return FineTuneSpec(**values)
 
 
