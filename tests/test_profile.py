@@ -122,6 +122,20 @@ def test_generator_with_tiny_llm_grounds_and_caches(tiny_service, toy_dataset, m
     assert len(calls) == 1
 
 
+@pytest.mark.parametrize("raw", [
+    "Keywords: comedy, drama\nSummary: The user enjoys comedy, drama, romance, comedy, drama, action",  # loops
+    "Keywords: sci-fi\nSummary: The user likes action-packed science fiction about space.",  # the example's
+    "Keywords: comedy\nSummary: The user",  # nothing said
+])
+def test_bad_summaries_fall_back_to_the_template(tiny_service, toy_dataset, monkeypatch, raw):
+    gen = ProfileGenerator(tiny_service, toy_dataset.catalog)
+    monkeypatch.setattr(gen, "_write", lambda *a: raw)
+    history = [int(i) for i in toy_dataset.sequences[2]]
+    profile = gen.generate(history)
+    assert profile.summary.startswith("The user mostly watched ")
+    assert toy_dataset.catalog.titles[history[-1]] in profile.summary
+
+
 @pytest.mark.integration
 def test_smollm2_profile_is_grounded_in_the_history():
     from recdemo.config import Config

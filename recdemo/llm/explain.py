@@ -19,6 +19,7 @@ import numpy as np
 from ..data.catalog import natural_title, normalize_title, title_variants
 from ..types import Explanation
 from . import prompts as P
+from .profile import repetitive
 
 CONNECTORS = {"of", "the", "a", "an", "de", "la", "le"}  # inside a title-like span ("Lord of the Rings");
 # "and" splits spans, so "Toy Story and Shrek" is checked as two titles (each part of a title still passes)
@@ -27,7 +28,7 @@ DANGLING = CONNECTORS | {"and", "or", "in", "to", "on", "for", "from", "with", "
 HARMLESS = {"i", "they", "the", "a", "an", "this", "it", "its", "like", "both", "but", "and", "as", "if",
             "because", "since", "while", "with", "you", "your", "user", "users", "fans", "fan"}
 SENTENCE_END = re.compile(r"(?<=[.!?])\s")
-META = re.compile(r"\b(sentences?|titles?|listed|recommendations?|in common with them|as an ai)\b", re.I)
+META = re.compile(r"\b(sentences?|titles?|names?|listed|recommendations?|in common with them|as an ai)\b", re.I)
 
 
 def short_title(title: str, max_words: int = 8) -> str:
@@ -243,19 +244,6 @@ class Explainer:
         tails = self.service.generate(prompts, max_new_tokens=self.max_new_tokens, stop_strings=["\n", ". "],
                                       adapter=adapter)
         return list(zip(prefixes, tails))
-
-
-def repetitive(text: str) -> bool:
-    """A word pair said twice, or a longer word said three times: a small model looping."""
-    words = re.findall(r"[a-z']+", text.lower())
-    pairs = list(zip(words, words[1:]))
-    if len(pairs) != len(set(pairs)):
-        return True
-    counts: dict[str, int] = {}
-    for w in words:
-        if len(w) >= 4:
-            counts[w] = counts.get(w, 0) + 1
-    return any(n >= 3 for n in counts.values())
 
 
 def tidy(sentence: str) -> str:

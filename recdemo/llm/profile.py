@@ -145,6 +145,16 @@ def parse_profile(text: str) -> tuple[list[str], str]:
     return keywords, first_sentences(summary)
 
 
+def repetitive(text: str) -> bool:
+    """A word pair said twice, or a longer word said three times: a small model looping."""
+    words_ = re.findall(r"[a-z']+", str(text).lower())
+    pairs = list(zip(words_, words_[1:]))
+    if len(pairs) != len(set(pairs)):
+        return True
+    counts = Counter(w for w in words_ if len(w) >= 4)
+    return any(n >= 3 for n in counts.values())
+
+
 def first_sentences(text: str, n: int = 2, max_chars: int = 300) -> str:
     text = re.sub(r"\s+", " ", text).strip()
     parts = re.split(r"(?<=[.!?])\s+", text)
@@ -255,7 +265,7 @@ class ProfileGenerator:
             raw = self._write(llm, prompt)
         llm_keywords, summary = parse_profile(raw)
         keywords = build_keywords(self.catalog, hist, llm_keywords)
-        if len(summary.split()) < 3:
+        if len(summary.split()) < 3 or repetitive(summary) or self._copied_example(summary):
             summary = template_summary(self.catalog, hist, [k for k in keywords if k.grounded])
         profile = Profile(keywords=keywords, summary=summary, prompt=prompt, raw=raw)
         with self._cache_lock:
@@ -263,6 +273,12 @@ class ProfileGenerator:
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return profile
+
+    def _copied_example(self, summary: str) -> bool:
+        """The worked example's summary repeated word for word says nothing about this user."""
+        example = P.PROFILE_EXAMPLES.get(self.domain.items, P.PROFILE_EXAMPLES["products"])[1]
+        copied = example.split("Summary:", 1)[-1]
+        return re.sub(r"\W+", " ", summary).strip().lower() == re.sub(r"\W+", " ", copied).strip().lower()
 
     def _write(self, llm, prompt: str) -> str:
         """The answer text: PROFILE_PREFIX + keyword line + newline + PROFILE_SUMMARY_PREFIX + sentence."""
