@@ -30,7 +30,10 @@ def test_missing_builtin_dataset_says_how_to_download(tmp_path):
     from recdemo.config import Config
 
     c = AppContext(Config().set("data", "root", str(tmp_path / "nodata")), upload_root=str(tmp_path / "up"))
-    titles, msg = events.search(c, "amazon-beauty", "lipstick")
+    with pytest.raises(ValueError, match="data download amazon-beauty"):
+        c.ensure_ready("amazon-beauty", wait=120)  # the first time includes importing the pipeline
+    assert c.status("amazon-beauty")["state"] == "error"
+    titles, msg = events.search(c, "amazon-beauty", "lipstick")  # retried, fails fast
     assert titles == [] and "python -m recdemo data download amazon-beauty" in msg
     out = events.recommend(c, ["Toy Story (1995)"], "movielens-small", "score", "auto", 50, 10)
     assert not out["ok"] and "data download movielens-small" in out["message"]
@@ -227,6 +230,9 @@ def test_finetune_runs_in_background_and_new_adapter_is_selectable(ctx):
     assert len(st["losses"]) == 5 and st["losses"][-1][1] < st["losses"][0][1]
     assert "HR@10" in st["html"] and "+0.040" in st["html"]
     assert ("ml-ft", "ml-ft") in events.adapter_choices(ctx)
+    assert events.next_adapter_name(ctx, "movielens-small") == "movielens-small-ft1"
+    events.start_finetune(ctx, "movielens-small", ["recommend"], 1, 8, 2e-4, "movielens-small-ft1")
+    assert events.next_adapter_name(ctx, "movielens-small") == "movielens-small-ft2"  # queued/running counts
     # the new adapter is passed through to the recommender
     events.recommend(ctx, ["Heat (1995)"], "movielens-small", "score", "ml-ft", 50, 10)
     assert ctx.recs["movielens-small"].calls[-1]["adapter"] == "ml-ft"

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from recdemo.llm.fusion import (FusionStore, fuse, fused_order, lookup_weight, normalize, select_weight,
-                                weight_key)
+from recdemo.llm.fusion import (FusionStore, fuse, fused_order, gain_p_value, lookup_weight, normalize,
+                                select_weight, weight_key)
 
 
 def test_rank_normalization_handles_ties():
@@ -87,3 +87,13 @@ def test_lookup_order_json_then_meta_then_default(tmp_path):
     assert lookup_weight(store, _DS, "m", "ad", "score", {"fusion": {"score": 0.6}}, 0.2)[0] == 0.4
     (tmp_path / "toy.json").write_text("{broken")
     assert lookup_weight(store, _DS, "m", "ad", "score", None, 0.2)[0] == 0.2  # never fatal
+
+
+def test_a_gain_that_is_only_noise_keeps_the_weight_at_zero():
+    # a tiny, random LLM signal: some weight wins on these users by luck, but not significantly
+    rng = np.random.default_rng(5)
+    lists = [(np.sort(rng.random(50))[::-1], rng.random(50), int(rng.integers(0, 50))) for _ in range(40)]
+    w_free, table = select_weight(lists, alpha=None)
+    assert w_free > 0 and table[w_free] > table[0.0]  # the unguarded choice chases noise
+    assert select_weight(lists)[0] == 0.0
+    assert gain_p_value(_lists(+1.0), 1.0) < 0.05  # a real gain passes

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import shutil
 import tempfile
 import threading
@@ -18,8 +17,8 @@ from typing import Callable
 
 from ..config import Config
 from ..data.dataset import BUILTIN_FOLDERS
-from ..data.errors import DataError
 from .jobs import FineTuneQueue, Job
+from .uploads import check_name, save_upload
 
 log = logging.getLogger("recdemo.app")
 
@@ -28,7 +27,6 @@ DOMAINS = {"movielens-small": "Movies · MovieLens (small)", "amazon-beauty": "P
 TASKS = {"recommend": "PALR v1 (recommend)", "recommend_retrieval": "PALR v2 (recommend from candidates)",
          "tallrec": "TALLRec (yes/no)", "genrec": "GenRec (next title)"}
 RANKERS = ["palr", "score", "tallrec", "genrec"]
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def friendly_error(e: BaseException) -> str:
@@ -252,37 +250,14 @@ class AppContext:
     # -- uploads --
     def add_upload(self, interactions_path: str, items_path: str, name: str) -> dict:
         """Validate an uploaded pair of files and register them as a dataset named ``name``."""
-        name = (name or "").strip()
-        if not NAME_RE.match(name):
-            raise ValueError("Dataset name: use 1-64 letters, digits, '-', '_' or '.', starting with "
-                             "a letter or digit.")
+        name = check_name(name, "Dataset")
         if name in BUILTIN_FOLDERS or name in self.uploads:
             raise ValueError(f"A dataset named {name!r} already exists; choose another name.")
-        limit = self.cfg.data.max_upload_mb
-        for label, path in (("interactions.csv", interactions_path), ("items.csv", items_path)):
-            if not path:
-                raise ValueError(f"Please upload {label}.")
-            size = Path(path).stat().st_size
-            if size > limit * 2**20:
-                raise DataError(f"the file is {size / 2**20:.1f} MB; uploads are limited to {limit} MB "
-                                "(RECDEMO_MAX_UPLOAD_MB)", file=label)
-        folder = self._upload_root / name
-        folder.mkdir(parents=True, exist_ok=False)
-        try:
-            shutil.copyfile(interactions_path, folder / "interactions.csv")
-            shutil.copyfile(items_path, folder / "items.csv")
-            from ..data.dataset import load_dataset
-            dataset = load_dataset(None, data_dir=str(folder), max_mb=limit)
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
-        if len(dataset.users) < 2 or dataset.n_items < 2:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise DataError("too little data: a dataset needs at least 2 users and 2 items",
-                            file="interactions.csv")
+        folder, summary = save_upload(self._upload_root, interactions_path, items_path, name,
+                                      self.cfg.data.max_upload_mb)
         with self._lock:
-            self.uploads[name] = str(folder)
-        return dataset.summary()
+            self.uploads[name] = folder
+        return summary
 
     # -- fine-tuning (runs on the queue's worker thread) --
     def _run_job(self, job: Job, progress, cancel: threading.Event) -> dict:
@@ -312,10 +287,7 @@ class AppContext:
         return result
 
     def submit_finetune(self, params: dict) -> Job:
-        name = (params.get("adapter") or "").strip()
-        if not NAME_RE.match(name):
-            raise ValueError("Adapter name: use 1-64 letters, digits, '-', '_' or '.', starting with "
-                             "a letter or digit.")
+        name = check_name(params.get("adapter"), "Adapter")
         if name in self.adapters():
             raise ValueError(f"An adapter named {name!r} already exists; choose another name so the "
                              "existing one keeps working.")

@@ -1,6 +1,7 @@
 """The functions the UI calls, as plain functions of plain values (ui.py only wires them to
 components). Every function that can fail returns a friendly message instead of raising, except
-``api_recommend``, whose caller (gradio's API) turns a raised ``gr.Error`` into a clean error."""
+``run_recommendation``, whose callers (``recommend`` here, the /recommend API in ui.py) turn
+its exceptions into a message or a clean ``gr.Error``."""
 from __future__ import annotations
 
 import json
@@ -101,6 +102,15 @@ def persona_history(ctx: AppContext, dataset: str, name: str | None) -> list[str
 def adapter_choices(ctx: AppContext) -> list[tuple[str, str]]:
     return ([("auto (the dataset's own adapter if trained)", ADAPTER_AUTO), ("none (base model)", ADAPTER_NONE)]
             + [(a, a) for a in ctx.adapters()])
+
+
+def next_adapter_name(ctx: AppContext, dataset: str) -> str:
+    """'<dataset>-ft<n>' with the smallest n that is not taken (the default in the name box)."""
+    taken = set(ctx.adapters()) | {s["params"].get("adapter") for s in ctx.jobs.active()}
+    n = 1
+    while f"{dataset}-ft{n}" in taken:
+        n += 1
+    return f"{dataset}-ft{n}"
 
 
 def _adapter_arg(adapter: str | None):

@@ -62,7 +62,7 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
             with gr.Row():
                 ft_lr = gr.Number(2e-4, label="Learning rate", elem_id="rd-ft-lr")
                 ft_eval = gr.Number(32, label="Validation users", precision=0, minimum=2, elem_id="rd-ft-eval")
-            ft_name = gr.Textbox(f"{default}-ft1", label="Adapter name", elem_id="rd-ft-name")
+            ft_name = gr.Textbox(events.next_adapter_name(ctx, default), label="Adapter name", elem_id="rd-ft-name")
             with gr.Row():
                 ft_start = gr.Button("Start fine-tune", variant="primary", elem_id="rd-ft-start")
                 ft_cancel = gr.Button("Cancel", variant="stop", elem_id="rd-ft-cancel")
@@ -230,7 +230,7 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
             mine = list(mine or []) + [name.strip()]
             choices = ctx.datasets(mine)
             return (html, gr.update(choices=choices), gr.update(choices=choices, value=name.strip()),
-                    f"{name.strip()}-ft1", mine)
+                    events.next_adapter_name(ctx, name.strip()), mine)
 
         up_btn.click(on_upload, [up_inter, up_items, up_name, my_uploads],
                      [up_msg, dataset, ft_dataset, ft_name, my_uploads])
@@ -242,15 +242,18 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
         ft_start.click(on_start, [ft_dataset, ft_tasks, ft_steps, ft_rank, ft_lr, ft_name, ft_eval],
                        [job_id, ft_progress, ft_plot, ft_timer])
 
-        def on_tick(jid):
+        def on_tick(jid, ft_ds):
             st = events.poll_finetune(ctx, jid)
             if not st["finished"]:
-                return st["html"], _loss_frame(st["losses"]), gr.skip(), gr.skip()
+                return st["html"], _loss_frame(st["losses"]), gr.skip(), gr.skip(), gr.skip()
             ad = (gr.update(choices=events.adapter_choices(ctx), value=st["adapter"]) if st["adapter"]
                   else gr.update(choices=events.adapter_choices(ctx)))
-            return st["html"], _loss_frame(st["losses"]), ad, gr.Timer(active=False)
+            return (st["html"], _loss_frame(st["losses"]), ad, gr.Timer(active=False),
+                    events.next_adapter_name(ctx, ft_ds))
 
-        ft_timer.tick(on_tick, job_id, [ft_progress, ft_plot, adapter, ft_timer], show_progress="hidden")
+        ft_timer.tick(on_tick, [job_id, ft_dataset], [ft_progress, ft_plot, adapter, ft_timer, ft_name],
+                      show_progress="hidden")
+        ft_dataset.input(lambda ds: events.next_adapter_name(ctx, ds), ft_dataset, ft_name, show_progress="hidden")
         ft_cancel.click(lambda jid: events.cancel_finetune(ctx, jid), job_id, ft_progress)
 
         # ---------------- API for scripts (gradio_client) ----------------

@@ -11,7 +11,8 @@ retrieve counts against the LLM too. ``baseline_*`` is SASRec's own top-k on the
 
 The LLM runs once per user; every fusion weight of ``fusion.GRID`` is then applied to the stored
 scores. ``--split valid`` picks the weight with the best NDCG@10 (ties: the smaller weight; the grid
-holds 0 = SASRec, so on those users fusion never loses to SASRec) and saves it for this
+holds 0 = SASRec, so on those users fusion never loses to SASRec; a weight above 0 must also pass
+a paired bootstrap test against SASRec, ``fusion.select_weight``) and saves it for this
 dataset/model/adapter/ranker; ``--split test`` applies the saved weight; ``--no-fuse`` the LLM alone.
 
 Also reported: ``valid_ratio`` (returned items that are distinct and valid - in the candidate list,
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..llm.fusion import GRID, fused_order, select_weight, weight_key
+from ..llm.fusion import GRID, fused_order, gain_p_value, select_weight, weight_key
 from ..llm.rankers import get_ranker
 from ..types import Candidate, RerankRequest
 from .metrics import metrics_from_ranks
@@ -87,10 +88,13 @@ def evaluate_rerank(ranker, dataset, retriever, split: str = "test", users: int 
     grid = GRID if fusable else (1.0,)
     cuts = sorted({5, k})
     table = {w: metrics_from_ranks([_rank(s, t, w, k) for s, t, *_ in lists], cuts) for w in grid}
-    source = "given"
+    source, significance = "given", {}
     if select and fusable:
-        weight, _ = select_weight([(s.sasrec, s.llm, s.items.index(t) if t in s.items else -1)
-                                   for s, t, *_ in lists], k=k, grid=grid)
+        triples = [(s.sasrec, s.llm, s.items.index(t) if t in s.items else -1) for s, t, *_ in lists]
+        weight, by_weight = select_weight(triples, k=k, grid=grid)
+        top = max(by_weight, key=lambda w: (round(by_weight[w], 12), -w))
+        significance = {"best_weight_by_ndcg": top,
+                        "gain_p_value": gain_p_value(triples, top, k) if top > 0 else None}
         source = "selected on these users"
     elif weight is None:
         weight, _, source = ranker.fusion_weight(adapter) if (ranker.fuse and fusable) else (1.0, "rank", "no-fuse")
@@ -112,7 +116,7 @@ def evaluate_rerank(ranker, dataset, retriever, split: str = "test", users: int 
         "baseline_ndcg@5": base["ndcg@5"], "baseline_mrr": base["mrr"],
         f"llm_only_ndcg@{k}": table[1.0].get(f"ndcg@{k}"), f"llm_only_hr@{k}": table[1.0].get(f"hr@{k}"),
         "lift": (chosen.get(f"ndcg@{k}", 0.0) / base[f"ndcg@{k}"]) if base.get(f"ndcg@{k}") else None,
-        "fusion_weight": weight, "fusion_source": source,
+        "fusion_weight": weight, "fusion_source": source, **significance,
         "ndcg_by_weight": {str(w): m.get(f"ndcg@{k}") for w, m in table.items()},
         "valid_ratio": valid_ratio, "llm_valid_ratio": llm_valid_ratio,
         "returned_per_user": returned / len(cases),
@@ -218,4 +222,7 @@ def format_table(m: dict) -> str:
     if m.get("auc") is not None:
         extra.append(f"AUC (target vs other candidates): LLM {m['auc']:.3f}, SASRec {m['baseline_auc']:.3f}")
     extra.append(f"fusion weight {m['fusion_weight']} ({m['fusion_source']})")
+    if m.get("gain_p_value") is not None:
+        extra.append(f"best weight by NDCG {m['best_weight_by_ndcg']}: gain over SASRec has bootstrap "
+                     f"p = {m['gain_p_value']:.3f} (kept only when < 0.05)")
     return "\n".join(lines + extra)

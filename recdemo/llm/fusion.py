@@ -9,8 +9,9 @@ Both score lists are normalised per list before mixing, because their scales hav
 reproduces SASRec's ranking exactly, and ``w = 1`` is the LLM alone (``--no-fuse``).
 
 The weight is picked on the validation split from ``GRID`` (which contains 0), by NDCG@10 with
-ties going to the smaller weight: on validation users the fused ranker can never score below
-SASRec. Chosen weights are stored per (dataset, model, adapter, ranker) in
+ties going to the smaller weight, and a weight above 0 only when its gain over SASRec passes a
+paired bootstrap test (``select_weight``): on validation users the fused ranker can never score
+below SASRec, and a gain that is only noise of the user sample does not move the weight off 0. Chosen weights are stored per (dataset, model, adapter, ranker) in
 ``<fusion_dir>/<dataset>.json``; an adapter's ``meta.json`` may also carry ``"fusion": {ranker: w}``
 (written by the fine-tune run). Lookup order: the JSON (if its dataset hash still matches), then
 the adapter meta, then ``LLMConfig.fusion_default``.
@@ -77,17 +78,37 @@ def ndcg_at(order: np.ndarray, target_pos: int, k: int) -> float:
     return float(1.0 / np.log2(hits[0] + 2.0)) if len(hits) else 0.0
 
 
+def per_user_ndcg(lists, weight: float, k: int = 10, method: str = "rank") -> np.ndarray:
+    return np.array([ndcg_at(fused_order(s, l, weight, method), t, k) for s, l, t in lists])
+
+
+def gain_p_value(lists, weight: float, k: int = 10, method: str = "rank", resamples: int = 2000,
+                 seed: int = 0) -> float:
+    """One-sided paired bootstrap over users: how often a resample shows no gain of ``weight``
+    over SASRec alone (w = 0). Small = the gain is unlikely to be luck of the user sample."""
+    diff = per_user_ndcg(lists, weight, k, method) - per_user_ndcg(lists, 0.0, k, method)
+    if len(diff) == 0 or not diff.any():
+        return 1.0
+    idx = np.random.default_rng(seed).integers(0, len(diff), size=(resamples, len(diff)))
+    return float((diff[idx].mean(axis=1) <= 0).mean())
+
+
 def select_weight(lists: Sequence[tuple[Sequence[float], Sequence[float], int]], k: int = 10,
-                  grid: Sequence[float] = GRID, method: str = "rank") -> tuple[float, dict[float, float]]:
+                  grid: Sequence[float] = GRID, method: str = "rank",
+                  alpha: float | None = 0.05) -> tuple[float, dict[float, float]]:
     """``lists``: per user (sasrec scores, llm scores, position of the target in the list or -1).
-    Returns the weight with the best mean NDCG@k (ties: the smaller weight) and the whole table."""
+    Returns the weight with the best mean NDCG@k (ties: the smaller weight) and the whole table.
+
+    With ``alpha``, a weight above 0 is kept only if its gain over w = 0 passes the paired bootstrap
+    (``gain_p_value < alpha``); else 0. Picking the best of 11 weights on a few hundred users
+    otherwise chases noise: a weak LLM then "wins" on validation and loses on test."""
     if 0.0 not in grid:
         raise ValueError("the weight grid must contain 0 (SASRec alone), so fusion can never lose to it")
-    table = {}
-    for w in sorted(grid):
-        vals = [ndcg_at(fused_order(s, l, w, method), t, k) for s, l, t in lists]
-        table[float(w)] = float(np.mean(vals)) if vals else 0.0
+    table = {float(w): float(per_user_ndcg(lists, w, k, method).mean()) if len(lists) else 0.0
+             for w in sorted(grid)}
     best = max(table, key=lambda w: (round(table[w], 12), -w))
+    if best > 0 and alpha is not None and gain_p_value(lists, best, k, method) >= alpha:
+        best = 0.0
     return best, table
 
 

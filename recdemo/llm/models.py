@@ -46,9 +46,23 @@ def pick_device(device: str = "auto") -> torch.device:
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype != "auto":
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    # CPU: float32 measured faster than bf16 for a 135M model on 2 cores (bench/llm.py);
-    # CUDA: bf16 halves memory and runs on the tensor cores.
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+    # CUDA: bf16 halves memory and runs on the tensor cores. CPU: bf16 only where the CPU has
+    # AMX bf16 units (measured 2-3.5x faster than fp32 there, bench/explain_profile.py); without
+    # them bf16 matmuls are emulated and slower than fp32.
+    if device.type == "cuda" or cpu_has_amx_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def cpu_has_amx_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "amx_bf16" in line.split()
+    except OSError:
+        pass
+    return False
 
 
 def embedded_gguf(name: str) -> Path:
