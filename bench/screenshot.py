@@ -47,7 +47,7 @@ def main() -> int:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
                                     args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
         page = browser.new_page(viewport={"width": args.width, "height": args.height})
-        page.set_default_timeout(120_000)
+        page.set_default_timeout(400_000)
         page.goto(url)
         page.locator("#rd-recommend").wait_for()
         timing["page_interactive_s"] = time.perf_counter() - t0
