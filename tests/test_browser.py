@@ -63,9 +63,12 @@ def real_app(tmp_path_factory):
         shutil.copytree(cfg.llm.adapter_dir, adapters)
     cfg = cfg.set("llm", "adapter_dir", str(adapters)).set("llm", "ranker", "score")
     # SASRec for the uploaded dataset is trained into a temp folder; movielens' checkpoint is linked.
+    shipped = sorted(Path(cfg.retrieval.checkpoint_dir).glob("sasrec-movielens-small.*"))
+    _need(len(shipped) == 2, "needs the SASRec checkpoint for movielens-small (python -m recdemo train "
+          "--dataset movielens-small); training it here would take minutes")
     ckpt = tmp / "checkpoints"
     ckpt.mkdir()
-    for f in Path(cfg.retrieval.checkpoint_dir).glob("sasrec-movielens-small.*"):
+    for f in shipped:
         (ckpt / f.name).symlink_to(f.resolve())
     cfg = cfg.set("retrieval", "checkpoint_dir", str(ckpt))
     ctx = AppContext(cfg, upload_root=str(tmp / "uploads"))
@@ -93,6 +96,10 @@ def test_pick_three_movies_and_get_ten_explained_recommendations(page, real_app)
     ctx = real_app[1]
     assert ctx.wait_ready(300), "the model did not load"
     assert ctx.ensure_ready("movielens-small", wait=300) is None, "movielens-small was not prepared"
+    page.click("#rd-recommend")  # nothing picked yet: a sentence in the page, no traceback
+    notice = page.locator("#rd-notice .rd-notice")
+    notice.wait_for()
+    assert "Pick at least one item" in notice.inner_text() and "Traceback" not in page.content()
     search = page.locator("#rd-search").locator("input, textarea").first
     for query, title in MOVIES:
         search.fill("")

@@ -131,12 +131,13 @@ def test_gradient_checkpointing_trains_the_same_weights(service, toy_dataset, tm
 def test_resume_ignores_state_from_a_different_run(service, toy_dataset, tmp_path):
     out = tmp_path / "adapters" / "x"
     cancel = threading.Event()
-    run_finetune(spec_for(out, eval_every=0, rank_eval=False), toy_dataset, service,
-                 progress=stop_at(2, cancel), cancel=cancel)
+    run_finetune(spec_for(out, steps=2, eval_every=0, rank_eval=False), toy_dataset, service,
+                 progress=stop_at(1, cancel), cancel=cancel)
+    assert json.loads((ckpt.partial_dir(out) / ckpt.STATE_FILE).read_text())["step"] == 1
     steps = []
-    run_finetune(spec_for(out, eval_every=0, rank_eval=False, lr=1e-3), toy_dataset, service,
+    run_finetune(spec_for(out, steps=2, eval_every=0, rank_eval=False, lr=1e-3), toy_dataset, service,
                  progress=lambda e: e["phase"] == "training" and steps.append(e["step"]))
-    assert steps == [1, 2, 3, 4]
+    assert steps == [1, 2]
 
 
 @pytest.mark.parametrize("how", ["cancel", "crash"])

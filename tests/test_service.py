@@ -21,7 +21,7 @@ def test_model_is_loaded_lazily_from_a_local_folder(tiny_llm, tmp_path):
     folder = tmp_path / "tiny"
     tiny_llm.model.save_pretrained(folder, safe_serialization=True)
     tiny_llm.tokenizer.save_pretrained(folder)
-    svc = LLMService(LLMConfig(model=str(folder), device="cpu", adapter_dir=str(tmp_path / "none")))
+    svc = LLMService(LLMConfig(model=str(folder), device="cpu", dtype="float32", adapter_dir=str(tmp_path / "none")))
     assert not svc.loaded
     assert svc.available_adapters() == []  # listing adapters does not load the model
     assert not svc.loaded

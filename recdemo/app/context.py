@@ -60,6 +60,7 @@ class AppContext:
         self._upload_root = Path(upload_root or tempfile.mkdtemp(prefix="recdemo-uploads-"))
         self.jobs = FineTuneQueue(self._run_job, friendly_error)
         self.model_ready = threading.Event()
+        self.warm_done = threading.Event()  # the throw-away first request has finished (benchmarks wait)
         self.started = time.time()
         self._warm: dict = {"state": "idle", "message": "", "seconds": None}
         self._prep: dict[str, dict] = {}  # dataset -> {"state": preparing|ready|error, "message", ...}
@@ -232,11 +233,13 @@ class AppContext:
                 log.warning("warm-up request failed: %s", e)
         finally:
             self.model_ready.set()  # never leave callers waiting on a failed warm-up
+            self.warm_done.set()
 
     def status(self, dataset: str | None = None) -> dict:
         """The model's state, and ``dataset``'s preparation when it is not ready yet."""
         out = {**self._warm, "uptime_s": round(time.time() - self.started, 1),
-               "model_ready": self.model_ready.is_set(), "finetune_running": self.jobs.running()}
+               "model_ready": self.model_ready.is_set(), "warmed_up": self.warm_done.is_set(),
+               "finetune_running": self.jobs.running()}
         prep = self.prep_state(dataset) if dataset else None
         if prep and prep["state"] != "ready" and out["state"] != "loading":
             out.update(state="loading" if prep["state"] == "preparing" else "error", message=prep["message"])

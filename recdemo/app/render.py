@@ -290,5 +290,6 @@ CSS = """
 .rd-job-info {font-size: .78rem; color: var(--body-text-color-subdued)}
 .rd-metrics {margin-top: 6px}
 #rd-history label, #rd-suggestions label {width: 100%}
+#rd-notice:not(:has(.rd-notice)), #rd-up-msg:not(:has(.rd-notice)) {display: none}
 #rd-recommend {margin-top: 6px}
 """

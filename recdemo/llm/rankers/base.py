@@ -154,7 +154,7 @@ def finish(scored: ScoredList, k: int, weight: float = 1.0, method: str = "rank"
         fused = np.asarray(scored.llm, dtype=np.float64)
     else:
         order = fused_order(scored.sasrec, scored.llm, weight, method)
-        fused = fuse(scored.sasrec, scored.llm, weight, method)
+        fused = np.round(fuse(scored.sasrec, scored.llm, weight, method), 12)  # as fused_order compares
     return [RankedItem(index=int(scored.items[i]), llm_score=float(scored.llm[i]), score=float(fused[i]),
                        retrieval_rank=scored.retrieval_rank[i]) for i in order[:k]]
 

