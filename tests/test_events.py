@@ -199,6 +199,16 @@ def test_upload_valid_pair_adds_dataset(ctx, tmp_path):
     assert not ok and "already exists" in html
 
 
+def test_demo_data_dir_is_the_default_dataset(tmp_path):
+    from recdemo.config import Config
+    folder = tmp_path / "my-shop"
+    folder.mkdir()
+    c = fake_context(tmp_path, cfg=Config().set("data", "data_dir", str(folder)))
+    assert c.default_dataset() == "my-shop" and ("my-shop", "my-shop") in c.datasets()
+    assert events.search(c, "my-shop", "heat")[0][0] == "Heat (1995)"
+    c.close()
+
+
 def test_upload_error_names_file_line_column(ctx, tmp_path):
     inter = ["u1,i1,1", "u1,i2,yesterday"]
     ok, html = events.upload_dataset(ctx, *_write_pair(tmp_path, inter, ["i1,One,", "i2,Two,"]), "bad")

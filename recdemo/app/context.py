@@ -57,6 +57,10 @@ class AppContext:
         self._recs: dict[str, object] = {}
         self._rec_locks: dict[str, threading.Lock] = {}
         self.uploads: dict[str, str] = {}  # dataset name -> folder (this process only)
+        self._local: str | None = None  # `demo --data-dir FOLDER`: that folder is the default dataset
+        if cfg.data.data_dir:
+            self._local = Path(cfg.data.data_dir).expanduser().resolve().name
+            self.uploads[self._local] = str(Path(cfg.data.data_dir).expanduser().resolve())
         self._upload_root = Path(upload_root or tempfile.mkdtemp(prefix="recdemo-uploads-"))
         self.jobs = FineTuneQueue(self._run_job, friendly_error)
         self.model_ready = threading.Event()
@@ -76,6 +80,8 @@ class AppContext:
             return self._service
 
     def default_dataset(self) -> str:
+        if self._local:
+            return self._local
         return self.cfg.data.dataset if self.cfg.data.dataset in BUILTIN_FOLDERS else "movielens-small"
 
     def datasets(self, uploads: list[str] | None = None) -> list[tuple[str, str]]:
@@ -85,7 +91,7 @@ class AppContext:
         if self.default_dataset() not in names:
             names.append(self.default_dataset())
         out = [(DOMAINS.get(n, n), n) for n in names]
-        out += [(f"Uploaded · {n}", n) for n in uploads or [] if n in self.uploads]
+        out += [(f"Uploaded · {n}", n) for n in uploads or [] if n in self.uploads and n != self._local]
         return out
 
     def recommender(self, name: str):

@@ -55,10 +55,7 @@ def check_tasks(tasks) -> list[str]:
 
 def make_profile(catalog, history):
     """The PIPELINE's heuristic profile (no LLM: an LLM profile per example would be far too slow)."""
-    try:
-        from .profile import heuristic_profile
-    except ImportError:  # profile.py not there (yet): prompts say "(no profile)"
-        return None
+    from .profile import heuristic_profile
     return heuristic_profile(catalog, list(history))
 
 
