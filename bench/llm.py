@@ -12,6 +12,7 @@ Measures (reported, never asserted):
 - rerank: ``Ranker.rank`` (LLM + fusion) p50/p90 per ranker over --users users (one warm-up user
   first, not counted; genrec's one-time catalog trie build is reported on its own), with prompt
   token counts and forward calls; candidates from the SASRec checkpoint when present, else popularity;
+  with --adapter (default: the dataset's shipped adapter, if any) score and palr again with it active;
 - train: LoRA (r=8, q_proj,v_proj, the FINETUNE engineer's ``add_lora``) forward + backward + AdamW
   step, tokens/s, next to the arithmetic limit: measured matmul FLOP/s / FLOPs per training token
   (forward 2N + backward 2N for the activations' gradients of the N frozen weights + attention;
@@ -109,13 +110,13 @@ def candidates_source(dataset, cfg):
         return Pop(), "popularity"
 
 
-def bench_rerank(service, dataset, retriever, users, rankers) -> dict:
+def bench_rerank(service, dataset, retriever, users, rankers, adapter=None) -> dict:
     from recdemo.llm.profile import heuristic_profile
     from recdemo.llm.rankers import get_ranker
     from recdemo.types import Candidate, RerankRequest
     out = {}
     for name in rankers:
-        r = get_ranker(name, service, dataset, retriever, adapter=None)
+        r = get_ranker(name, service, dataset, retriever, adapter=adapter)
         extra = {}
         if name == "genrec":
             start = time.perf_counter()
@@ -131,12 +132,13 @@ def bench_rerank(service, dataset, retriever, users, rankers) -> dict:
             if j:  # the first user warms up
                 times.append(time.perf_counter() - start)
                 infos.append(r.last_info)
-        out[name] = {"p50_s": pct(times, 50), "p90_s": pct(times, 90), "users": len(times),
-                     "prompt_tokens": float(np.mean([i.get("prompt_tokens", 0) for i in infos])),
-                     "tree_or_generated_tokens": float(np.mean([i.get("tree_tokens", i.get("generated_tokens", 0))
-                                                                for i in infos])),
-                     "forwards": float(np.mean([i.get("forwards", 0) for i in infos])),
-                     "load_avg": load_avg(), **extra}
+        key = name if adapter is None else f"{name}+{adapter}"
+        out[key] = {"p50_s": pct(times, 50), "p90_s": pct(times, 90), "users": len(times),
+                    "prompt_tokens": float(np.mean([i.get("prompt_tokens", 0) for i in infos])),
+                    "tree_or_generated_tokens": float(np.mean([i.get("tree_tokens", i.get("generated_tokens", 0))
+                                                               for i in infos])),
+                    "forwards": float(np.mean([i.get("forwards", 0) for i in infos])),
+                    "load_avg": load_avg(), **extra}
     return out
 
 
@@ -203,6 +205,8 @@ def main() -> None:
     ap.add_argument("--dtype", default=None, help="dtype for profile/rerank (default: the config's)")
     ap.add_argument("--only", default="load,dtype,profile,rerank,train")
     ap.add_argument("--rankers", default="score,palr,tallrec,genrec")
+    ap.add_argument("--adapter", default="auto", help="also time these rankers with this adapter ('none': skip)")
+    ap.add_argument("--adapter-rankers", default="score,palr")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "llm.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -220,13 +224,14 @@ def main() -> None:
         cfg = replace(cfg, llm=replace(cfg.llm, dtype=args.dtype))
     results: dict = {"machine": {"cpus": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
                                  "cpu_capability": torch.backends.cpu.get_cpu_capability()},
-                     "dataset": args.dataset}
+                     "dataset": args.dataset, "command": "python " + " ".join(sys.argv),
+                     "load_avg_at_start": load_avg()}
     if "load" in only:
         results["load"] = bench_load(cfg)
         torch.set_num_threads(args.threads)
     if "dtype" in only:
         results["dtype"] = bench_dtype(resolve_model_path(cfg.llm.model, cfg.llm.cache_dir),
-                                       sorted({1, args.threads}))
+                                       [1, 2])
         torch.set_num_threads(args.threads)
     dataset = load_dataset(args.dataset, root=cfg.data.root)
     users = pick_users(dataset, args.users)
@@ -238,6 +243,11 @@ def main() -> None:
         retriever, source = candidates_source(dataset, cfg)
         results["candidates"] = source
         results["rerank"] = bench_rerank(service, dataset, retriever, users, args.rankers.split(","))
+        if args.adapter:  # the same rankers with a LoRA adapter active (peft layers, not merged)
+            name = service.resolve_adapter(args.adapter, dataset.name)
+            if name:
+                results["rerank"].update(bench_rerank(service, dataset, retriever, users,
+                                                      args.adapter_rankers.split(","), adapter=name))
     if "train" in only:
         results["train"] = bench_train(load_llm(replace(cfg.llm, dtype="float32")))
 
@@ -259,7 +269,7 @@ def print_table(r: dict) -> None:
         print(f"profile   p50 {p['p50_s']:.2f} s   p90 {p['p90_s']:.2f} s   ({p['users']} users)")
     for name, v in r.get("rerank", {}).items():
         extra = f"   trie build {v['trie_build_s']:.1f} s" if "trie_build_s" in v else ""
-        print(f"rerank    {name:<8} p50 {v['p50_s']:.2f} s   p90 {v['p90_s']:.2f} s   "
+        print(f"rerank    {name:<22} p50 {v['p50_s']:.2f} s   p90 {v['p90_s']:.2f} s   "
               f"prompt {v['prompt_tokens']:.0f} tok"
               f"   +{v['tree_or_generated_tokens']:.0f} tok   {v['forwards']:.0f} forwards{extra}"
               f"   (load avg {v['load_avg']:.1f})")
