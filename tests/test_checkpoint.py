@@ -26,7 +26,8 @@ def test_round_trip_gives_the_same_scores(cycle_dataset, tmp_path):
     loaded = load_checkpoint(cycle_dataset, tmp_path)
     assert loaded is not None and not loaded.training
     hist = [[1, 2, 3], [5]]
-    assert torch.allclose(loaded.score(hist), model.score(hist))
+    assert torch.allclose(loaded.score(hist), model.score(hist), rtol=1e-2, atol=1e-3)  # float16 on disk
+    assert loaded.item_emb.weight.dtype == torch.float32
     assert not list(tmp_path.glob("*.tmp"))
 
 
