@@ -13,8 +13,8 @@ Measures (reported, never asserted):
   first, not counted; genrec's one-time catalog trie build is reported on its own), with prompt
   token counts and forward calls; candidates from the SASRec checkpoint when present, else popularity;
   with --adapter (default: the dataset's shipped adapter, if any) score and palr again with it active;
-- train: LoRA (r=8, q_proj,v_proj, the FINETUNE engineer's ``add_lora``) forward + backward + AdamW
-  step, tokens/s, next to the arithmetic limit: measured matmul FLOP/s / FLOPs per training token
+- train: LoRA (r=16 on all linear layers, as the shipped adapters; ``ft_model.add_lora``) forward +
+  backward + AdamW step in float32 and in bfloat16, tokens/s, next to the arithmetic limit: measured matmul FLOP/s / FLOPs per training token
   (forward 2N + backward 2N for the activations' gradients of the N frozen weights + attention;
   LoRA's own weight gradients are negligible).
 Load on this shared machine varies: the load average is recorded next to every number.
@@ -169,7 +169,7 @@ def bench_train(llm, batch: int = 4, seq: int = 256, steps: int = 3) -> dict:
     from types import SimpleNamespace
 
     from recdemo.llm.ft_model import add_lora
-    spec = SimpleNamespace(lora_targets="q_proj,v_proj", lora_r=8, lora_alpha=16, lora_dropout=0.0)
+    spec = SimpleNamespace(lora_targets="all-linear", lora_r=16, lora_alpha=32, lora_dropout=0.0)
     model = add_lora(llm.model, spec)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -189,10 +189,11 @@ def bench_train(llm, batch: int = 4, seq: int = 256, steps: int = 3) -> dict:
     n_params = sum(p.numel() for p in llm.model.parameters())  # tied embeddings counted once
     attn = 2 * 2 * cfg.num_hidden_layers * seq * cfg.hidden_size  # QK^T and AV per token, forward
     flops_per_token = 2 * (2 * n_params + attn)  # forward + backward (activation gradients only)
-    peak = matmul_flops(torch.float32)
+    peak = matmul_flops(llm.dtype)
     tok_s = batch * seq / float(np.median(times))
     return {"tokens_per_s": tok_s, "step_s": float(np.median(times)), "batch": batch, "seq": seq,
-            "params": n_params, "flops_per_token": flops_per_token, "matmul_gflops_fp32": peak / 1e9,
+            "params": n_params, "flops_per_token": flops_per_token, "matmul_gflops": peak / 1e9,
+            "dtype": str(llm.dtype).replace("torch.", ""),
             "arithmetic_limit_tokens_per_s": peak / flops_per_token, "efficiency": tok_s * flops_per_token / peak,
             "load_avg": load_avg()}
 
@@ -249,7 +250,7 @@ def main() -> None:
                 results["rerank"].update(bench_rerank(service, dataset, retriever, users,
                                                       args.adapter_rankers.split(","), adapter=name))
     if "train" in only:
-        results["train"] = bench_train(load_llm(replace(cfg.llm, dtype="float32")))
+        results["train"] = {dt: bench_train(load_llm(replace(cfg.llm, dtype=dt))) for dt in ("float32", "bfloat16")}
 
     print_table(results)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -273,10 +274,9 @@ def print_table(r: dict) -> None:
               f"prompt {v['prompt_tokens']:.0f} tok"
               f"   +{v['tree_or_generated_tokens']:.0f} tok   {v['forwards']:.0f} forwards{extra}"
               f"   (load avg {v['load_avg']:.1f})")
-    if "train" in r:
-        t = r["train"]
-        print(f"train     LoRA {t['tokens_per_s']:.0f} tok/s (batch {t['batch']}x{t['seq']}); limit "
-              f"{t['arithmetic_limit_tokens_per_s']:.0f} tok/s = {t['matmul_gflops_fp32']:.0f} GFLOP/s / "
+    for dt, t in r.get("train", {}).items():
+        print(f"train     LoRA {dt:<9} {t['tokens_per_s']:.0f} tok/s (batch {t['batch']}x{t['seq']}); limit "
+              f"{t['arithmetic_limit_tokens_per_s']:.0f} tok/s = {t['matmul_gflops']:.0f} GFLOP/s / "
               f"{t['flops_per_token'] / 1e9:.2f} GFLOP per token; efficiency {100 * t['efficiency']:.0f}%")
 
 

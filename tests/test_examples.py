@@ -66,7 +66,8 @@ def test_validation_examples_target_the_validation_item(tiny_tokenizer):
 
 def test_labels_mask_the_prompt_and_keep_the_whole_answer(tiny_tokenizer, toy_dataset):
     builder = ExampleBuilder(toy_dataset, tiny_tokenizer)
-    for ex in builder.training_examples(list(TASKS), 8, seed=0):
+    single = [t for t in TASKS if t != "sequence"]  # sequence: every line is an answer (tests below)
+    for ex in builder.training_examples(single, 8, seed=0):
         enc = builder.encode(ex, max_length=4096)
         ids, labels = enc["input_ids"], enc["labels"]
         prompt_ids = tiny_tokenizer(builder.prompt(ex))["input_ids"]
@@ -147,3 +148,43 @@ def test_unknown_task_is_a_clear_error():
     with pytest.raises(ValueError, match="choose from recommend"):
         check_tasks("recommend,bogus")
     assert check_tasks(" genrec , tallrec") == ["genrec", "tallrec"]
+
+
+def _labelled_text(tok, enc):
+    return tok.decode([t for t in enc["labels"] if t != -100])
+
+
+def test_sequence_training_window_targets_every_line_but_the_first(tiny_tokenizer, toy_dataset):
+    builder = ExampleBuilder(toy_dataset, tiny_tokenizer)
+    for ex in builder.training_examples(["sequence"], 12, seed=1):
+        assert ex.dense and len(ex.items) == 1
+        window = (ex.history + ex.items)[-(builder.max_history + 1):]
+        enc = builder.encode(ex, 4096)
+        expected = "".join(P.sequence_answer(toy_dataset.catalog.titles[i]) for i in window[1:])
+        assert _labelled_text(tiny_tokenizer, enc) == expected  # titles only: no numbers, no prompt
+        assert tiny_tokenizer.decode(enc["input_ids"]).count(". ") >= len(window)  # every line numbered
+
+
+def test_sequence_validation_scores_the_held_out_line_on_the_rankers_prompt(tiny_llm, toy_dataset):
+    from recdemo.llm.rankers.score import ScoreRanker
+    from recdemo.types import RerankRequest
+    tok = tiny_llm.tokenizer
+    builder = ExampleBuilder(toy_dataset, tok)
+    ranker = ScoreRanker(tiny_llm, toy_dataset, fuse=False)
+    cases = toy_dataset.eval_cases("valid")
+    for case, ex in zip(cases, builder.validation_examples(["sequence"], cases)):
+        enc = builder.encode(ex, 4096)
+        target = tok(P.sequence_answer(toy_dataset.catalog.titles[case.target]), add_special_tokens=False)["input_ids"]
+        assert enc["labels"][-len(target):] == target and all(x == -100 for x in enc["labels"][:-len(target)])
+        # training and inference see the same tokens: the ranker's prompt, then the answer line
+        prompt = ranker.prompt_ids(RerankRequest(history=list(case.history), candidates=[], profile=None, k=1))
+        assert enc["input_ids"] == prompt + target
+
+
+def test_sequence_window_drops_oldest_items_to_fit(tiny_tokenizer, toy_dataset):
+    builder = ExampleBuilder(toy_dataset, tiny_tokenizer)
+    ex = next(e for e in builder.training_examples(["sequence"], 50, seed=2) if len(e.history) >= 6)
+    full = builder.encode(ex, 4096)
+    short = builder.encode(ex, len(full["input_ids"]) - 10)
+    assert short["n_history"] < full["n_history"]
+    assert tiny_tokenizer.decode(short["input_ids"]).rstrip().endswith(toy_dataset.catalog.titles[ex.items[0]])

@@ -13,9 +13,9 @@ def test_explicit_dtype_wins():
 
 def test_auto_dtype_is_bf16_on_cuda_and_follows_amx_on_cpu(monkeypatch):
     assert pick_dtype("auto", torch.device("cuda")) is torch.bfloat16
-    monkeypatch.setattr(models, "cpu_has_amx_bf16", lambda: False)
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: False)
     assert pick_dtype("auto", torch.device("cpu")) is torch.float32
-    monkeypatch.setattr(models, "cpu_has_amx_bf16", lambda: True)
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
     assert pick_dtype("auto", torch.device("cpu")) is torch.bfloat16
 
 

@@ -75,6 +75,33 @@ def test_validation_selects_zero_for_an_adversarial_llm(data):
     assert helpful["fusion_weight"] > 0 and helpful["ndcg@10"] >= helpful["baseline_ndcg@10"]
 
 
+class ConfidentRanker(OracleRanker):
+    """Knows the target for one user in three and says so by a wide score margin; for the others its
+    scores are noise. Only the score's magnitude tells the two cases apart: rank normalisation
+    cannot see it, z-scores can."""
+
+    def score_list(self, req):
+        out = self.candidate_list(req)
+        target = self.targets[tuple(req.history)]
+        rng = np.random.default_rng(len(req.history) * 7919 + target)
+        sure = rng.random() < 1 / 3
+        out.llm = np.array([100.0 * (i == target) if sure else rng.normal() for i in out.items])
+        out.info = {"adapter": None}
+        return out
+
+
+def test_validation_picks_the_normalisation_that_scores_better(data):
+    ds, retriever = data
+    m = evaluate_rerank(ConfidentRanker(ds, targets_of(ds, "valid")), ds, retriever, split="valid", select=True)
+    assert m["fusion_method"] == "zscore" and m["fusion_weight"] > 0
+    best_rank = max(m["ndcg_by_weight_rank"].values())
+    assert m["ndcg@10"] == pytest.approx(m["ndcg_by_weight_zscore"][str(m["fusion_weight"])])
+    assert m["ndcg@10"] > best_rank
+    again = evaluate_rerank(ConfidentRanker(ds, targets_of(ds, "valid")), ds, retriever, split="valid",
+                            weight=m["fusion_weight"])  # weight given: rank unless a method is stored
+    assert again["fusion_method"] == "rank"
+
+
 @pytest.mark.parametrize("name", ["palr", "tallrec", "genrec"])
 def test_real_rankers_on_the_tiny_model(name, data, tiny_llm, tmp_path):
     ds, retriever = data
@@ -113,7 +140,9 @@ def test_cli_selects_on_valid_then_applies_the_weight_on_test(data, tiny_llm, tm
         assert key in valid
     saved = json.loads((tmp_path / "fusion" / "toy.json").read_text())
     assert saved["weights"]["tiny-llama/base/score"]["weight"] == valid["fusion_weight"]
+    assert saved["weights"]["tiny-llama/base/score"]["method"] == valid["fusion_method"]
     assert cli_rerank(argparse.Namespace(split="test", json=str(tmp_path / "t.json"), **args), cfg) == 0
     test = json.loads((tmp_path / "t.json").read_text())
     assert test["fusion_weight"] == valid["fusion_weight"] and test["fusion_source"].endswith("toy.json")
+    assert test["fusion_method"] == valid["fusion_method"]
     assert "SASRec top-10" in capsys.readouterr().out

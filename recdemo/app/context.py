@@ -25,7 +25,8 @@ log = logging.getLogger("recdemo.app")
 # The two domains the demo offers out of the box (other built-ins work via RECDEMO_DATASET).
 DOMAINS = {"movielens-small": "Movies · MovieLens (small)", "amazon-beauty": "Products · Amazon Beauty"}
 TASKS = {"recommend": "PALR v1 (recommend)", "recommend_retrieval": "PALR v2 (recommend from candidates)",
-         "tallrec": "TALLRec (yes/no)", "genrec": "GenRec (next title)"}
+         "tallrec": "TALLRec (yes/no)", "genrec": "GenRec (next title)",
+         "sequence": "Next line of the history (score ranker)"}
 RANKERS = ["palr", "score", "tallrec", "genrec"]
 
 

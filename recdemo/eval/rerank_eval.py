@@ -13,7 +13,8 @@ The LLM runs once per user; every fusion weight of ``fusion.GRID`` is then appli
 scores. ``--split valid`` picks the weight with the best NDCG@10 (ties: the smaller weight; the grid
 holds 0 = SASRec, so on those users fusion never loses to SASRec; a weight above 0 must also pass
 a paired bootstrap test against SASRec, ``fusion.select_weight``) and saves it for this
-dataset/model/adapter/ranker; ``--split test`` applies the saved weight; ``--no-fuse`` the LLM alone.
+dataset/model/adapter/ranker, with the score normalisation (``rank`` or ``zscore``, whichever scores
+better there); ``--split test`` applies the saved weight; ``--no-fuse`` the LLM alone.
 
 Also reported: ``valid_ratio`` (returned items that are distinct and valid - in the candidate list,
 or for genrec in the catalog and not in the history - over all returned items, counted on the
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..llm.fusion import GRID, fused_order, gain_p_value, select_weight, weight_key
+from ..llm.fusion import GRID, METHODS, fused_order, gain_p_value, select_weight, weight_key
 from ..llm.rankers import get_ranker
 from ..types import Candidate, RerankRequest
 from .metrics import metrics_from_ranks
@@ -87,22 +88,30 @@ def evaluate_rerank(ranker, dataset, retriever, split: str = "test", users: int 
     fusable = all(s.sasrec is not None for s, *_ in lists)
     grid = GRID if fusable else (1.0,)
     cuts = sorted({5, k})
-    table = {w: metrics_from_ranks([_rank(s, t, w, k) for s, t, *_ in lists], cuts) for w in grid}
-    source, significance = "given", {}
+    tables = {m: {w: metrics_from_ranks([_rank(s, t, w, k, m) for s, t, *_ in lists], cuts) for w in grid}
+              for m in (METHODS if fusable else ("rank",))}
+    source, significance, method = "given", {}, "rank"
     if select and fusable:
+        # Each normalisation proposes its guarded weight (fusion.select_weight); the better of the
+        # two on these users wins, rank on a tie. Both keep w = 0 unless the gain passes the test.
         triples = [(s.sasrec, s.llm, s.items.index(t) if t in s.items else -1) for s, t, *_ in lists]
-        weight, by_weight = select_weight(triples, k=k, grid=grid)
+        picks = {m: select_weight(triples, k=k, grid=grid, method=m) for m in METHODS}
+        method = max(METHODS, key=lambda m: (round(picks[m][1][picks[m][0]], 12), m == "rank"))
+        weight, by_weight = picks[method]
         top = max(by_weight, key=lambda w: (round(by_weight[w], 12), -w))
         significance = {"best_weight_by_ndcg": top,
-                        "gain_p_value": gain_p_value(triples, top, k) if top > 0 else None}
+                        "gain_p_value": gain_p_value(triples, top, k, method) if top > 0 else None}
         source = "selected on these users"
     elif weight is None:
-        weight, _, source = ranker.fusion_weight(adapter) if (ranker.fuse and fusable) else (1.0, "rank", "no-fuse")
+        weight, method, source = (ranker.fusion_weight(adapter) if (ranker.fuse and fusable)
+                                  else (1.0, "rank", "no-fuse"))
     weight = float(weight) if fusable else 1.0
-    chosen = table.get(weight) or metrics_from_ranks([_rank(s, t, weight, k) for s, t, *_ in lists], cuts)
+    method = method if method in tables else "rank"
+    table = tables[method]
+    chosen = table.get(weight) or metrics_from_ranks([_rank(s, t, weight, k, method) for s, t, *_ in lists], cuts)
     base = metrics_from_ranks(base_ranks, cuts)
 
-    valid_ratio, returned = _valid_ratio(lists, weight, k, dataset.n_items, ranker.name == "genrec")
+    valid_ratio, returned = _valid_ratio(lists, weight, k, dataset.n_items, ranker.name == "genrec", method)
     llm_valid_ratio, _ = _valid_ratio(lists, 1.0, k, dataset.n_items, ranker.name == "genrec")
     auc, base_auc = _auc(lists) if ranker.name != "genrec" else (None, None)
     lat = np.asarray(latency) * 1000.0
@@ -116,8 +125,10 @@ def evaluate_rerank(ranker, dataset, retriever, split: str = "test", users: int 
         "baseline_ndcg@5": base["ndcg@5"], "baseline_mrr": base["mrr"],
         f"llm_only_ndcg@{k}": table[1.0].get(f"ndcg@{k}"), f"llm_only_hr@{k}": table[1.0].get(f"hr@{k}"),
         "lift": (chosen.get(f"ndcg@{k}", 0.0) / base[f"ndcg@{k}"]) if base.get(f"ndcg@{k}") else None,
-        "fusion_weight": weight, "fusion_source": source, **significance,
+        "fusion_weight": weight, "fusion_method": method, "fusion_source": source, **significance,
         "ndcg_by_weight": {str(w): m.get(f"ndcg@{k}") for w, m in table.items()},
+        **{f"ndcg_by_weight_{name}": {str(w): m.get(f"ndcg@{k}") for w, m in t.items()}
+           for name, t in tables.items()},
         "valid_ratio": valid_ratio, "llm_valid_ratio": llm_valid_ratio,
         "returned_per_user": returned / len(cases),
         "candidate_recall": retrieved / len(cases), "auc": auc, "baseline_auc": base_auc,
@@ -125,22 +136,23 @@ def evaluate_rerank(ranker, dataset, retriever, split: str = "test", users: int 
     }
 
 
-def _final(scored, weight: float, k: int) -> list[int]:
+def _final(scored, weight: float, k: int, method: str = "rank") -> list[int]:
     if not scored.items:
         return []
     if scored.sasrec is None:
         order = np.lexsort((np.arange(len(scored.items)), -np.asarray(scored.llm, dtype=np.float64)))
     else:
-        order = fused_order(scored.sasrec, scored.llm, weight)
+        order = fused_order(scored.sasrec, scored.llm, weight, method)
     return [int(scored.items[i]) for i in order[:k]]
 
 
-def _valid_ratio(lists, weight: float, k: int, n_items: int, generative: bool) -> tuple[float, int]:
+def _valid_ratio(lists, weight: float, k: int, n_items: int, generative: bool,
+                 method: str = "rank") -> tuple[float, int]:
     """(distinct valid items / returned items, returned items) over every user's final list.
     Valid: a candidate of that user (generative: a catalog item outside the user's history)."""
     returned = valid = 0
     for scored, _, history, cand_set in lists:
-        final, seen, past = _final(scored, weight, k), set(), set(history)
+        final, seen, past = _final(scored, weight, k, method), set(), set(history)
         returned += len(final)
         for i in final:
             ok = (0 <= i < n_items and i not in past) if generative else i in cand_set
@@ -149,8 +161,8 @@ def _valid_ratio(lists, weight: float, k: int, n_items: int, generative: bool) -
     return (valid / returned if returned else 0.0), returned
 
 
-def _rank(scored, target: int, weight: float, k: int) -> int:
-    final = _final(scored, weight, k)
+def _rank(scored, target: int, weight: float, k: int, method: str = "rank") -> int:
+    final = _final(scored, weight, k, method)
     return final.index(target) if target in final else MISS
 
 
@@ -197,7 +209,7 @@ def cli_rerank(args, cfg) -> int:
     if select:
         path = ranker.store.save(dataset.name, dataset.content_hash,
                                  weight_key(service.llm.name, adapter, name), metrics["fusion_weight"],
-                                 split="valid", users=metrics["users"], seed=args.seed,
+                                 method=metrics["fusion_method"], split="valid", users=metrics["users"], seed=args.seed,
                                  ndcg_by_weight=metrics["ndcg_by_weight"])
         metrics["fusion_saved_to"] = str(path)
     print(format_table(metrics))
@@ -221,7 +233,8 @@ def format_table(m: dict) -> str:
              f"candidate recall {m['candidate_recall']:.3f}"]
     if m.get("auc") is not None:
         extra.append(f"AUC (target vs other candidates): LLM {m['auc']:.3f}, SASRec {m['baseline_auc']:.3f}")
-    extra.append(f"fusion weight {m['fusion_weight']} ({m['fusion_source']})")
+    extra.append(f"fusion weight {m['fusion_weight']}, {m.get('fusion_method', 'rank')} normalisation "
+                 f"({m['fusion_source']})")
     if m.get("gain_p_value") is not None:
         extra.append(f"best weight by NDCG {m['best_weight_by_ndcg']}: gain over SASRec has bootstrap "
                      f"p = {m['gain_p_value']:.3f} (kept only when < 0.05)")

@@ -25,10 +25,8 @@ import numpy as np
 import torch
 
 from ..types import RankedItem, RerankRequest
-from . import prompts as P
 from .rankers.base import ScoredList, check_request, finish
 from .rankers.tree import ROOT, model_parts, trie_logprobs
-from .trie import TokenTrie
 
 NO_LIMIT = 1 << 30  # trie_logprobs' max_nodes: one packed call per user (the batch is the chunk)
 
@@ -148,8 +146,8 @@ def score_lists(ranker, reqs: list[RerankRequest]) -> list[ScoredList]:
         return outs
     start = time.perf_counter()
     with ranker.session() as (llm, adapter):
-        prompts = [ranker.encode_prompt(ranker.prompt(r)) for r in reqs]
-        tries = [TokenTrie(ranker.answer_tokens(o.items, P.TITLE_SEPARATOR)) for o in outs]
+        prompts = [ranker.prompt_ids(r) for r in reqs]
+        tries = [ranker.candidate_trie(o.items) for o in outs]
         recorders = []
         for trie in tries:
             recorders.append(_Recorder())

@@ -16,6 +16,11 @@ Tasks (prompt text always comes from ``recdemo.llm.prompts``):
 - ``tallrec``: "Will the user enjoy X?" -> Yes/No (liked = rating >= 4; without ratings the true
   next item is Yes and a sampled item is No).
 - ``genrec``: history -> the next title.
+- ``sequence``: a window of <= 21 consecutive training items as the ``score`` ranker's open
+  numbered list; every title after the first is a target (loss on its tokens), as every position
+  is in SASRec's training. One ~250-token window gives ~20 targets where the other tasks give one,
+  which matters when a CPU trains at a few hundred tokens/s. Validation examples score only the
+  held-out item's line, after the user's last <= 20 training items, exactly as the ranker does.
 
 Negatives only come from items that occur in training sequences, and never from the user's own
 training items: what an example shows can always be traced to training data.
@@ -29,7 +34,7 @@ import numpy as np
 from ..data.dataset import LIKED_RATING
 from . import prompts as P
 
-TASKS = ("recommend", "recommend_retrieval", "tallrec", "genrec")
+TASKS = ("recommend", "recommend_retrieval", "tallrec", "genrec", "sequence")
 MIN_HISTORY = 3  # a cut leaves at least this many history items (when the sequence allows)
 
 
@@ -42,6 +47,7 @@ class Example:
     candidates: list[int] = field(default_factory=list)  # recommend_retrieval: shuffled targets + negatives
     label: bool | None = None  # tallrec: does the user like ``items[0]``?
     profile: object = None  # types.Profile (heuristic, from the visible history)
+    dense: bool = False  # sequence: every line is a target (training), else only the last (validation)
 
 
 def check_tasks(tasks) -> list[str]:
@@ -135,6 +141,8 @@ class ExampleBuilder:
     def _example(self, task: str, user: int, history, items, rng, label=None) -> Example:
         history = [int(x) for x in history]
         ex = Example(task=task, user=int(user), history=history, items=[int(x) for x in items], label=label)
+        if task == "sequence":
+            return ex  # no profile in this prompt
         ex.profile = make_profile(self.catalog, history[-self.max_history:])
         if task == "recommend_retrieval":
             own = self.train[user]
@@ -165,6 +173,10 @@ class ExampleBuilder:
             else:
                 items = seq[t:t + 1]
             label = None
+            if task == "sequence":  # the window: the last max_history items before the cut, and seq[t]
+                out.append(self._example(task, u, seq[:t], seq[t:t + 1], rng))
+                out[-1].dense = True
+                continue
             if task == "tallrec":
                 if self.train_ratings is not None:
                     label = bool(self.train_ratings[u][t] >= LIKED_RATING)
@@ -212,11 +224,28 @@ class ExampleBuilder:
             text = P.TITLE_SEPARATOR.join(self.catalog.titles[i] for i in ex.items)
         return text + P.end_of_answer(self.tok)
 
+    def encode_sequence(self, ex: Example, max_length: int) -> dict | None:
+        """The window as the score ranker's list; labels on the target lines (see ``Example.dense``)."""
+        head = P.render_open(self.tok, "sequence", self.domain)
+        for n in range(min(len(ex.history), self.max_history), -1, -1):
+            window = (ex.history[-n:] if n else []) + ex.items
+            pieces = P.sequence_pieces(self.catalog, window, max_items=len(window), open_next=False)
+            ids, piece_of = P.encode_pieces(self.tok, head, pieces)
+            if len(ids) > max_length:
+                continue  # drop the oldest item and try again
+            last = len(pieces) - 1  # the final title piece
+            targets = {j for j, (_, item) in enumerate(pieces) if item is not None and j >= 3} if ex.dense else {last}
+            labels = [t if j in targets else -100 for t, j in zip(ids, piece_of)]
+            return {"input_ids": ids, "labels": labels, "task": ex.task, "n_history": n}
+        return None
+
     def encode(self, ex: Example, max_length: int) -> dict | None:
         """input_ids + labels (-100 on the prompt: the loss covers the answer only).
 
         Too long: drop the oldest history items, one at a time; the answer is never cut. None when
         even one history item does not fit (e.g. a huge candidate list)."""
+        if ex.task == "sequence":
+            return self.encode_sequence(ex, max_length)
         answer = self.tok(self.answer(ex), add_special_tokens=False)["input_ids"]
         for n in range(min(len(ex.history), self.max_history), 0, -1):
             prompt = self.tok(self.prompt(ex, n))["input_ids"]

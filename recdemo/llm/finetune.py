@@ -182,7 +182,7 @@ def run_finetune(spec: FineTuneSpec, dataset, service, retriever=None, progress=
 
     def evaluate(full: bool) -> dict:
         metrics = answer_loss(raw, val, pad_id, device, cancel) if val else {}
-        if full and spec.rank_eval and {"recommend", "recommend_retrieval"} & set(spec.tasks):
+        if full and spec.rank_eval and {"recommend", "recommend_retrieval", "sequence"} & set(spec.tasks):
             metrics.update(ranking_metrics(raw, builder, val_cases, retriever, spec.eval_candidates,
                                            seed=spec.seed, cancel=cancel, device=device, llm_name=llm.name))
         return finite(metrics)

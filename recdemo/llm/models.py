@@ -47,19 +47,20 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype != "auto":
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     # CUDA: bf16 halves memory and runs on the tensor cores. CPU: bf16 only where the CPU has
-    # AMX bf16 units (measured 2-3.5x faster than fp32 there, bench/explain_profile.py); without
-    # them bf16 matmuls are emulated and slower than fp32.
-    if device.type == "cuda" or cpu_has_amx_bf16():
+    # bf16 arithmetic (AMX-BF16 on Xeons: 2-3.5x faster prefill than fp32, bench/explain_profile.py;
+    # AVX512-BF16 on this AMD EPYC: LoRA training 340 vs 167 tokens/s, bench/llm.py); without
+    # either, bf16 matmuls are emulated and slower than fp32.
+    if device.type == "cuda" or cpu_has_native_bf16():
         return torch.bfloat16
     return torch.float32
 
 
-def cpu_has_amx_bf16() -> bool:
+def cpu_has_native_bf16() -> bool:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("flags"):
-                    return "amx_bf16" in line.split()
+                    return bool({"amx_bf16", "avx512_bf16"} & set(line.split()))
     except OSError:
         pass
     return False

@@ -55,6 +55,11 @@ TEMPLATES: dict[str, str] = {
         "### Natural Language User Profile\n{profile}\n\n"
         "### Instruction\nName the {k} {items} this user will {verb} next, one title per line."
     ),
+    # The ``score`` ranker and fine-tuning task ``sequence``: the history as an open numbered list
+    # that the model continues with the next item's line (see sequence_pieces). Every line of a
+    # training window is a target, as every position is in SASRec's training: ~20 targets for the
+    # price of one prompt.
+    "sequence": "A user {verb_past} these {items}, oldest first:\n",
     # GenRec: the next item's title generated directly from the history.
     "genrec": (
         "A user {verb_past} these {items}, oldest first:\n{history}\n\n"
@@ -172,6 +177,51 @@ def render(tokenizer, name: str, domain: Domain, **fields) -> str:
         messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return f"{system}\n\n### Instruction:\n{user}\n\n### Response:\n"
+
+
+def render_open(tokenizer, name: str, domain: Domain, **fields) -> str:
+    """Like ``render``, but the user turn is left open: the text ends inside the user message,
+    where the model continues the template's text (``sequence``)."""
+    user = fill(name, domain, **fields)
+    system = SYSTEM.format(verb=domain.verb, verb_past=domain.verb_past)
+    if getattr(tokenizer, "chat_template", None):
+        marker = "\x00USER\x00"
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": marker}]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+        return text[: text.index(marker)] + user
+    return f"{system}\n\n### Instruction:\n{user}"
+
+
+def sequence_pieces(catalog, items, max_items: int = MAX_HISTORY, open_next: bool = True) -> list[tuple[str, int | None]]:
+    """The numbered list of ``sequence`` as (text, item) pieces: '1.', ' Title\n', '2.', ...
+
+    A title piece carries its catalog index, a number piece None. Each piece is tokenized on its
+    own (``encode_pieces``), so a title has the same tokens wherever it stands, as the line the model
+    writes next (' Title\n') and as context; ``open_next`` ends with the next line's number."""
+    recent = [int(x) for x in list(items)[-max_items:]] if max_items else []
+    pieces: list[tuple[str, int | None]] = []
+    for i, x in enumerate(recent, 1):
+        pieces += [(f"{i}.", None), (f" {catalog.titles[x]}{TITLE_SEPARATOR}", x)]
+    if open_next:
+        pieces.append((f"{len(recent) + 1}.", None))
+    return pieces
+
+
+def sequence_answer(title: str) -> str:
+    """What the model writes to name an item as the list's next line."""
+    return f" {title}{TITLE_SEPARATOR}"
+
+
+def encode_pieces(tokenizer, head: str, pieces) -> tuple[list[int], list[int]]:
+    """Token ids of ``head`` (special tokens as the tokenizer adds them) + each piece, and per token
+    the position of its piece in ``pieces`` (-1 for the head)."""
+    ids = list(tokenizer(head)["input_ids"])
+    piece_of = [-1] * len(ids)
+    texts = [t for t, _ in pieces]
+    for j, toks in enumerate(tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []):
+        ids += list(toks)
+        piece_of += [j] * len(toks)
+    return ids, piece_of
 
 
 def end_of_answer(tokenizer) -> str:

@@ -1,17 +1,18 @@
-"""``score``: every candidate scored by the likelihood of its title as the model's answer.
+"""``score``: every candidate scored by the likelihood of its title as the history's next line.
 
-Shared-prefix likelihood. The prompt is the PALR ``palr_recommend`` template (history + profile,
-"name the k items this user will <verb> next, one title per line"; fine-tuning task ``recommend``)
-and is encoded once. The candidates' titles (each followed by the line separator) form a token
-trie; the score of a candidate is the log-probability of its title as the first answer line,
-renormalised at each branch over the candidates' tokens (the same distribution PALR's constrained
-decoding picks from). Only tokens up to each title's last branching point are fed, all packed into
-one forward call over the prompt's KV cache (``tree.trie_logprobs``): about 2-4 tokens per
-candidate instead of ~12, so 50 candidates cost a fraction of the prompt itself.
+Shared-prefix likelihood. The prompt is the ``sequence`` template: the last <= 20 history items as
+an open numbered list ("1. Toy Story (1995)", ...) ending with the next line's number; fine-tuning
+task ``sequence`` teaches it, with every line of a training window as a target (SASRec's objective,
+written in titles). The prompt is encoded once. The candidates' lines (' Title\n') form a token
+trie; the score of a candidate is the log-probability of its line, renormalised at each branch over
+the candidates' tokens (the distribution constrained decoding picks from). Only tokens up to each
+title's last branching point are fed, all packed into one forward call over the prompt's KV cache
+(``tree.trie_logprobs``): about 2-4 tokens per candidate instead of ~12.
 
 The prompt does not list the candidates (that would add ~12 tokens per candidate, 600 for 50, and
 the prompt dominates the cost on CPU); a LlamaRec-style verbalizer needs that list, which is why
-this ranker does not use one.
+this ranker does not use one. The profile is not part of this prompt either: PALR's full prompt
+(history, profile, candidates) is the ``palr`` ranker's.
 """
 from __future__ import annotations
 
@@ -28,20 +29,32 @@ from .tree import TreeDecoder, trie_logprobs
 
 class ScoreRanker(Ranker):
     name = "score"
-    template = "palr_recommend"
+    template = "sequence"
+
+    def pieces(self, req: RerankRequest) -> tuple[str, list]:
+        head = P.render_open(self.tokenizer, self.template, self.domain)
+        return head, P.sequence_pieces(self.catalog, req.history, self.max_history)
 
     def prompt(self, req: RerankRequest) -> str:
-        return self.render(self.template, history=self.history_text(req.history),
-                           profile=P.format_profile(req.profile), k=req.k)
+        head, pieces = self.pieces(req)
+        return head + "".join(text for text, _ in pieces)
+
+    def prompt_ids(self, req: RerankRequest) -> list[int]:
+        """Tokens piece by piece, exactly as fine-tuning encodes a ``sequence`` window."""
+        return P.encode_pieces(self.tokenizer, *self.pieces(req))[0]
+
+    def candidate_trie(self, items) -> TokenTrie:
+        titles = [P.sequence_answer(self.catalog.titles[int(i)]) for i in items]
+        ids = self.tokenizer(titles, add_special_tokens=False)["input_ids"] if titles else []
+        return TokenTrie([(list(t), int(i)) for t, i in zip(ids, items)])
 
     def score_list(self, req: RerankRequest) -> ScoredList:
         out = self.candidate_list(req)
         start = time.perf_counter()
         with self.session() as (llm, adapter):
-            prompt_ids = self.encode_prompt(self.prompt(req))
-            trie = TokenTrie(self.answer_tokens(out.items, P.TITLE_SEPARATOR))
+            prompt_ids = self.prompt_ids(req)
             decoder = TreeDecoder(llm.model, prompt_ids, device=llm.device, use_cache=self.use_cache)
-            logp = trie_logprobs(decoder, trie)
+            logp = trie_logprobs(decoder, self.candidate_trie(out.items))
         out.llm = np.array([logp[i] for i in out.items], dtype=np.float64)
         out.info = {"adapter": adapter, "prompt_tokens": len(prompt_ids), "tree_tokens": len(decoder.tokens),
                     "forwards": decoder.forwards, "llm_seconds": time.perf_counter() - start}
