@@ -174,7 +174,7 @@ class ExampleBuilder:
                 items = seq[t:t + 1]
             label = None
             if task == "sequence":  # the window: the last max_history items before the cut, and seq[t]
-                out.append(self._example(task, u, seq[:t], seq[t:t + 1], rng))
+                out.append(self._example(task, u, seq[:t], items, rng))
                 out[-1].dense = True
                 continue
             if task == "tallrec":

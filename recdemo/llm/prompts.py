@@ -201,7 +201,7 @@ def sequence_pieces(catalog, items, max_items: int = MAX_HISTORY, open_next: boo
     recent = [int(x) for x in list(items)[-max_items:]] if max_items else []
     pieces: list[tuple[str, int | None]] = []
     for i, x in enumerate(recent, 1):
-        pieces += [(f"{i}.", None), (f" {catalog.titles[x]}{TITLE_SEPARATOR}", x)]
+        pieces += [(f"{i}.", None), (sequence_answer(catalog.titles[x]), x)]
     if open_next:
         pieces.append((f"{len(recent) + 1}.", None))
     return pieces

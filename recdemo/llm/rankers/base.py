@@ -99,8 +99,12 @@ class Ranker:
 
     def answer_tokens(self, items, end: str) -> list[tuple[list[int], int]]:
         """(token ids of 'title' + end, item) per item: what the model must write to name it."""
-        titles = [self.catalog.titles[int(i)] + end for i in items]
-        ids = self.tokenizer(titles, add_special_tokens=False)["input_ids"] if titles else []
+        return self.line_tokens(items, lambda title: title + end)
+
+    def line_tokens(self, items, line) -> list[tuple[list[int], int]]:
+        """(token ids of ``line(title)``, item) per item."""
+        texts = [line(self.catalog.titles[int(i)]) for i in items]
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
         return [(list(t), int(i)) for t, i in zip(ids, items)]
 
     def prompt(self, req: RerankRequest) -> str:

@@ -44,9 +44,7 @@ class ScoreRanker(Ranker):
         return P.encode_pieces(self.tokenizer, *self.pieces(req))[0]
 
     def candidate_trie(self, items) -> TokenTrie:
-        titles = [P.sequence_answer(self.catalog.titles[int(i)]) for i in items]
-        ids = self.tokenizer(titles, add_special_tokens=False)["input_ids"] if titles else []
-        return TokenTrie([(list(t), int(i)) for t, i in zip(ids, items)])
+        return TokenTrie(self.line_tokens(items, P.sequence_answer))
 
     def score_list(self, req: RerankRequest) -> ScoredList:
         out = self.candidate_list(req)
