@@ -12,7 +12,7 @@ Measures (reported, never asserted):
 - rerank: ``Ranker.rank`` (LLM + fusion) p50/p90 per ranker over --users users (one warm-up user
   first, not counted; genrec's one-time catalog trie build is reported on its own), with prompt
   token counts and forward calls; candidates from the SASRec checkpoint when present, else popularity;
-  with --adapter (default: the dataset's shipped adapter, if any) score and palr again with it active;
+  with --adapter (default: the dataset's shipped adapter for each ranker, if any) score and palr again with it active;
 - train: LoRA (r=16 on all linear layers, as the shipped adapters; ``ft_model.add_lora``) forward +
   backward + AdamW step in float32 and in bfloat16, tokens/s, next to the arithmetic limit: measured matmul FLOP/s / FLOPs per training token
   (forward 2N + backward 2N for the activations' gradients of the N frozen weights + attention;
@@ -244,11 +244,11 @@ def main() -> None:
         retriever, source = candidates_source(dataset, cfg)
         results["candidates"] = source
         results["rerank"] = bench_rerank(service, dataset, retriever, users, args.rankers.split(","))
-        if args.adapter:  # the same rankers with a LoRA adapter active (peft layers, not merged)
-            name = service.resolve_adapter(args.adapter, dataset.name)
+        for ranker in args.adapter_rankers.split(",") if args.adapter else []:
+            # the same ranker with its LoRA adapter active (peft layers, not merged)
+            name = service.resolve_adapter(args.adapter, dataset.name, ranker)
             if name:
-                results["rerank"].update(bench_rerank(service, dataset, retriever, users,
-                                                      args.adapter_rankers.split(","), adapter=name))
+                results["rerank"].update(bench_rerank(service, dataset, retriever, users, [ranker], adapter=name))
     if "train" in only:
         results["train"] = {dt: bench_train(load_llm(replace(cfg.llm, dtype=dt))) for dt in ("float32", "bfloat16")}
 

@@ -177,7 +177,7 @@ class Recommender:
             raise ValueError(f"Cannot pick {k} results from {n_candidates} candidates: ask for fewer results "
                              "or more candidates.")
         hist = self.resolve(history)
-        adapter_name = self._adapter(adapter, warnings)
+        adapter_name = self._adapter(adapter, ranker_name, warnings)
 
         t = time.perf_counter()
         candidates = self._candidates(hist, n_candidates, warnings)
@@ -234,10 +234,10 @@ class Recommender:
             prompt=prompt, timings={s: round(v, 3) for s, v in timings.items()}, ranker=ranker_name,
             model=self.service.describe(), adapter=adapter_name, warnings=warnings)
 
-    def _adapter(self, requested, warnings: list[str]) -> str | None:
+    def _adapter(self, requested, ranker: str, warnings: list[str]) -> str | None:
         """The adapter name to use. An explicit name that cannot be used is an error; "auto" falls
         back to the base model with a warning (e.g. the shipped adapter was trained for another model)."""
-        name = self.service.resolve_adapter(requested, self.name)
+        name = self.service.resolve_adapter(requested, self.name, ranker)
         if requested == "auto" and name is not None:
             try:
                 with self.service.lock:

@@ -104,3 +104,37 @@ def test_same_base_names():
     assert same_base("smollm2-135m", "/x/.cache/models/smollm2-135m/")
     assert same_base("HuggingFaceTB/SmolLM2-135M-Instruct", "smollm2-135m")
     assert not same_base("meta-llama/Llama-2-7b-hf", "smollm2-135m")
+
+
+def test_adapter_saved_in_float16_loads_and_ranks_like_the_float32_one(tiny_llm, tmp_path):
+    import struct
+
+    from recdemo.llm.ft_checkpoint import store_half
+    make_tiny_adapter(tiny_llm, tmp_path / "full", seed=3)
+    make_tiny_adapter(tiny_llm, tmp_path / "half", seed=3)
+    weights = tmp_path / "half" / "adapter_model.safetensors"
+    store_half(weights)
+    with open(weights, "rb") as f:
+        header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+    assert {v["dtype"] for k, v in header.items() if k != "__metadata__"} == {"F16"}
+    assert weights.stat().st_size < 0.65 * (tmp_path / "full" / "adapter_model.safetensors").stat().st_size
+    mgr = AdapterManager(tiny_llm, tmp_path)
+    mgr.activate("full")
+    full = logits(tiny_llm)
+    mgr.activate("half")
+    half = logits(tiny_llm)
+    assert next(p for n, p in tiny_llm.model.named_parameters() if "lora_A" in n).dtype == torch.float32
+    assert torch.allclose(full, half, atol=1e-2) and torch.equal(full.topk(5).indices, half.topk(5).indices)
+
+
+def test_adapter_in_a_bfloat16_model_runs_in_bfloat16(tiny_tokenizer, tmp_path):
+    full = make_tiny_llm(tiny_tokenizer)
+    make_tiny_adapter(full, tmp_path / "a", seed=3)
+    AdapterManager(full, tmp_path).activate("a")
+    half = make_tiny_llm(tiny_tokenizer)
+    half.model.to(torch.bfloat16)
+    half.dtype = torch.bfloat16
+    AdapterManager(half, tmp_path).activate("a")
+    assert {p.dtype for n, p in half.model.named_parameters() if "lora_" in n} == {torch.bfloat16}
+    expected, got = logits(full), logits(half).float()
+    assert torch.equal(expected.topk(3).indices, got.topk(3).indices)

@@ -165,6 +165,9 @@ def test_adapter_auto_and_explicit(rec, tmp_path, toy_dataset):
                         with_explanations=False)
     assert out.adapter is None and seen[-1] is None
     assert rec.service.adapters.active is None  # restored after the call
+    make_tiny_adapter(rec.service.llm, tmp_path / "adapters" / f"{toy_dataset.name}-spy", seed=2)
+    out = rec.recommend([0], ranker="spy", n_candidates=5, k=2, with_profile=False, with_explanations=False)
+    assert out.adapter == "toy-spy" and seen[-1] == "toy-spy"  # "auto" prefers the one trained for the ranker
 
 
 def test_auto_adapter_for_another_base_falls_back_with_a_warning(rec, tmp_path, toy_dataset):

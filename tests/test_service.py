@@ -63,6 +63,10 @@ def test_resolve_adapter(tiny_service, tmp_path):
     make_tiny_adapter(tiny_service.llm, tmp_path / "adapters" / "toy")
     assert tiny_service.resolve_adapter("auto", "toy") == "toy"  # the adapter named like the dataset
     assert tiny_service.resolve_adapter("auto", "other") is None
+    assert tiny_service.resolve_adapter("auto", "toy", "score") == "toy"  # no ranker-specific one: the dataset's
+    make_tiny_adapter(tiny_service.llm, tmp_path / "adapters" / "toy-score")
+    assert tiny_service.resolve_adapter("auto", "toy", "score") == "toy-score"  # trained on that ranker's prompt
+    assert tiny_service.resolve_adapter("auto", "toy", "palr") == "toy"
 
 
 def test_register_adapter_makes_a_new_folder_available(tiny_service, tmp_path):

@@ -191,7 +191,7 @@ def cli_rerank(args, cfg) -> int:
     dataset = load_from_config(cfg.data)
     name = args.ranker or cfg.llm.ranker
     service = LLMService(cfg.llm)
-    adapter = service.resolve_adapter(cfg.llm.adapter, dataset.name)
+    adapter = service.resolve_adapter(cfg.llm.adapter, dataset.name, name)
     retriever = Retriever.for_dataset(dataset, cfg.retrieval, train_if_missing=True)
     ranker = get_ranker(name, service, dataset, retriever, adapter=adapter, fuse=not args.no_fuse)
     select = args.split == "valid" and not args.no_fuse

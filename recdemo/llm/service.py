@@ -79,17 +79,19 @@ class LLMService:
         with self.lock:
             return self.adapters.load(path, reload=True)
 
-    def resolve_adapter(self, requested: str | None, dataset_name: str | None = None) -> str | None:
-        """'auto' -> the adapter named like the dataset if present, else None; 'none' -> None;
-        anything else must exist (else ModelNotFound saying how to create it)."""
+    def resolve_adapter(self, requested: str | None, dataset_name: str | None = None,
+                        ranker: str | None = None) -> str | None:
+        """'auto' -> the dataset's shipped adapter: ``<dataset>-<ranker>`` (trained on that ranker's
+        prompt) if present, else ``<dataset>``, else None; 'none' -> None; anything else must exist
+        (else ModelNotFound saying how to create it)."""
         if isinstance(requested, str) and requested.strip().lower() in NO_ADAPTER:
             return None
         if requested is None:
             return None
         if requested == "auto":
-            if dataset_name and dataset_name in self.available_adapters():
-                return dataset_name
-            return None
+            shipped = self.available_adapters()
+            names = ([f"{dataset_name}-{ranker}"] if ranker else []) + [dataset_name]
+            return next((n for n in names if dataset_name and n in shipped), None)
         if requested in self.adapters.loaded:
             return requested
         with self.lock:
