@@ -111,7 +111,7 @@ def test_adapter_saved_in_float16_loads_and_ranks_like_the_float32_one(tiny_llm,
 
     from recdemo.llm.ft_checkpoint import store_half
     make_tiny_adapter(tiny_llm, tmp_path / "full", seed=3)
-    make_tiny_adapter(tiny_llm, tmp_path / "half", seed=3)
+    make_tiny_adapter(tiny_llm, tmp_path / "half", seed=3)  # also a name that is an nn.Module attribute
     weights = tmp_path / "half" / "adapter_model.safetensors"
     store_half(weights)
     with open(weights, "rb") as f:
