@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="adapter folder, e.g. checkpoints/adapters/movielens-small")
     p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--init-adapter", help="adapter folder to start from (train it further); same --lora-r/--lora-targets")
     p.add_argument("--micro-batch-size", type=int, help="examples per forward pass (default: 1 on CPU, 4 on GPU)")
     p.add_argument("--lora-dropout", type=float)
     p.add_argument("--train-candidates", type=int, help="candidate list length in recommend_retrieval examples (20)")

@@ -77,6 +77,30 @@ def test_run_writes_the_adapter_folder_and_registers_it(service, toy_dataset, tm
                 assert torch.equal(v, base_before[k]), k
 
 
+def test_init_adapter_continues_from_its_weights_and_refuses_another_layout(service, toy_dataset, tmp_path):
+    first = tmp_path / "adapters" / "first"
+    run_finetune(spec_for(first, rank_eval=False), toy_dataset, service)
+    start = load_file(str(first / "adapter_model.safetensors"))
+    # lr ~ 0: the continued run keeps the first run's factors, where a fresh LoRA would start with B = 0
+    again = tmp_path / "adapters" / "again"
+    result = run_finetune(spec_for(again, steps=1, lr=1e-12, rank_eval=False, init_adapter=str(first)),
+                          toy_dataset, service)
+    assert result["status"] == "done"
+    assert json.loads((again / "meta.json").read_text())["init_adapter"] == str(first)
+    after = load_file(str(again / "adapter_model.safetensors"))
+    assert after.keys() == start.keys()
+    assert any("lora_B" in k and start[k].abs().sum() > 0 for k in start)
+    assert all(torch.allclose(after[k].float(), start[k].float(), atol=1e-3) for k in start)
+    with pytest.raises(ValueError, match="r=8"):
+        run_finetune(spec_for(tmp_path / "adapters" / "wide", lora_r=4, init_adapter=str(first)), toy_dataset,
+                     service)
+    with pytest.raises(ValueError, match="lora-targets"):
+        run_finetune(spec_for(tmp_path / "adapters" / "all", lora_targets="all-linear", init_adapter=str(first)),
+                     toy_dataset, service)
+    with pytest.raises(ValueError, match="not an adapter folder"):
+        run_finetune(spec_for(tmp_path / "adapters" / "x", init_adapter=str(tmp_path)), toy_dataset, service)
+
+
 def test_second_run_trains_beside_a_serving_adapter(service, toy_dataset, tmp_path):
     first = run_finetune(spec_for(tmp_path / "adapters" / "one", steps=2, rank_eval=False), toy_dataset, service)
     with service.use_adapter("one") as llm:

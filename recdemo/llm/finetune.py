@@ -34,13 +34,14 @@ import torch
 
 from . import ft_checkpoint as ckpt
 from .examples import ExampleBuilder, check_tasks
-from .ft_model import add_lora, make_accelerator, trainable_base
+from .ft_model import add_lora, load_lora_weights, make_accelerator, trainable_base
 from .ft_eval import Cancelled, answer_loss, answer_token_loss, check_cancel, collate, finite, ranking_metrics
 
 # Spec fields that change what is trained: a partial run resumes only if all of them match.
 TRAINING_FIELDS = ("tasks", "steps", "examples", "batch_size", "micro_batch_size", "lora_r", "lora_alpha",
                    "lora_dropout", "lora_targets", "lr", "warmup_steps", "min_lr_ratio", "weight_decay",
-                   "grad_clip", "max_length", "max_history", "n_candidates", "with_attributes", "seed")
+                   "grad_clip", "max_length", "max_history", "n_candidates", "with_attributes", "seed",
+                   "init_adapter")
 
 
 @dataclass
@@ -68,6 +69,7 @@ class FineTuneSpec:
     eval_candidates: int = 50  # candidates per user in the ranking metrics (as at inference)
     rank_eval: bool = True  # ranking metrics before and after (the slow part of evaluation)
     seed: int = 0
+    init_adapter: str = ""  # start from this adapter folder's LoRA weights (same r/targets): train it further
     out: str = ""  # adapter folder, e.g. checkpoints/adapters/movielens-small
     resume: bool = True  # continue from <out>.partial when it matches this spec
     copy_base: bool = True  # train on a copy of the service's base model (see module docstring)
@@ -106,7 +108,7 @@ def _emit(progress, **event) -> None:
 
 def run_finetune(spec: FineTuneSpec, dataset, service, retriever=None, progress=None,
                  cancel: threading.Event | None = None) -> dict:
-    """Fine-tune a fresh LoRA adapter on ``dataset`` and save it to ``spec.out``.
+    """Fine-tune a LoRA adapter (fresh, or ``spec.init_adapter``'s) on ``dataset``; save it to ``spec.out``.
 
     Returns {"status": "done", "adapter", "path", "metrics_before", "metrics_after", ...}, or
     {"status": "cancelled", "step", "reason"} when ``cancel`` was set (nothing at ``out`` changes).
@@ -134,13 +136,15 @@ def run_finetune(spec: FineTuneSpec, dataset, service, retriever=None, progress=
     val_cases = [cases[i] for i in sorted(pick)]
     val, _ = builder.encode_all(builder.validation_examples(spec.tasks, val_cases, spec.seed), spec.max_length)
 
-    # 2. Model: a fresh LoRA on (a copy of) the base; the seed fixes LoRA init and dropout.
+    # 2. Model: a fresh (or init_adapter's) LoRA on (a copy of) the base; the seed fixes LoRA init and dropout.
     torch.manual_seed(spec.seed)
     random.seed(spec.seed)
     base = trainable_base(service, spec.copy_base)
     if spec.gradient_checkpointing:  # a 7B model's activations at long sequences outgrow the GPU
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = add_lora(base, spec)
+    if spec.init_adapter:
+        load_lora_weights(model, spec.init_adapter, llm.name)
     accelerator = make_accelerator(llm.device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
@@ -281,7 +285,7 @@ def run_finetune(spec: FineTuneSpec, dataset, service, retriever=None, progress=
                     "examples": len(train), "examples_dropped": dropped, "batch_size": spec.batch_size,
                     "lr": spec.lr, "max_length": spec.max_length, "n_candidates": spec.n_candidates,
                     "with_attributes": spec.with_attributes, "max_history": spec.max_history,
-                    "eval_users": len(val_cases), "seed": spec.seed}
+                    "eval_users": len(val_cases), "seed": spec.seed, "init_adapter": spec.init_adapter or None}
             if "fusion_weight" in metrics_after:  # chosen on these validation users (fusion.select_weight)
                 meta["fusion"] = {"score": metrics_after["fusion_weight"]}
             ckpt.save_adapter(out, raw, meta)
