@@ -36,6 +36,20 @@ def is_adapter_dir(path: Path) -> bool:
     return (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
 
 
+def trained_base(folder: Path, meta: dict) -> str | None:
+    """The base model an adapter folder was trained on, where it says so reliably: meta.json's
+    ``base_model``, else peft's ``base_model_name_or_path`` unless that is a (temp/cache) path."""
+    base = meta.get("base_model")
+    if not base:
+        try:
+            base = json.loads((Path(folder) / CONFIG_FILE).read_text()).get("base_model_name_or_path")
+        except (OSError, ValueError):
+            base = None
+        if base and Path(str(base)).is_absolute():
+            base = None  # a temp/cache path written by peft says nothing reliable; shapes are checked on load
+    return str(base) if base else None
+
+
 def read_meta(path: Path) -> dict:
     """``meta.json`` of an adapter folder ({} when absent); a broken file is a clear error."""
     file = Path(path) / META_FILE
@@ -119,15 +133,8 @@ class AdapterManager:
 
     def check_base(self, folder: Path, meta: dict) -> None:
         """Refuse an adapter trained on another base model (its shapes or meaning would not fit)."""
-        base = meta.get("base_model")
-        if not base:
-            try:
-                base = json.loads((folder / CONFIG_FILE).read_text()).get("base_model_name_or_path")
-            except (OSError, ValueError):
-                base = None
-            if base and Path(str(base)).is_absolute():
-                base = None  # a temp/cache path written by peft says nothing reliable; shapes are checked on load
-        if base and not same_base(str(base), self.llm.name):
+        base = trained_base(folder, meta)
+        if base and not same_base(base, self.llm.name):
             raise ModelNotFound(f"adapter {folder.name!r} was trained on base model {base!r}, but the loaded "
                                 f"model is {self.llm.name!r}. Start with --llm {base} or fine-tune a new adapter "
                                 f"for this model: {finetune_hint(folder.name)}")

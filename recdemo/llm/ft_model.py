@@ -46,25 +46,25 @@ def add_lora(model, spec):
         raise ValueError(f"cannot add LoRA to modules {spec.lora_targets!r}: {str(e).splitlines()[0]}") from e
 
 
-def load_lora_weights(model, folder: str, base_name: str) -> None:
+def load_lora_weights(model, folder: str | Path, base_name: str) -> None:
     """Overwrite the fresh LoRA factors with an existing adapter's, to train it further (e.g. more
     steps on new history windows). Its LoRA layout must match: same r, alpha and target modules."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from .adapters import CONFIG_FILE, WEIGHTS_FILE, read_meta, same_base
-    weights, config = Path(folder) / WEIGHTS_FILE, Path(folder) / CONFIG_FILE
-    if not (weights.is_file() and config.is_file()):
+    from .adapters import CONFIG_FILE, WEIGHTS_FILE, is_adapter_dir, read_meta, same_base, trained_base
+    folder = Path(folder)
+    if not is_adapter_dir(folder):
         raise ValueError(f"init adapter {folder}: no {CONFIG_FILE} + {WEIGHTS_FILE} there (not an adapter folder)")
-    theirs, ours = json.loads(config.read_text()), next(iter(model.peft_config.values()))
+    theirs, ours = json.loads((folder / CONFIG_FILE).read_text()), next(iter(model.peft_config.values()))
     if (theirs.get("r"), theirs.get("lora_alpha")) != (ours.r, ours.lora_alpha):
         raise ValueError(f"init adapter {folder} has r={theirs.get('r')}, alpha={theirs.get('lora_alpha')}; "
                          f"this run has r={ours.r}, alpha={ours.lora_alpha}: use its --lora-r and --lora-alpha")
-    trained_on = read_meta(Path(folder)).get("base_model")
-    if trained_on and not same_base(str(trained_on), base_name):
+    trained_on = trained_base(folder, read_meta(folder))
+    if trained_on and not same_base(trained_on, base_name):
         raise ValueError(f"init adapter {folder} was trained on {trained_on!r}, not on {base_name!r}")
     try:
-        result = set_peft_model_state_dict(model, load_file(str(weights)))
+        result = set_peft_model_state_dict(model, load_file(str(folder / WEIGHTS_FILE)))
     except RuntimeError as e:  # shape mismatch: another base model size
         raise ValueError(f"init adapter {folder} does not fit this model ({str(e).splitlines()[0][:200]})") from e
     missing = [k for k in result.missing_keys if "lora_" in k]

@@ -89,9 +89,11 @@ class LLMService:
         if requested is None:
             return None
         if requested == "auto":
+            if not dataset_name:
+                return None
             shipped = self.available_adapters()
             names = ([f"{dataset_name}-{ranker}"] if ranker else []) + [dataset_name]
-            return next((n for n in names if dataset_name and n in shipped), None)
+            return next((n for n in names if n in shipped), None)
         if requested in self.adapters.loaded:
             return requested
         with self.lock:
