@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     _dataset_flags(p)
     _llm_flags(p)
     p.add_argument("--tasks", default="recommend,recommend_retrieval",
-                   help="comma list of recommend, recommend_retrieval, tallrec, genrec")
+                   help="comma list of recommend, recommend_retrieval, tallrec, genrec, sequence, rank")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--examples", type=int, help="number of training examples (default: enough for --steps)")
     p.add_argument("--batch-size", type=int, default=4)
@@ -92,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--micro-batch-size", type=int, help="examples per forward pass (default: 1 on CPU, 4 on GPU)")
     p.add_argument("--lora-dropout", type=float)
     p.add_argument("--train-candidates", type=int, help="candidate list length in recommend_retrieval examples (20)")
-    p.add_argument("--eval-candidates", type=int, help="candidates per user in the ranking metrics (50)")
+    p.add_argument("--eval-candidates", type=int, help="candidates per user in the ranking metrics and task rank (50)")
+    p.add_argument("--rank-sasrec-weight", type=float,
+                   help="task rank: add this x SASRec's z-scored score to the LLM's logits (train the residual; 0)")
     p.add_argument("--history-attributes", action="store_true", default=None,
                    help="show genres/categories in training histories (longer prompts)")
     p.add_argument("--no-rank-eval", action="store_true", help="validation loss only, no ranking metrics")

@@ -14,6 +14,12 @@ class FakeRetriever:
     def __init__(self, n_items, seed=0):
         self.item_embeddings = np.random.default_rng(seed).normal(size=(n_items, 8)).astype(np.float32)
 
+    def top_k(self, history, k=50):
+        """Every item not in the history (held-out ones included), nearest to the last one first."""
+        scores = self.item_embeddings @ self.item_embeddings[int(history[-1])]
+        order = [int(i) for i in np.argsort(-scores) if int(i) not in set(int(h) for h in history)]
+        return [(i, float(scores[i])) for i in order[:k]]
+
 
 def held_out_dataset():
     """Every user's last two items (validation, test) are items nobody else ever touches."""
@@ -37,9 +43,10 @@ def held_out_dataset():
 def test_training_examples_never_contain_validation_or_test_items(tiny_tokenizer, with_retriever):
     ds, held = held_out_dataset()
     retriever = FakeRetriever(ds.n_items) if with_retriever else None
-    builder = ExampleBuilder(ds, tiny_tokenizer, retriever, n_candidates=12)
-    examples = builder.training_examples(list(TASKS), 200, seed=1)
-    assert {e.task for e in examples} == set(TASKS)
+    builder = ExampleBuilder(ds, tiny_tokenizer, retriever, n_candidates=12, rank_candidates=12)
+    tasks = [t for t in TASKS if with_retriever or t != "rank"]  # rank ranks SASRec's lists
+    examples = builder.training_examples(tasks, 200, seed=1)
+    assert {e.task for e in examples} == set(tasks)
     held_titles = [ds.catalog.titles[i] for i in held]
     for ex in examples:
         used = set(ex.history) | set(ex.items) | set(ex.candidates)
@@ -66,7 +73,7 @@ def test_validation_examples_target_the_validation_item(tiny_tokenizer):
 
 def test_labels_mask_the_prompt_and_keep_the_whole_answer(tiny_tokenizer, toy_dataset):
     builder = ExampleBuilder(toy_dataset, tiny_tokenizer)
-    single = [t for t in TASKS if t != "sequence"]  # sequence: every line is an answer (tests below)
+    single = [t for t in TASKS if t not in ("sequence", "rank")]  # sequence: every line is an answer; rank: no text
     for ex in builder.training_examples(single, 8, seed=0):
         enc = builder.encode(ex, max_length=4096)
         ids, labels = enc["input_ids"], enc["labels"]

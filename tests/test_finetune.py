@@ -228,7 +228,7 @@ def test_real_examples_come_from_training_sequences_only(tiny_tokenizer):
     ds = load_dataset("movielens-small", root=_data_root())
     train = ds.train_sequences()
     builder = ExampleBuilder(ds, tiny_tokenizer)
-    for ex in builder.training_examples(list(TASKS), 400, seed=0):
+    for ex in builder.training_examples([t for t in TASKS if t != "rank"], 400, seed=0):  # rank: test_ft_rank
         seq = [int(x) for x in train[ex.user]]
         n = len(ex.history)
         assert seq[:n] == ex.history

@@ -26,7 +26,8 @@ log = logging.getLogger("recdemo.app")
 DOMAINS = {"movielens-small": "Movies · MovieLens (small)", "amazon-beauty": "Products · Amazon Beauty"}
 TASKS = {"recommend": "PALR v1 (recommend)", "recommend_retrieval": "PALR v2 (recommend from candidates)",
          "tallrec": "TALLRec (yes/no)", "genrec": "GenRec (next title)",
-         "sequence": "Next line of the history (score ranker)"}
+         "sequence": "Next line of the history (score ranker)",
+         "rank": "Pick the next item from SASRec's top-50 (score ranker)"}
 RANKERS = ["palr", "score", "tallrec", "genrec"]
 
 

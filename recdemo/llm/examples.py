@@ -21,6 +21,8 @@ Tasks (prompt text always comes from ``recdemo.llm.prompts``):
   is in SASRec's training. One ~250-token window gives ~20 targets where the other tasks give one,
   which matters when a CPU trains at a few hundred tokens/s. Validation examples score only the
   held-out item's line, after the user's last <= 20 training items, exactly as the ranker does.
+- ``rank``: the ``score`` ranker's prompt and SASRec's top-N candidates for the cut's history; the
+  loss is the listwise cross-entropy of the true next item among them (ft_rank.py). Needs SASRec.
 
 Negatives only come from items that occur in training sequences, and never from the user's own
 training items: what an example shows can always be traced to training data.
@@ -34,8 +36,9 @@ import numpy as np
 from ..data.dataset import LIKED_RATING
 from . import prompts as P
 
-TASKS = ("recommend", "recommend_retrieval", "tallrec", "genrec", "sequence")
+TASKS = ("recommend", "recommend_retrieval", "tallrec", "genrec", "sequence", "rank")
 MIN_HISTORY = 3  # a cut leaves at least this many history items (when the sequence allows)
+RANK_TRIES = 30  # rank: cuts drawn per example until SASRec's list holds the next item
 
 
 @dataclass
@@ -44,10 +47,12 @@ class Example:
     user: int  # position in dataset.users
     history: list[int]  # catalog indices before the cut, oldest first (prompts show the last max_history)
     items: list[int]  # answer items in time order; tallrec: the item asked about
-    candidates: list[int] = field(default_factory=list)  # recommend_retrieval: shuffled targets + negatives
+    candidates: list[int] = field(default_factory=list)  # recommend_retrieval: shuffled targets + negatives;
+    # rank: SASRec's top-N for the history
     label: bool | None = None  # tallrec: does the user like ``items[0]``?
     profile: object = None  # types.Profile (heuristic, from the visible history)
     dense: bool = False  # sequence: every line is a target (training), else only the last (validation)
+    sasrec_hit: bool = False  # rank: SASRec's own top-N held the answer (it was not put in)
 
 
 def check_tasks(tasks) -> list[str]:
@@ -70,11 +75,12 @@ class ExampleBuilder:
 
     def __init__(self, dataset, tokenizer, retriever=None, max_history: int = P.MAX_HISTORY,
                  n_candidates: int = 20, max_targets: int = 3, with_attributes: bool = False,
-                 hard_fraction: float = 0.75):
+                 hard_fraction: float = 0.75, rank_candidates: int = 50):
         self.dataset, self.catalog, self.tok = dataset, dataset.catalog, tokenizer
         self.domain = P.domain_for(self.catalog)
         self.max_history, self.n_candidates, self.max_targets = max_history, n_candidates, max_targets
         self.with_attributes, self.hard_fraction = with_attributes, hard_fraction
+        self.retriever, self.rank_candidates = retriever, rank_candidates
         self.train = dataset.train_sequences()
         self.train_ratings = dataset.train_ratings()
         n = dataset.n_items
@@ -143,6 +149,12 @@ class ExampleBuilder:
         ex = Example(task=task, user=int(user), history=history, items=[int(x) for x in items], label=label)
         if task == "sequence":
             return ex  # no profile in this prompt
+        if task == "rank":
+            from .ft_rank import rank_candidates
+            ex.candidates, ex.sasrec_hit = rank_candidates(
+                self.retriever, history, ex.items[0], self.rank_candidates,
+                banned=self.dataset.sequences[user], allowed=self.in_pool)
+            return ex
         ex.profile = make_profile(self.catalog, history[-self.max_history:])
         if task == "recommend_retrieval":
             own = self.train[user]
@@ -160,19 +172,34 @@ class ExampleBuilder:
         if not users:
             raise ValueError("no user has two or more training interactions: nothing to fine-tune on")
         out = []
-        for i in range(n):
-            task = tasks[i % len(tasks)]
+
+        def cut(multi: bool) -> tuple[int, np.ndarray, int]:
             u = users[int(rng.integers(len(users)))]
             seq = self.train[u]
-            multi = task in ("recommend", "recommend_retrieval")
             hi = len(seq) - 2 if multi and len(seq) >= 3 else len(seq) - 1  # room for 2 targets if possible
-            t = int(rng.integers(min(MIN_HISTORY, hi), hi + 1))  # history = seq[:t], t >= 1
+            return u, seq, int(rng.integers(min(MIN_HISTORY, hi), hi + 1))  # history = seq[:t], t >= 1
+
+        for i in range(n):
+            task = tasks[i % len(tasks)]
+            multi = task in ("recommend", "recommend_retrieval")
+            u, seq, t = cut(multi)
             if multi:
                 m = int(rng.integers(min(2, self.max_targets), self.max_targets + 1))
                 items = seq[t:t + m]
             else:
                 items = seq[t:t + 1]
             label = None
+            if task == "rank":
+                # Only cuts whose next item is in SASRec's list, as LlamaRec trains: elsewhere no
+                # reranker can help, and a target put in by hand is one SASRec scores lowest.
+                ex = self._example(task, u, seq[:t], items, rng)
+                for _ in range(RANK_TRIES):
+                    if ex.sasrec_hit:
+                        break
+                    u, seq, t = cut(False)
+                    ex = self._example(task, u, seq[:t], seq[t:t + 1], rng)
+                out.append(ex)
+                continue
             if task == "sequence":  # the window: the last max_history items before the cut, and seq[t]
                 out.append(self._example(task, u, seq[:t], items, rng))
                 out[-1].dense = True
@@ -198,7 +225,9 @@ class ExampleBuilder:
                     label = bool(self.dataset.ratings[case.user][len(case.history)] >= LIKED_RATING)
                 else:
                     label = i % 2 == 0
-            out.append(self._example(task, case.user, case.history, [case.target], rng, label))
+            ex = self._example(task, case.user, case.history, [case.target], rng, label)
+            if task != "rank" or ex.sasrec_hit:  # rank: as in training, lists that hold the target
+                out.append(ex)
         return out
 
     # -- text --
@@ -246,6 +275,9 @@ class ExampleBuilder:
         even one history item does not fit (e.g. a huge candidate list)."""
         if ex.task == "sequence":
             return self.encode_sequence(ex, max_length)
+        if ex.task == "rank":
+            from .ft_rank import encode_rank
+            return encode_rank(self, ex, max_length)
         answer = self.tok(self.answer(ex), add_special_tokens=False)["input_ids"]
         for n in range(min(len(ex.history), self.max_history), 0, -1):
             prompt = self.tok(self.prompt(ex, n))["input_ids"]

@@ -35,13 +35,13 @@ import torch
 from . import ft_checkpoint as ckpt
 from .examples import ExampleBuilder, check_tasks
 from .ft_model import add_lora, load_lora_weights, make_accelerator, trainable_base
-from .ft_eval import Cancelled, answer_loss, answer_token_loss, check_cancel, collate, finite, ranking_metrics
+from .ft_eval import Cancelled, answer_loss, check_cancel, example_loss, finite, ranking_metrics
 
 # Spec fields that change what is trained: a partial run resumes only if all of them match.
 TRAINING_FIELDS = ("tasks", "steps", "examples", "batch_size", "micro_batch_size", "lora_r", "lora_alpha",
                    "lora_dropout", "lora_targets", "lr", "warmup_steps", "min_lr_ratio", "weight_decay",
                    "grad_clip", "max_length", "max_history", "n_candidates", "with_attributes", "seed",
-                   "init_adapter")
+                   "init_adapter", "eval_candidates", "rank_sasrec_weight")
 
 
 @dataclass
@@ -66,9 +66,10 @@ class FineTuneSpec:
     with_attributes: bool = False  # history lines without genres: ~30% fewer tokens on CPU
     eval_every: int = 50  # steps between validation-loss checks (and partial saves)
     eval_users: int = 32  # validation users for the loss and the ranking metrics
-    eval_candidates: int = 50  # candidates per user in the ranking metrics (as at inference)
+    eval_candidates: int = 50  # candidates per user in the ranking metrics and task rank (as at inference)
     rank_eval: bool = True  # ranking metrics before and after (the slow part of evaluation)
     seed: int = 0
+    rank_sasrec_weight: float = 0.0  # task rank: > 0 trains the residual on top of SASRec (ft_rank.rank_loss)
     init_adapter: str = ""  # start from this adapter folder's LoRA weights (same r/targets): train it further
     out: str = ""  # adapter folder, e.g. checkpoints/adapters/movielens-small
     resume: bool = True  # continue from <out>.partial when it matches this spec
@@ -126,7 +127,8 @@ def run_finetune(spec: FineTuneSpec, dataset, service, retriever=None, progress=
 
     # 1. Examples: training from train_sequences() only; validation from eval_cases("valid").
     builder = ExampleBuilder(dataset, tok, retriever, max_history=spec.max_history,
-                             n_candidates=spec.n_candidates, with_attributes=spec.with_attributes)
+                             n_candidates=spec.n_candidates, with_attributes=spec.with_attributes,
+                             rank_candidates=spec.eval_candidates)
     train, dropped = builder.encode_all(builder.training_examples(spec.tasks, spec.n_examples, spec.seed),
                                         spec.max_length)
     if not train:
@@ -146,6 +148,9 @@ def run_finetune(spec: FineTuneSpec, dataset, service, retriever=None, progress=
     if spec.init_adapter:
         load_lora_weights(model, spec.init_adapter, llm.name)
     accelerator = make_accelerator(llm.device)
+    if "rank" in spec.tasks and accelerator.num_processes > 1:
+        # rank_loss runs the decoder inside the peft model directly, past the DDP wrapper's forward
+        raise ValueError("the fine-tuning task 'rank' runs on one device; launch it without accelerate")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
 
@@ -185,8 +190,8 @@ def run_finetune(spec: FineTuneSpec, dataset, service, retriever=None, progress=
         return picked[accelerator.process_index::accelerator.num_processes][:local]
 
     def evaluate(full: bool) -> dict:
-        metrics = answer_loss(raw, val, pad_id, device, cancel) if val else {}
-        if full and spec.rank_eval and {"recommend", "recommend_retrieval", "sequence"} & set(spec.tasks):
+        metrics = answer_loss(raw, val, pad_id, device, cancel, spec.rank_sasrec_weight) if val else {}
+        if full and spec.rank_eval and {"recommend", "recommend_retrieval", "sequence", "rank"} & set(spec.tasks):
             metrics.update(ranking_metrics(raw, builder, val_cases, retriever, spec.eval_candidates,
                                            seed=spec.seed, cancel=cancel, device=device, llm_name=llm.name))
         return finite(metrics)
@@ -227,14 +232,14 @@ def run_finetune(spec: FineTuneSpec, dataset, service, retriever=None, progress=
                 part = batch_examples[m * micro:(m + 1) * micro]
                 if not part:
                     break
-                batch = collate(part, pad_id, device)
-                tokens += int(batch["attention_mask"].sum())
                 # Gradients sync across GPUs only on the last micro-batch (no_sync is a no-op on 1 device).
                 sync = nullcontext() if m == accum - 1 else accelerator.no_sync(model)
                 with sync:
-                    loss = answer_token_loss(model, batch)[0] / accum  # mean over micro-batches
+                    loss, n_tokens = example_loss(model, part, pad_id, device, spec.rank_sasrec_weight)
+                    loss = loss / accum  # mean over micro-batches
                     accelerator.backward(loss)
                 step_loss += loss.detach().item()
+                tokens += n_tokens
             if spec.grad_clip:
                 accelerator.clip_grad_norm_(params, spec.grad_clip)  # LoRA on tiny batches can spike
             optimizer.step()
@@ -285,7 +290,8 @@ def run_finetune(spec: FineTuneSpec, dataset, service, retriever=None, progress=
                     "examples": len(train), "examples_dropped": dropped, "batch_size": spec.batch_size,
                     "lr": spec.lr, "max_length": spec.max_length, "n_candidates": spec.n_candidates,
                     "with_attributes": spec.with_attributes, "max_history": spec.max_history,
-                    "eval_users": len(val_cases), "seed": spec.seed, "init_adapter": spec.init_adapter or None}
+                    "eval_users": len(val_cases), "seed": spec.seed, "init_adapter": spec.init_adapter or None,
+                    "rank_sasrec_weight": spec.rank_sasrec_weight}
             if "fusion_weight" in metrics_after:  # chosen on these validation users (fusion.select_weight)
                 meta["fusion"] = {"score": metrics_after["fusion_weight"]}
             ckpt.save_adapter(out, raw, meta)

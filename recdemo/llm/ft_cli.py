@@ -19,7 +19,8 @@ def spec_from_args(args):
               "out": args.out, "resume": not args.no_resume, "copy_base": False}
     optional = {"micro_batch_size": "micro_batch_size", "lora_dropout": "lora_dropout",
                 "train_candidates": "n_candidates", "eval_candidates": "eval_candidates",
-                "history_attributes": "with_attributes", "init_adapter": "init_adapter"}
+                "history_attributes": "with_attributes", "init_adapter": "init_adapter",
+                "rank_sasrec_weight": "rank_sasrec_weight"}
     for flag, name in optional.items():
         if getattr(args, flag, None) is not None:
             values[name] = getattr(args, flag)

@@ -43,6 +43,26 @@ def collate(encoded: list[dict], pad_id: int, device) -> dict:
     return {"input_ids": ids.to(device), "labels": labels.to(device), "attention_mask": mask.to(device)}
 
 
+def example_loss(model, part: list[dict], pad_id: int, device, rank_sasrec_weight: float = 0.0
+                 ) -> tuple[torch.Tensor, int]:
+    """(mean loss over the micro-batch's examples, tokens run through the model).
+
+    ``rank`` examples (a listwise loss over a tree of candidate titles, ft_rank.py) run one at a
+    time; the others are padded into one batch for the answer-token loss."""
+    from .ft_rank import rank_loss
+    total, tokens = 0.0, 0
+    plain = [e for e in part if e["task"] != "rank"]
+    for e in part:
+        if e["task"] == "rank":
+            loss, n = rank_loss(model, e, device, rank_sasrec_weight)
+            total, tokens = total + loss, tokens + n
+    if plain:
+        batch = collate(plain, pad_id, device)
+        total = total + answer_token_loss(model, batch)[0] * len(plain)
+        tokens += int(batch["attention_mask"].sum())
+    return total / max(1, len(part)), tokens
+
+
 def answer_token_loss(model, batch: dict) -> tuple[torch.Tensor, int]:
     """(mean cross-entropy over the answer tokens, their count).
 
@@ -63,15 +83,22 @@ def answer_token_loss(model, batch: dict) -> tuple[torch.Tensor, int]:
 
 
 @torch.no_grad()
-def answer_loss(model, encoded: list[dict], pad_id: int, device, cancel=None) -> dict:
-    """Token-weighted mean answer loss, overall and per task (``val_loss``, ``val_loss_<task>``)."""
+def answer_loss(model, encoded: list[dict], pad_id: int, device, cancel=None, rank_sasrec_weight: float = 0.0
+                ) -> dict:
+    """Token-weighted mean answer loss, overall and per task (``val_loss``, ``val_loss_<task>``).
+    A ``rank`` example counts as one token: its loss is one cross-entropy over the candidate list."""
+    from .ft_rank import rank_loss
+
     was_training = model.training
     model.eval()
     sums: dict[str, list[float]] = {}
     try:
         for e in encoded:
             check_cancel(cancel)
-            loss, n = answer_token_loss(model, collate([e], pad_id, device))
+            if e["task"] == "rank":
+                loss, n = rank_loss(model, e, device, rank_sasrec_weight)[0], 1
+            else:
+                loss, n = answer_token_loss(model, collate([e], pad_id, device))
             loss = float(loss)
             for key in ("val_loss", f"val_loss_{e['task']}"):
                 s = sums.setdefault(key, [0.0, 0])

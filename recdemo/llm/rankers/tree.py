@@ -139,15 +139,46 @@ class TreeDecoder:
         return torch.log_softmax(self.logits([node], token_ids)[0], dim=-1)
 
 
-def trie_logprobs(decoder: TreeDecoder, trie, max_nodes: int = 2048) -> dict[int, float]:
+def trie_logprobs(decoder: TreeDecoder, trie, max_nodes: int = 2048, as_tensors: bool = False) -> dict:
     """Constrained log-probability of every item in ``trie`` as the answer after the prompt:
-    log P(path) with each choice renormalised over the tokens the trie allows there.
+    log P(path) with each choice renormalised over the tokens the trie allows there. Floats, or
+    with ``as_tensors`` 0-d tensors that keep the graph (fine-tuning task ``rank`` trains on them).
 
     Only the branching points need the model: a title is fed up to its last branch (where it
     becomes unique); what follows is forced (probability 1 under the constraint) and never run.
     All needed nodes go through the model packed in ``ceil(nodes / max_nodes)`` forward calls."""
-    # 1. the trie nodes to feed: every prefix that ends at (or above) a branching point
-    feed: list[tuple[tuple[int, ...], int]] = []  # (token path, parent path index)
+    feed, index = trie_feed(trie)
+    # 2. run them (parents always come before children in ``feed``)
+    base = len(decoder.tokens)  # node ids are handed out in order: feed[j] becomes node base + j
+    node_of = {ROOT: ROOT, **{j: base + j for j in range(len(feed))}}
+    for start in range(0, len(feed), max_nodes):
+        chunk = feed[start:start + max_nodes]
+        decoder.extend([p[-1] for p, _ in chunk], [node_of[parent] for _, parent in chunk])
+    # 3. one constrained softmax per branching node, shared by every item below it
+    logp: dict[tuple[int, ...], object] = {(): 0.0}
+    out: dict[int, object] = {}
+    stack = [((), trie.root)]
+    while stack:
+        path, node = stack.pop()
+        tokens = list(node.children)
+        if len(tokens) > 1 or (tokens and node.values):
+            lps = decoder.log_softmax_over(node_of[index[path]], tokens)
+            lps = lps.unbind(0) if as_tensors else lps.tolist()
+        else:
+            lps = [0.0] * len(tokens)
+        for v in node.values:
+            out[v] = logp[path]
+        for t, lp in zip(tokens, lps):
+            cpath = path + (t,)
+            logp[cpath] = logp[path] + lp
+            stack.append((cpath, node.children[t]))
+    return out
+
+
+def trie_feed(trie) -> tuple[list[tuple[tuple[int, ...], int]], dict[tuple[int, ...], int]]:
+    """The nodes ``trie_logprobs`` runs: every prefix that ends at (or above) a branching point, as
+    (token path, index of its parent in the list), parents first; and path -> index (ROOT for ())."""
+    feed: list[tuple[tuple[int, ...], int]] = []
     index: dict[tuple[int, ...], int] = {(): ROOT}
     stack = [((), trie.root)]
     while stack:
@@ -158,30 +189,7 @@ def trie_logprobs(decoder: TreeDecoder, trie, max_nodes: int = 2048) -> dict[int
                 index[cpath] = len(feed)
                 feed.append((cpath, index[path]))
                 stack.append((cpath, child))
-    # 2. run them (parents always come before children in ``feed``)
-    base = len(decoder.tokens)  # node ids are handed out in order: feed[j] becomes node base + j
-    node_of = {ROOT: ROOT, **{j: base + j for j in range(len(feed))}}
-    for start in range(0, len(feed), max_nodes):
-        chunk = feed[start:start + max_nodes]
-        decoder.extend([p[-1] for p, _ in chunk], [node_of[parent] for _, parent in chunk])
-    # 3. one constrained softmax per branching node, shared by every item below it
-    logp: dict[tuple[int, ...], float] = {(): 0.0}
-    out: dict[int, float] = {}
-    stack = [((), trie.root)]
-    while stack:
-        path, node = stack.pop()
-        tokens = list(node.children)
-        if len(tokens) > 1 or (tokens and node.values):
-            lps = decoder.log_softmax_over(node_of[index[path]], tokens).tolist()
-        else:
-            lps = [0.0] * len(tokens)
-        for v in node.values:
-            out[v] = logp[path]
-        for t, lp in zip(tokens, lps):
-            cpath = path + (t,)
-            logp[cpath] = logp[path] + lp
-            stack.append((cpath, node.children[t]))
-    return out
+    return feed, index
 
 
 def _branches_below(node) -> bool:
