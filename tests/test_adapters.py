@@ -55,8 +55,11 @@ def test_switch_on_off_and_between_adapters_without_touching_the_base(tiny_llm, 
 
 def test_missing_adapter_says_how_to_make_it(tiny_llm, tmp_path):
     mgr = AdapterManager(tiny_llm, tmp_path)
-    with pytest.raises(ModelNotFound, match="python -m recdemo finetune"):
-        mgr.activate("movielens-small")
+    with pytest.raises(ModelNotFound, match="there: none.*finetune --dataset movielens-small "
+                       "--out checkpoints/adapters/movielens-small-score"):
+        mgr.activate("movielens-small-score")
+    with pytest.raises(ModelNotFound, match="--dataset NAME --out checkpoints/adapters/mine"):
+        mgr.activate("mine")
 
 
 def test_adapter_for_another_base_model_is_refused(tiny_llm, tmp_path):

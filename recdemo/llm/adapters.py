@@ -14,6 +14,7 @@ import json
 import re
 from pathlib import Path
 
+from ..data.dataset import BUILTIN_FOLDERS
 from .models import LLM, ModelNotFound
 
 CONFIG_FILE = "adapter_config.json"
@@ -27,9 +28,13 @@ BASE_ALIASES = {
 
 
 def finetune_hint(name: str) -> str:
-    dataset = name if re.fullmatch(r"[A-Za-z0-9_.-]+", name) else "NAME"
+    """How to make adapter ``name``: shipped adapters are named ``<dataset>`` or ``<dataset>-<ranker>``,
+    so a name that starts with a built-in dataset's name gets that dataset; any other, ``NAME``."""
+    safe = name if re.fullmatch(r"[A-Za-z0-9_.-]+", name) else "NAME"
+    dataset = next((d for d in sorted(BUILTIN_FOLDERS, key=len, reverse=True)
+                    if safe == d or safe.startswith(d + "-")), "NAME")
     return (f"create it with `python -m recdemo finetune --dataset {dataset} "
-            f"--out checkpoints/adapters/{dataset}`, or use --adapter none for the base model")
+            f"--out checkpoints/adapters/{safe}`, or use --adapter none for the base model")
 
 
 def is_adapter_dir(path: Path) -> bool:
@@ -118,7 +123,8 @@ class AdapterManager:
             if folder.is_dir():
                 self._check_files(folder)
                 return folder.resolve().name, folder
-        raise ModelNotFound(f"adapter {text!r} not found (looked in {self.adapter_dir}); "
+        have = ", ".join(self.available()) or "none"
+        raise ModelNotFound(f"adapter {text!r} not found (looked in {self.adapter_dir}; there: {have}); "
                             + finetune_hint(Path(text).name))
 
     @staticmethod
