@@ -191,3 +191,22 @@ def toy_text_index(toy_dataset, tmp_path):
 
     return TextIndex.for_dataset(toy_dataset, None, cache_dir=tmp_path / "text_index",
                                  encoder=hash_encoder, encoder_name="hash")
+
+
+# -- the real datasets, for the integration tests --
+def real_data_root(*datasets: str) -> str:
+    """The data root the integration tests read (RECDEMO_DATA_DIR through Config.from_env, else
+    ./data), checked to hold ``datasets`` (default movielens-small). A missing one fails the test,
+    saying how to get it: never a skip, which would read as a pass."""
+    from pathlib import Path
+
+    from recdemo.config import Config
+    from recdemo.data.dataset import BUILTIN_FOLDERS
+
+    root = Path(Config.from_env().data.root)
+    missing = [d for d in datasets or ("movielens-small",) if not (root / BUILTIN_FOLDERS[d]).is_dir()]
+    if missing:
+        pytest.fail(f"this integration test needs {' and '.join(missing)} under {root} (RECDEMO_DATA_DIR): "
+                    + "; ".join(f"`python -m recdemo data download {d}`" for d in missing)
+                    + ", or set RECDEMO_DATA_DIR to a folder that holds them (e.g. ../shared/data)")
+    return str(root)

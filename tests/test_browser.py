@@ -9,6 +9,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from conftest import real_data_root
 
 pytestmark = pytest.mark.integration
 CHROMIUM = "/usr/bin/chromium"
@@ -47,9 +48,7 @@ def write_tiny_dataset(folder: Path) -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def real_app(tmp_path_factory):
-    data_root = os.environ.get("RECDEMO_DATA_DIR")
-    _need(bool(data_root) and (Path(data_root) / "ml-latest-small").is_dir(),
-          "needs RECDEMO_DATA_DIR with ml-latest-small")
+    real_data_root()
     _need(Path(CHROMIUM).is_file(), f"{CHROMIUM} is missing (apt-get install chromium)")
     from recdemo.app.context import AppContext
     from recdemo.app.main import launch

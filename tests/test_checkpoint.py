@@ -1,10 +1,11 @@
 import json
-import os
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
+
+from conftest import real_data_root
 
 from recdemo.config import PROJECT_ROOT, RetrievalConfig
 from recdemo.retrieval.checkpoint import checkpoint_paths, checkpoint_problem, load_checkpoint, save_checkpoint
@@ -61,7 +62,7 @@ def test_dataset_names_become_safe_file_names(tmp_path):
 def test_shipped_checkpoint_matches_the_dataset(name):
     from recdemo.data import load_dataset
 
-    dataset = load_dataset(name, root=os.environ.get("RECDEMO_DATA_DIR", "../shared/data"))
+    dataset = load_dataset(name, root=real_data_root(name))
     directory = PROJECT_ROOT / "checkpoints"
     assert checkpoint_problem(dataset, directory) is None
     model = load_checkpoint(dataset, directory)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import real_data_root
+
 from recdemo.data import DataError, load_dataset
 from recdemo.data.dataset import resolve_folder
 
@@ -111,18 +113,11 @@ def test_resolve_folder_messages(tmp_path):
     assert resolve_folder("ml-1m", str(tmp_path / "x"), None) == tmp_path / "x"  # --data-dir wins
 
 
-def data_root() -> str:
-    root = os.environ.get("RECDEMO_DATA_DIR")
-    if not root or not Path(root, "ml-latest-small").is_dir():
-        pytest.fail("integration tests need RECDEMO_DATA_DIR pointing at the datasets (../shared/data)")
-    return root
-
-
 @pytest.mark.integration
 def test_real_movielens_small_matches_its_source_notes():
     import pandas as pd
 
-    root = data_root()
+    root = real_data_root("movielens-small")
     ds = load_dataset("movielens-small", root=root)
     assert (len(ds.users), ds.n_items, ds.n_interactions) == (610, 9724, 100836)
     assert ds.catalog.attribute_name == "genres" and ds.ratings is not None
@@ -139,7 +134,7 @@ def test_real_movielens_small_matches_its_source_notes():
 def test_real_amazon_beauty_keeps_file_order_within_days():
     import csv
 
-    root = data_root()
+    root = real_data_root("amazon-beauty")
     ds = load_dataset("amazon-beauty", root=root)
     assert (len(ds.users), ds.n_items, ds.n_interactions) == (22332, 12086, 198215)
     assert min(len(s) for s in ds.sequences) == 5 and max(len(s) for s in ds.sequences) == 204

@@ -15,6 +15,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import real_data_root
+
 from recdemo.cli import main
 from recdemo.data import DataError, load_dataset
 from recdemo.data import download as dl
@@ -271,10 +273,7 @@ def test_real_amazon_conversion_reproduces_the_pinned_csvs(tmp_path, monkeypatch
     """Rebuild the release's pickles from the real CSVs (as its processing script lays them out:
     one row per user with item and timestamp lists), serve them, and check that the downloader's
     conversion gives back the CSVs byte for byte (the sha256s pinned from SOURCE.md)."""
-    root = os.environ.get("RECDEMO_DATA_DIR")
-    src = Path(root or "", "amazon-beauty")
-    if not root or not src.is_dir():
-        pytest.fail("integration tests need RECDEMO_DATA_DIR pointing at the datasets (../shared/data)")
+    src = Path(real_data_root("amazon-beauty"), "amazon-beauty")
     inter = pd.read_csv(src / "interactions.csv")
     items = pd.read_csv(src / "items.csv", keep_default_na=False)
     grouped = inter.groupby("user_id", sort=True)

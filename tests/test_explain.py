@@ -1,10 +1,11 @@
 """Explanations: evidence from the history, one batched LLM call, sentences verified or replaced."""
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
+
+from conftest import real_data_root
 
 from recdemo.llm.explain import Explainer, RationaleChecker, capitalised_spans, short_title, tidy
 
@@ -143,7 +144,7 @@ def test_smollm2_rationales_name_only_history_items():
     from recdemo.llm.service import LLMService
     from recdemo.retrieval.baselines import ItemKNN
 
-    data = load_dataset("movielens-small", root=os.environ.get("RECDEMO_DATA_DIR", "../shared/data"))
+    data = load_dataset("movielens-small", root=real_data_root())
     cat = data.catalog
     history = [int(i) for i in data.train_sequences()[20][-20:]]
     knn = ItemKNN.for_dataset(data)

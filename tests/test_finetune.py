@@ -10,6 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import real_data_root
+
 from recdemo.config import LLMConfig
 from recdemo.llm import ft_checkpoint as ckpt
 from recdemo.llm.finetune import FineTuneSpec, lr_at, run_finetune
@@ -212,20 +214,12 @@ def test_cli_rejects_bad_flags_without_a_traceback(capsys):
     assert code == 1 and "unknown fine-tuning task(s) poetry" in err and "Traceback" not in err
 
 
-def _data_root() -> str:
-    import os
-    root = os.environ.get("RECDEMO_DATA_DIR")
-    if not root or not Path(root, "ml-latest-small").is_dir():
-        pytest.fail("integration tests need RECDEMO_DATA_DIR pointing at the datasets (../shared/data)")
-    return root
-
-
 @pytest.mark.integration
 def test_real_examples_come_from_training_sequences_only(tiny_tokenizer):
     from recdemo.data import load_dataset
     from recdemo.llm.examples import TASKS, ExampleBuilder
 
-    ds = load_dataset("movielens-small", root=_data_root())
+    ds = load_dataset("movielens-small", root=real_data_root())
     train = ds.train_sequences()
     builder = ExampleBuilder(ds, tiny_tokenizer)
     for ex in builder.training_examples([t for t in TASKS if t != "rank"], 400, seed=0):  # rank: test_ft_rank
@@ -251,7 +245,7 @@ def test_real_model_finetunes_and_serves_the_new_adapter(tmp_path):
     from recdemo.types import Candidate, RerankRequest
 
     cfg = Config.from_env()
-    ds = load_dataset("movielens-small", root=_data_root())
+    ds = load_dataset("movielens-small", root=real_data_root())
     service = LLMService(replace(cfg.llm, adapter_dir=str(tmp_path / "adapters")))
     q_before = service.llm.model.model.layers[0].self_attn.q_proj.weight.clone()
     spec = FineTuneSpec(tasks=["recommend"], steps=1, batch_size=1, examples=1, eval_users=2, rank_eval=False,

@@ -1,7 +1,6 @@
 """Fine-tuning validation: answer-token loss and the score ranker's metrics."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_tiny_tokenizer
+from conftest import make_tiny_tokenizer, real_data_root
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
@@ -177,6 +177,7 @@ def test_a_failing_setting_is_reported_and_the_rest_still_written(bench, tokeniz
 @pytest.mark.integration
 def test_default_tiny_run_on_movielens_has_realistic_prompts(bench, tmp_path):
     """The default --tiny path: cached SmolLM2 tokenizer, movielens-small titles (RECDEMO_DATA_DIR)."""
+    real_data_root()
     r = bench.main(["--tiny", "--out", str(tmp_path), "--users", "2", "--skip", "profile,lora,finetune"])
     assert r["catalog"]["source"] == "movielens-small" and r["tokenizer"]["size"] == 49152
     assert r["model"]["vocab"] == 49152  # max(32000, tokenizer): SmolLM2's tokenizer stands in for LLaMA's

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
 
 import numpy as np
 import pytest
-from conftest import PopularityRetriever
+from conftest import PopularityRetriever, real_data_root
 
 from recdemo.config import Config
 from recdemo.pipeline import Recommender, build_personas, cli_recommend
@@ -279,7 +278,7 @@ def test_smollm2_movielens_recommend_end_to_end():
             return [(int(i), float(s[i])) for i in top]
 
     cfg = Config.from_env()
-    data = load_dataset("movielens-small", root=os.environ.get("RECDEMO_DATA_DIR", "../shared/data"))
+    data = load_dataset("movielens-small", root=real_data_root())
     rec = Recommender(data, cfg, service=LLMService(cfg.llm), retriever=KNNRetriever(data))
     history = ["Toy Story (1995)", "Aladdin (1992)", "Lion King, The (1994)", "Shrek (2001)", "Finding Nemo (2003)"]
     out = rec.recommend(history, ranker="score", n_candidates=20, k=10, adapter=None)

@@ -1,9 +1,10 @@
 """Profile (PALR step 1): keyword grounding, robust parsing, heuristic top-up, the LLM generator."""
 from __future__ import annotations
 
-import os
 
 import pytest
+
+from conftest import real_data_root
 
 from recdemo.data import Catalog
 from recdemo.llm.profile import (ProfileGenerator, build_keywords, ground, heuristic_profile, keyword_line_done,
@@ -142,7 +143,7 @@ def test_smollm2_profile_is_grounded_in_the_history():
     from recdemo.data import load_dataset
     from recdemo.llm.service import LLMService
 
-    data = load_dataset("movielens-small", root=os.environ.get("RECDEMO_DATA_DIR", "../shared/data"))
+    data = load_dataset("movielens-small", root=real_data_root())
     svc = LLMService(Config.from_env().llm)
     gen = ProfileGenerator(svc, data.catalog)
     history = [int(i) for i in data.train_sequences()[200][-20:]]

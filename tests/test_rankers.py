@@ -1,4 +1,3 @@
-import os
 from dataclasses import replace
 
 import numpy as np
@@ -11,7 +10,7 @@ from recdemo.llm.rankers import RANKERS, get_ranker
 from recdemo.llm.trie import TokenTrie
 from recdemo.types import Candidate, RerankRequest
 
-from conftest import PopularityRetriever, make_tiny_llm
+from conftest import PopularityRetriever, make_tiny_llm, real_data_root
 
 
 def request_for(dataset, retriever, user: int = 0, n: int = 20, k: int = 5) -> RerankRequest:
@@ -150,7 +149,7 @@ def test_real_model_rankers_on_movielens(tmp_path):
     from recdemo.llm.models import load_llm
 
     cfg = Config.from_env()
-    dataset = load_dataset("movielens-small", root=os.environ.get("RECDEMO_DATA_DIR", cfg.data.root))
+    dataset = load_dataset("movielens-small", root=real_data_root())
     llm = load_llm(replace(cfg.llm, dtype="bfloat16"))  # ~2.5x faster than float32 on this CPU (bench/llm.py)
     retriever = PopularityRetriever(dataset)  # candidates only; SASRec has its own tests
     threads = torch.get_num_threads()

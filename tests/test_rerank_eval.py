@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from recdemo.eval.rerank_eval import MISS, evaluate_rerank, format_table, sample_cases
-from recdemo.llm.rankers import Ranker, ScoredList, get_ranker
+from recdemo.eval.rerank_eval import evaluate_rerank, format_table, sample_cases
+from recdemo.llm.rankers import Ranker, get_ranker
 
 from conftest import PopularityRetriever, make_toy_dataset
 

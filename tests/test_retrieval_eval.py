@@ -7,6 +7,8 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import real_data_root
+
 from recdemo.config import PROJECT_ROOT, Config, RetrievalConfig
 from recdemo.eval import cli as eval_cli
 from recdemo.eval.retrieval_eval import evaluate_models, sample_negatives, select_cases
@@ -94,7 +96,7 @@ def test_cli_writes_metrics_and_baselines(cycle_dataset, tmp_path, monkeypatch, 
 @pytest.mark.integration
 def test_evaluate_command_on_real_data(tmp_path):
     out = tmp_path / "retrieval.json"
-    env = {**os.environ, "RECDEMO_DATA_DIR": os.environ.get("RECDEMO_DATA_DIR", "../shared/data")}
+    env = {**os.environ, "RECDEMO_DATA_DIR": real_data_root()}
     assert (PROJECT_ROOT / "checkpoints" / "sasrec-movielens-small.safetensors").is_file()
     proc = subprocess.run([sys.executable, "-m", "recdemo", "evaluate", "--dataset", "movielens-small",
                            "--users", "60", "--json", str(out)], cwd=PROJECT_ROOT, env=env,

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import hash_encoder
+from conftest import hash_encoder, real_data_root
 from recdemo.retrieval.text_index import TextIndex, encoder_path, item_text
 
 
@@ -110,10 +110,7 @@ def test_unknown_encoder_is_a_clear_error(tmp_path):
 def movielens():
     from recdemo.data import load_dataset
 
-    root = os.environ.get("RECDEMO_DATA_DIR")
-    if not root or not Path(root, "ml-latest-small").is_dir():
-        pytest.fail("integration tests need RECDEMO_DATA_DIR pointing at the datasets (../shared/data)")
-    return load_dataset("movielens-small", root=root)
+    return load_dataset("movielens-small", root=real_data_root())
 
 
 @pytest.fixture(scope="module")
