@@ -49,3 +49,32 @@ def test_metrics_by_hand():
 def test_metrics_of_no_cases_are_zero():
     m = metrics_from_ranks([])
     assert m["users"] == 0 and m["ndcg@10"] == 0.0
+
+
+def test_ratio_interval_is_the_paired_lift():
+    from recdemo.eval.metrics import ratio_interval
+
+    base = [0, 3, 12, 1, 50, 7, 2, 30] * 10
+    assert ratio_interval(base, base) == (1.0, 1.0)  # the same list: no lift, no spread
+    better = [max(r - 1, 0) if r < 10 else r for r in base]  # every hit moves up one place
+    lo, hi = ratio_interval(better, base)
+    point = metrics_from_ranks(better)["ndcg@10"] / metrics_from_ranks(base)["ndcg@10"]
+    assert 1.0 < lo <= point <= hi
+    noisy = [0 if i % 2 else 40 for i in range(80)]  # half the users hit at 1, half miss
+    lo2, hi2 = ratio_interval(noisy, base)
+    assert hi2 - lo2 > hi - lo  # an unpaired-looking change is far less certain
+    assert ratio_interval([3, 4], [20, 30]) is None  # the base never hits: no ratio
+    with pytest.raises(ValueError, match="same cases"):
+        ratio_interval([1, 2], [1])
+
+
+def test_mean_interval_holds_the_mean_and_narrows_with_more_users():
+    from recdemo.eval.metrics import mean_interval
+
+    ranks = [0, 3, 12, 1, 50, 7, 2, 30]
+    lo, hi = mean_interval(ranks * 5)
+    lo_big, hi_big = mean_interval(ranks * 500)
+    mean = metrics_from_ranks(ranks)["ndcg@10"]
+    assert lo < mean < hi and lo_big < mean < hi_big
+    assert hi_big - lo_big < (hi - lo) / 5  # 100x the users: about a tenth of the width
+    assert mean_interval([]) is None

@@ -62,6 +62,9 @@ def test_oracle_metrics_and_baseline_are_computed_honestly(data):
     assert m["valid_ratio"] == 1.0 and m["auc"] == 1.0
     assert m["users"] == len(ds.eval_cases("test"))
     assert "SASRec top-10" in format_table(m)
+    lo, hi = m["lift_ci95"]  # the oracle's lift is large and certain, and the interval holds the point
+    assert 1.0 < lo <= m["lift"] <= hi and "95% paired bootstrap" in format_table(m)
+    assert m["ndcg@10_ci95"][0] < m["ndcg@10"] < m["ndcg@10_ci95"][1]
 
 
 def test_validation_selects_zero_for_an_adversarial_llm(data):
@@ -70,6 +73,7 @@ def test_validation_selects_zero_for_an_adversarial_llm(data):
                         split="valid", select=True)
     assert m["fusion_weight"] == 0.0
     assert m["ndcg@10"] == pytest.approx(m["baseline_ndcg@10"])
+    assert m["lift_ci95"] == [1.0, 1.0]  # w = 0 is SASRec's list, user for user
     assert m["llm_only_ndcg@10"] < m["baseline_ndcg@10"]
     helpful = evaluate_rerank(OracleRanker(ds, targets_of(ds, "valid")), ds, retriever, split="valid", select=True)
     assert helpful["fusion_weight"] > 0 and helpful["ndcg@10"] >= helpful["baseline_ndcg@10"]

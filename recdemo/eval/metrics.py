@@ -45,7 +45,45 @@ def metrics_from_ranks(ranks: Sequence[int], cutoffs: Sequence[int] = CUTOFFS) -
     for k in cutoffs:
         hit = ranks < k
         out[f"hr@{k}"] = float(hit.mean())
-        out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0).mean())
+        out[f"ndcg@{k}"] = float(ndcg_per_case(ranks, k).mean())
     out["mrr"] = float((1.0 / (ranks + 1.0)).mean())
     out["users"] = int(len(ranks))
     return out
+
+
+def ndcg_per_case(ranks: Sequence[int], k: int) -> np.ndarray:
+    ranks = np.asarray(ranks, dtype=np.float64)
+    return np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
+
+
+def _bootstrap_rows(n: int, resamples: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+
+
+def mean_interval(ranks: Sequence[int], k: int = 10, level: float = 0.95, resamples: int = 2000,
+                  seed: int = 0) -> tuple[float, float] | None:
+    """Bootstrap interval of NDCG@k over the users: how far the sample's mean could be from the
+    population's (a few hundred users leave a wide one)."""
+    a = ndcg_per_case(ranks, k)
+    if len(a) == 0:
+        return None
+    means = a[_bootstrap_rows(len(a), resamples, seed)].mean(axis=1)
+    tail = (1.0 - level) / 2.0
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1.0 - tail))
+
+
+def ratio_interval(ranks: Sequence[int], base_ranks: Sequence[int], k: int = 10, level: float = 0.95,
+                   resamples: int = 2000, seed: int = 0) -> tuple[float, float] | None:
+    """Paired bootstrap interval of NDCG@k(ranks) / NDCG@k(base_ranks): users are resampled with
+    their two ranks together, so the interval is the lift's, not two independent noises. None when
+    the base scores 0 on the sample."""
+    a, b = ndcg_per_case(ranks, k), ndcg_per_case(base_ranks, k)
+    if len(a) != len(b):
+        raise ValueError("ranks and base_ranks must cover the same cases")
+    if len(a) == 0 or b.sum() == 0:
+        return None
+    idx = _bootstrap_rows(len(a), resamples, seed)
+    num, den = a[idx].sum(axis=1), b[idx].sum(axis=1)
+    ratios = num[den > 0] / den[den > 0]
+    tail = (1.0 - level) / 2.0
+    return float(np.quantile(ratios, tail)), float(np.quantile(ratios, 1.0 - tail))

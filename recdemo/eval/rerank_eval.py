@@ -21,7 +21,9 @@ or for genrec in the catalog and not in the history - over all returned items, c
 outputs), ``auc`` (for rankers that score every candidate: the target against the other candidates,
 by the LLM's own score, over users whose target was retrieved; ``baseline_auc`` the same with
 SASRec's scores), latency percentiles of the ranker's LLM call per user (``score_list``; fusion adds
-microseconds), ``candidate_recall`` (targets inside SASRec's top-N: the ceiling of any reranker).
+microseconds), ``candidate_recall`` (targets inside SASRec's top-N: the ceiling of any reranker),
+``lift_ci95`` (paired bootstrap over users of the reported list's NDCG@k over SASRec's) and
+``ndcg@k_ci95`` (bootstrap of the reported NDCG@k itself): on a few hundred users both are wide.
 Profiles are the heuristic profile (``llm.profile.heuristic_profile``), as in fine-tuning examples.
 """
 from __future__ import annotations
@@ -36,7 +38,7 @@ import numpy as np
 from ..llm.fusion import GRID, METHODS, fused_order, gain_p_value, select_weight, weight_key
 from ..llm.rankers import get_ranker
 from ..types import Candidate, RerankRequest
-from .metrics import metrics_from_ranks
+from .metrics import mean_interval, metrics_from_ranks, ratio_interval
 
 MISS = 10**9  # rank of a target that is not in the final list
 
@@ -108,8 +110,11 @@ def evaluate_rerank(ranker, dataset, retriever, split: str = "test", users: int 
     weight = float(weight) if fusable else 1.0
     method = method if method in tables else "rank"
     table = tables[method]
-    chosen = table.get(weight) or metrics_from_ranks([_rank(s, t, weight, k, method) for s, t, *_ in lists], cuts)
+    chosen_ranks = [_rank(s, t, weight, k, method) for s, t, *_ in lists]
+    chosen = metrics_from_ranks(chosen_ranks, cuts)
     base = metrics_from_ranks(base_ranks, cuts)
+    lift_ci = ratio_interval(chosen_ranks, base_ranks, k, seed=seed)
+    ndcg_ci = mean_interval(chosen_ranks, k, seed=seed)
 
     valid_ratio, returned = _valid_ratio(lists, weight, k, dataset.n_items, ranker.name == "genrec", method)
     llm_valid_ratio, _ = _valid_ratio(lists, 1.0, k, dataset.n_items, ranker.name == "genrec")
@@ -119,12 +124,14 @@ def evaluate_rerank(ranker, dataset, retriever, split: str = "test", users: int 
         "dataset": dataset.name, "split": split, "ranker": ranker.name, "adapter": adapter,
         "model": ranker.service.llm.describe(), "users": len(cases), "seed": seed,
         "n_candidates": n_candidates, "k": k,
-        f"ndcg@{k}": chosen[f"ndcg@{k}"], f"hr@{k}": chosen[f"hr@{k}"],
+        f"ndcg@{k}": chosen[f"ndcg@{k}"], f"ndcg@{k}_ci95": list(ndcg_ci) if ndcg_ci else None,
+        f"hr@{k}": chosen[f"hr@{k}"],
         "ndcg@5": chosen["ndcg@5"], "hr@5": chosen["hr@5"], "mrr": chosen["mrr"],
         f"baseline_ndcg@{k}": base.get(f"ndcg@{k}"), f"baseline_hr@{k}": base.get(f"hr@{k}"),
         "baseline_ndcg@5": base["ndcg@5"], "baseline_mrr": base["mrr"],
         f"llm_only_ndcg@{k}": table[1.0].get(f"ndcg@{k}"), f"llm_only_hr@{k}": table[1.0].get(f"hr@{k}"),
         "lift": (chosen.get(f"ndcg@{k}", 0.0) / base[f"ndcg@{k}"]) if base.get(f"ndcg@{k}") else None,
+        "lift_ci95": list(lift_ci) if lift_ci else None,
         "fusion_weight": weight, "fusion_method": method, "fusion_source": source, **significance,
         "ndcg_by_weight": {str(w): m.get(f"ndcg@{k}") for w, m in table.items()},
         **{f"ndcg_by_weight_{name}": {str(w): m.get(f"ndcg@{k}") for w, m in t.items()}
@@ -233,6 +240,10 @@ def format_table(m: dict) -> str:
              f"candidate recall {m['candidate_recall']:.3f}"]
     if m.get("auc") is not None:
         extra.append(f"AUC (target vs other candidates): LLM {m['auc']:.3f}, SASRec {m['baseline_auc']:.3f}")
+    if m.get("lift_ci95"):
+        lo, hi = m["lift_ci95"]
+        extra.append(f"lift {m['lift']:.3f} (95% paired bootstrap over users: {lo:.3f}-{hi:.3f}); "
+                     f"NDCG@{k} 95% interval {m[f'ndcg@{k}_ci95'][0]:.4f}-{m[f'ndcg@{k}_ci95'][1]:.4f}")
     extra.append(f"fusion weight {m['fusion_weight']}, {m.get('fusion_method', 'rank')} normalisation "
                  f"({m['fusion_source']})")
     if m.get("gain_p_value") is not None:
