@@ -60,6 +60,12 @@ def _bootstrap_rows(n: int, resamples: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
 
 
+def _central(samples: np.ndarray, level: float) -> tuple[float, float]:
+    """The central ``level`` interval of bootstrap ``samples``."""
+    tail = (1.0 - level) / 2.0
+    return float(np.quantile(samples, tail)), float(np.quantile(samples, 1.0 - tail))
+
+
 def mean_interval(ranks: Sequence[int], k: int = 10, level: float = 0.95, resamples: int = 2000,
                   seed: int = 0) -> tuple[float, float] | None:
     """Bootstrap interval of NDCG@k over the users: how far the sample's mean could be from the
@@ -67,9 +73,7 @@ def mean_interval(ranks: Sequence[int], k: int = 10, level: float = 0.95, resamp
     a = ndcg_per_case(ranks, k)
     if len(a) == 0:
         return None
-    means = a[_bootstrap_rows(len(a), resamples, seed)].mean(axis=1)
-    tail = (1.0 - level) / 2.0
-    return float(np.quantile(means, tail)), float(np.quantile(means, 1.0 - tail))
+    return _central(a[_bootstrap_rows(len(a), resamples, seed)].mean(axis=1), level)
 
 
 def ratio_interval(ranks: Sequence[int], base_ranks: Sequence[int], k: int = 10, level: float = 0.95,
@@ -84,6 +88,4 @@ def ratio_interval(ranks: Sequence[int], base_ranks: Sequence[int], k: int = 10,
         return None
     idx = _bootstrap_rows(len(a), resamples, seed)
     num, den = a[idx].sum(axis=1), b[idx].sum(axis=1)
-    ratios = num[den > 0] / den[den > 0]
-    tail = (1.0 - level) / 2.0
-    return float(np.quantile(ratios, tail)), float(np.quantile(ratios, 1.0 - tail))
+    return _central(num[den > 0] / den[den > 0], level)

@@ -90,8 +90,9 @@ def evaluate_rerank(ranker, dataset, retriever, split: str = "test", users: int 
     fusable = all(s.sasrec is not None for s, *_ in lists)
     grid = GRID if fusable else (1.0,)
     cuts = sorted({5, k})
-    tables = {m: {w: metrics_from_ranks([_rank(s, t, w, k, m) for s, t, *_ in lists], cuts) for w in grid}
-              for m in (METHODS if fusable else ("rank",))}
+    ranks = {m: {w: [_rank(s, t, w, k, m) for s, t, *_ in lists] for w in grid}
+             for m in (METHODS if fusable else ("rank",))}
+    tables = {m: {w: metrics_from_ranks(r, cuts) for w, r in by_w.items()} for m, by_w in ranks.items()}
     source, significance, method = "given", {}, "rank"
     if select and fusable:
         # Each normalisation proposes its guarded weight (fusion.select_weight); the better of the
@@ -110,7 +111,7 @@ def evaluate_rerank(ranker, dataset, retriever, split: str = "test", users: int 
     weight = float(weight) if fusable else 1.0
     method = method if method in tables else "rank"
     table = tables[method]
-    chosen_ranks = [_rank(s, t, weight, k, method) for s, t, *_ in lists]
+    chosen_ranks = ranks[method].get(weight) or [_rank(s, t, weight, k, method) for s, t, *_ in lists]
     chosen = metrics_from_ranks(chosen_ranks, cuts)
     base = metrics_from_ranks(base_ranks, cuts)
     lift_ci = ratio_interval(chosen_ranks, base_ranks, k, seed=seed)
