@@ -45,8 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train (or retrain) the SASRec retrieval model")
     _dataset_flags(p)
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=int, help="at most (the best validation epoch is kept)")
     p.add_argument("--loss", choices=["ce", "bce"])
+    # Left out, each takes the dataset's preset (config.SASREC_PRESETS), which made the shipped checkpoint.
+    p.add_argument("--maxlen", type=int, dest="sasrec_maxlen", help="history length SASRec attends to")
+    p.add_argument("--hidden", type=int, dest="sasrec_hidden", help="embedding / hidden size")
+    p.add_argument("--dropout", type=float, dest="sasrec_dropout")
+    p.add_argument("--lr", type=float, dest="sasrec_lr", help="peak learning rate (warmup, then cosine decay)")
+    p.add_argument("--batch-size", type=int, dest="sasrec_batch_size", help="windows per step")
+    p.add_argument("--weight-decay", type=float, dest="sasrec_weight_decay")
+    p.add_argument("--seed", type=int, dest="sasrec_seed")
     p.add_argument("--out", help="checkpoint folder (default: checkpoints/)")
 
     p = sub.add_parser("evaluate", help="full-ranking leave-one-out evaluation")

@@ -27,9 +27,9 @@ class DataConfig:
 # RetrievalConfig fields left at None take these, then SASREC_DEFAULTS (any other dataset).
 SASREC_DEFAULTS = {"maxlen": 200, "hidden": 64, "dropout": 0.2, "epochs": 20, "lr": 3e-3,
                    "batch_size": 32, "weight_decay": 0.0, "warmup_steps": 20, "negatives": 0}
-SASREC_PRESETS = {
-    "movielens-small": {"maxlen": 200},
-    "amazon-beauty": {"maxlen": 50},
+SASREC_PRESETS = {  # the settings the shipped checkpoints were trained with (their .json "train")
+    "movielens-small": {"maxlen": 200, "epochs": 10, "lr": 5e-3, "batch_size": 16},
+    "amazon-beauty": {"maxlen": 50, "epochs": 13, "batch_size": 128},
 }
 
 
@@ -154,6 +154,13 @@ CLI_FLAGS = {
     "port": ("app", "port"),
     "epochs": ("retrieval", "epochs"),
     "loss": ("retrieval", "loss"),
+    "sasrec_maxlen": ("retrieval", "maxlen"),
+    "sasrec_hidden": ("retrieval", "hidden"),
+    "sasrec_dropout": ("retrieval", "dropout"),
+    "sasrec_lr": ("retrieval", "lr"),
+    "sasrec_batch_size": ("retrieval", "batch_size"),
+    "sasrec_weight_decay": ("retrieval", "weight_decay"),
+    "sasrec_seed": ("retrieval", "seed"),
 }
 
 

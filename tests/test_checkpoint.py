@@ -70,3 +70,13 @@ def test_shipped_checkpoint_matches_the_dataset(name):
     assert model.meta["dataset_hash"] == dataset.content_hash
     scores = model.score([dataset.sequences[0][:-1]]).numpy()
     assert scores.shape == (1, dataset.n_items) and np.isfinite(scores).all()
+
+
+@pytest.mark.parametrize("name", ["movielens-small", "amazon-beauty"])
+def test_shipped_checkpoint_was_trained_with_the_dataset_preset(name):
+    # `python -m recdemo train --dataset NAME` without flags must reproduce the shipped checkpoint.
+    meta = json.loads((PROJECT_ROOT / "checkpoints" / f"sasrec-{name}.json").read_text())
+    preset = RetrievalConfig().for_dataset(name)
+    keys = ["maxlen", "hidden", "layers", "heads", "dropout", "loss", "negatives", "epochs", "lr",
+            "batch_size", "weight_decay", "warmup_steps", "eval_every", "patience", "seed"]
+    assert {k: meta["train"][k] for k in keys} == {k: getattr(preset, k) for k in keys}
