@@ -26,9 +26,10 @@ class DataConfig:
 # SASRec settings chosen per dataset on the validation split (docs/notes/retrieval.md lists the runs);
 # RetrievalConfig fields left at None take these, then SASREC_DEFAULTS (any other dataset).
 SASREC_DEFAULTS = {"maxlen": 200, "hidden": 64, "dropout": 0.2, "epochs": 20, "lr": 3e-3,
-                   "batch_size": 32, "weight_decay": 0.0, "warmup_steps": 20, "negatives": 0}
+                   "batch_size": 32, "weight_decay": 0.0, "warmup_steps": 20, "negatives": 0, "patience": 3}
 SASREC_PRESETS = {  # the settings the shipped checkpoints were trained with (their .json "train")
-    "movielens-small": {"maxlen": 200, "epochs": 10, "lr": 5e-3, "batch_size": 16},
+    "movielens-small": {"maxlen": 200, "hidden": 256, "dropout": 0.5, "epochs": 30, "lr": 1e-3, "batch_size": 16,
+                        "patience": 5},
     "amazon-beauty": {"maxlen": 50, "epochs": 13, "batch_size": 128},
 }
 
@@ -49,7 +50,7 @@ class RetrievalConfig:
     weight_decay: float | None = None
     warmup_steps: int | None = None
     eval_every: int = 1  # epochs between validation NDCG@10 checks
-    patience: int = 3  # checks without improvement before stopping (the best epoch is kept)
+    patience: int | None = None  # checks without improvement before stopping (the best epoch is kept)
     seed: int = 42
     n_candidates: int = 50
     checkpoint_dir: str = str(PROJECT_ROOT / "checkpoints")

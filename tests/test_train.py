@@ -72,7 +72,7 @@ def test_train_flags_reach_the_retrieval_config():
                                       "--dropout", "0.5", "--batch-size", "64", "--maxlen", "50", "--seed", "7"])
     cfg = Config().apply_args(args).retrieval.for_dataset("movielens-small")
     assert (cfg.lr, cfg.hidden, cfg.dropout, cfg.batch_size, cfg.maxlen, cfg.seed) == (1e-3, 128, 0.5, 64, 50, 7)
-    assert cfg.epochs == 10  # not given: the dataset's preset
+    assert cfg.epochs == 30  # not given: the dataset's preset
     # Flags of other commands do not leak into SASRec's settings.
     ft = build_parser().parse_args(["finetune", "--dataset", "movielens-small", "--batch-size", "4", "--out", "x"])
     assert Config().apply_args(ft).retrieval.for_dataset("movielens-small").batch_size == 16
