@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 
 CUTOFFS = (5, 10, 20)
+MISS = 10**9  # the rank of a target that is not in a list: counts 0 in every metric
 
 
 def ranks_of_targets(scores: np.ndarray, targets: Sequence[int],
@@ -56,7 +57,8 @@ def ndcg_per_case(ranks: Sequence[int], k: int) -> np.ndarray:
     return np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
 
 
-def _bootstrap_rows(n: int, resamples: int, seed: int) -> np.ndarray:
+def bootstrap_rows(n: int, resamples: int, seed: int) -> np.ndarray:
+    """Row indices of ``resamples`` bootstrap samples of ``n`` cases (seeded)."""
     return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
 
 
@@ -73,7 +75,7 @@ def mean_interval(ranks: Sequence[int], k: int = 10, level: float = 0.95, resamp
     a = ndcg_per_case(ranks, k)
     if len(a) == 0:
         return None
-    return _central(a[_bootstrap_rows(len(a), resamples, seed)].mean(axis=1), level)
+    return _central(a[bootstrap_rows(len(a), resamples, seed)].mean(axis=1), level)
 
 
 def ratio_interval(ranks: Sequence[int], base_ranks: Sequence[int], k: int = 10, level: float = 0.95,
@@ -86,6 +88,6 @@ def ratio_interval(ranks: Sequence[int], base_ranks: Sequence[int], k: int = 10,
         raise ValueError("ranks and base_ranks must cover the same cases")
     if len(a) == 0 or b.sum() == 0:
         return None
-    idx = _bootstrap_rows(len(a), resamples, seed)
+    idx = bootstrap_rows(len(a), resamples, seed)
     num, den = a[idx].sum(axis=1), b[idx].sum(axis=1)
     return _central(num[den > 0] / den[den > 0], level)

@@ -38,9 +38,7 @@ import numpy as np
 from ..llm.fusion import GRID, METHODS, fused_order, gain_p_value, select_weight, weight_key
 from ..llm.rankers import get_ranker
 from ..types import Candidate, RerankRequest
-from .metrics import mean_interval, metrics_from_ranks, ratio_interval
-
-MISS = 10**9  # rank of a target that is not in the final list
+from .metrics import MISS, mean_interval, metrics_from_ranks, ratio_interval
 
 
 def sample_cases(dataset, split: str, users: int | None, seed: int = 0) -> list:

@@ -17,7 +17,6 @@ from ..eval.metrics import metrics_from_ranks
 from ..types import Candidate
 
 
-MISS = 10**9  # the rank of a held-out item that is not among the candidates (counts 0 everywhere)
 
 
 class Cancelled(Exception):
@@ -129,7 +128,7 @@ def ranking_metrics(model, builder, cases, retriever=None, n_candidates: int = 5
     item is not among the candidates counts as a miss for all three and costs no LLM time."""
     from ..types import RerankRequest
     from .examples import make_profile
-    from .fusion import fused_order, select_weight
+    from .fusion import fused_order, select_weight, target_rank
     from .models import LLM
     from .rankers.score import ScoreRanker
 
@@ -158,11 +157,7 @@ def ranking_metrics(model, builder, cases, retriever=None, n_candidates: int = 5
         model.train(was_training)
 
     def ranks(weight: float) -> list[int]:
-        out = []
-        for sas, llm, pos in lists:
-            order = fused_order(sas, llm, weight)
-            out.append(int(np.flatnonzero(order == pos)[0]) if pos >= 0 else MISS)
-        return out
+        return [target_rank(fused_order(sas, llm, weight), pos) for sas, llm, pos in lists]
 
     metrics = dict(metrics_from_ranks(ranks(1.0)))
     base = "sasrec" if retriever is not None else "random"  # the order the LLM has to beat

@@ -27,6 +27,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..eval.metrics import MISS, bootstrap_rows, ndcg_per_case
+
 GRID = tuple(round(0.1 * i, 1) for i in range(11))  # 0.0, 0.1, ..., 1.0
 METHODS = ("rank", "zscore")
 
@@ -70,16 +72,14 @@ def fused_order(sasrec: Sequence[float], llm: Sequence[float], weight: float, me
 
 
 # -- choosing the weight on validation --
-def ndcg_at(order: np.ndarray, target_pos: int, k: int) -> float:
-    """NDCG@k of one list: the target's rank among the first k positions of ``order`` (0 when absent)."""
-    if target_pos < 0:
-        return 0.0
-    hits = np.flatnonzero(order[:k] == target_pos)
-    return float(1.0 / np.log2(hits[0] + 2.0)) if len(hits) else 0.0
+def target_rank(order: np.ndarray, target_pos: int) -> int:
+    """The target's 0-based place in ``order`` (a list's positions, best first); MISS when absent."""
+    hits = np.flatnonzero(order == target_pos) if target_pos >= 0 else []
+    return int(hits[0]) if len(hits) else MISS
 
 
 def per_user_ndcg(lists, weight: float, k: int = 10, method: str = "rank") -> np.ndarray:
-    return np.array([ndcg_at(fused_order(s, l, weight, method), t, k) for s, l, t in lists])
+    return ndcg_per_case([target_rank(fused_order(s, l, weight, method), t) for s, l, t in lists], k)
 
 
 def gain_p_value(lists, weight: float, k: int = 10, method: str = "rank", resamples: int = 2000,
@@ -89,7 +89,7 @@ def gain_p_value(lists, weight: float, k: int = 10, method: str = "rank", resamp
     diff = per_user_ndcg(lists, weight, k, method) - per_user_ndcg(lists, 0.0, k, method)
     if len(diff) == 0 or not diff.any():
         return 1.0
-    idx = np.random.default_rng(seed).integers(0, len(diff), size=(resamples, len(diff)))
+    idx = bootstrap_rows(len(diff), resamples, seed)
     return float((diff[idx].mean(axis=1) <= 0).mean())
 
 
