@@ -30,7 +30,7 @@ SASREC_DEFAULTS = {"maxlen": 200, "hidden": 64, "dropout": 0.2, "epochs": 20, "l
 SASREC_PRESETS = {  # the settings the shipped checkpoints were trained with (their .json "train")
     "movielens-small": {"maxlen": 200, "hidden": 256, "dropout": 0.5, "epochs": 30, "lr": 1e-3, "batch_size": 16,
                         "patience": 5},
-    "amazon-beauty": {"maxlen": 50, "epochs": 13, "batch_size": 128},
+    "amazon-beauty": {"maxlen": 50, "hidden": 256, "dropout": 0.5, "epochs": 30, "lr": 1e-3, "batch_size": 128},
 }
 
 
