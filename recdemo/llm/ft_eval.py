@@ -17,8 +17,6 @@ from ..eval.metrics import metrics_from_ranks
 from ..types import Candidate
 
 
-
-
 class Cancelled(Exception):
     """Raised inside the loop when the cancel event is set; run_finetune turns it into a clean stop."""
 
