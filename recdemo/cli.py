@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, dest="sasrec_batch_size", help="windows per step")
     p.add_argument("--weight-decay", type=float, dest="sasrec_weight_decay")
     p.add_argument("--seed", type=int, dest="sasrec_seed")
+    p.add_argument("--exclude-seen", action=argparse.BooleanOptionalAction, dest="sasrec_exclude_seen",
+                   help="leave the items already in a window out of its softmax, as evaluation does")
+    p.add_argument("--text-features", action=argparse.BooleanOptionalAction, dest="sasrec_text_features",
+                   help="add a learned projection of the items' MiniLM text embeddings to their embeddings")
     p.add_argument("--out", help="checkpoint folder (default: checkpoints/)")
 
     p = sub.add_parser("evaluate", help="full-ranking leave-one-out evaluation")

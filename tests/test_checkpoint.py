@@ -78,5 +78,6 @@ def test_shipped_checkpoint_was_trained_with_the_dataset_preset(name):
     meta = json.loads((PROJECT_ROOT / "checkpoints" / f"sasrec-{name}.json").read_text())
     preset = RetrievalConfig().for_dataset(name)
     keys = ["maxlen", "hidden", "layers", "heads", "dropout", "loss", "negatives", "epochs", "lr",
-            "batch_size", "weight_decay", "warmup_steps", "eval_every", "patience", "seed"]
+            "batch_size", "weight_decay", "warmup_steps", "eval_every", "patience", "seed", "exclude_seen",
+            "text_features"]
     assert {k: meta["train"][k] for k in keys} == {k: getattr(preset, k) for k in keys}

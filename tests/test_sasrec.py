@@ -58,3 +58,26 @@ def test_encode_keeps_training_mode():
     model = tiny_model(dropout=0.5).train()
     model.encode([[1, 2]])
     assert model.training
+
+
+def test_item_features_add_to_the_table_and_fold_into_a_plain_model():
+    model = tiny_model()
+    plain_table = model.item_emb.weight.detach().clone()
+    features = torch.randn(30, 5)
+    model.attach_item_features(features)
+    table = model.item_table()
+    assert torch.equal(table[0], torch.zeros(16))  # padding stays zero
+    assert not torch.allclose(table[1:], plain_table[1:])  # every item moved by its own features
+    expected = model.score([[1, 2, 3], [7]])
+    model.fold_item_features()
+    assert model.feature_proj is None and not hasattr(model, "item_features")
+    assert torch.allclose(model.score([[1, 2, 3], [7]]), expected, atol=1e-5)
+    # the folded model is an ordinary SASRec: its weights load into a fresh one, no extra keys
+    fresh = tiny_model(seed=1)
+    fresh.load_state_dict(model.state_dict(), strict=True)
+    assert torch.allclose(fresh.score([[1, 2, 3]]), expected[:1], atol=1e-5)
+
+
+def test_item_features_must_cover_the_catalog():
+    with pytest.raises(ValueError, match="feature rows"):
+        tiny_model().attach_item_features(torch.randn(29, 5))

@@ -6,7 +6,8 @@ from recdemo.config import RetrievalConfig
 from recdemo.eval.retrieval_eval import evaluate_models
 from recdemo.retrieval import train as train_mod
 from recdemo.retrieval.baselines import Popularity
-from recdemo.retrieval.train import make_windows, train_sasrec
+from recdemo.retrieval.sasrec import SASRec, SASRecConfig
+from recdemo.retrieval.train import make_windows, seen_before, sequence_loss, train_sasrec
 
 
 def tiny_cfg(**kw):
@@ -59,6 +60,12 @@ def test_training_is_seeded(cycle_dataset):
         assert torch.equal(pa, pb), name
 
 
+def test_exclude_seen_needs_the_full_softmax(cycle_dataset):
+    for kw in ({"loss": "bce"}, {"negatives": 8}):
+        with pytest.raises(ValueError, match="--no-exclude-seen"):
+            train_sasrec(cycle_dataset, tiny_cfg(exclude_seen=True, epochs=1, **kw), progress=False)
+
+
 def test_unknown_loss_is_rejected(cycle_dataset):
     with pytest.raises(ValueError, match="unknown loss"):
         train_sasrec(cycle_dataset, tiny_cfg(loss="hinge", epochs=1), progress=False)
@@ -73,6 +80,57 @@ def test_train_flags_reach_the_retrieval_config():
     cfg = Config().apply_args(args).retrieval.for_dataset("movielens-small")
     assert (cfg.lr, cfg.hidden, cfg.dropout, cfg.batch_size, cfg.maxlen, cfg.seed) == (1e-3, 128, 0.5, 64, 50, 7)
     assert cfg.epochs == 30  # not given: the dataset's preset
+    assert cfg.text_features is True and cfg.exclude_seen is True
+    off = build_parser().parse_args(["train", "--dataset", "movielens-small", "--no-text-features", "--no-exclude-seen"])
+    off_cfg = Config().apply_args(off).retrieval.for_dataset("movielens-small")
+    assert (off_cfg.text_features, off_cfg.exclude_seen, off_cfg.seed) == (False, False, 2)
+    assert Config().retrieval.for_dataset("some-upload").seed == 42  # no preset: the default seed
     # Flags of other commands do not leak into SASRec's settings.
     ft = build_parser().parse_args(["finetune", "--dataset", "movielens-small", "--batch-size", "4", "--out", "x"])
     assert Config().apply_args(ft).retrieval.for_dataset("movielens-small").batch_size == 16
+
+
+def test_seen_before_lists_each_positions_earlier_items_but_not_its_target():
+    inputs = torch.tensor([[0, 0, 3, 5, 3, 7], [1, 2, 4, 6, 8, 2]])
+    targets = torch.tensor([[0, 3, 5, 3, 7, 9], [2, 4, 6, 8, 2, 0]])
+    keep = (inputs > 0) & (targets > 0)
+    y = targets[keep] - 1
+    rows, items = seen_before(inputs, keep, y)
+    expected, row = set(), 0
+    for b in range(2):  # brute force: for each kept position, the window's items up to it
+        for t in range(6):
+            if keep[b, t]:
+                expected |= {(row, int(i) - 1) for i in inputs[b, :t + 1] if i > 0 and int(i) - 1 != y[row]}
+                row += 1
+    assert set(zip(rows.tolist(), items.tolist())) == expected
+    assert (1, 4) in expected and (1, 2) not in expected  # row 1 repeats item 2: it stays allowed
+
+
+def test_exclude_seen_is_cross_entropy_over_the_unseen_items():
+    torch.manual_seed(0)
+    model = SASRec(SASRecConfig(n_items=20, maxlen=6, hidden=8, dropout=0.0)).eval()
+    batch = torch.tensor([[0, 0, 3, 5, 3, 7, 9], [1, 2, 4, 6, 8, 2, 11]])
+    gen = torch.Generator().manual_seed(0)
+    masked = sequence_loss(model, batch, "ce", gen, exclude_seen=True)
+    hidden = model(batch[:, :-1])
+    losses = []  # by hand, one position at a time
+    for b, row in enumerate(batch):
+        for t in range(6):
+            if row[t] > 0:
+                logits = model.logits(hidden[b, t])
+                target = int(row[t + 1]) - 1
+                seen = [int(i) - 1 for i in row[:t + 1] if i > 0 and int(i) - 1 != target]
+                logits[seen] = float("-inf")
+                losses.append(torch.nn.functional.cross_entropy(logits[None], torch.tensor([target])))
+    assert torch.allclose(masked, torch.stack(losses).mean(), atol=1e-5)
+    assert masked < sequence_loss(model, batch, "ce", gen)  # fewer competitors, lower loss
+
+
+def test_text_features_train_and_save_as_a_plain_sasrec(cycle_dataset):
+    torch.set_num_threads(1)
+    features = np.random.default_rng(0).normal(size=(cycle_dataset.n_items, 6)).astype(np.float32)
+    model, report = train_sasrec(cycle_dataset, tiny_cfg(text_features=True, exclude_seen=True), progress=False,
+                                 item_features=features)
+    assert model.feature_proj is None  # folded into the item table
+    assert set(model.state_dict()) == set(SASRec(model.cfg).state_dict())
+    assert report["valid"]["ndcg@10"] > 0.9

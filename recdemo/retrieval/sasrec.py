@@ -66,6 +66,7 @@ class SASRec(nn.Module):
         self.emb_drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
         self.ln_f = nn.LayerNorm(cfg.hidden)
+        self.feature_proj: nn.Linear | None = None  # training-time item features, see attach_item_features
         self.apply(self._init)
 
     @staticmethod
@@ -78,6 +79,31 @@ class SASRec(nn.Module):
             with torch.no_grad():
                 m.weight[m.padding_idx].zero_()
 
+    # -- item side features (training only) --
+    def attach_item_features(self, features: torch.Tensor) -> None:
+        """Add a learned projection of fixed item features ([n_items, d], e.g. text embeddings) to every
+        item's embedding, so items with few interactions borrow from items that read alike.
+        ``fold_item_features`` bakes the sum into ``item_emb``: a saved model is a plain SASRec."""
+        if features.shape[0] != self.cfg.n_items:
+            raise ValueError(f"{features.shape[0]} feature rows for {self.cfg.n_items} items")
+        padded = torch.cat([features.new_zeros(1, features.shape[1]), features.float()])
+        self.register_buffer("item_features", padded, persistent=False)
+        self.feature_proj = nn.Linear(features.shape[1], self.cfg.hidden, bias=False)
+        self._init(self.feature_proj)
+
+    @torch.no_grad()
+    def fold_item_features(self) -> None:
+        if self.feature_proj is not None:
+            self.item_emb.weight.copy_(self.item_table())
+            self.feature_proj = None
+            del self.item_features
+
+    def item_table(self) -> torch.Tensor:
+        """[n_items + 1, hidden]: the embedding of every shifted id (row 0 = padding, zero)."""
+        if self.feature_proj is None:
+            return self.item_emb.weight
+        return self.item_emb.weight + self.feature_proj(self.item_features)
+
     # -- encoding --
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         """seq: [B, L] shifted ids (0 = pad, left-padded), L <= maxlen -> hidden states [B, L, hidden].
@@ -89,7 +115,7 @@ class SASRec(nn.Module):
         if length > self.cfg.maxlen:
             raise ValueError(f"sequence of {length} items is longer than maxlen {self.cfg.maxlen}")
         valid = seq > 0
-        x = self.item_emb(seq) * math.sqrt(self.cfg.hidden)
+        x = F.embedding(seq, self.item_table()) * math.sqrt(self.cfg.hidden)
         x = x + self.pos_emb(torch.arange(self.cfg.maxlen - length, self.cfg.maxlen, device=seq.device))[None]
         x = self.emb_drop(x) * valid[..., None]
         # Causal, and pads are never attended to; every position may see itself so that pad rows
@@ -104,7 +130,7 @@ class SASRec(nn.Module):
     @property
     def output_embeddings(self) -> torch.Tensor:
         """[n_items, hidden]: row i scores catalog item i (padding row dropped)."""
-        return self.item_emb.weight[1:]
+        return self.item_table()[1:]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Scores over every catalog item for hidden states [..., hidden] -> [..., n_items]."""

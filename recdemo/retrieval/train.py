@@ -55,8 +55,24 @@ def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generato
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+def seen_before(inputs: torch.Tensor, keep: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, item) pairs to mask: for the k-th kept position, every item its window holds up to and
+    including it, except that position's own target (a repeat stays a valid answer).
+
+    Rows follow ``hidden[keep]``'s order; items are 0-based catalog indices.
+    """
+    b, length = inputs.shape
+    row_of = torch.full((b, length), -1, dtype=torch.long)
+    row_of[keep] = torch.arange(int(keep.sum()))
+    upto = torch.ones(length, length, dtype=torch.bool).tril()  # [t, s]: s <= t
+    wb, wt, ws = (upto[None] & (inputs > 0)[:, None, :] & keep[:, :, None]).nonzero(as_tuple=True)
+    rows, items = row_of[wb, wt], inputs[wb, ws] - 1
+    own = items == y[rows]
+    return rows[~own], items[~own]
+
+
 def sequence_loss(model: SASRec, batch: torch.Tensor, loss: str, gen: torch.Generator,
-                  negatives: int = 0) -> torch.Tensor:
+                  negatives: int = 0, exclude_seen: bool = False) -> torch.Tensor:
     """Next-item loss over every real position of a batch of windows."""
     # Drop leading columns that are padding in every window: no work on them, same result
     # (positions count from the right).
@@ -68,7 +84,13 @@ def sequence_loss(model: SASRec, batch: torch.Tensor, loss: str, gen: torch.Gene
     h, y = hidden[keep], targets[keep] - 1  # back to 0-based catalog indices
     if loss == "ce" and negatives <= 0:
         # Full softmax over all items: every other item is a negative (much stronger than one).
-        return F.cross_entropy(model.logits(h), y)
+        logits = model.logits(h)
+        if exclude_seen:
+            # Evaluation and the app never offer an item the user already has, so training should
+            # not spend capacity pushing those items down: they leave the softmax.
+            rows, items = seen_before(inputs, keep, y)
+            logits = logits.index_put((rows, items), torch.tensor(float("-inf")))
+        return F.cross_entropy(logits, y)
     if loss == "ce":
         # Sampled softmax: the target against `negatives` uniform items shared by the whole batch
         # (a negative that happens to be a position's own target is masked out).
@@ -107,9 +129,15 @@ def lr_at(step: int, total: int, cfg: RetrievalConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def train_sasrec(dataset, cfg: RetrievalConfig, progress: bool = True):
-    """Train SASRec on ``dataset.train_sequences()``; returns (model in eval mode, report dict)."""
+def train_sasrec(dataset, cfg: RetrievalConfig, progress: bool = True, item_features: np.ndarray | None = None):
+    """Train SASRec on ``dataset.train_sequences()``; returns (model in eval mode, report dict).
+
+    ``item_features`` ([n_items, d]) replaces the text index's embeddings when ``cfg.text_features``
+    is on (tests pass small ones)."""
     cfg = cfg.for_dataset(dataset.name)  # fill the per-dataset settings left at None
+    if cfg.exclude_seen and (cfg.loss != "ce" or cfg.negatives):
+        raise ValueError("exclude_seen works with the full-softmax loss only (loss 'ce', no sampled negatives); "
+                         "train with --no-exclude-seen for this loss")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -122,6 +150,13 @@ def train_sasrec(dataset, cfg: RetrievalConfig, progress: bool = True):
     valid_cases = dataset.eval_cases("valid")
     model = SASRec(SASRecConfig(n_items=dataset.n_items, maxlen=cfg.maxlen, hidden=cfg.hidden,
                                 layers=cfg.layers, heads=cfg.heads, dropout=cfg.dropout))
+    if cfg.text_features:
+        # Items that read alike start alike: the MiniLM title+attribute vectors (the search index's,
+        # cached) through a learned projection; folded into the item table before saving.
+        if item_features is None:
+            from .text_index import TextIndex
+            item_features = TextIndex.for_dataset(dataset, cfg).embeddings
+        model.attach_item_features(torch.from_numpy(np.asarray(item_features, dtype=np.float32)))
     # Weight decay on matrices only (not on LayerNorm gains, biases, or embeddings' padding row).
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -142,7 +177,7 @@ def train_sasrec(dataset, cfg: RetrievalConfig, progress: bool = True):
             batch = windows[torch.from_numpy(rows)]
             for group in optim.param_groups:  # 2. learning rate for this step
                 group["lr"] = lr_at(step, total_steps, cfg)
-            loss = sequence_loss(model, batch, cfg.loss, gen, cfg.negatives)  # 3. forward
+            loss = sequence_loss(model, batch, cfg.loss, gen, cfg.negatives, cfg.exclude_seen)  # 3. forward
             optim.zero_grad(set_to_none=True)
             loss.backward()  # 4. backward
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # 5. guard against spikes
@@ -172,6 +207,7 @@ def train_sasrec(dataset, cfg: RetrievalConfig, progress: bool = True):
     bar.close()
     if best["state"] is not None:
         model.load_state_dict(best["state"])
+    model.fold_item_features()
     model.eval()
     seconds = time.perf_counter() - t0
     report = {
