@@ -105,8 +105,9 @@ class SASRec(nn.Module):
         return self.item_emb.weight + self.feature_proj(self.item_features)
 
     # -- encoding --
-    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+    def forward(self, seq: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
         """seq: [B, L] shifted ids (0 = pad, left-padded), L <= maxlen -> hidden states [B, L, hidden].
+        ``table``: ``item_table()`` when the caller already has it (a training step uses it twice).
 
         Positions count from the right (the last column is always position maxlen - 1), so a batch
         may drop its all-padding leading columns without changing any result.
@@ -115,7 +116,8 @@ class SASRec(nn.Module):
         if length > self.cfg.maxlen:
             raise ValueError(f"sequence of {length} items is longer than maxlen {self.cfg.maxlen}")
         valid = seq > 0
-        x = F.embedding(seq, self.item_table()) * math.sqrt(self.cfg.hidden)
+        table = self.item_table() if table is None else table
+        x = F.embedding(seq, table) * math.sqrt(self.cfg.hidden)
         x = x + self.pos_emb(torch.arange(self.cfg.maxlen - length, self.cfg.maxlen, device=seq.device))[None]
         x = self.emb_drop(x) * valid[..., None]
         # Causal, and pads are never attended to; every position may see itself so that pad rows

@@ -79,12 +79,14 @@ def sequence_loss(model: SASRec, batch: torch.Tensor, loss: str, gen: torch.Gene
     first = int((batch > 0).any(dim=0).nonzero()[0])
     batch = batch[:, first:]
     inputs, targets = batch[:, :-1], batch[:, 1:]
-    hidden = model(inputs)
+    table = model.item_table()  # once per step: with item features it is a projection of every item
+    hidden = model(inputs, table)
     keep = (inputs > 0) & (targets > 0)
     h, y = hidden[keep], targets[keep] - 1  # back to 0-based catalog indices
+    emb = table[1:]  # output embeddings: row i scores catalog item i
     if loss == "ce" and negatives <= 0:
         # Full softmax over all items: every other item is a negative (much stronger than one).
-        logits = model.logits(h)
+        logits = h @ emb.T
         if exclude_seen:
             # Evaluation and the app never offer an item the user already has, so training should
             # not spend capacity pushing those items down: they leave the softmax.
@@ -94,14 +96,12 @@ def sequence_loss(model: SASRec, batch: torch.Tensor, loss: str, gen: torch.Gene
     if loss == "ce":
         # Sampled softmax: the target against `negatives` uniform items shared by the whole batch
         # (a negative that happens to be a position's own target is masked out).
-        emb = model.output_embeddings
         neg = torch.randint(0, emb.shape[0], (negatives,), generator=gen)
         logits = torch.cat([(h * emb[y]).sum(-1, keepdim=True), h @ emb[neg].T], dim=1)
         logits[:, 1:] = logits[:, 1:].masked_fill(neg[None, :] == y[:, None], float("-inf"))
         return F.cross_entropy(logits, torch.zeros_like(y))
     if loss == "bce":
         # The paper's loss: the true next item vs one uniformly sampled negative per position.
-        emb = model.output_embeddings
         neg = torch.randint(0, emb.shape[0], y.shape, generator=gen)
         pos_logit = (h * emb[y]).sum(-1)
         neg_logit = (h * emb[neg]).sum(-1)
