@@ -156,7 +156,7 @@ def train_sasrec(dataset, cfg: RetrievalConfig, progress: bool = True, item_feat
         if item_features is None:
             from .text_index import TextIndex
             item_features = TextIndex.for_dataset(dataset, cfg).embeddings
-        model.attach_item_features(torch.from_numpy(np.asarray(item_features, dtype=np.float32)))
+        model.attach_item_features(torch.as_tensor(item_features))
     # Weight decay on matrices only (not on LayerNorm gains, biases, or embeddings' padding row).
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
