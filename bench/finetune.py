@@ -56,8 +56,8 @@ def main() -> None:
 
     from recdemo.config import Config
     from recdemo.data import load_dataset
-    from recdemo.llm.examples import TASKS, ExampleBuilder
-    from recdemo.llm.finetune import FineTuneSpec, run_finetune
+    from recdemo.finetune.examples import TASKS, ExampleBuilder
+    from recdemo.finetune.loop import FineTuneSpec, run_finetune
     from recdemo.llm.models import load_llm
 
     cfg = Config.from_env()

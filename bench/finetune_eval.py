@@ -50,8 +50,8 @@ def main() -> None:
 
     from recdemo.config import Config
     from recdemo.data import load_dataset
-    from recdemo.llm.examples import ExampleBuilder
-    from recdemo.llm.ft_eval import ranking_metrics
+    from recdemo.finetune.examples import ExampleBuilder
+    from recdemo.finetune.validate import ranking_metrics
     from recdemo.llm.service import LLMService
 
     cfg = Config.from_env()

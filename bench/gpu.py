@@ -58,7 +58,7 @@ def pick_users(dataset, n: int, seed: int, min_history: int = 20) -> list[list[i
 
 def make_request(dataset, source, history, k=10, n=50):
     from recdemo.llm.profile import heuristic_profile
-    from recdemo.types import Candidate, RerankRequest
+    from recdemo.records import Candidate, RerankRequest
     cands = [Candidate(i, s, r) for r, (i, s) in enumerate(source.top_k(history, n), 1)]
     return RerankRequest(history=history, candidates=cands, profile=heuristic_profile(dataset.catalog, history), k=k)
 
@@ -149,7 +149,7 @@ def training_sequences(ctx, seq: int, n: int, rounds: int = 50) -> list[dict]:
     """``n`` real fine-tuning examples (recommend / recommend_retrieval: prompt, then the answer titles,
     the only labelled tokens) of exactly ``seq`` tokens: built with up to 200 history items (with
     genres) so that they are long enough, then their prompt trimmed from the start to the length."""
-    from recdemo.llm.examples import ExampleBuilder
+    from recdemo.finetune.examples import ExampleBuilder
     builder = ExampleBuilder(ctx.dataset, ctx.llm.tokenizer, None, max_history=200, with_attributes=True)
     out = []
     for seed in range(rounds):
@@ -165,9 +165,9 @@ def training_sequences(ctx, seq: int, n: int, rounds: int = 50) -> list[dict]:
 
 
 def bench_lora(ctx, targets: str, seq: int) -> dict:
-    from recdemo.llm.finetune import FineTuneSpec
-    from recdemo.llm.ft_eval import answer_token_loss, collate
-    from recdemo.llm.ft_model import add_lora, make_accelerator, trainable_base
+    from recdemo.finetune.loop import FineTuneSpec
+    from recdemo.finetune.validate import answer_token_loss, collate
+    from recdemo.finetune.lora import add_lora, make_accelerator, trainable_base
 
     a = ctx.args
     spec = FineTuneSpec(lora_r=8, lora_targets=targets, micro_batch_size=a.micro_batch, out="(bench: never saved)")
@@ -230,7 +230,7 @@ def bench_lora(ctx, targets: str, seq: int) -> dict:
 
 def bench_finetune(ctx) -> dict:
     """A short real run_finetune on a copy of the base (the app's default while it keeps serving)."""
-    from recdemo.llm.finetune import FineTuneSpec, run_finetune
+    from recdemo.finetune.loop import FineTuneSpec, run_finetune
     stamps = []
     out = Path(ctx.tmp) / "adapters" / "gpu-bench"
     spec = FineTuneSpec(steps=ctx.args.finetune_steps, eval_users=0, rank_eval=False, eval_every=0,

@@ -82,7 +82,8 @@ def load_tokenizer(path: str | None, cache_dir: str):
     loader from the embedded GGUF when missing)."""
     from transformers import AutoTokenizer
 
-    from recdemo.llm.models import ModelNotFound, cached_embedded
+    from recdemo.errors import ModelNotFound
+    from recdemo.llm.models import cached_embedded
 
     folder = Path(path) if path else Path(cache_dir) / "smollm2-135m"
     if not (folder / "tokenizer.json").is_file():
@@ -230,7 +231,7 @@ class CallLog:
     output-projection calls: positions) to price them with ``Cost``."""
 
     def __init__(self, model):
-        from recdemo.llm.rankers.tree import model_parts
+        from recdemo.llm.rankers.decoding import model_parts
         decoder, head = model_parts(model)
         self.calls: list[tuple[int, int, int]] = []
         self.head_calls, self.head_rows = 0, 0

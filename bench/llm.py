@@ -113,7 +113,7 @@ def candidates_source(dataset, cfg):
 def bench_rerank(service, dataset, retriever, users, rankers, adapter=None) -> dict:
     from recdemo.llm.profile import heuristic_profile
     from recdemo.llm.rankers import get_ranker
-    from recdemo.types import Candidate, RerankRequest
+    from recdemo.records import Candidate, RerankRequest
     out = {}
     for name in rankers:
         r = get_ranker(name, service, dataset, retriever, adapter=adapter)
@@ -168,7 +168,7 @@ def matmul_flops(dtype=torch.float32, n: int = 1024) -> float:
 def bench_train(llm, batch: int = 4, seq: int = 256, steps: int = 3) -> dict:
     from types import SimpleNamespace
 
-    from recdemo.llm.ft_model import add_lora
+    from recdemo.finetune.lora import add_lora
     spec = SimpleNamespace(lora_targets="all-linear", lora_r=16, lora_alpha=32, lora_dropout=0.0)
     model = add_lora(llm.model, spec)
     model.train()

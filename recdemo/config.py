@@ -85,6 +85,40 @@ class LLMConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """LoRA fine-tuning: every default once (the CLI flags and the app's fine-tune panel start from these)."""
+    tasks: list[str] = field(default_factory=lambda: ["recommend", "recommend_retrieval"])
+    steps: int = 200  # optimizer steps
+    examples: int | None = None  # distinct training examples (default: steps * batch_size, each seen once)
+    batch_size: int = 4  # examples per optimizer step (gradient accumulation over micro-batches)
+    micro_batch_size: int = 0  # examples per forward; 0 = 1 on CPU (no padding waste), 4 on GPU
+    lora_r: int = 8
+    lora_alpha: int | None = None  # default 2 * r
+    lora_dropout: float = 0.05
+    lora_targets: str = "q_proj,v_proj"  # comma list of module names, or "all-linear"
+    lr: float = 2e-4
+    warmup_steps: int | None = None  # default 10% of steps
+    min_lr_ratio: float = 0.1  # linear decay ends at lr * this
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    max_length: int = 768  # tokens; longer prompts lose their oldest history items
+    max_history: int = 20  # PALR: at most 20 history items in a prompt
+    n_candidates: int = 20  # recommend_retrieval training list (inference uses 50; see examples.py)
+    with_attributes: bool = False  # history lines without genres: ~30% fewer tokens on CPU
+    eval_every: int = 50  # steps between validation-loss checks (and partial saves)
+    eval_users: int = 32  # validation users for the loss and the ranking metrics
+    eval_candidates: int = 50  # candidates per user in the ranking metrics and task rank (as at inference)
+    rank_eval: bool = True  # ranking metrics before and after (the slow part of evaluation)
+    seed: int = 0
+    rank_sasrec_weight: float = 0.0  # task rank: > 0 trains the residual on top of SASRec (finetune/rank_task.rank_loss)
+    init_adapter: str = ""  # start from this adapter folder's LoRA weights (same r/targets): train it further
+    out: str = ""  # adapter folder, e.g. checkpoints/adapters/movielens-small
+    resume: bool = True  # continue from <out>.partial when it matches this spec
+    copy_base: bool = True  # train on a copy of the service's base model (see finetune/loop.py)
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
+
+
+@dataclass
 class AppConfig:
     host: str = "127.0.0.1"
     port: int = 7860
@@ -96,6 +130,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     app: AppConfig = field(default_factory=AppConfig)
 
     @classmethod

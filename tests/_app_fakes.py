@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from recdemo.types import Keyword, Profile, Recommendation
+from recdemo.records import Keyword, Profile, Recommendation
 
 TITLES = [f"Movie {c}{i} ({1990 + i})" for c in "ABCDEFG" for i in range(10)] + [
     "Toy Story (1995)", "Jumanji (1995)", "Heat (1995)", "<script>alert(1)</script> (2001)"]

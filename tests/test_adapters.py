@@ -8,7 +8,7 @@ import torch
 from conftest import make_tiny_adapter, make_tiny_llm
 
 from recdemo.llm.adapters import AdapterManager, same_base
-from recdemo.llm.models import ModelNotFound
+from recdemo.errors import ModelNotFound
 
 
 def logits(llm, ids=(5, 9, 17, 3, 40)):
@@ -112,7 +112,7 @@ def test_same_base_names():
 def test_adapter_saved_in_float16_loads_and_ranks_like_the_float32_one(tiny_llm, tmp_path):
     import struct
 
-    from recdemo.llm.ft_checkpoint import store_half
+    from recdemo.finetune.checkpoint import store_half
     make_tiny_adapter(tiny_llm, tmp_path / "full", seed=3)
     make_tiny_adapter(tiny_llm, tmp_path / "half", seed=3)  # also a name that is an nn.Module attribute
     weights = tmp_path / "half" / "adapter_model.safetensors"

@@ -3,7 +3,7 @@ import pytest
 
 from recdemo.llm.batch_score import rank_batch, score_lists
 from recdemo.llm.rankers import get_ranker
-from recdemo.types import Candidate, RerankRequest
+from recdemo.records import Candidate, RerankRequest
 
 from conftest import make_tiny_adapter
 

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import real_data_root
 
-from recdemo.cli import main
+from recdemo.cli.main import main
 from recdemo.data import DataError, load_dataset
 from recdemo.data import download as dl
 

@@ -6,7 +6,7 @@ import pytest
 
 from recdemo.data import Catalog, Dataset
 from recdemo.llm import prompts as P
-from recdemo.llm.examples import TASKS, ExampleBuilder, check_tasks
+from recdemo.finetune.examples import TASKS, ExampleBuilder, check_tasks
 from conftest import TOY_GENRES, make_toy_dataset, toy_titles
 
 
@@ -174,7 +174,7 @@ def test_sequence_training_window_targets_every_line_but_the_first(tiny_tokenize
 
 def test_sequence_validation_scores_the_held_out_line_on_the_rankers_prompt(tiny_llm, toy_dataset):
     from recdemo.llm.rankers.score import ScoreRanker
-    from recdemo.types import RerankRequest
+    from recdemo.records import RerankRequest
     tok = tiny_llm.tokenizer
     builder = ExampleBuilder(toy_dataset, tok)
     ranker = ScoreRanker(tiny_llm, toy_dataset, fuse=False)

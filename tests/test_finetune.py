@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 from conftest import real_data_root
 
 from recdemo.config import LLMConfig
-from recdemo.llm import ft_checkpoint as ckpt
-from recdemo.llm.finetune import FineTuneSpec, lr_at, run_finetune
+from recdemo.finetune import checkpoint as ckpt
+from recdemo.finetune.loop import FineTuneSpec, lr_at, run_finetune
 from recdemo.llm.service import LLMService
 
 
@@ -208,7 +208,7 @@ def test_bad_spec_is_a_clear_error():
 
 
 def test_cli_rejects_bad_flags_without_a_traceback(capsys):
-    from recdemo.cli import main
+    from recdemo.cli.main import main
     code = main(["finetune", "--dataset", "movielens-small", "--tasks", "recommend,poetry", "--out", "/tmp/x"])
     err = capsys.readouterr().err
     assert code == 1 and "unknown fine-tuning task(s) poetry" in err and "Traceback" not in err
@@ -217,7 +217,7 @@ def test_cli_rejects_bad_flags_without_a_traceback(capsys):
 @pytest.mark.integration
 def test_real_examples_come_from_training_sequences_only(tiny_tokenizer):
     from recdemo.data import load_dataset
-    from recdemo.llm.examples import TASKS, ExampleBuilder
+    from recdemo.finetune.examples import TASKS, ExampleBuilder
 
     ds = load_dataset("movielens-small", root=real_data_root())
     train = ds.train_sequences()
@@ -240,9 +240,9 @@ def test_real_model_finetunes_and_serves_the_new_adapter(tmp_path):
 
     from recdemo.config import Config
     from recdemo.data import load_dataset
-    from recdemo.llm.examples import make_profile
+    from recdemo.finetune.examples import make_profile
     from recdemo.llm.rankers import get_ranker
-    from recdemo.types import Candidate, RerankRequest
+    from recdemo.records import Candidate, RerankRequest
 
     cfg = Config.from_env()
     ds = load_dataset("movielens-small", root=real_data_root())

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recdemo.llm import ft_checkpoint as ckpt
+from recdemo.finetune import checkpoint as ckpt
 
 
 def test_failed_write_keeps_the_old_folder(tmp_path):

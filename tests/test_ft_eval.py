@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recdemo.llm.examples import ExampleBuilder
-from recdemo.llm.ft_eval import answer_loss, answer_token_loss, collate, ranking_metrics
+from recdemo.finetune.examples import ExampleBuilder
+from recdemo.finetune.validate import answer_loss, answer_token_loss, collate, ranking_metrics
 
 
 def test_answer_loss_counts_answer_tokens_only(tiny_llm, toy_dataset):
@@ -44,7 +44,7 @@ class ListRetriever:
 
 def test_ranking_metrics_follow_the_score_ranker_and_sasrec(tiny_llm, toy_dataset):
     from recdemo.llm.rankers.score import ScoreRanker
-    from recdemo.types import Candidate, RerankRequest
+    from recdemo.records import Candidate, RerankRequest
 
     builder = ExampleBuilder(toy_dataset, tiny_llm.tokenizer)
     cases = toy_dataset.eval_cases("valid")[:4]
@@ -60,7 +60,7 @@ def test_ranking_metrics_follow_the_score_ranker_and_sasrec(tiny_llm, toy_datase
     ranker = ScoreRanker(tiny_llm, toy_dataset, None, fuse=False)
     req = RerankRequest(history=[int(x) for x in hit.history], k=3, profile=None,
                         candidates=[Candidate(i, float(6 - r), r + 1) for r, i in enumerate(items)])
-    from recdemo.llm.examples import make_profile
+    from recdemo.finetune.examples import make_profile
     req.profile = make_profile(toy_dataset.catalog, req.history)
     llm = ranker.score_list(req).llm
     rank = int((llm > llm[-1]).sum() + (llm[:-1] == llm[-1]).sum())

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from recdemo.llm.examples import Example, ExampleBuilder
-from recdemo.llm.finetune import FineTuneSpec, run_finetune
-from recdemo.llm.ft_eval import answer_loss, example_loss
-from recdemo.llm.ft_rank import encode_rank, rank_candidates, rank_loss
+from recdemo.finetune.examples import Example, ExampleBuilder
+from recdemo.finetune.loop import FineTuneSpec, run_finetune
+from recdemo.finetune.validate import answer_loss, example_loss
+from recdemo.finetune.rank_task import encode_rank, rank_candidates, rank_loss
 from recdemo.llm.rankers.score import ScoreRanker
-from recdemo.types import Candidate, RerankRequest
+from recdemo.records import Candidate, RerankRequest
 
 
 def rank_example(builder, user: int = 0, cut: int = 4) -> Example:

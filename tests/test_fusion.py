@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from recdemo.llm.fusion import (FusionStore, fuse, fused_order, gain_p_value, lookup_weight, normalize,
-                                select_weight, weight_key)
+from recdemo.llm.fusion import (
+    FusionStore, fuse, fused_order, gain_p_value, lookup_weight, normalize, select_weight, weight_key,
+)
 
 
 def test_rank_normalization_handles_ties():

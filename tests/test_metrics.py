@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from recdemo.eval.metrics import metrics_from_ranks, ranks_of_targets
+from recdemo.metrics import metrics_from_ranks, ranks_of_targets
 
 
 def test_ranks_count_items_ahead_of_the_target():
@@ -52,7 +52,7 @@ def test_metrics_of_no_cases_are_zero():
 
 
 def test_ratio_interval_is_the_paired_lift():
-    from recdemo.eval.metrics import ratio_interval
+    from recdemo.metrics import ratio_interval
 
     base = [0, 3, 12, 1, 50, 7, 2, 30] * 10
     assert ratio_interval(base, base) == (1.0, 1.0)  # the same list: no lift, no spread
@@ -69,7 +69,7 @@ def test_ratio_interval_is_the_paired_lift():
 
 
 def test_mean_interval_holds_the_mean_and_narrows_with_more_users():
-    from recdemo.eval.metrics import mean_interval
+    from recdemo.metrics import mean_interval
 
     ranks = [0, 3, 12, 1, 50, 7, 2, 30]
     lo, hi = mean_interval(ranks * 5)

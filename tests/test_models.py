@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from recdemo.llm import models
-from recdemo.llm.models import ModelNotFound, pick_dtype, resolve_model_path
+from recdemo.errors import ModelNotFound
+from recdemo.llm.models import pick_dtype, resolve_model_path
 
 
 def test_explicit_dtype_wins():

@@ -9,8 +9,10 @@ import pytest
 from conftest import PopularityRetriever, real_data_root
 
 from recdemo.config import Config
-from recdemo.pipeline import Recommender, build_personas, cli_recommend
-from recdemo.types import RankedItem
+from recdemo.cli.recommend import cli_recommend
+from recdemo.pipeline.personas import build_personas
+from recdemo.pipeline.recommender import Recommender
+from recdemo.records import RankedItem
 
 
 class ReverseRanker:
@@ -172,7 +174,7 @@ def test_adapter_auto_and_explicit(rec, tmp_path, toy_dataset):
 def test_auto_adapter_for_another_base_falls_back_with_a_warning(rec, tmp_path, toy_dataset):
     from conftest import make_tiny_adapter
 
-    from recdemo.llm.models import ModelNotFound
+    from recdemo.errors import ModelNotFound
 
     make_tiny_adapter(rec.service.llm, tmp_path / "adapters" / toy_dataset.name, base_model="other-model")
     out = rec.recommend([0], ranker="reverse", n_candidates=5, k=2, with_profile=False, with_explanations=False)

@@ -7,8 +7,9 @@ import pytest
 from conftest import real_data_root
 
 from recdemo.data import Catalog
-from recdemo.llm.profile import (ProfileGenerator, build_keywords, ground, heuristic_profile, keyword_line_done,
-                                 parse_profile, stem)
+from recdemo.llm.profile import (
+    ProfileGenerator, build_keywords, ground, heuristic_profile, keyword_line_done, parse_profile, stem,
+)
 
 
 @pytest.fixture

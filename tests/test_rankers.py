@@ -7,8 +7,8 @@ import torch
 from recdemo.llm import prompts as P
 from recdemo.llm.fusion import FusionStore, weight_key
 from recdemo.llm.rankers import RANKERS, get_ranker
-from recdemo.llm.trie import TokenTrie
-from recdemo.types import Candidate, RerankRequest
+from recdemo.llm.token_trie import TokenTrie
+from recdemo.records import Candidate, RerankRequest
 
 from conftest import PopularityRetriever, make_tiny_llm, real_data_root
 

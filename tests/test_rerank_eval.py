@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from recdemo.eval.rerank_eval import evaluate_rerank, format_table, sample_cases
+from recdemo.cli.evaluate import format_rerank_table
+from recdemo.eval.rerank_eval import evaluate_rerank, sample_cases
 from recdemo.llm.rankers import Ranker, get_ranker
 
 from conftest import PopularityRetriever, make_toy_dataset
@@ -61,9 +62,9 @@ def test_oracle_metrics_and_baseline_are_computed_honestly(data):
     assert m["candidate_recall"] < 1.0  # some targets are outside the 20 candidates: counted as misses
     assert m["valid_ratio"] == 1.0 and m["auc"] == 1.0
     assert m["users"] == len(ds.eval_cases("test"))
-    assert "SASRec top-10" in format_table(m)
+    assert "SASRec top-10" in format_rerank_table(m)
     lo, hi = m["lift_ci95"]  # the oracle's lift is large and certain, and the interval holds the point
-    assert 1.0 < lo <= m["lift"] <= hi and "95% paired bootstrap" in format_table(m)
+    assert 1.0 < lo <= m["lift"] <= hi and "95% paired bootstrap" in format_rerank_table(m)
     assert m["ndcg@10_ci95"][0] < m["ndcg@10"] < m["ndcg@10_ci95"][1]
 
 
@@ -127,7 +128,7 @@ def test_cli_selects_on_valid_then_applies_the_weight_on_test(data, tiny_llm, tm
     import recdemo.llm.service as service_mod
     import recdemo.retrieval.retriever as retriever_mod
     from recdemo.config import Config
-    from recdemo.eval.rerank_eval import cli_rerank
+    from recdemo.cli.evaluate import cli_rerank
 
     ds, retriever = data
     real_service = service_mod.LLMService

@@ -10,7 +10,7 @@ import pytest
 from conftest import real_data_root
 
 from recdemo.config import PROJECT_ROOT, Config, RetrievalConfig
-from recdemo.eval import cli as eval_cli
+from recdemo.cli import evaluate as eval_cli
 from recdemo.eval.retrieval_eval import evaluate_models, sample_negatives, select_cases
 
 KEYS = ("hr@10", "ndcg@10", "hr@5", "ndcg@5", "hr@20", "ndcg@20", "mrr", "users")

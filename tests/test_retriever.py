@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from recdemo.config import RetrievalConfig
-from recdemo.llm.models import ModelNotFound
+from recdemo.errors import ModelNotFound
 from recdemo.retrieval.checkpoint import save_checkpoint
 from recdemo.retrieval.retriever import Retriever
 from recdemo.retrieval.sasrec import SASRec, SASRecConfig

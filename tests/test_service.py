@@ -8,7 +8,7 @@ import torch
 from conftest import make_tiny_adapter
 
 from recdemo.config import LLMConfig
-from recdemo.llm.models import ModelNotFound
+from recdemo.errors import ModelNotFound
 from recdemo.llm.service import LLMService
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from recdemo.data import tables
-from recdemo.data.errors import DataError
+from recdemo.errors import DataError
 from recdemo.data.tables import line_of, read_table
 
 INTER = ["user_id", "item_id", "timestamp"]

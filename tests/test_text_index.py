@@ -99,7 +99,7 @@ def test_search_without_encoder_is_lexical(toy_dataset):
 
 
 def test_unknown_encoder_is_a_clear_error(tmp_path):
-    from recdemo.llm.models import ModelNotFound
+    from recdemo.errors import ModelNotFound
 
     with pytest.raises(ModelNotFound, match="no sentence-transformers model"):
         encoder_path(str(tmp_path / "missing"))

@@ -72,7 +72,7 @@ def test_unknown_loss_is_rejected(cycle_dataset):
 
 
 def test_train_flags_reach_the_retrieval_config():
-    from recdemo.cli import build_parser
+    from recdemo.cli.main import build_parser
     from recdemo.config import Config
 
     args = build_parser().parse_args(["train", "--dataset", "movielens-small", "--lr", "1e-3", "--hidden", "128",

@@ -1,6 +1,6 @@
 import pytest
 
-from recdemo.llm.trie import TokenTrie
+from recdemo.llm.token_trie import TokenTrie
 
 
 def make():

@@ -15,10 +15,10 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from ..config import Config
-from ..data.dataset import BUILTIN_FOLDERS
-from .jobs import FineTuneQueue, Job
-from .uploads import check_name, save_upload
+from recdemo.config import Config
+from recdemo.data.dataset import BUILTIN_FOLDERS
+from recdemo.app.jobs import FineTuneQueue, Job
+from recdemo.app.uploads import check_name, save_upload
 
 log = logging.getLogger("recdemo.app")
 
@@ -33,7 +33,7 @@ RANKERS = ["palr", "score", "tallrec", "genrec"]
 
 def friendly_error(e: BaseException) -> str:
     """One sentence for the page; the traceback goes to the server log, never to the user."""
-    from ..llm.models import ModelNotFound
+    from recdemo.errors import ModelNotFound
 
     if isinstance(e, (ValueError, ModelNotFound, FileNotFoundError, KeyError)):
         msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
@@ -77,7 +77,7 @@ class AppContext:
     def service(self):
         with self._lock:
             if self._service is None:
-                from ..llm.service import LLMService
+                from recdemo.llm.service import LLMService
                 self._service = LLMService(self.cfg.llm)
             return self._service
 
@@ -122,7 +122,7 @@ class AppContext:
         folder = self.uploads.get(name)
         if self._factory is not None:
             return self._factory(name, folder)
-        from ..pipeline import Recommender
+        from recdemo.pipeline.recommender import Recommender
 
         if folder is None:
             return Recommender.from_config(self.cfg, dataset_name=name, data_dir=None, service=self.service)
@@ -174,7 +174,7 @@ class AppContext:
         if not hasattr(dataset, "content_hash"):
             return None
         try:
-            from ..retrieval.checkpoint import checkpoint_problem
+            from recdemo.retrieval.checkpoint import checkpoint_problem
             return checkpoint_problem(dataset, self.cfg.retrieval.checkpoint_dir)
         except Exception:  # noqa: BLE001 - only used for the message
             return None
@@ -280,7 +280,7 @@ class AppContext:
         out = str(Path(self.cfg.llm.adapter_dir) / p["adapter"])
         if self._finetune_runner is not None:
             return self._finetune_runner(p, dataset, retriever, out, progress, cancel)
-        from ..llm.finetune import FineTuneSpec, run_finetune
+        from recdemo.finetune.loop import FineTuneSpec, run_finetune
 
         wanted = {"tasks": list(p["tasks"]), "steps": int(p["steps"]), "lora_r": int(p["lora_r"]),
                   "lr": float(p["lr"]), "eval_users": int(p.get("eval_users", 32)), "out": out,

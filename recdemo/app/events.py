@@ -8,9 +8,9 @@ import json
 import logging
 import time
 
-from . import render
-from .context import RANKERS, AppContext, friendly_error
-from .gpu import gpu
+from recdemo.app import render
+from recdemo.app.context import RANKERS, AppContext, friendly_error
+from recdemo.app.gpu import gpu
 
 log = logging.getLogger("recdemo.app")
 MAX_HISTORY_ITEMS = 50  # the prompts use the last 20; longer lists only slow the page down

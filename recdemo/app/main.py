@@ -8,15 +8,15 @@ from __future__ import annotations
 import logging
 import os
 
-from ..config import Config
-from .context import AppContext
+from recdemo.config import Config
+from recdemo.app.context import AppContext
 
 log = logging.getLogger("recdemo.app")
 
 
 def build(cfg: Config | None = None, ctx: AppContext | None = None, warmup: bool = True):
     """(demo, ctx): the Blocks and the shared context, not yet launched."""
-    from .ui import build_ui
+    from recdemo.app.ui import build_ui
 
     cfg = cfg or Config.from_env()
     ctx = ctx or AppContext(cfg)
@@ -30,7 +30,7 @@ def build(cfg: Config | None = None, ctx: AppContext | None = None, warmup: bool
 
 
 def launch_kwargs(cfg: Config) -> dict:
-    from . import render
+    from recdemo.app import render
 
     return dict(server_name=cfg.app.host, server_port=cfg.app.port, share=cfg.app.share,
                 css=render.CSS, theme=_theme(), footer_links=["api", "gradio"],
@@ -49,13 +49,6 @@ def launch(cfg: Config | None = None, ctx: AppContext | None = None, block: bool
         return demo, ctx, url
     ctx.close()
     return None
-
-
-def cli_demo(args, cfg: Config) -> int:
-    if getattr(args, "share", False):
-        cfg = cfg.set("app", "share", True)
-    launch(cfg)
-    return 0
 
 
 def _theme():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from html import escape
 
-from .context import TASKS
+from recdemo.app.context import TASKS
 
 STAGES = ("retrieval", "profile", "rerank", "explain")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from . import events, render
-from .context import RANKERS, AppContext
+from recdemo.app import events, render
+from recdemo.app.context import RANKERS, AppContext
 
 INTRO = ("Pick a few items you liked, in the order you enjoyed them. The app writes a profile of your "
          "taste with an LLM, retrieves 50 candidates with SASRec, and lets a fine-tuned LLM pick and "

@@ -6,7 +6,7 @@ import re
 import shutil
 from pathlib import Path
 
-from ..data.errors import DataError
+from recdemo.errors import DataError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 FILES = ("interactions.csv", "items.csv")
@@ -37,7 +37,7 @@ def save_upload(root: Path, interactions_path: str | None, items_path: str | Non
     try:
         shutil.copyfile(interactions_path, folder / FILES[0])
         shutil.copyfile(items_path, folder / FILES[1])
-        from ..data.dataset import load_dataset
+        from recdemo.data.dataset import load_dataset
         dataset = load_dataset(None, data_dir=str(folder), max_mb=max_mb)
         if len(dataset.users) < 2 or dataset.n_items < 2:
             raise DataError("too little data: a dataset needs at least 2 users and 2 items", file=FILES[0])

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .catalog import Catalog
-from .errors import DataError
-from .formats import RawData, read_layout
-from .tables import line_of
+from recdemo.data.catalog import Catalog
+from recdemo.errors import DataError
+from recdemo.data.formats import RawData, read_layout
+from recdemo.data.tables import line_of
 
 # Built-in names -> folder name under the data root (RECDEMO_DATA_DIR).
 BUILTIN_FOLDERS = {

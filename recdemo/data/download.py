@@ -23,9 +23,9 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .dataset import BUILTIN_FOLDERS, build_dataset, load_dataset, resolve_folder
-from .errors import DataError
-from .formats import read_layout
+from recdemo.data.dataset import BUILTIN_FOLDERS, build_dataset, load_dataset, resolve_folder
+from recdemo.errors import DataError
+from recdemo.data.formats import read_layout
 
 
 @dataclass
@@ -189,7 +189,7 @@ def download(name: str, root: str | Path, url: str | None = None, force: bool = 
         try:
             with zipfile.ZipFile(zip_path) as zf:
                 if source.kind == "seqrec":
-                    from .seqrec import convert
+                    from recdemo.data.seqrec import convert
                     counts = convert(zf, out)
                     log(f"converted: {counts['users']:,} users, {counts['items']:,} items, "
                         f"{counts['interactions']:,} interactions")
@@ -267,20 +267,3 @@ def builtin_status(root: str | Path) -> list[str]:
             "missing: get it from grouplens.org and unpack it here")
         lines.append(f"  {name:16} {path}  {state}")
     return lines
-
-
-def cli_data(args, cfg) -> int:
-    """``data download NAME [--url URL] [--force]`` and ``data info [NAME | --data-dir PATH]``."""
-    name = args.name or getattr(args, "dataset", None)
-    if args.action == "download":
-        if not name:
-            raise DataError(f"which dataset? python -m recdemo data download {{{','.join(SOURCES)}}}")
-        download(name, cfg.data.root, url=args.url, force=args.force)
-        return 0
-    if name or cfg.data.data_dir:  # one dataset in detail
-        from dataclasses import replace
-        lines = info(replace(cfg.data, dataset=name or cfg.data.dataset))
-    else:  # which built-ins are there
-        lines = builtin_status(cfg.data.root)
-    print("\n".join(lines))
-    return 0

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import DataError
-from .tables import read_table
+from recdemo.errors import DataError
+from recdemo.data.tables import read_table
 
 
 @dataclass

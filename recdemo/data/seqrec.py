@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import DataError
+from recdemo.errors import DataError
 
 try:  # pandas' own compat unpickler also reads pickles written by pandas 1.x/2.x
     from pandas.compat.pickle_compat import Unpickler as _BaseUnpickler

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import DataError
+from recdemo.errors import DataError
 
 EXACT_PARSE_MB = 64
 csv.field_size_limit(max(csv.field_size_limit(), 16 * 2**20))  # long descriptions are fine

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
-from .catalog import normalize_title, title_variants
+from recdemo.data.catalog import normalize_title, title_variants
 
 
 def trigrams(text: str) -> set[str]:

@@ -14,9 +14,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .dataset import Dataset, build_dataset
-from .errors import DataError
-from .formats import read_layout
+from recdemo.data.dataset import Dataset, build_dataset
+from recdemo.errors import DataError
+from recdemo.data.formats import read_layout
 
 ROLES = {"interactions": "interactions.csv", "items": "items.csv"}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -56,7 +56,7 @@ def load_uploaded(interactions_path: str | Path, items_path: str | Path, max_mb:
     DataErrors naming the file as the user called it (e.g. ``my_ratings.csv (interactions file)``).
     """
     if uploads_root is None:
-        from ..config import DataConfig
+        from recdemo.config import DataConfig
         uploads_root = Path(DataConfig().root) / "uploads"
     paths = {"interactions": Path(interactions_path), "items": Path(items_path)}
     for role, path in paths.items():

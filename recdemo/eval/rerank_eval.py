@@ -28,17 +28,13 @@ Profiles are the heuristic profile (``llm.profile.heuristic_profile``), as in fi
 """
 from __future__ import annotations
 
-import json
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-from ..llm.fusion import GRID, METHODS, fused_order, gain_p_value, select_weight, weight_key
-from ..llm.rankers import get_ranker
-from ..types import Candidate, RerankRequest
-from .metrics import MISS, mean_interval, metrics_from_ranks, ratio_interval
+from recdemo.llm.fusion import GRID, METHODS, fused_order, gain_p_value, select_weight
+from recdemo.records import Candidate, RerankRequest
+from recdemo.metrics import MISS, mean_interval, metrics_from_ranks, ratio_interval
 
 
 def sample_cases(dataset, split: str, users: int | None, seed: int = 0) -> list:
@@ -54,7 +50,7 @@ def sample_cases(dataset, split: str, users: int | None, seed: int = 0) -> list:
 
 def default_profile(catalog, history):
     try:
-        from ..llm.profile import heuristic_profile
+        from recdemo.llm.profile import heuristic_profile
     except ImportError:  # the profile module is optional here: prompts then say "(no profile)"
         return None
     return heuristic_profile(catalog, list(history))
@@ -186,66 +182,3 @@ def _auc(lists) -> tuple[float | None, float | None]:
             others = np.delete(s, j)
             store.append(float(((others < s[j]).sum() + 0.5 * (others == s[j]).sum()) / len(others)))
     return (float(np.mean(llm)) if llm else None), (float(np.mean(sas)) if sas else None)
-
-
-# -- command line --
-def cli_rerank(args, cfg) -> int:
-    from ..data.dataset import load_from_config
-    from ..llm.service import LLMService
-    from ..retrieval.retriever import Retriever
-
-    dataset = load_from_config(cfg.data)
-    name = args.ranker or cfg.llm.ranker
-    service = LLMService(cfg.llm)
-    adapter = service.resolve_adapter(cfg.llm.adapter, dataset.name, name)
-    retriever = Retriever.for_dataset(dataset, cfg.retrieval, train_if_missing=True)
-    ranker = get_ranker(name, service, dataset, retriever, adapter=adapter, fuse=not args.no_fuse)
-    select = args.split == "valid" and not args.no_fuse
-    weight = 1.0 if args.no_fuse else None
-    print(f"rerank evaluation: {dataset.name}, {args.split} split, ranker {name}, "
-          f"model {service.describe()}, adapter {adapter or 'none (base model)'}", file=sys.stderr)
-
-    def progress(n, total):
-        if n % 10 == 0 or n == total:
-            print(f"  {n}/{total} users", file=sys.stderr)
-
-    metrics = evaluate_rerank(ranker, dataset, retriever, split=args.split, users=args.users, seed=args.seed,
-                              n_candidates=cfg.retrieval.n_candidates, k=cfg.llm.n_results, weight=weight,
-                              select=select, progress=progress)
-    if select:
-        path = ranker.store.save(dataset.name, dataset.content_hash,
-                                 weight_key(service.llm.name, adapter, name), metrics["fusion_weight"],
-                                 method=metrics["fusion_method"], split="valid", users=metrics["users"], seed=args.seed,
-                                 ndcg_by_weight=metrics["ndcg_by_weight"])
-        metrics["fusion_saved_to"] = str(path)
-    print(format_table(metrics))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(metrics, indent=1))
-    return 0
-
-
-def format_table(m: dict) -> str:
-    k = m["k"]
-    rows = [("", f"NDCG@{k}", f"HR@{k}"),
-            (f"SASRec top-{k}", m[f"baseline_ndcg@{k}"], m[f"baseline_hr@{k}"]),
-            (f"{m['ranker']} (LLM alone)", m[f"llm_only_ndcg@{k}"], m[f"llm_only_hr@{k}"]),
-            (f"{m['ranker']} fused w={m['fusion_weight']:.1f}", m[f"ndcg@{k}"], m[f"hr@{k}"])]
-    lines = [f"{a:<28}{b:>10}{c:>10}" if isinstance(b, str)
-             else f"{a:<28}{b:>10.4f}{c:>10.4f}" for a, b, c in rows]
-    extra = [f"users {m['users']} ({m['split']}), valid_ratio {m['valid_ratio']:.3f} "
-             f"(LLM alone {m['llm_valid_ratio']:.3f}), "
-             f"latency p50 {m['latency_ms_p50']:.0f} ms / p90 {m['latency_ms_p90']:.0f} ms, "
-             f"candidate recall {m['candidate_recall']:.3f}"]
-    if m.get("auc") is not None:
-        extra.append(f"AUC (target vs other candidates): LLM {m['auc']:.3f}, SASRec {m['baseline_auc']:.3f}")
-    if m.get("lift_ci95"):
-        lo, hi = m["lift_ci95"]
-        extra.append(f"lift {m['lift']:.3f} (95% paired bootstrap over users: {lo:.3f}-{hi:.3f}); "
-                     f"NDCG@{k} 95% interval {m[f'ndcg@{k}_ci95'][0]:.4f}-{m[f'ndcg@{k}_ci95'][1]:.4f}")
-    extra.append(f"fusion weight {m['fusion_weight']}, {m.get('fusion_method', 'rank')} normalisation "
-                 f"({m['fusion_source']})")
-    if m.get("gain_p_value") is not None:
-        extra.append(f"best weight by NDCG {m['best_weight_by_ndcg']}: gain over SASRec has bootstrap "
-                     f"p = {m['gain_p_value']:.3f} (kept only when < 0.05)")
-    return "\n".join(lines + extra)

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .metrics import metrics_from_ranks, ranks_of_targets
+from recdemo.metrics import metrics_from_ranks, ranks_of_targets
 
 PROTOCOLS = ("full", "sampled100")
 N_SAMPLED_NEGATIVES = 100

@@ -14,8 +14,9 @@ import json
 import re
 from pathlib import Path
 
-from ..data.dataset import BUILTIN_FOLDERS
-from .models import LLM, ModelNotFound
+from recdemo.data.dataset import BUILTIN_FOLDERS
+from recdemo.llm.models import LLM
+from recdemo.errors import ModelNotFound
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"

@@ -24,9 +24,9 @@ import time
 import numpy as np
 import torch
 
-from ..types import RankedItem, RerankRequest
-from .rankers.base import ScoredList, check_request, finish
-from .rankers.tree import ROOT, model_parts, trie_logprobs
+from recdemo.records import RankedItem, RerankRequest
+from recdemo.llm.rankers.base import ScoredList, check_request, finish
+from recdemo.llm.rankers.decoding import ROOT, model_parts, trie_logprobs
 
 NO_LIMIT = 1 << 30  # trie_logprobs' max_nodes: one packed call per user (the batch is the chunk)
 

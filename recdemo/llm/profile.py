@@ -17,8 +17,8 @@ from collections import Counter, OrderedDict
 
 import torch
 
-from ..types import Keyword, Profile
-from . import prompts as P
+from recdemo.records import Keyword, Profile
+from recdemo.llm import prompts as P
 
 STOPWORDS = frozenset(
     "a an and the of with for to in on at by from or as is are its it this that their they user users "
@@ -284,7 +284,7 @@ class ProfileGenerator:
         """The answer text: PROFILE_PREFIX + keyword line + newline + PROFILE_SUMMARY_PREFIX + sentence."""
         from transformers import StoppingCriteriaList
 
-        from .service import TextStop, stop_string_criteria
+        from recdemo.llm.service import TextStop, stop_string_criteria
 
         tok, model = llm.tokenizer, llm.model
         ids = tok(prompt, return_tensors="pt", add_special_tokens=False).input_ids.to(llm.device)

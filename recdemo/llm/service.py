@@ -15,8 +15,9 @@ from typing import Callable
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, StopStringCriteria
 
-from .adapters import AdapterManager, finetune_hint, is_adapter_dir
-from .models import LLM, ModelNotFound, load_llm
+from recdemo.llm.adapters import AdapterManager, finetune_hint, is_adapter_dir
+from recdemo.llm.models import LLM, load_llm
+from recdemo.errors import ModelNotFound
 
 NO_ADAPTER = {None, "", "none", "base"}
 _STOP_CRITERIA: dict = {}  # (id(tokenizer), stop strings) -> (tokenizer, StopStringCriteria)

@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .sasrec import SASRec, SASRecConfig
+from recdemo.retrieval.sasrec import SASRec, SASRecConfig
 
 FORMAT = "recdemo-sasrec/1"
 

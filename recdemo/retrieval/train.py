@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..config import RetrievalConfig
-from ..eval.metrics import metrics_from_ranks, ranks_of_targets
-from .sasrec import SASRec, SASRecConfig
+from recdemo.config import RetrievalConfig
+from recdemo.metrics import metrics_from_ranks, ranks_of_targets
+from recdemo.retrieval.sasrec import SASRec, SASRecConfig
 
 
 def make_windows(sequences, maxlen: int) -> np.ndarray:
@@ -154,7 +154,7 @@ def train_sasrec(dataset, cfg: RetrievalConfig, progress: bool = True, item_feat
         # Items that read alike start alike: the MiniLM title+attribute vectors (the search index's,
         # cached) through a learned projection; folded into the item table before saving.
         if item_features is None:
-            from .text_index import TextIndex
+            from recdemo.retrieval.text_index import TextIndex
             item_features = TextIndex.for_dataset(dataset, cfg).embeddings
         model.attach_item_features(torch.as_tensor(item_features))
     # Weight decay on matrices only (not on LayerNorm gains, biases, or embeddings' padding row).
@@ -219,24 +219,3 @@ def train_sasrec(dataset, cfg: RetrievalConfig, progress: bool = True, item_feat
         "windows": int(len(windows)), "steps": step, "history": history,
     }
     return model, report
-
-
-def cli_train(args, cfg) -> int:
-    """`python -m recdemo train`: (re)train SASRec for a dataset and save the checkpoint."""
-    from ..data import load_from_config
-    from .checkpoint import save_checkpoint
-
-    dataset = load_from_config(cfg.data)
-    rcfg = cfg.retrieval.for_dataset(dataset.name)
-    out = getattr(args, "out", None) or rcfg.checkpoint_dir
-    print(f"SASRec on {dataset.name} ({dataset.content_hash}): {len(dataset.users)} users, {dataset.n_items} items; "
-          f"loss={rcfg.loss} maxlen={rcfg.maxlen} hidden={rcfg.hidden} dropout={rcfg.dropout} "
-          f"lr={rcfg.lr} batch={rcfg.batch_size} epochs<={rcfg.epochs}")
-    model, report = train_sasrec(dataset, rcfg, progress=True)
-    path = save_checkpoint(model, rcfg, dataset, out, report)
-    valid = report["valid"]
-    print(f"best epoch {report['best_epoch']} of {report['epochs_run']}: valid NDCG@10 {valid.get('ndcg@10', 0):.4f}, "
-          f"HR@10 {valid.get('hr@10', 0):.4f}; {report['seconds']:.0f} s "
-          f"({report['seconds_per_epoch']:.1f} s/epoch)")
-    print(f"saved {path}")
-    return 0

@@ -10,11 +10,11 @@ SASRec by the weight chosen on validation) and ``prompt(req) -> str``.
 """
 from __future__ import annotations
 
-from .base import ACTIVE, Ranker, ScoredList, finish
-from .genrec import GenRecRanker
-from .palr import PALRRanker
-from .score import ScoreRanker
-from .tallrec import TALLRecRanker
+from recdemo.llm.rankers.base import ACTIVE, Ranker, ScoredList, finish
+from recdemo.llm.rankers.genrec import GenRecRanker
+from recdemo.llm.rankers.palr import PALRRanker
+from recdemo.llm.rankers.score import ScoreRanker
+from recdemo.llm.rankers.tallrec import TALLRecRanker
 
 RANKERS: dict[str, type[Ranker]] = {
     "palr": PALRRanker,

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ...types import RankedItem, RerankRequest
-from .. import prompts as P
-from ..fusion import FusionStore, fuse, fused_order, lookup_weight
-from ..models import LLM
+from recdemo.records import RankedItem, RerankRequest
+from recdemo.llm import prompts as P
+from recdemo.llm.fusion import FusionStore, fuse, fused_order, lookup_weight
+from recdemo.llm.models import LLM
 
 ACTIVE = "<active>"  # adapter sentinel: use the service's active adapter as it is
 

@@ -21,11 +21,11 @@ import time
 
 import numpy as np
 
-from ...types import RerankRequest
-from .. import prompts as P
-from ..trie import TokenTrie
-from .base import Ranker, ScoredList
-from .tree import ROOT, TreeDecoder
+from recdemo.records import RerankRequest
+from recdemo.llm import prompts as P
+from recdemo.llm.token_trie import TokenTrie
+from recdemo.llm.rankers.base import Ranker, ScoredList
+from recdemo.llm.rankers.decoding import ROOT, TreeDecoder
 
 
 class PALRRanker(Ranker):

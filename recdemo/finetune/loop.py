@@ -32,10 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import ft_checkpoint as ckpt
-from .examples import ExampleBuilder, check_tasks
-from .ft_model import add_lora, load_lora_weights, make_accelerator, trainable_base
-from .ft_eval import Cancelled, answer_loss, check_cancel, example_loss, finite, ranking_metrics
+from recdemo.config import FinetuneConfig
+from recdemo.finetune import checkpoint as ckpt
+from recdemo.finetune.examples import ExampleBuilder, check_tasks
+from recdemo.finetune.lora import add_lora, load_lora_weights, make_accelerator, trainable_base
+from recdemo.finetune.validate import Cancelled, answer_loss, check_cancel, example_loss, finite, ranking_metrics
 
 # Spec fields that change what is trained: a partial run resumes only if all of them match.
 TRAINING_FIELDS = ("tasks", "steps", "examples", "batch_size", "micro_batch_size", "lora_r", "lora_alpha",
@@ -45,36 +46,8 @@ TRAINING_FIELDS = ("tasks", "steps", "examples", "batch_size", "micro_batch_size
 
 
 @dataclass
-class FineTuneSpec:
-    tasks: list[str] = field(default_factory=lambda: ["recommend", "recommend_retrieval"])
-    steps: int = 200  # optimizer steps
-    examples: int | None = None  # distinct training examples (default: steps * batch_size, each seen once)
-    batch_size: int = 4  # examples per optimizer step (gradient accumulation over micro-batches)
-    micro_batch_size: int = 0  # examples per forward; 0 = 1 on CPU (no padding waste), 4 on GPU
-    lora_r: int = 8
-    lora_alpha: int | None = None  # default 2 * r
-    lora_dropout: float = 0.05
-    lora_targets: str = "q_proj,v_proj"  # comma list of module names, or "all-linear"
-    lr: float = 2e-4
-    warmup_steps: int | None = None  # default 10% of steps
-    min_lr_ratio: float = 0.1  # linear decay ends at lr * this
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    max_length: int = 768  # tokens; longer prompts lose their oldest history items
-    max_history: int = 20  # PALR: at most 20 history items in a prompt
-    n_candidates: int = 20  # recommend_retrieval training list (inference uses 50; see examples.py)
-    with_attributes: bool = False  # history lines without genres: ~30% fewer tokens on CPU
-    eval_every: int = 50  # steps between validation-loss checks (and partial saves)
-    eval_users: int = 32  # validation users for the loss and the ranking metrics
-    eval_candidates: int = 50  # candidates per user in the ranking metrics and task rank (as at inference)
-    rank_eval: bool = True  # ranking metrics before and after (the slow part of evaluation)
-    seed: int = 0
-    rank_sasrec_weight: float = 0.0  # task rank: > 0 trains the residual on top of SASRec (ft_rank.rank_loss)
-    init_adapter: str = ""  # start from this adapter folder's LoRA weights (same r/targets): train it further
-    out: str = ""  # adapter folder, e.g. checkpoints/adapters/movielens-small
-    resume: bool = True  # continue from <out>.partial when it matches this spec
-    copy_base: bool = True  # train on a copy of the service's base model (see module docstring)
-    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
+class FineTuneSpec(FinetuneConfig):
+    """One fine-tune run: FinetuneConfig's fields (every default written there), checked."""
 
     def __post_init__(self):
         self.tasks = check_tasks(self.tasks)
@@ -321,9 +294,3 @@ def run_finetune(spec: FineTuneSpec, dataset, service, retriever=None, progress=
               "tokens_per_s": round(tokens / max(train_seconds, 1e-9), 1)}
     _emit(progress, step=step, total=spec.steps, phase="done", loss=None, eta_s=0.0, metrics=metrics_after)
     return result
-
-
-def cli_finetune(args, cfg) -> int:
-    """`python -m recdemo finetune ...`: the flags are declared in cli.py, the work in ft_cli.py."""
-    from .ft_cli import main
-    return main(args, cfg)

@@ -1,4 +1,4 @@
-"""The one error type for bad data: it names the file, line and column."""
+"""The errors meant for users: bad data (file, line, column) and missing models. Ground layer."""
 from __future__ import annotations
 
 
@@ -19,3 +19,7 @@ class DataError(ValueError):
             col = f"column '{column}'" if column is not None else None
         where = ", ".join(p for p in (file, f"line {line}" if line is not None else None, col) if p)
         super().__init__(f"{where}: {message}" if where else message)
+
+
+class ModelNotFound(RuntimeError):
+    """A model or adapter that is not on disk; the message says how to get it."""

@@ -6,16 +6,16 @@ import argparse
 import importlib
 import sys
 
-from .config import Config
-from .data.errors import DataError
+from recdemo.config import Config
+from recdemo.errors import DataError
 
 HANDLERS = {
-    "data": "recdemo.data.download:cli_data",
-    "train": "recdemo.retrieval.train:cli_train",
-    "evaluate": "recdemo.eval.cli:cli_evaluate",
-    "recommend": "recdemo.pipeline:cli_recommend",
-    "finetune": "recdemo.llm.finetune:cli_finetune",
-    "demo": "recdemo.app.main:cli_demo",
+    "data": "recdemo.cli.data:cli_data",
+    "train": "recdemo.cli.train:cli_train",
+    "evaluate": "recdemo.cli.evaluate:cli_evaluate",
+    "recommend": "recdemo.cli.recommend:cli_recommend",
+    "finetune": "recdemo.cli.finetune:cli_finetune",
+    "demo": "recdemo.cli.demo:cli_demo",
 }
 
 
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         import os
         if os.environ.get("RECDEMO_DEBUG"):
             raise
-        from .llm.models import ModelNotFound
+        from recdemo.errors import ModelNotFound
         label = "error" if isinstance(e, (ModelNotFound, ValueError, FileNotFoundError)) else type(e).__name__
         print(f"{label}: {e}", file=sys.stderr)
         return 1

@@ -52,7 +52,7 @@ def load_lora_weights(model, folder: str | Path, base_name: str) -> None:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from .adapters import CONFIG_FILE, WEIGHTS_FILE, is_adapter_dir, read_meta, same_base, trained_base
+    from recdemo.llm.adapters import CONFIG_FILE, WEIGHTS_FILE, is_adapter_dir, read_meta, same_base, trained_base
     folder = Path(folder)
     if not is_adapter_dir(folder):
         raise ValueError(f"init adapter {folder}: no {CONFIG_FILE} + {WEIGHTS_FILE} there (not an adapter folder)")

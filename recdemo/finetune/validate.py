@@ -13,8 +13,8 @@ import math
 import numpy as np
 import torch
 
-from ..eval.metrics import metrics_from_ranks
-from ..types import Candidate
+from recdemo.metrics import metrics_from_ranks
+from recdemo.records import Candidate
 
 
 class Cancelled(Exception):
@@ -46,7 +46,7 @@ def example_loss(model, part: list[dict], pad_id: int, device, rank_sasrec_weigh
 
     ``rank`` examples (a listwise loss over a tree of candidate titles, ft_rank.py) run one at a
     time; the others are padded into one batch for the answer-token loss."""
-    from .ft_rank import rank_loss
+    from recdemo.finetune.rank_task import rank_loss
     total, tokens = 0.0, 0
     plain = [e for e in part if e["task"] != "rank"]
     for e in part:
@@ -84,7 +84,7 @@ def answer_loss(model, encoded: list[dict], pad_id: int, device, cancel=None, ra
                 ) -> dict:
     """Token-weighted mean answer loss, overall and per task (``val_loss``, ``val_loss_<task>``).
     A ``rank`` example counts as one token: its loss is one cross-entropy over the candidate list."""
-    from .ft_rank import rank_loss
+    from recdemo.finetune.rank_task import rank_loss
 
     was_training = model.training
     model.eval()
@@ -124,11 +124,11 @@ def ranking_metrics(model, builder, cases, retriever=None, n_candidates: int = 5
     (``sasrec_*``; ``random_*`` without a retriever), and of the fused order at the weight that
     fusion.select_weight picks on these users (``fused_*``, ``fusion_weight``). A user whose held-out
     item is not among the candidates counts as a miss for all three and costs no LLM time."""
-    from ..types import RerankRequest
-    from .examples import make_profile
-    from .fusion import fused_order, select_weight, target_rank
-    from .models import LLM
-    from .rankers.score import ScoreRanker
+    from recdemo.records import RerankRequest
+    from recdemo.finetune.examples import make_profile
+    from recdemo.llm.fusion import fused_order, select_weight, target_rank
+    from recdemo.llm.models import LLM
+    from recdemo.llm.rankers.score import ScoreRanker
 
     was_training = model.training
     model.eval()

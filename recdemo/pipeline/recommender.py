@@ -3,7 +3,7 @@
     titles -> catalog indices -> SASRec top-N -> LLM profile -> LLM ranker (fused) -> explanations
 
 ``Recommender.recommend`` runs the stages in that order, times each, and returns a
-``types.Recommendation`` (JSON-friendly via ``to_dict()``). Thread-safe: retrieval runs outside
+``records.Recommendation`` (JSON-friendly via ``to_dict()``). Thread-safe: retrieval runs outside
 the model lock; every model call holds ``service.lock`` through ``service.use_adapter`` (the app
 serves several users from one model while a fine-tune runs).
 """
@@ -17,13 +17,14 @@ from dataclasses import replace
 
 import numpy as np
 
-from .data.dataset import load_from_config
-from .llm.explain import Explainer
-from .llm.models import ModelNotFound
-from .llm.profile import STOPWORDS, ProfileGenerator, heuristic_profile, words
-from .llm.prompts import domain_for
-from .llm.service import LLMService
-from .types import Candidate, RerankRequest, Recommendation
+from recdemo.data.dataset import load_from_config
+from recdemo.llm.explain import Explainer
+from recdemo.errors import ModelNotFound
+from recdemo.llm.profile import ProfileGenerator, heuristic_profile
+from recdemo.pipeline.personas import build_personas
+from recdemo.llm.prompts import domain_for
+from recdemo.llm.service import LLMService
+from recdemo.records import Candidate, RerankRequest, Recommendation
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class Recommender:
         with self._locks["text"]:
             if self._text_index is None and not self._text_index_failed:
                 try:
-                    from .retrieval.text_index import TextIndex
+                    from recdemo.retrieval.text_index import TextIndex
                     self._text_index = TextIndex.for_dataset(self.dataset, self.cfg)
                 except Exception:  # noqa: BLE001 - search and explanations work without it
                     log.warning("text index unavailable for %s", self.name, exc_info=True)
@@ -68,7 +69,7 @@ class Recommender:
     def retriever(self):
         with self._locks["retriever"]:
             if self._retriever is None:
-                from .retrieval.retriever import Retriever
+                from recdemo.retrieval.retriever import Retriever
                 self._retriever = Retriever.for_dataset(self.dataset, self.cfg.retrieval, train_if_missing=True,
                                                         text_index=self.text_index)
             return self._retriever
@@ -76,7 +77,7 @@ class Recommender:
     def ranker(self, name: str):
         with self._locks["ranker"]:
             if name not in self._rankers:
-                from .llm.rankers import get_ranker
+                from recdemo.llm.rankers import get_ranker
                 # the retriever as built by the retrieval stage (None when it fell back to text similarity)
                 self._rankers[name] = get_ranker(name, self.service, self.dataset, self._retriever)
             return self._rankers[name]
@@ -107,7 +108,7 @@ class Recommender:
         if index is not None:
             hits = index.search(query, k)
         else:
-            from .data.title_search import TitleMatcher
+            from recdemo.data.title_search import TitleMatcher
             scores = TitleMatcher(self.catalog.titles).scores(query)
             top = np.argsort(-scores, kind="stable")[:k]
             hits = [(int(i), float(scores[i])) for i in top if scores[i] > 0]
@@ -279,7 +280,7 @@ class Recommender:
             seen.add(i)
             out.append(r)
         if len(out) < k:
-            from .types import RankedItem
+            from recdemo.records import RankedItem
             missing = k - len(out)
             for c in candidates:
                 if len(out) >= k:
@@ -306,98 +307,3 @@ class Recommender:
 def _num(x) -> float | None:
     x = float(x)
     return None if np.isnan(x) else round(x, 4)
-
-
-def build_personas(dataset, n: int = 12, size: int = 8) -> dict[str, list[str]]:
-    catalog = dataset.catalog
-    train = dataset.train_sequences()
-    pop = np.bincount(np.concatenate(train).astype(np.int64), minlength=len(catalog)) if train else \
-        np.zeros(len(catalog), np.int64)
-    groups: dict[str, list[int]] = {}
-    if any(catalog.attributes):
-        suffix = "fan"
-        for i, attrs in enumerate(catalog.attributes):
-            for a in attrs:
-                if a and not a.startswith("("):
-                    groups.setdefault(a, []).append(i)
-    else:
-        suffix = "shopper"
-        for i, title in enumerate(catalog.titles):
-            for w in set(words(title)):
-                if len(w) > 3 and w not in STOPWORDS and w.isalpha():
-                    groups.setdefault(w.capitalize(), []).append(i)
-    # A taste is narrower than "Drama" (on 45% of movies): groups on more than a quarter of the
-    # catalog come last; otherwise the most watched/bought groups first.
-    usable = {g: items for g, items in groups.items() if len(items) >= size}
-    broad = {g: len(items) > len(catalog) // 4 for g, items in usable.items()}
-    weight = {g: int(pop[items].sum()) for g, items in usable.items()}
-    out = {}
-    for group in sorted(usable, key=lambda g: (broad[g], -weight[g], g))[:n]:
-        items = sorted(usable[group], key=lambda i: (len(catalog.attributes[i]) > 3, -pop[i], i))[:size]
-        out[f"{group} {suffix}"] = [catalog.titles[i] for i in reversed(items)]  # most popular last (= recent)
-    return out
-
-
-# -- CLI --
-def cli_recommend(args, cfg) -> int:
-    import json
-    import sys
-
-    rec = Recommender.from_config(cfg)
-    try:
-        out = rec.recommend(args.history, ranker=getattr(args, "ranker", None) or cfg.llm.ranker,
-                            n_candidates=args.candidates, k=args.top, adapter=cfg.llm.adapter)
-    except ValueError as e:  # unknown titles, empty history, bad sizes: a sentence, exit 2
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(out.to_dict(), indent=1, ensure_ascii=False, default=_json_default))
-    else:
-        print(format_text(out))
-    return 0
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
-
-
-def format_text(out: Recommendation, shown_candidates: int = 10) -> str:
-    lines = [f"model: {out.model} · adapter: {out.adapter or 'none (base model)'} · ranker: {out.ranker}",
-             "history: " + "; ".join(h["title"] for h in out.history), ""]
-    titles = {h["index"]: h["title"] for h in out.history}
-    if out.profile is not None:
-        lines.append(f"PROFILE: {out.profile.summary}")
-        for kw in out.profile.keywords:
-            support = ", ".join(titles.get(i, str(i)) for i in kw.support[:4])
-            more = f" +{len(kw.support) - 4} more" if len(kw.support) > 4 else ""
-            tag = " (added from the history)" if kw.source == "heuristic" else ""
-            if kw.grounded:
-                lines.append(f"  [x] {kw.text}{tag}: {support}{more}")
-            else:
-                lines.append(f"  [ ] {kw.text}: not backed by the history")
-        lines.append("")
-    lines.append(f"SASREC CANDIDATES (top {min(shown_candidates, len(out.candidates))} of {len(out.candidates)}):")
-    for c in out.candidates[:shown_candidates]:
-        lines.append(f"  {c['rank']:>3}. {c['title']}  [{', '.join(c['attributes'])}]  {c['score']:.3f}")
-    lines += ["", f"TOP {len(out.results)} ({out.ranker}):"]
-    for r in out.results:
-        if r["retrieval_rank"] is None:
-            move = "not in SASRec's list"
-        else:
-            move = f"SASRec #{r['retrieval_rank']}, " + (f"up {r['move']}" if r["move"] > 0 else
-                                                         f"down {-r['move']}" if r["move"] < 0 else "same")
-        lines.append(f"  {r['rank']:>3}. {r['title']}  ({move})")
-        for e in r["evidence"]:
-            what = (f"{e['value']} users had both" if e["kind"] == "co-occurrence"
-                    else f"similar, {e['value']:.2f}")
-            lines.append(f"        <- {e['title']} ({what})")
-        if r["rationale"]:
-            tag = "" if r["rationale_source"] == "llm" else "  [template]"
-            lines.append(f"        {r['rationale']}{tag}")
-    lines += ["", "timings: " + " · ".join(f"{s} {v:.2f} s" for s, v in out.timings.items())]
-    lines += [f"warning: {w}" for w in out.warnings]
-    return "\n".join(lines)

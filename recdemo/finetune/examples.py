@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..data.dataset import LIKED_RATING
-from . import prompts as P
+from recdemo.data.dataset import LIKED_RATING
+from recdemo.llm import prompts as P
 
 TASKS = ("recommend", "recommend_retrieval", "tallrec", "genrec", "sequence", "rank")
 MIN_HISTORY = 3  # a cut leaves at least this many history items (when the sequence allows)
@@ -66,7 +66,7 @@ def check_tasks(tasks) -> list[str]:
 
 def make_profile(catalog, history):
     """The PIPELINE's heuristic profile (no LLM: an LLM profile per example would be far too slow)."""
-    from .profile import heuristic_profile
+    from recdemo.llm.profile import heuristic_profile
     return heuristic_profile(catalog, list(history))
 
 
@@ -150,7 +150,7 @@ class ExampleBuilder:
         if task == "sequence":
             return ex  # no profile in this prompt
         if task == "rank":
-            from .ft_rank import rank_candidates
+            from recdemo.finetune.rank_task import rank_candidates
             ex.candidates, ex.sasrec_hit = rank_candidates(
                 self.retriever, history, ex.items[0], self.rank_candidates,
                 banned=self.dataset.sequences[user], allowed=self.in_pool)
@@ -276,7 +276,7 @@ class ExampleBuilder:
         if ex.task == "sequence":
             return self.encode_sequence(ex, max_length)
         if ex.task == "rank":
-            from .ft_rank import encode_rank
+            from recdemo.finetune.rank_task import encode_rank
             return encode_rank(self, ex, max_length)
         answer = self.tok(self.answer(ex), add_special_tokens=False)["input_ids"]
         for n in range(min(len(ex.history), self.max_history), 0, -1):

@@ -20,9 +20,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import prompts as P
-from .rankers.tree import TreeDecoder, trie_feed, trie_logprobs
-from .trie import TokenTrie
+from recdemo.llm import prompts as P
+from recdemo.llm.rankers.decoding import TreeDecoder, trie_feed, trie_logprobs
+from recdemo.llm.token_trie import TokenTrie
 
 
 def rank_candidates(retriever, history, target: int, n: int, banned=(), allowed=None) -> tuple[list[int], bool]:

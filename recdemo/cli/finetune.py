@@ -10,7 +10,7 @@ import torch
 
 
 def spec_from_args(args):
-    from .finetune import FineTuneSpec
+    from recdemo.finetune.loop import FineTuneSpec
 
     values = {"tasks": args.tasks, "steps": args.steps, "examples": args.examples,
               "batch_size": args.batch_size, "lora_r": args.lora_r, "lora_alpha": args.lora_alpha,
@@ -35,7 +35,7 @@ def load_model_for_training(cfg_llm):
     """The base model, placed for this process (several under `accelerate launch`)."""
     from dataclasses import replace
 
-    from .models import load_llm
+    from recdemo.llm.models import load_llm
 
     if torch.cuda.is_available() and cfg_llm.device != "cpu":
         from accelerate import PartialState
@@ -53,9 +53,9 @@ def load_model_for_training(cfg_llm):
 def load_retriever(dataset, cfg):
     """SASRec for hard negatives and evaluation candidates; None (with a note) when it has no
     checkpoint yet: fine-tuning does not silently spend many minutes training SASRec first."""
-    from .models import ModelNotFound
+    from recdemo.errors import ModelNotFound
     try:
-        from ..retrieval.retriever import Retriever
+        from recdemo.retrieval.retriever import Retriever
         return Retriever.for_dataset(dataset, cfg.retrieval, train_if_missing=False)
     except (ImportError, ModelNotFound) as e:
         print(f"note: no SASRec retriever ({e}).\n      Training goes on with negatives that share "
@@ -65,9 +65,9 @@ def load_retriever(dataset, cfg):
         return None
 
 
-def main(args, cfg) -> int:
-    from ..data import load_from_config
-    from .finetune import run_finetune
+def cli_finetune(args, cfg) -> int:
+    from recdemo.data import load_from_config
+    from recdemo.finetune.loop import run_finetune
 
     spec = spec_from_args(args)  # checks the flags before anything slow
     if getattr(args, "threads", None):
