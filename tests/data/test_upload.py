@@ -8,7 +8,7 @@ import pytest
 
 from recdemo.data import DataError, load_uploaded
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "assets" / "example"
+EXAMPLE = Path(__file__).resolve().parents[2] / "assets" / "example"
 
 
 def files(tmp_path, inter: str, items: str, names=("my_ratings.csv", "my_items.csv")):

@@ -8,7 +8,7 @@ import pytest
 from recdemo.data import DataError, load_dataset
 from recdemo.data.formats import detect_layout, read_layout
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "assets" / "example"
+EXAMPLE = Path(__file__).resolve().parents[2] / "assets" / "example"
 
 
 def write(folder: Path, files: dict[str, str | bytes]) -> Path:

@@ -11,7 +11,7 @@ import torch
 
 from conftest import make_tiny_tokenizer, real_data_root
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
 def load_bench():

