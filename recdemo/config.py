@@ -20,7 +20,6 @@ class DataConfig:
     data_dir: str | None = None  # a folder in any supported layout (generic upload format included)
     root: str = str(PROJECT_ROOT / "data")  # where built-in datasets live (RECDEMO_DATA_DIR)
     max_file_mb: int = 1024  # larger files are refused with a clear message
-    max_upload_mb: int = 50  # limit for files uploaded through the app
 
 
 # SASRec settings chosen per dataset on the validation split (docs/notes/retrieval.md lists the runs);
@@ -119,6 +118,24 @@ class FinetuneConfig:
 
 
 @dataclass
+class LimitsConfig:
+    """Every size a request (API, UI, CLI) can choose, bounded: a public app must not be run out of
+    memory or time by one call. Requests beyond a limit get a one-sentence error naming it."""
+    max_results: int = 50  # k: results (each with an explanation) per request
+    max_candidates: int = 200  # SASRec candidates the reranker scores per request
+    max_history: int = 200  # history items a request may send (prompts keep the last 20)
+    max_title_chars: int = 200  # a title longer than this is shortened with an ellipsis in prompts and UI
+    max_field_chars: int = 2_000  # any other text field of an uploaded file
+    max_upload_mb: int = 50  # per file uploaded through the app
+    max_upload_rows: int = 2_000_000  # interactions per uploaded file
+    max_uploads_per_session: int = 3
+    max_finetune_steps: int = 2_000
+    max_finetune_minutes: float = 60.0  # wall time of one fine-tune job
+    max_finetune_jobs: int = 1  # running at once on this server (more are queued); one per session
+    max_queued_jobs: int = 8
+
+
+@dataclass
 class AppConfig:
     host: str = "127.0.0.1"
     port: int = 7860
@@ -131,6 +148,7 @@ class Config:
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     app: AppConfig = field(default_factory=AppConfig)
 
     @classmethod
@@ -141,7 +159,7 @@ class Config:
         mapping = {
             "RECDEMO_DATA_DIR": ("data", "root"),
             "RECDEMO_DATASET": ("data", "dataset"),
-            "RECDEMO_MAX_UPLOAD_MB": ("data", "max_upload_mb"),
+            "RECDEMO_MAX_UPLOAD_MB": ("limits", "max_upload_mb"),
             "RECDEMO_CHECKPOINT_DIR": ("retrieval", "checkpoint_dir"),
             "RECDEMO_LLM": ("llm", "model"),
             "RECDEMO_DEVICE": ("llm", "device"),

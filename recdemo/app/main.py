@@ -34,7 +34,7 @@ def launch_kwargs(cfg: Config) -> dict:
 
     return dict(server_name=cfg.app.host, server_port=cfg.app.port, share=cfg.app.share,
                 css=render.CSS, theme=_theme(), footer_links=["api", "gradio"],
-                max_file_size=f"{cfg.data.max_upload_mb}mb", show_error=False, ssr_mode=False)
+                max_file_size=f"{cfg.limits.max_upload_mb}mb", show_error=False, ssr_mode=False)
 
 
 def launch(cfg: Config | None = None, ctx: AppContext | None = None, block: bool = True, **overrides):

@@ -46,7 +46,7 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
             with gr.Accordion("Upload your own data", open=False, elem_id="rd-upload"):
                 gr.Markdown("`interactions.csv`: user_id,item_id,timestamp[,rating] · `items.csv`: "
                             "item_id,title[,description][,categories] (categories split by `|`). "
-                            f"Up to {cfg.data.max_upload_mb} MB each.")
+                            f"Up to {cfg.limits.max_upload_mb} MB each.")
                 up_inter = gr.File(label="interactions.csv", file_types=[".csv"], type="filepath",
                                    elem_id="rd-up-inter")
                 up_items = gr.File(label="items.csv", file_types=[".csv"], type="filepath", elem_id="rd-up-items")

@@ -13,15 +13,13 @@ Partial state (``<out>.partial/``, no adapter_config.json so nobody mistakes it 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
-import uuid
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from recdemo.storage import recover_dir, write_dir_atomically
 
 PARTIAL_SUFFIX = ".partial"
 STATE_FILE, LORA_FILE, OPTIM_FILE = "state.json", "lora.safetensors", "optimizer.safetensors"
@@ -30,51 +28,6 @@ STATE_FILE, LORA_FILE, OPTIM_FILE = "state.json", "lora.safetensors", "optimizer
 def partial_dir(out: str | Path) -> Path:
     out = Path(out)
     return out.parent / (out.name + PARTIAL_SUFFIX)
-
-
-def write_dir_atomically(target: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a fresh temp folder beside ``target``, then swap it into place.
-
-    The old folder is renamed aside first (a non-empty folder cannot be replaced in one rename)
-    and deleted only once the new one is in place; if anything fails, the old one is put back."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    recover_dir(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    old = None
-    try:
-        write(tmp)
-        _readable(tmp)
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(target, old)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not target.exists():
-            os.replace(old, target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return target
-
-
-def _readable(folder: Path) -> None:
-    """mkdtemp makes a private (0700) folder; an adapter folder is ordinary readable data."""
-    folder.chmod(0o755)
-    for f in folder.iterdir():
-        if f.is_file():
-            f.chmod(0o644)
-
-
-def recover_dir(target: str | Path) -> None:
-    """A crash between the two renames above leaves only ``.<name>.old-*``: put it back."""
-    target = Path(target)
-    if target.exists() or not target.parent.is_dir():
-        return
-    olds = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
-    if olds:
-        os.replace(olds[-1], target)
 
 
 # -- optimizer state <-> (tensors, JSON) --

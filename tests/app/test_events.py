@@ -219,7 +219,7 @@ def test_upload_error_names_file_line_column(ctx, tmp_path):
 
 def test_upload_size_limit(tmp_path):
     from recdemo.config import Config
-    c = fake_context(tmp_path, cfg=Config().set("data", "max_upload_mb", 0))
+    c = fake_context(tmp_path, cfg=Config().set("limits", "max_upload_mb", 0))
     ok, html = events.upload_dataset(c, *_write_pair(tmp_path, ["u,i,1"], ["i,T,"]), "big")
     assert not ok and "limited to 0 MB" in html
 

@@ -1,37 +1,9 @@
-"""Atomic folder writes and optimizer state round trips (safetensors + JSON, no pickle)."""
+"""Optimizer state round trips (safetensors + JSON, no pickle) and the partial/final adapter folders."""
 from __future__ import annotations
 
-import pytest
 import torch
 
 from recdemo.finetune import checkpoint as ckpt
-
-
-def test_failed_write_keeps_the_old_folder(tmp_path):
-    target = tmp_path / "adapter"
-    target.mkdir()
-    (target / "w.bin").write_bytes(b"old")
-
-    def broken(tmp):
-        (tmp / "w.bin").write_bytes(b"new-but-incomplete")
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        ckpt.write_dir_atomically(target, broken)
-    assert (target / "w.bin").read_bytes() == b"old"
-    assert [p.name for p in tmp_path.iterdir()] == ["adapter"]
-
-    ckpt.write_dir_atomically(target, lambda tmp: (tmp / "w.bin").write_bytes(b"new"))
-    assert (target / "w.bin").read_bytes() == b"new"
-    assert [p.name for p in tmp_path.iterdir()] == ["adapter"]
-
-
-def test_crash_between_renames_is_recovered(tmp_path):
-    old = tmp_path / ".adapter.old-1234abcd"
-    old.mkdir()
-    (old / "w.bin").write_bytes(b"old")
-    ckpt.recover_dir(tmp_path / "adapter")
-    assert (tmp_path / "adapter" / "w.bin").read_bytes() == b"old"
 
 
 def test_optimizer_state_round_trips_through_tensors_and_json(tmp_path):
