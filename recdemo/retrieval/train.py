@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -129,67 +130,108 @@ def lr_at(step: int, total: int, cfg: RetrievalConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def train_sasrec(dataset, cfg: RetrievalConfig, progress: bool = True, item_features: np.ndarray | None = None):
-    """Train SASRec on ``dataset.train_sequences()``; returns (model in eval mode, report dict).
+class TrainingCancelled(Exception):
+    """Raised between steps when the caller's ``cancel`` event is set (nothing is saved)."""
 
-    ``item_features`` ([n_items, d]) replaces the text index's embeddings when ``cfg.text_features``
-    is on (tests pass small ones)."""
-    cfg = cfg.for_dataset(dataset.name)  # fill the per-dataset settings left at None
+
+def _check(cfg: RetrievalConfig) -> None:
     if cfg.exclude_seen and (cfg.loss != "ce" or cfg.negatives):
         raise ValueError("exclude_seen works with the full-softmax loss only (loss 'ce', no sampled negatives); "
                          "train with --no-exclude-seen for this loss")
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
 
+
+def _windows(dataset, cfg: RetrievalConfig) -> torch.Tensor:
     windows = torch.from_numpy(make_windows(dataset.train_sequences(), cfg.maxlen))
     if len(windows) == 0:
         raise ValueError(f"dataset {dataset.name!r} has no user with two or more training items; "
                          "SASRec cannot be trained on it")
-    lengths = (windows > 0).sum(dim=1).numpy()
-    valid_cases = dataset.eval_cases("valid")
+    return windows
+
+
+def _model(dataset, cfg: RetrievalConfig, item_features) -> SASRec:
     model = SASRec(SASRecConfig(n_items=dataset.n_items, maxlen=cfg.maxlen, hidden=cfg.hidden,
                                 layers=cfg.layers, heads=cfg.heads, dropout=cfg.dropout))
     if cfg.text_features:
         # Items that read alike start alike: the MiniLM title+attribute vectors (the search index's,
         # cached) through a learned projection; folded into the item table before saving.
         if item_features is None:
-            from recdemo.retrieval.text_index import TextIndex
+            from recdemo.retrieval.text_index import TextIndex  # sentence-transformers: only when asked for
             item_features = TextIndex.for_dataset(dataset, cfg).embeddings
         model.attach_item_features(torch.as_tensor(item_features))
+    return model
+
+
+def _optimizer(model: SASRec, cfg: RetrievalConfig) -> torch.optim.Optimizer:
     # Weight decay on matrices only (not on LayerNorm gains, biases, or embeddings' padding row).
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    optim = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                               {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
 
+
+@dataclass
+class _Run:
+    """What the loop carries from step to step."""
+    model: SASRec
+    optim: torch.optim.Optimizer
+    windows: torch.Tensor
+    lengths: np.ndarray
+    total_steps: int
+    rng: np.random.Generator
+    gen: torch.Generator
+    step: int = 0
+
+
+def _train_epoch(run: _Run, cfg: RetrievalConfig, bar, cancel) -> float:
+    """One pass over the shuffled windows (batches of similar length); returns the summed loss."""
+    run.model.train()
+    epoch_loss = 0.0
+    for rows in length_batches(run.lengths, cfg.batch_size, run.rng):
+        if cancel is not None and cancel.is_set():
+            raise TrainingCancelled("SASRec training was cancelled")
+        batch = run.windows[torch.from_numpy(rows)]
+        for group in run.optim.param_groups:
+            group["lr"] = lr_at(run.step, run.total_steps, cfg)
+        loss = sequence_loss(run.model, batch, cfg.loss, run.gen, cfg.negatives, cfg.exclude_seen)
+        run.optim.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), 1.0)  # guard against spikes
+        run.optim.step()
+        with torch.no_grad():
+            run.model.item_emb.weight[0].zero_()  # padding stays zero
+        run.step += 1
+        epoch_loss += loss.item()
+        bar.update(1)
+    return epoch_loss
+
+
+def train_sasrec(dataset, cfg: RetrievalConfig, progress: bool = True, item_features: np.ndarray | None = None,
+                 cancel=None, on_epoch=None):
+    """Train SASRec on ``dataset.train_sequences()``; returns (model in eval mode, report dict).
+
+    ``item_features`` ([n_items, d]) replaces the text index's embeddings when ``cfg.text_features``
+    is on (tests pass small ones). ``cancel`` (a threading.Event) stops between steps with
+    TrainingCancelled; ``on_epoch(epoch, max_epochs, record)`` reports progress (the app's bar)."""
+    cfg = cfg.for_dataset(dataset.name)  # fill the per-dataset settings left at None
+    _check(cfg)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    windows = _windows(dataset, cfg)
+    valid_cases = dataset.eval_cases("valid")
+    model = _model(dataset, cfg, item_features)
     steps_per_epoch = math.ceil(len(windows) / cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
+    run = _Run(model, _optimizer(model, cfg), windows, (windows > 0).sum(dim=1).numpy(),
+               steps_per_epoch * cfg.epochs, rng, gen)
     best = {"ndcg@10": -1.0, "epoch": 0, "state": None, "metrics": {}}
-    history, bad_checks, step = [], 0, 0
+    history, bad_checks = [], 0
     t0 = time.perf_counter()
-    bar = tqdm(total=total_steps, desc=f"SASRec {dataset.name}", unit="step", disable=not progress)
+    bar = tqdm(total=run.total_steps, desc=f"SASRec {dataset.name}", unit="step", disable=not progress)
     for epoch in range(1, cfg.epochs + 1):
-        # 1. one pass over the shuffled windows
-        model.train()
-        epoch_loss, t_epoch = 0.0, time.perf_counter()
-        for rows in length_batches(lengths, cfg.batch_size, rng):
-            batch = windows[torch.from_numpy(rows)]
-            for group in optim.param_groups:  # 2. learning rate for this step
-                group["lr"] = lr_at(step, total_steps, cfg)
-            loss = sequence_loss(model, batch, cfg.loss, gen, cfg.negatives, cfg.exclude_seen)  # 3. forward
-            optim.zero_grad(set_to_none=True)
-            loss.backward()  # 4. backward
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # 5. guard against spikes
-            optim.step()  # 6. update
-            with torch.no_grad():
-                model.item_emb.weight[0].zero_()  # padding stays zero
-            step += 1
-            epoch_loss += loss.item()
-            bar.update(1)
-        record = {"epoch": epoch, "loss": epoch_loss / steps_per_epoch,
+        t_epoch = time.perf_counter()
+        record = {"epoch": epoch, "loss": _train_epoch(run, cfg, bar, cancel) / steps_per_epoch,
                   "seconds": time.perf_counter() - t_epoch}
-        # 7. validation every few epochs; keep the best weights, stop when it stops improving
+        # validation every few epochs; keep the best weights, stop when it stops improving
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
             metrics = validation_metrics(model, valid_cases)
             record["valid"] = {k: metrics[k] for k in ("ndcg@10", "hr@10")}
@@ -202,9 +244,16 @@ def train_sasrec(dataset, cfg: RetrievalConfig, progress: bool = True, item_feat
         record["elapsed"] = time.perf_counter() - t0
         history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}", val_ndcg10=f"{best['ndcg@10']:.4f}", best_ep=best["epoch"])
+        if on_epoch is not None:
+            on_epoch(epoch, cfg.epochs, record)
         if bad_checks >= cfg.patience:
             break
     bar.close()
+    return _finish(model, best, history, run, dataset, cfg, t0)
+
+
+def _finish(model: SASRec, best: dict, history: list, run: _Run, dataset, cfg: RetrievalConfig, t0: float):
+    """The best epoch's weights, features folded into the item table, in eval mode; and the report."""
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     model.fold_item_features()
@@ -216,6 +265,6 @@ def train_sasrec(dataset, cfg: RetrievalConfig, progress: bool = True, item_feat
         "seconds": seconds, "seconds_per_epoch": float(np.mean([r["seconds"] for r in history])),
         "seconds_to_best": history[best["epoch"] - 1]["elapsed"] if best["epoch"] else seconds,
         "torch_threads": torch.get_num_threads(),
-        "windows": int(len(windows)), "steps": step, "history": history,
+        "windows": int(len(run.windows)), "steps": run.step, "history": history,
     }
     return model, report

@@ -134,3 +134,21 @@ def test_text_features_train_and_save_as_a_plain_sasrec(cycle_dataset):
     assert model.feature_proj is None  # folded into the item table
     assert set(model.state_dict()) == set(SASRec(model.cfg).state_dict())
     assert report["valid"]["ndcg@10"] > 0.9
+
+
+def test_training_reports_each_epoch_and_can_be_cancelled(cycle_dataset):
+    import threading
+
+    seen = []
+    train_sasrec(cycle_dataset, tiny_cfg(epochs=3, patience=9), progress=False,
+                 on_epoch=lambda epoch, total, record: seen.append((epoch, total, round(record["loss"], 6))))
+    assert [(e, t) for e, t, _ in seen] == [(1, 3), (2, 3), (3, 3)] and seen[2][2] < seen[0][2]
+
+    cancel = threading.Event()
+
+    def stop_after_first(epoch, total, record):
+        cancel.set()
+
+    with pytest.raises(train_mod.TrainingCancelled):
+        train_sasrec(cycle_dataset, tiny_cfg(epochs=3, patience=9), progress=False, cancel=cancel,
+                     on_epoch=stop_after_first)
