@@ -53,15 +53,6 @@ def count(limits: LimitsConfig, limit: str, what: str):
     return parse
 
 
-def fine_tune_tasks(text: str) -> list[str]:
-    """``--tasks``: checked while parsing (finetune/examples.py is imported only when the flag is given)."""
-    from recdemo.finetune.examples import check_tasks
-    try:
-        return check_tasks(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
 def _dataset_flags(p: argparse.ArgumentParser) -> None:
     for name in ("dataset", "data_dir", "root"):
         config_flag(p, "data", name)
@@ -117,11 +108,9 @@ def _recommend_parser(p: argparse.ArgumentParser, limits: LimitsConfig) -> None:
 def _finetune_parser(p: argparse.ArgumentParser, limits: LimitsConfig) -> None:
     _dataset_flags(p)
     _llm_flags(p, ranker=False)
-    for f in fields(FinetuneConfig):  # every documented fine-tune setting is a flag
-        if "help" not in f.metadata:
-            continue
-        extra = {"tasks": {"type": fine_tune_tasks}, "out": {"required": True}}.get(f.name, {})
-        config_flag(p, "finetune", f.name, **extra)
+    for f in fields(FinetuneConfig):  # every documented fine-tune setting is a flag; FineTuneSpec checks them
+        if "help" in f.metadata:
+            config_flag(p, "finetune", f.name, **({"required": True} if f.name == "out" else {}))
     p.add_argument("--threads", type=int, help="CPU threads for torch (on a busy shared CPU, 1 can be much faster)")
 
 

@@ -88,10 +88,14 @@ def test_ranker_choices_are_the_registry():
         parse("recommend", "--history", "A", "--ranker", "bm25")
 
 
-def test_unknown_fine_tune_task_is_refused_while_parsing(capsys):
-    with pytest.raises(SystemExit):
-        parse("finetune", "--out", "o", "--tasks", "recommend,bogus")
-    assert "unknown fine-tuning task(s) bogus" in capsys.readouterr().err
+def test_unknown_fine_tune_task_is_refused_before_anything_slow(capsys, monkeypatch):
+    def slow(*args, **kwargs):
+        raise AssertionError("loaded data before checking the flags")
+
+    monkeypatch.setattr("recdemo.data.load_from_config", slow)
+    assert cli.main(["finetune", "--out", "o", "--tasks", "recommend,bogus"]) == 1
+    err = capsys.readouterr().err
+    assert "unknown fine-tuning task(s) bogus" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("flag,limit,env", [("--top", "max_results", "RECDEMO_MAX_RESULTS"),
