@@ -73,13 +73,13 @@ def main() -> None:
     start, cpu_start = time.perf_counter(), time.process_time()
     if args.rebuild:  # embed into a temp folder, then keep the result as the project's cache
         with tempfile.TemporaryDirectory() as tmp:
-            index = TextIndex.for_dataset(ds, cfg, cache_dir=tmp)
+            index = TextIndex.for_dataset(ds, cfg.retrieval, cache_dir=tmp)
             build_s, build_cpu = time.perf_counter() - start, time.process_time() - cpu_start
             for f in Path(tmp).glob("*.safetensors"):
                 Path(cfg.retrieval.text_cache_dir).mkdir(parents=True, exist_ok=True)
                 shutil.copy(f, Path(cfg.retrieval.text_cache_dir) / f.name)
     else:
-        index = TextIndex.for_dataset(ds, cfg)
+        index = TextIndex.for_dataset(ds, cfg.retrieval)
         build_s, build_cpu = time.perf_counter() - start, time.process_time() - cpu_start
     load = os.getloadavg()[0]
 

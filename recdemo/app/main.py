@@ -6,7 +6,6 @@ The page is served at once; the default dataset and the model load in a backgrou
 from __future__ import annotations
 
 import logging
-import os
 
 from recdemo.config import Config
 from recdemo.app.context import AppContext
@@ -40,8 +39,8 @@ def launch_kwargs(cfg: Config) -> dict:
 def launch(cfg: Config | None = None, ctx: AppContext | None = None, block: bool = True, **overrides):
     """Start the server. ``block=False`` returns (demo, ctx, url) with the server running in the
     background (tests, bench/load.py)."""
-    logging.basicConfig(level=os.environ.get("RECDEMO_LOG", "INFO"), format="%(asctime)s %(name)s %(message)s")
     cfg = cfg or Config.from_env()
+    logging.basicConfig(level=cfg.log.level, format="%(asctime)s %(name)s %(message)s")
     demo, ctx = build(cfg, ctx, warmup=overrides.pop("warmup", True))
     kwargs = {**launch_kwargs(cfg), **overrides}
     _, url, _ = demo.launch(prevent_thread_lock=not block, **kwargs)

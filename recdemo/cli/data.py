@@ -9,7 +9,7 @@ from recdemo.errors import DataError
 
 def cli_data(args, cfg) -> int:
     """``data download NAME [--url URL] [--force]`` and ``data info [NAME | --data-dir PATH]``."""
-    name = args.name or getattr(args, "dataset", None)
+    name = args.name or getattr(args, "data.dataset", None)  # --dataset, as given (cfg has a default)
     if args.action == "download":
         if not name:
             raise DataError(f"which dataset? python -m recdemo data download {{{','.join(SOURCES)}}}")

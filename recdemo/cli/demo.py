@@ -6,7 +6,5 @@ from recdemo.config import Config
 
 
 def cli_demo(args, cfg: Config) -> int:
-    if getattr(args, "share", False):
-        cfg = cfg.set("app", "share", True)
-    launch(cfg)
+    launch(cfg)  # --host/--port/--share are already in cfg.app
     return 0

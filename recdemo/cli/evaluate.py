@@ -86,7 +86,7 @@ def cli_rerank(args, cfg) -> int:
     from recdemo.retrieval.retriever import Retriever
 
     dataset = load_from_config(cfg.data)
-    name = args.ranker or cfg.llm.ranker
+    name = cfg.llm.ranker  # --ranker is applied to the config
     service = LLMService(cfg.llm)
     adapter = service.resolve_adapter(cfg.llm.adapter, dataset.name, name)
     retriever = Retriever.for_dataset(dataset, cfg.retrieval, train_if_missing=True)

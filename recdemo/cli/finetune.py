@@ -3,32 +3,21 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
+from recdemo.config import FinetuneConfig
 
-def spec_from_args(args):
+
+def spec_from_config(cfg: FinetuneConfig):
+    """The run's spec: the config's fine-tune settings (CLI flags already applied), checked. The CLI
+    owns its model, so training needs no copy of it (copy_base is for the app's shared model)."""
     from recdemo.finetune.loop import FineTuneSpec
 
-    values = {"tasks": args.tasks, "steps": args.steps, "examples": args.examples,
-              "batch_size": args.batch_size, "lora_r": args.lora_r, "lora_alpha": args.lora_alpha,
-              "lora_targets": args.lora_targets, "lr": args.lr, "max_length": args.max_length,
-              "eval_every": args.eval_every, "eval_users": args.eval_users, "seed": args.seed,
-              "out": args.out, "resume": not args.no_resume, "copy_base": False}
-    optional = {"micro_batch_size": "micro_batch_size", "lora_dropout": "lora_dropout",
-                "train_candidates": "n_candidates", "eval_candidates": "eval_candidates",
-                "history_attributes": "with_attributes", "init_adapter": "init_adapter",
-                "rank_sasrec_weight": "rank_sasrec_weight"}
-    for flag, name in optional.items():
-        if getattr(args, flag, None) is not None:
-            values[name] = getattr(args, flag)
-    if getattr(args, "no_rank_eval", False):
-        values["rank_eval"] = False
-    if getattr(args, "grad_checkpointing", False):
-        values["gradient_checkpointing"] = True
-    return FineTuneSpec(**values)
+    return FineTuneSpec(**{**asdict(cfg), "copy_base": False})
 
 
 def load_model_for_training(cfg_llm):
@@ -69,7 +58,7 @@ def cli_finetune(args, cfg) -> int:
     from recdemo.data import load_from_config
     from recdemo.finetune.loop import run_finetune
 
-    spec = spec_from_args(args)  # checks the flags before anything slow
+    spec = spec_from_config(cfg.finetune)  # checks the settings before anything slow
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     if not Path(spec.out).name or Path(spec.out).name.endswith(".partial"):

@@ -14,8 +14,8 @@ from recdemo.records import Recommendation
 def cli_recommend(args, cfg) -> int:
     rec = Recommender.from_config(cfg)
     try:
-        out = rec.recommend(args.history, ranker=getattr(args, "ranker", None) or cfg.llm.ranker,
-                            n_candidates=args.candidates, k=args.top, adapter=cfg.llm.adapter)
+        out = rec.recommend(args.history, ranker=cfg.llm.ranker, n_candidates=cfg.retrieval.n_candidates,
+                            k=cfg.llm.n_results, adapter=cfg.llm.adapter)
     except ValueError as e:  # unknown titles, empty history, bad sizes: a sentence, exit 2
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ paired bootstrap test (``select_weight``): on validation users the fused ranker 
 below SASRec, and a gain that is only noise of the user sample does not move the weight off 0. Chosen weights are stored per (dataset, model, adapter, ranker) in
 ``<fusion_dir>/<dataset>.json``; an adapter's ``meta.json`` may also carry ``"fusion": {ranker: w}``
 (written by the fine-tune run). Lookup order: the JSON (if its dataset hash still matches), then
-the adapter meta, then ``LLMConfig.fusion_default``.
+the adapter meta, then 0 (SASRec's own order: never worse than SASRec).
 """
 from __future__ import annotations
 

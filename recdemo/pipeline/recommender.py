@@ -21,6 +21,7 @@ from recdemo.data.dataset import load_from_config
 from recdemo.llm.explain import Explainer
 from recdemo.errors import ModelNotFound
 from recdemo.llm.profile import ProfileGenerator, heuristic_profile
+from recdemo.llm.rankers import check_ranker, get_ranker
 from recdemo.pipeline.personas import build_personas
 from recdemo.llm.prompts import domain_for
 from recdemo.llm.service import LLMService
@@ -33,6 +34,7 @@ class Recommender:
     def __init__(self, dataset, cfg, service: LLMService | None = None, retriever=None, text_index=None):
         self.dataset, self.cfg, self.catalog, self.name = dataset, cfg, dataset.catalog, dataset.name
         self.domain = domain_for(self.catalog)
+        check_ranker(cfg.llm.ranker)  # a bad RECDEMO_RANKER fails here, not on the first request
         self.service = service if service is not None else LLMService(cfg.llm)
         self._retriever, self._text_index = retriever, text_index
         self._text_index_failed = False
@@ -59,7 +61,7 @@ class Recommender:
             if self._text_index is None and not self._text_index_failed:
                 try:
                     from recdemo.retrieval.text_index import TextIndex
-                    self._text_index = TextIndex.for_dataset(self.dataset, self.cfg)
+                    self._text_index = TextIndex.for_dataset(self.dataset, self.cfg.retrieval)
                 except Exception:  # noqa: BLE001 - search and explanations work without it
                     log.warning("text index unavailable for %s", self.name, exc_info=True)
                     self._text_index_failed = True
@@ -77,7 +79,6 @@ class Recommender:
     def ranker(self, name: str):
         with self._locks["ranker"]:
             if name not in self._rankers:
-                from recdemo.llm.rankers import get_ranker
                 # the retriever as built by the retrieval stage (None when it fell back to text similarity)
                 self._rankers[name] = get_ranker(name, self.service, self.dataset, self._retriever)
             return self._rankers[name]
@@ -170,10 +171,8 @@ class Recommender:
         start = time.perf_counter()
         timings: dict[str, float] = {}
         warnings: list[str] = []
-        ranker_name = (ranker or self.cfg.llm.ranker or "score").strip().lower()
-        n_candidates, k = int(n_candidates), int(k)
-        if k < 1 or n_candidates < 1:
-            raise ValueError("The number of candidates and of results must be at least 1.")
+        ranker_name = self._ranker_name(ranker)
+        n_candidates, k = self._check_sizes(history, n_candidates, k)  # before any model work
         if ranker_name != "genrec" and k > n_candidates:
             raise ValueError(f"Cannot pick {k} results from {n_candidates} candidates: ask for fewer results "
                              "or more candidates.")
@@ -234,6 +233,19 @@ class Recommender:
             results=[self._result(rank, r, explanations.get(r.index)) for rank, r in enumerate(ranked, 1)],
             prompt=prompt, timings={s: round(v, 3) for s, v in timings.items()}, ranker=ranker_name,
             model=self.service.describe(), adapter=adapter_name, warnings=warnings)
+
+    def _ranker_name(self, requested: str | None) -> str:
+        name = (requested or self.cfg.llm.ranker).strip().lower()
+        return name if name in self._rankers else check_ranker(name)
+
+    def _check_sizes(self, history, n_candidates, k) -> tuple[int, int]:
+        """Every size a request chooses, within cfg.limits: one call must not run the server out of
+        memory (k results, each explained; n candidates, each scored by the LLM)."""
+        limits = self.cfg.limits
+        if history is not None and not isinstance(history, str):
+            limits.check("max_history", len(history), "history items", minimum=0)
+        return (limits.check("max_candidates", int(n_candidates), "candidates"),
+                limits.check("max_results", int(k), "results"))
 
     def _adapter(self, requested, ranker: str, warnings: list[str]) -> str | None:
         """The adapter name to use. An explicit name that cannot be used is an error; "auto" falls

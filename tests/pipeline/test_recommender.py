@@ -104,6 +104,65 @@ def test_empty_history_and_bad_sizes_are_friendly_errors(rec, toy_dataset):
         rec.recommend([toy_dataset.catalog.titles[0]], ranker="reverse", n_candidates=10, k=20)
     with pytest.raises(ValueError, match="not in the catalog"):
         rec.recommend([10_000], ranker="reverse")
+    with pytest.raises(ValueError, match="Unknown ranker 'bm25': choose one of palr, score, tallrec, genrec"):
+        rec.recommend([toy_dataset.catalog.titles[0]], ranker="bm25")
+
+
+class NoModelWork:
+    """Stands in for every stage with model work: any call fails the test."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"model work ({name}) before the request sizes were checked")
+
+
+@pytest.mark.parametrize("sizes,limit", [
+    ({"k": 100_000}, "limits.max_results"),
+    ({"n_candidates": 100_000}, "limits.max_candidates"),
+    ({"k": 100_000, "n_candidates": 100_000}, "limits.max_"),
+    ({"k": 0}, "results must be at least 1"),
+    ({"n_candidates": -1}, "candidates must be at least 1"),
+])
+def test_oversized_requests_are_refused_before_any_model_work(rec, toy_dataset, sizes, limit):
+    """Issue 18: k and n_candidates were unbounded on the API path and a huge request OOM-killed
+    the server. Now the limit is named in one sentence, and nothing ran first."""
+    rec._retriever = rec._profiles = rec._explainer = NoModelWork()
+    rec._rankers["reverse"] = NoModelWork()
+    history = [toy_dataset.catalog.titles[i] for i in (0, 1, 2)]
+    with pytest.raises(ValueError, match=limit) as e:
+        rec.recommend(history, ranker="reverse", **sizes)
+    message = str(e.value)
+    assert message.count(". ") == 0 and message.endswith(".")  # one sentence
+    if "above" in message:
+        assert "RECDEMO_MAX_" in message  # ... that says how to change the limit
+
+
+def test_history_longer_than_the_limit_is_refused(rec, toy_dataset):
+    rec._retriever = NoModelWork()
+    limit = rec.cfg.limits.max_history
+    history = [i % toy_dataset.n_items for i in range(limit + 1)]
+    with pytest.raises(ValueError, match=f"{limit + 1} history items is above this server's limit of {limit} "
+                                         r"\(limits.max_history; set RECDEMO_MAX_HISTORY"):
+        rec.recommend(history, ranker="reverse")
+
+
+def test_sizes_at_the_limits_pass(rec, toy_dataset):
+    from dataclasses import replace
+
+    limits = replace(rec.cfg.limits, max_results=4, max_candidates=6, max_history=5)
+    rec.cfg = replace(rec.cfg, limits=limits)
+    history = [toy_dataset.catalog.titles[i] for i in toy_dataset.sequences[0][:5]]
+    out = rec.recommend(history, ranker="reverse", n_candidates=6, k=4, with_explanations=False)
+    assert len(out.candidates) == 6 and len(out.results) == 4
+    for too_many in ({"n_candidates": 7, "k": 4}, {"n_candidates": 6, "k": 5}):
+        with pytest.raises(ValueError, match="above this server's limit"):
+            rec.recommend(history, ranker="reverse", with_explanations=False, **too_many)
+    with pytest.raises(ValueError, match="6 history items"):
+        rec.recommend(history + [toy_dataset.catalog.titles[7]], ranker="reverse", n_candidates=6, k=4)
+
+
+def test_a_bad_default_ranker_fails_at_construction(toy_dataset, tiny_service):
+    with pytest.raises(ValueError, match="Unknown ranker 'bm25'"):
+        Recommender(toy_dataset, Config().set("llm", "ranker", "bm25"), service=tiny_service)
 
 
 def test_history_accepts_indices_and_keeps_the_latest_repeat(rec, toy_dataset):
@@ -230,12 +289,18 @@ def test_personas_without_attributes_use_title_words():
     assert all("Shampoo" in t for t in personas["Shampoo shopper"])
 
 
+def cli_config(rec, candidates: int, top: int) -> Config:
+    """The config the recommend command hands its handler: --ranker/--candidates/--top applied."""
+    return rec.cfg.set("llm", "ranker", "reverse").set("retrieval", "n_candidates", candidates) \
+        .set("llm", "n_results", top)
+
+
 def test_cli_unknown_title_exits_2(rec, monkeypatch, capsys):
     import argparse
 
     monkeypatch.setattr(Recommender, "from_config", classmethod(lambda cls, cfg, **kw: rec))
-    args = argparse.Namespace(history=["No Such Film"], ranker="reverse", candidates=8, top=3, json=False)
-    assert cli_recommend(args, rec.cfg) == 2
+    args = argparse.Namespace(history=["No Such Film"], json=False)
+    assert cli_recommend(args, cli_config(rec, candidates=8, top=3)) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: Unknown title 'No Such Film'") and "Traceback" not in err
 
@@ -245,13 +310,14 @@ def test_cli_text_and_json(rec, monkeypatch, capsys, toy_dataset):
 
     monkeypatch.setattr(Recommender, "from_config", classmethod(lambda cls, cfg, **kw: rec))
     titles = [toy_dataset.catalog.titles[i] for i in (0, 1, 2)]
-    args = argparse.Namespace(history=titles, ranker="reverse", candidates=12, top=3, json=False)
-    assert cli_recommend(args, rec.cfg) == 0
+    args = argparse.Namespace(history=titles, json=False)
+    cfg = cli_config(rec, candidates=12, top=3)
+    assert cli_recommend(args, cfg) == 0
     text = capsys.readouterr().out
     assert "PROFILE:" in text and "SASREC CANDIDATES (top 10 of 12)" in text and "TOP 3 (reverse)" in text
     assert "SASRec #12, up 11" in text
     args.json = True
-    assert cli_recommend(args, rec.cfg) == 0
+    assert cli_recommend(args, cfg) == 0
     data = json.loads(capsys.readouterr().out)
     assert len(data["candidates"]) == 12 and len(data["results"]) == 3
     assert data["profile"]["keywords"] and "support" in data["profile"]["keywords"][0]

@@ -118,7 +118,7 @@ def real_index():
     """The real index, cached under .cache/text_index like the app's (built once per machine)."""
     from recdemo.config import Config
 
-    return TextIndex.for_dataset(movielens(), Config())
+    return TextIndex.for_dataset(movielens(), Config().retrieval)
 
 
 OFFLINE_CHECK = """

@@ -8,17 +8,21 @@ runs once per user while every fusion weight of the grid is tried.
 The model: ``service`` is an ``LLMService`` (``.llm``, ``.lock``, ``.use_adapter``) or a bare
 ``LLM`` (tests, notebooks). By default a ranker runs with whatever adapter is active in the service
 (the pipeline wraps the call in ``service.use_adapter(name)``); ``adapter=`` pins one instead.
+
+Settings (fuse, max_history, fusion_dir) come from an ``LLMConfig``: ``cfg=``, else the service's,
+else the dataclass defaults; keyword overrides replace single fields of it.
 """
 from __future__ import annotations
 
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
+from recdemo.config import LLMConfig
 from recdemo.records import RankedItem, RerankRequest
 from recdemo.llm import prompts as P
 from recdemo.llm.fusion import FusionStore, fuse, fused_order, lookup_weight
@@ -37,10 +41,10 @@ class ScoredList:
 
 
 class _BareService:
-    """An ``LLM`` without a service: one lock, no adapters."""
+    """An ``LLM`` without a service: one lock, no adapters, the default settings."""
 
     def __init__(self, llm: LLM):
-        self.llm, self.lock, self.cfg = llm, threading.RLock(), None
+        self.llm, self.lock, self.cfg = llm, threading.RLock(), LLMConfig()
 
     @contextmanager
     def use_adapter(self, name):
@@ -53,19 +57,17 @@ class _BareService:
 class Ranker:
     name = "base"
 
-    def __init__(self, service, dataset, retriever=None, *, adapter=ACTIVE, fuse: bool | None = None,
-                 max_history: int | None = None, fusion_dir: str | None = None,
-                 fusion_default: float | None = None, use_cache: bool = True):
+    def __init__(self, service, dataset, retriever=None, *, adapter=ACTIVE, cfg: LLMConfig | None = None,
+                 **overrides):
+        """``overrides``: LLMConfig fields for this ranker alone (``fuse=False``, ``fusion_dir=...``)."""
         self.service = _BareService(service) if isinstance(service, LLM) else service
-        cfg = getattr(self.service, "cfg", None)
+        self.cfg = replace(cfg or self.service.cfg, **overrides)
         self.dataset, self.catalog, self.retriever = dataset, dataset.catalog, retriever
         self.domain = P.domain_for(self.catalog)
         self.adapter = adapter
-        self.fuse = bool(_pick(fuse, cfg, "fuse", True))
-        self.max_history = int(_pick(max_history, cfg, "max_history", P.MAX_HISTORY))
-        self.store = FusionStore(_pick(fusion_dir, cfg, "fusion_dir", "checkpoints/fusion"))
-        self.fusion_default = float(_pick(fusion_default, cfg, "fusion_default", 0.0))
-        self.use_cache = use_cache  # False: re-encode everything per step (reference for tests)
+        self.fuse = self.cfg.fuse
+        self.max_history = self.cfg.max_history
+        self.store = FusionStore(self.cfg.fusion_dir)
         self.last_info: dict = {}
 
     # -- the model --
@@ -133,8 +135,7 @@ class Ranker:
                 meta = self.service.adapters.meta(adapter)
             except Exception:  # an unreadable meta.json only loses the meta weight
                 meta = None
-        return lookup_weight(self.store, self.dataset, self.service.llm.name, adapter, self.name, meta,
-                             self.fusion_default)
+        return lookup_weight(self.store, self.dataset, self.service.llm.name, adapter, self.name, meta)
 
     def candidate_list(self, req: RerankRequest) -> ScoredList:
         """The request's candidates (deduplicated, history removed) with SASRec's scores; llm empty."""
@@ -171,10 +172,3 @@ def check_request(req: RerankRequest, needs_candidates: bool = True) -> None:
     if needs_candidates and not req.candidates:
         raise ValueError("there are no candidates to rerank")
 
-
-def _pick(value, cfg, name, default):
-    if value is not None:
-        return value
-    if cfg is not None and hasattr(cfg, name):
-        return getattr(cfg, name)
-    return default

@@ -6,7 +6,7 @@ encodes the prompt once and keeps its KV cache; continuation tokens are then app
 tree (each new token names its parent). One forward call takes any number of new nodes packed into
 one row: a 4-D attention mask lets each node see the prompt and its own ancestors only, and its
 position id is its depth, so the result equals running each root-to-node path on its own after the
-prompt (``use_cache=False`` does exactly that, as the reference the tests compare against).
+prompt (tests/llm/test_rankers.py checks this against plain full forwards).
 
 Logits are computed only for the tokens a caller asks about (``logits(rows, token_ids)``):
 constrained decoding renormalises over the allowed tokens, so the 49k-way output projection
@@ -29,10 +29,9 @@ def model_parts(model):
 
 
 class TreeDecoder:
-    def __init__(self, model, prompt_ids: Sequence[int], device=None, use_cache: bool = True):
+    def __init__(self, model, prompt_ids: Sequence[int], device=None):
         self.decoder, self.head = model_parts(model)
         self.device = device or next(model.parameters()).device
-        self.use_cache = use_cache
         self.prompt = [int(t) for t in prompt_ids]
         if not self.prompt:
             raise ValueError("the prompt is empty")
@@ -42,9 +41,9 @@ class TreeDecoder:
         self.paths: list[list[int]] = []  # node id -> node ids from the root down to itself
         self.forwards = 0  # model calls, for benchmarks
         ids = torch.tensor([self.prompt], device=self.device)
-        out = self.decoder(input_ids=ids, use_cache=use_cache)
+        out = self.decoder(input_ids=ids, use_cache=True)
         self.forwards += 1
-        self.cache = out.past_key_values if use_cache else None
+        self.cache = out.past_key_values
         self.root_hidden = out.last_hidden_state[0, -1]  # predicts the first answer token
         self.dtype = self.root_hidden.dtype
         self.hidden: list[torch.Tensor | None] = []  # node id -> last hidden state (predicts its child)
@@ -62,7 +61,7 @@ class TreeDecoder:
     # -- growing the tree --
     def extend(self, tokens: Sequence[int], parents: Sequence[int]) -> list[int]:
         """Append nodes (a parent is ROOT, an existing node, or a node earlier in this call);
-        runs the model once (cached mode) and returns the new node ids."""
+        runs the model once and returns the new node ids."""
         if len(tokens) != len(parents):
             raise ValueError("tokens and parents must have the same length")
         if not tokens:
@@ -78,13 +77,10 @@ class TreeDecoder:
             self.paths.append(([] if p == ROOT else self.paths[p]) + [node])
             self.hidden.append(None)
         new = list(range(first, len(self.tokens)))
-        if self.use_cache:
-            self._forward_cached(new)
-        else:
-            self._forward_reference(new)
+        self._forward(new)
         return new
 
-    def _forward_cached(self, new: list[int]) -> None:
+    def _forward(self, new: list[int]) -> None:
         n_past = self.cache.get_seq_length()  # prompt + every node fed so far, in node-id order
         P, first = self.n_prompt, new[0]
         mask = torch.full((len(new), n_past + len(new)), torch.finfo(self.dtype).min, dtype=self.dtype)
@@ -101,22 +97,9 @@ class TreeDecoder:
         for row, node in enumerate(new):
             self.hidden[node] = out.last_hidden_state[0, row]
 
-    def _forward_reference(self, new: list[int]) -> None:
-        """No cache: a plain causal forward over prompt + path for every new leaf (slow, exact)."""
-        new_set = set(new)
-        has_new_child = {self.parents[n] for n in new}
-        tips = [n for n in new if n not in has_new_child]
-        for tip in tips:
-            ids = torch.tensor([self.prompt + self.path_tokens(tip)], device=self.device)
-            out = self.decoder(input_ids=ids, use_cache=False)
-            self.forwards += 1
-            for j, node in enumerate(self.paths[tip]):
-                if node in new_set:
-                    self.hidden[node] = out.last_hidden_state[0, self.n_prompt + j]
-
     def reset(self) -> None:
         """Drop every answer node and keep the prompt (its cache is reused as is)."""
-        if self.use_cache and self.tokens:
+        if self.tokens:
             self.cache.crop(-len(self.tokens))
         self.tokens, self.parents, self.depth, self.paths, self.hidden = [], [], [], [], []
 

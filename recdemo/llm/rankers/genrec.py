@@ -55,7 +55,7 @@ class GenRecRanker(Ranker):
                 trie.remove(h)
             try:
                 prompt_ids = self.encode_prompt(self.prompt(req))
-                decoder = TreeDecoder(llm.model, prompt_ids, device=llm.device, use_cache=self.use_cache)
+                decoder = TreeDecoder(llm.model, prompt_ids, device=llm.device)
                 found = beam_titles(decoder, trie, req.k)
             finally:
                 for h, path in seen.items():

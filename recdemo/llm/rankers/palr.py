@@ -44,7 +44,7 @@ class PALRRanker(Ranker):
         with self.session() as (llm, adapter):
             prompt_ids = self.encode_prompt(self.prompt(req, out.items))
             trie = TokenTrie(self.answer_tokens(out.items, P.TITLE_SEPARATOR))
-            decoder = TreeDecoder(llm.model, prompt_ids, device=llm.device, use_cache=self.use_cache)
+            decoder = TreeDecoder(llm.model, prompt_ids, device=llm.device)
             emitted = greedy_titles(decoder, trie, req.k)
         position = {item: len(emitted) - p for p, (item, _) in enumerate(emitted)}
         out.llm = np.array([float(position.get(i, 0)) for i in out.items])

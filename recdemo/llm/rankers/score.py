@@ -51,7 +51,7 @@ class ScoreRanker(Ranker):
         start = time.perf_counter()
         with self.session() as (llm, adapter):
             prompt_ids = self.prompt_ids(req)
-            decoder = TreeDecoder(llm.model, prompt_ids, device=llm.device, use_cache=self.use_cache)
+            decoder = TreeDecoder(llm.model, prompt_ids, device=llm.device)
             logp = trie_logprobs(decoder, self.candidate_trie(out.items))
         out.llm = np.array([logp[i] for i in out.items], dtype=np.float64)
         out.info = {"adapter": adapter, "prompt_tokens": len(prompt_ids), "tree_tokens": len(decoder.tokens),

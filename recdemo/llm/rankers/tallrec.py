@@ -51,7 +51,7 @@ class TALLRecRanker(Ranker):
             yes, no = self.answer_ids()
             prompts = [self.encode_prompt(self.prompt(req, i)) for i in out.items]
             n_shared = shared_prefix_length(prompts)
-            decoder = TreeDecoder(llm.model, prompts[0][:n_shared], device=llm.device, use_cache=self.use_cache)
+            decoder = TreeDecoder(llm.model, prompts[0][:n_shared], device=llm.device)
             p_yes: dict[int, float] = {}
             tree_tokens = 0
             for group in _groups([p[n_shared:] for p in prompts], MAX_NODES_PER_CALL):
