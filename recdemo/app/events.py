@@ -4,13 +4,13 @@ components). Every function that can fail returns a friendly message instead of 
 its exceptions into a message or a clean ``gr.Error``."""
 from __future__ import annotations
 
-import json
 import logging
 import time
 
 from recdemo.app import render
 from recdemo.app.context import RANKERS, AppContext, friendly_error
 from recdemo.app.gpu import gpu
+from recdemo.records import jsonable
 
 log = logging.getLogger("recdemo.app")
 MAX_HISTORY_ITEMS = 50  # the prompts use the last 20; longer lists only slow the page down
@@ -174,21 +174,6 @@ def api_result(data: dict) -> dict:
     keep = ("profile", "candidates", "results", "timings", "ranker", "model", "adapter", "warnings",
             "history", "prompt")
     return {k: data.get(k) for k in keep}
-
-
-def jsonable(obj):
-    """numpy scalars/arrays and tuples -> plain JSON types."""
-    return json.loads(json.dumps(obj, default=_default))
-
-
-def _default(o):
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if hasattr(o, "item"):
-        return o.item()
-    if hasattr(o, "__dict__"):
-        return vars(o)
-    return str(o)
 
 
 # -- data upload and fine-tuning (side panel) --
