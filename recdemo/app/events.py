@@ -188,8 +188,13 @@ def upload_dataset(ctx: AppContext, interactions_file: str | None, items_file: s
 
 
 def start_finetune(ctx: AppContext, dataset: str, tasks: list[str], steps: int, lora_r: int, lr: float,
-                   adapter: str, eval_users: int = 32) -> tuple[str | None, str]:
-    """(job id, message html). The job runs on the queue's worker thread, not in this event."""
+                   adapter: str, eval_users: int | None = None, current: str | None = None) -> tuple[str | None, str]:
+    """(job id, message html). The job runs on the queue's worker thread, not in this event.
+    ``current``: the session's job so far; while it runs, a second Start is refused (and the
+    session keeps tracking and can still cancel the first)."""
+    if ctx.job_running(current):
+        return current, render.notice_html("Your fine-tune is still running: wait for it to finish, or "
+                                           "cancel it, before starting another.", "info")
     try:
         job = ctx.submit_finetune({"dataset": dataset, "tasks": tasks, "steps": steps, "lora_r": lora_r,
                                    "lr": lr, "adapter": adapter, "eval_users": eval_users})
