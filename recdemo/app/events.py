@@ -15,6 +15,7 @@ from recdemo.records import jsonable
 log = logging.getLogger("recdemo.app")
 MAX_HISTORY_ITEMS = 50  # the prompts use the last 20; longer lists only slow the page down
 ADAPTER_AUTO, ADAPTER_NONE = "auto", "none"
+STILL_RUNNING = "Your fine-tune is still running: wait for it to finish, or cancel it, before starting another."
 
 
 class Busy(RuntimeError):
@@ -193,8 +194,7 @@ def start_finetune(ctx: AppContext, dataset: str, tasks: list[str], steps: int, 
     ``current``: the session's job so far; while it runs, a second Start is refused (and the
     session keeps tracking and can still cancel the first)."""
     if ctx.job_running(current):
-        return current, render.notice_html("Your fine-tune is still running: wait for it to finish, or "
-                                           "cancel it, before starting another.", "info")
+        return current, render.notice_html(STILL_RUNNING, "info")
     try:
         job = ctx.submit_finetune({"dataset": dataset, "tasks": tasks, "steps": steps, "lora_r": lora_r,
                                    "lr": lr, "adapter": adapter, "eval_users": eval_users})
