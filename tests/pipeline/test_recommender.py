@@ -10,6 +10,7 @@ from conftest import PopularityRetriever, real_data_root
 
 from recdemo.config import Config
 from recdemo.cli.recommend import cli_recommend
+from recdemo.llm.explain import short_title
 from recdemo.pipeline.personas import build_personas
 from recdemo.pipeline.recommender import Recommender
 from recdemo.records import RankedItem
@@ -78,7 +79,9 @@ def test_recommend_end_to_end_with_a_minimal_ranker(rec, toy_dataset):
         assert r["retrieval_rank"] == cand_idx.index(r["index"]) + 1
         assert r["move"] == r["retrieval_rank"] - rank  # e.g. SASRec #12 -> 1st: +11
         assert r["evidence"] and all(e["history_index"] in hist_idx for e in r["evidence"])
-        assert r["rationale"] and r["rationale_source"] in ("llm", "template")
+        # each card carries its own item's explanation (not a neighbour's): its evidence, a sentence naming it
+        assert r["evidence"] == rec.explainer.evidence(hist_idx, r["index"])
+        assert f'"{short_title(r["title"])}"' in r["rationale"]
     assert out.results[0]["move"] == 11
     assert out.profile is not None and sum(k.grounded for k in out.profile.keywords) >= 2
     assert "profile prompt" in out.prompt and "REVERSE PROMPT for 12 candidates" in out.prompt
