@@ -98,6 +98,15 @@ def test_unknown_title_suggests_close_ones(rec, toy_dataset):
         rec.recommend([title, "Alpha Alpah Story"], ranker="reverse")
 
 
+def test_every_unknown_title_is_reported_at_once(rec, toy_dataset):
+    title = toy_dataset.catalog.titles[3]
+    with pytest.raises(ValueError) as e:
+        rec.recommend(["Alpha Alpah Story", title, "Bravo Brovo Story", "Alpha Alpah Story"], ranker="reverse")
+    msg = str(e.value)
+    assert msg.count("Unknown title") == 2 and msg.index("'Alpha Alpah Story'") < msg.index("'Bravo Brovo Story'")
+    assert repr(title) not in msg.split("Did you mean")[0]
+
+
 def test_empty_history_and_bad_sizes_are_friendly_errors(rec, toy_dataset):
     with pytest.raises(ValueError, match="history is empty"):
         rec.recommend([], ranker="reverse")
