@@ -88,8 +88,8 @@ def random_user(ctx: AppContext, dataset: str, seed: int | None = None) -> tuple
 def personas(ctx: AppContext, dataset: str) -> dict[str, list[str]]:
     try:
         return dict(ctx.recommender(dataset).personas())
-    except Exception:  # noqa: BLE001 - no personas is not worth an error box
-        log.warning("personas failed for %s", dataset, exc_info=True)
+    except Exception as e:  # noqa: BLE001 - no personas is not worth an error box
+        log.warning("personas failed for %s: %s", dataset, friendly_error(e))
         return {}
 
 

@@ -87,6 +87,8 @@ def _add_api(ctx: AppContext, default: str) -> None:
         try:  # scripts would rather wait than retry: up to 10 minutes for a dataset to be prepared
             data = events.run_recommendation(ctx, history, dataset, ranker, adapter, n_candidates, k,
                                              wait=600)
+        except events.Busy as e:  # still preparing after 10 minutes: say so, it is not a bug
+            raise gr.Error(str(e), print_exception=False) from None
         except Exception as e:  # noqa: BLE001 - a clean error for the client, not a traceback
             raise gr.Error(events.friendly_error(e), print_exception=False) from None
         return events.api_result(data)
