@@ -1,6 +1,7 @@
 """Plain data passed along the pipeline (and returned to the app / CLI as JSON)."""
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 
 
@@ -69,3 +70,20 @@ class Recommendation:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def jsonable(obj):
+    """``obj`` as plain JSON types (dict, list, str, float, int, bool, None): numpy scalars and
+    arrays become numbers and lists, tuples lists, objects their fields; anything else its str.
+    The app's pages and API and the CLI's --json all go through here, so they agree."""
+    return json.loads(json.dumps(obj, default=_json_default))
+
+
+def _json_default(o):
+    if hasattr(o, "tolist"):  # numpy arrays and scalars
+        return o.tolist()
+    if hasattr(o, "item"):
+        return o.item()
+    if hasattr(o, "__dict__"):
+        return vars(o)
+    return str(o)

@@ -96,8 +96,9 @@ class FakeService:
 def fake_finetune(service, step_seconds=0.01, fail_at: int | None = None):
     """A runner for AppContext(finetune_runner=...): steps with a falling loss, honours cancel,
     writes an adapter folder and registers it, like run_finetune does."""
-    def run(params, dataset, retriever, out, progress, cancel: threading.Event):
-        total = int(params["steps"])
+    def run(spec, dataset, retriever, progress, cancel: threading.Event):
+        run.specs.append(spec)
+        out, total = spec.out, spec.steps
         for step in range(1, total + 1):
             if cancel.is_set():
                 return {"status": "cancelled"}
@@ -107,11 +108,12 @@ def fake_finetune(service, step_seconds=0.01, fail_at: int | None = None):
             progress({"step": step, "total": total, "loss": 2.0 / step, "eta_s": (total - step) * step_seconds,
                       "phase": "train", "metrics": {}})
         Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / "adapter_config.json").write_text(json.dumps({"r": params["lora_r"]}))
+        (Path(out) / "adapter_config.json").write_text(json.dumps({"r": spec.lora_r}))
         service.register_adapter(out)
         return {"status": "done", "adapter": Path(out).name, "path": out,
                 "metrics_before": {"hr@10": 0.10, "ndcg@10": 0.05},
                 "metrics_after": {"hr@10": 0.14, "ndcg@10": 0.07}}
+    run.specs = []  # every FineTuneSpec the app handed over, in order
     return run
 
 

@@ -1,12 +1,13 @@
 """What one running app shares between all browser sessions: the LLM service (one base model for
 every dataset), one Recommender per dataset, the datasets uploaded in this process, the
 fine-tune queue, and the warm-up status. No model logic: everything is delegated to
-``recdemo.pipeline.Recommender`` and ``recdemo.llm.finetune.run_finetune``.
+``recdemo.pipeline.Recommender`` and ``recdemo.finetune.loop.run_finetune``.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import shutil
 import tempfile
 import threading
@@ -17,28 +18,36 @@ from typing import Callable
 
 from recdemo.config import Config
 from recdemo.data.dataset import BUILTIN_FOLDERS
-from recdemo.app.jobs import FineTuneQueue, Job
+from recdemo.errors import ModelNotFound
+from recdemo.finetune import examples as finetune_examples
+from recdemo.finetune.loop import FineTuneSpec, run_finetune
+from recdemo.llm import rankers
+from recdemo.app.jobs import FINISHED, FineTuneQueue, Job
 from recdemo.app.uploads import check_name, save_upload
 
 log = logging.getLogger("recdemo.app")
 
 # The two domains the demo offers out of the box (other built-ins work via RECDEMO_DATASET).
 DOMAINS = {"movielens-small": "Movies · MovieLens (small)", "amazon-beauty": "Products · Amazon Beauty"}
-TASKS = {"recommend": "PALR v1 (recommend)", "recommend_retrieval": "PALR v2 (recommend from candidates)",
-         "tallrec": "TALLRec (yes/no)", "genrec": "GenRec (next title)",
-         "sequence": "Next line of the history (score ranker)",
-         "rank": "Pick the next item from SASRec's top-50 (score ranker)"}
-RANKERS = ["palr", "score", "tallrec", "genrec"]
+# Labels for the fine-tune panel; which tasks and rankers exist is the registries' business.
+TASK_LABELS = {"recommend": "PALR v1 (recommend)", "recommend_retrieval": "PALR v2 (recommend from candidates)",
+               "tallrec": "TALLRec (yes/no)", "genrec": "GenRec (next title)",
+               "sequence": "Next line of the history (score ranker)",
+               "rank": "Pick the next item from SASRec's top-50 (score ranker)"}
+TASKS = {name: TASK_LABELS.get(name, name) for name in finetune_examples.TASKS}
+RANKERS = list(rankers.RANKERS)
+USER_ERRORS = (ValueError, ModelNotFound, FileNotFoundError, KeyError)  # DataError is a ValueError
 
 
 def friendly_error(e: BaseException) -> str:
-    """One sentence for the page; the traceback goes to the server log, never to the user."""
-    from recdemo.errors import ModelNotFound
-
-    if isinstance(e, (ValueError, ModelNotFound, FileNotFoundError, KeyError)):
+    """One sentence for the page. A user's mistake is one log line; only an unexpected error
+    writes its traceback to the server log (never to the user)."""
+    if isinstance(e, USER_ERRORS):
         msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        log.info("user error (%s): %s", type(e).__name__, msg)
         return msg or type(e).__name__
     if isinstance(e, MemoryError):
+        log.warning("out of memory: %s", e)
         return "The server ran out of memory. Try a smaller model, fewer candidates or a shorter history."
     log.error("unexpected error: %s", "".join(traceback.format_exception(e)))
     return f"Something went wrong ({type(e).__name__}: {e}). The details are in the server log."
@@ -130,16 +139,8 @@ class AppContext:
 
     # -- adapters --
     def adapters(self) -> list[str]:
-        """Adapters the service can activate; before the model is loaded, the folders on disk."""
-        if self.model_ready.is_set():
-            try:
-                return sorted(self.service.available_adapters())
-            except Exception:  # noqa: BLE001 - fall back to listing the folder
-                log.warning("available_adapters failed", exc_info=True)
-        root = Path(self.cfg.llm.adapter_dir)
-        if not root.is_dir():
-            return []
-        return sorted(p.name for p in root.iterdir() if (p / "adapter_config.json").is_file())
+        """Adapters the service can activate (listing them does not load the model)."""
+        return sorted(self.service.available_adapters())
 
     # -- preparing a dataset (search index, SASRec) and the model, in the background --
     def prepare(self, name: str) -> dict:
@@ -271,55 +272,76 @@ class AppContext:
         return summary
 
     # -- fine-tuning (runs on the queue's worker thread) --
+    def finetune_spec(self, params: dict) -> FineTuneSpec:
+        """The run a request from the fine-tune panel asks for: cfg.finetune's defaults with the
+        panel's values, checked by FineTuneSpec and the config's limits (ValueError: a sentence)."""
+        name = check_name(params.get("adapter"), "Adapter")
+        steps = _whole(params.get("steps"), "Steps")
+        if steps > self.cfg.limits.max_finetune_steps:
+            raise ValueError(f"Steps: at most {self.cfg.limits.max_finetune_steps} per fine-tune on this server.")
+        lr = float(params.get("lr") or 0)
+        if not 0 < lr < 1:  # FineTuneSpec does not check the learning rate (yet)
+            raise ValueError("The learning rate must be a small positive number, e.g. 0.0002.")
+        defaults = dataclasses.asdict(self.cfg.finetune)
+        given = {k: v for k, v in params.items() if v is not None}
+        wanted = {"tasks": list(params.get("tasks") or []), "steps": steps, "lr": lr,
+                  "lora_r": _whole(given.get("lora_r", defaults["lora_r"]), "LoRA rank"),
+                  "eval_users": _whole(given.get("eval_users", defaults["eval_users"]), "Validation users"),
+                  "out": str(Path(self.cfg.llm.adapter_dir) / name), "resume": False}
+        return FineTuneSpec(**{**defaults, **wanted})
+
     def _run_job(self, job: Job, progress, cancel: threading.Event) -> dict:
-        p = job.params
-        progress({"step": 0, "total": p["steps"], "phase": "preparing the dataset and retrieval model"})
+        p, spec = job.params, job.params["spec"]
+        progress({"step": 0, "total": spec.steps, "phase": "preparing the dataset and retrieval model"})
         rec = self.recommender(p["dataset"])
         dataset = getattr(rec, "dataset", None)
         retriever = getattr(rec, "retriever", None)
-        out = str(Path(self.cfg.llm.adapter_dir) / p["adapter"])
         if self._finetune_runner is not None:
-            return self._finetune_runner(p, dataset, retriever, out, progress, cancel)
-        from recdemo.finetune.loop import FineTuneSpec, run_finetune
-
-        wanted = {"tasks": list(p["tasks"]), "steps": int(p["steps"]), "lora_r": int(p["lora_r"]),
-                  "lr": float(p["lr"]), "eval_users": int(p.get("eval_users", 32)), "out": out,
-                  "resume": False}
-        names = {f.name for f in dataclasses.fields(FineTuneSpec)}
-        spec = FineTuneSpec(**{k: v for k, v in wanted.items() if k in names})
+            return self._finetune_runner(spec, dataset, retriever, progress, cancel)
         self.model_ready.wait(600)  # share the base model with the app, never load a second copy
         result = run_finetune(spec, dataset, self.service, retriever, progress=progress, cancel=cancel)
         if result.get("status") == "done":
             try:
                 if result.get("adapter", p["adapter"]) not in self.service.available_adapters():
-                    self.service.register_adapter(result.get("path", out))
+                    self.service.register_adapter(result.get("path", spec.out))
             except Exception:  # noqa: BLE001 - run_finetune registers it; this is a safety net
                 log.warning("could not register the new adapter", exc_info=True)
         return result
 
     def submit_finetune(self, params: dict) -> Job:
-        name = check_name(params.get("adapter"), "Adapter")
+        """Queue a fine-tune; ValueError with a sentence when the request cannot run."""
+        spec = self.finetune_spec(params)
+        name = Path(spec.out).name
         if name in self.adapters():
             raise ValueError(f"An adapter named {name!r} already exists; choose another name so the "
                              "existing one keeps working.")
-        tasks = [t for t in params.get("tasks") or [] if t in TASKS]
-        if not tasks:
-            raise ValueError("Choose at least one fine-tuning task.")
-        steps = int(params.get("steps") or 0)
-        if not 1 <= steps <= 100_000:
-            raise ValueError("Steps must be between 1 and 100000.")
-        lr = float(params.get("lr") or 0)
-        if not 0 < lr < 1:
-            raise ValueError("The learning rate must be a small positive number, e.g. 0.0002.")
         dataset = params.get("dataset")
         if dataset not in BUILTIN_FOLDERS and dataset not in self.uploads:
             raise ValueError("Choose a dataset to fine-tune on (or upload one above).")
         if any(s["params"].get("adapter") == name for s in self.jobs.active()):
             raise ValueError(f"A fine-tune that writes {name!r} is already queued.")
-        return self.jobs.submit({**params, "adapter": name, "tasks": tasks, "steps": steps, "lr": lr})
+        return self.jobs.submit({"dataset": dataset, "adapter": name, "tasks": spec.tasks, "steps": spec.steps,
+                                 "lora_r": spec.lora_r, "lr": spec.lr, "eval_users": spec.eval_users,
+                                 "spec": spec})
+
+    def job_running(self, job_id: str | None) -> bool:
+        """Whether ``job_id`` is still queued or running (a session runs one fine-tune at a time)."""
+        snap = self.jobs.snapshot(job_id) if job_id else None
+        return snap is not None and snap["status"] not in FINISHED
 
     def close(self, timeout: float = 120.0) -> None:
         self.jobs.shutdown()
         if isinstance(self._warm_thread, threading.Thread):  # torch threads must not outlive Python
             self._warm_thread.join(timeout)
         shutil.rmtree(self._upload_root, ignore_errors=True)
+
+
+def _whole(value, what: str) -> int:
+    """A whole number from a form field (Gradio's Number gives floats, or None when cleared)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what}: enter a whole number.") from None
+    if not math.isfinite(number) or number != int(number):
+        raise ValueError(f"{what}: enter a whole number.")
+    return int(number)

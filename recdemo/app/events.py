@@ -4,17 +4,18 @@ components). Every function that can fail returns a friendly message instead of 
 its exceptions into a message or a clean ``gr.Error``."""
 from __future__ import annotations
 
-import json
 import logging
 import time
 
 from recdemo.app import render
 from recdemo.app.context import RANKERS, AppContext, friendly_error
 from recdemo.app.gpu import gpu
+from recdemo.records import jsonable
 
 log = logging.getLogger("recdemo.app")
 MAX_HISTORY_ITEMS = 50  # the prompts use the last 20; longer lists only slow the page down
 ADAPTER_AUTO, ADAPTER_NONE = "auto", "none"
+STILL_RUNNING = "Your fine-tune is still running: wait for it to finish, or cancel it, before starting another."
 
 
 class Busy(RuntimeError):
@@ -87,8 +88,8 @@ def random_user(ctx: AppContext, dataset: str, seed: int | None = None) -> tuple
 def personas(ctx: AppContext, dataset: str) -> dict[str, list[str]]:
     try:
         return dict(ctx.recommender(dataset).personas())
-    except Exception:  # noqa: BLE001 - no personas is not worth an error box
-        log.warning("personas failed for %s", dataset, exc_info=True)
+    except Exception as e:  # noqa: BLE001 - no personas is not worth an error box
+        log.warning("personas failed for %s: %s", dataset, friendly_error(e))
         return {}
 
 
@@ -176,21 +177,6 @@ def api_result(data: dict) -> dict:
     return {k: data.get(k) for k in keep}
 
 
-def jsonable(obj):
-    """numpy scalars/arrays and tuples -> plain JSON types."""
-    return json.loads(json.dumps(obj, default=_default))
-
-
-def _default(o):
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if hasattr(o, "item"):
-        return o.item()
-    if hasattr(o, "__dict__"):
-        return vars(o)
-    return str(o)
-
-
 # -- data upload and fine-tuning (side panel) --
 def upload_dataset(ctx: AppContext, interactions_file: str | None, items_file: str | None,
                    name: str) -> tuple[bool, str]:
@@ -203,8 +189,12 @@ def upload_dataset(ctx: AppContext, interactions_file: str | None, items_file: s
 
 
 def start_finetune(ctx: AppContext, dataset: str, tasks: list[str], steps: int, lora_r: int, lr: float,
-                   adapter: str, eval_users: int = 32) -> tuple[str | None, str]:
-    """(job id, message html). The job runs on the queue's worker thread, not in this event."""
+                   adapter: str, eval_users: int | None = None, current: str | None = None) -> tuple[str | None, str]:
+    """(job id, message html). The job runs on the queue's worker thread, not in this event.
+    ``current``: the session's job so far; while it runs, a second Start is refused (and the
+    session keeps tracking and can still cancel the first)."""
+    if ctx.job_running(current):
+        return current, render.notice_html(STILL_RUNNING, "info")
     try:
         job = ctx.submit_finetune({"dataset": dataset, "tasks": tasks, "steps": steps, "lora_r": lora_r,
                                    "lr": lr, "adapter": adapter, "eval_users": eval_users})

@@ -6,9 +6,6 @@ try:  # pragma: no cover - only on Hugging Face Spaces
     import spaces
 
     gpu = spaces.GPU(duration=60)
-    ON_ZEROGPU = True
 except ImportError:
-    ON_ZEROGPU = False
-
     def gpu(fn):
         return fn

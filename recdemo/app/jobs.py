@@ -9,9 +9,9 @@ fake one.
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
-import traceback
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
@@ -40,6 +40,7 @@ class Job:
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)
 
 
+log = logging.getLogger("recdemo.app")
 Runner = Callable[[Job, Callable[[dict], None], threading.Event], dict]
 
 
@@ -190,13 +191,15 @@ class FineTuneQueue:
                     job.metrics = dict(event["metrics"])
                 if event.get("loss") is not None:
                     job.loss = float(event["loss"])
-                    job.losses.append((job.step, job.loss))
+                    if not job.losses or job.losses[-1][0] != job.step:  # run_finetune repeats it after validating
+                        job.losses.append((job.step, job.loss))
 
         try:
             result = dict(self._runner(job, progress, job.cancel) or {})
-        except Exception as e:  # noqa: BLE001 - the reason goes to the user, the trace to the log
-            traceback.print_exc()
-            return FAILED, self._error_message(e), {}
+        except Exception as e:  # noqa: BLE001 - the reason goes to the user; error_message logs a trace if unexpected
+            reason = self._error_message(e)
+            log.warning("fine-tune %s failed: %s", job.id, reason)
+            return FAILED, reason, {}
         status = result.get("status", DONE)
         if status == CANCELLED or (job.cancel.is_set() and status != DONE):
             return CANCELLED, result.get("reason") or "cancelled; the previous adapters are unchanged", result

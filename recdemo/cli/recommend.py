@@ -4,10 +4,8 @@ from __future__ import annotations
 import json
 import sys
 
-import numpy as np
-
 from recdemo.pipeline.recommender import Recommender
-from recdemo.records import Recommendation
+from recdemo.records import Recommendation, jsonable
 
 
 # -- CLI --
@@ -20,18 +18,10 @@ def cli_recommend(args, cfg) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(out.to_dict(), indent=1, ensure_ascii=False, default=_json_default))
+        print(json.dumps(jsonable(out.to_dict()), indent=1, ensure_ascii=False))
     else:
         print(format_text(out))
     return 0
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
 
 
 def format_text(out: Recommendation, shown_candidates: int = 10) -> str:

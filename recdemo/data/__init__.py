@@ -2,7 +2,6 @@
 from recdemo.data.catalog import Catalog, clean_title, normalize_title
 from recdemo.data.dataset import BUILTIN_FOLDERS, Dataset, EvalCase, build_dataset, load_dataset, load_from_config
 from recdemo.errors import DataError
-from recdemo.data.upload import load_uploaded
 
 __all__ = ["Catalog", "clean_title", "normalize_title", "BUILTIN_FOLDERS", "Dataset", "EvalCase",
-           "build_dataset", "load_dataset", "load_from_config", "DataError", "load_uploaded"]
+           "build_dataset", "load_dataset", "load_from_config", "DataError"]

@@ -209,15 +209,3 @@ class AdapterManager:
             self.peft.set_adapter(self.loaded[name], inference_mode=True)
             self.peft.base_model.enable_adapter_layers()
         self.llm.model.eval()
-
-    def unload(self, name: str) -> None:
-        """Forget a loaded adapter (e.g. one whose folder was deleted)."""
-        internal = self.loaded.pop(name, None)
-        self.paths.pop(name, None)
-        self.metas.pop(name, None)
-        if internal is not None and self.peft is not None:
-            if self.active == name:
-                self.activate(None)
-            self.peft.delete_adapter(internal)
-            if self.active is None:
-                self._apply(None)

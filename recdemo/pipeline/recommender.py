@@ -119,7 +119,7 @@ class Recommender:
         """Titles (or catalog indices) -> catalog indices, oldest first; repeats keep the latest."""
         if history is None or isinstance(history, str):
             history = [history] if history else []
-        items = []
+        items, unknown = [], []
         for entry in history:
             if isinstance(entry, (int, np.integer)) and not isinstance(entry, bool):
                 if not 0 <= int(entry) < len(self.catalog):
@@ -132,8 +132,11 @@ class Recommender:
                 continue
             index = self.catalog.find_title(title)
             if index is None:
-                raise ValueError(self._unknown(title))
+                unknown.append(title)
+                continue
             items.append(index)
+        if unknown:  # all of them in one message: fixing one typo at a time is tedious
+            raise ValueError(" ".join(self._unknown(t) for t in dict.fromkeys(unknown)))
         if not items:
             raise ValueError(f"The history is empty: pick at least one {self.domain.item} you liked "
                              "(search for a title, choose a persona, or load a random user).")

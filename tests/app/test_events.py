@@ -231,14 +231,24 @@ def test_upload_missing_file_and_bad_name(ctx, tmp_path):
 
 
 # -- fine-tune --
-def test_finetune_runs_in_background_and_new_adapter_is_selectable(ctx):
-    jid, html = events.start_finetune(ctx, "movielens-small", ["recommend"], 5, 8, 2e-4, "ml-ft")
+def test_finetune_runs_in_background_with_the_panels_values(tmp_path):
+    from recdemo.config import Config
+
+    service = FakeService()
+    runner = fake_finetune(service)
+    cfg = Config().set("finetune", "batch_size", 3).set("finetune", "eval_users", 7)
+    ctx = fake_context(tmp_path, cfg=cfg, service=service, finetune_runner=runner)
+    jid, html = events.start_finetune(ctx, "movielens-small", ["tallrec", "genrec"], 5.0, 16, 1e-3, "ml-ft")
     assert jid is not None, html
     ctx.jobs.wait(jid, timeout=10)
+    (spec,) = runner.specs
+    # the panel's values, the config's defaults for the rest (eval users left empty), a fresh run
+    assert (spec.tasks, spec.steps, spec.lora_r, spec.lr) == (["tallrec", "genrec"], 5, 16, 1e-3)
+    assert type(spec.steps) is int and (spec.batch_size, spec.eval_users, spec.resume) == (3, 7, False)
+    assert spec.out == str(tmp_path / "adapters" / "ml-ft")
     st = events.poll_finetune(ctx, jid)
     assert st["finished"] and st["status"] == "done" and st["adapter"] == "ml-ft"
-    assert len(st["losses"]) == 5 and st["losses"][-1][1] < st["losses"][0][1]
-    assert "HR@10" in st["html"] and "+0.040" in st["html"]
+    assert [s for s, _ in st["losses"]] == [1, 2, 3, 4, 5] and st["losses"][-1][1] < st["losses"][0][1]
     assert ("ml-ft", "ml-ft") in events.adapter_choices(ctx)
     assert events.next_adapter_name(ctx, "movielens-small") == "movielens-small-ft1"
     events.start_finetune(ctx, "movielens-small", ["recommend"], 1, 8, 2e-4, "movielens-small-ft1")
@@ -246,15 +256,43 @@ def test_finetune_runs_in_background_and_new_adapter_is_selectable(ctx):
     # the new adapter is passed through to the recommender
     events.recommend(ctx, ["Heat (1995)"], "movielens-small", "score", "ml-ft", 50, 10)
     assert ctx.recs["movielens-small"].calls[-1]["adapter"] == "ml-ft"
+    ctx.close()
 
 
-def test_finetune_validation_messages(ctx):
-    assert "already exists" in events.start_finetune(ctx, "movielens-small", ["recommend"], 5, 8, 2e-4,
-                                                     "movielens-small")[1]
-    assert "at least one" in events.start_finetune(ctx, "movielens-small", [], 5, 8, 2e-4, "x")[1]
-    assert "Steps" in events.start_finetune(ctx, "movielens-small", ["genrec"], 0, 8, 2e-4, "x")[1]
-    assert "learning rate" in events.start_finetune(ctx, "movielens-small", ["genrec"], 5, 8, 5, "x")[1]
-    assert "Choose a dataset" in events.start_finetune(ctx, "nope", ["genrec"], 5, 8, 2e-4, "x")[1]
+@pytest.mark.parametrize("args, message", [
+    ((["recommend"], 5, 8, 2e-4, "movielens-small"), "already exists"),
+    (([], 5, 8, 2e-4, "x"), "unknown fine-tuning task"),
+    ((["recommend", "nonsense"], 5, 8, 2e-4, "x"), "nonsense"),
+    ((["genrec"], 0, 8, 2e-4, "x"), "steps"),
+    ((["genrec"], None, 8, 2e-4, "x"), "Steps: enter a whole number"),
+    ((["genrec"], 2.5, 8, 2e-4, "x"), "Steps: enter a whole number"),
+    ((["genrec"], 2001, 8, 2e-4, "x"), "at most 2000"),
+    ((["genrec"], 5, 8, 5, "x"), "learning rate"),
+    ((["genrec"], 5, 8, 2e-4, "../x"), "Adapter name"),
+])
+def test_finetune_validation_messages(ctx, args, message):
+    jid, html = events.start_finetune(ctx, "movielens-small", *args)
+    assert jid is None and message in html and ctx.jobs.active() == []
+
+
+def test_finetune_on_an_unknown_dataset_is_refused(ctx):
+    jid, html = events.start_finetune(ctx, "nope", ["genrec"], 5, 8, 2e-4, "x")
+    assert jid is None and "Choose a dataset" in html
+
+
+def test_a_session_runs_one_finetune_at_a_time(tmp_path):
+    service = FakeService()
+    c = fake_context(tmp_path, service=service, finetune_runner=fake_finetune(service, step_seconds=0.05))
+    first, _ = events.start_finetune(c, "movielens-small", ["recommend"], 200, 8, 2e-4, "first")
+    again, html = events.start_finetune(c, "movielens-small", ["recommend"], 3, 8, 2e-4, "second",
+                                        current=first)
+    assert again == first and "still running" in html  # the session keeps tracking the first job
+    assert [s["id"] for s in c.jobs.active()] == [first]
+    events.cancel_finetune(c, first)
+    assert c.jobs.wait(first, timeout=10)["status"] == "cancelled"
+    after, _ = events.start_finetune(c, "movielens-small", ["recommend"], 3, 8, 2e-4, "second", current=first)
+    assert after not in (None, first) and c.jobs.wait(after, timeout=10)["status"] == "done"
+    c.close()
 
 
 def test_second_finetune_waits_its_turn_and_cancel_works(tmp_path):

@@ -129,13 +129,53 @@ def test_active_lists_running_then_waiting(queue_factory):
     assert q.active() == []
 
 
-def test_shutdown_cancels_waiting_jobs_and_refuses_new_ones():
+def until_cancelled(order):
+    """A runner that runs until it is cancelled (at most 5 s, then it says done)."""
+    def run(job, progress, cancel):
+        order.append(job.params["name"])
+        return {"status": "cancelled"} if cancel.wait(5) else {"status": "done"}
+    return run
+
+
+def wait_running(q, job_id):
+    deadline = time.time() + 5
+    while q.running() != job_id and time.time() < deadline:
+        time.sleep(0.01)
+    assert q.running() == job_id
+
+
+def test_shutdown_cancels_the_running_and_waiting_jobs_and_refuses_new_ones():
+    order = []
+    q = FineTuneQueue(until_cancelled(order))
+    a, b = q.submit({"name": "a"}), q.submit({"name": "b"})
+    wait_running(q, a.id)
+    t0 = time.time()
+    q.shutdown(timeout=5)
+    assert time.time() - t0 < 4  # the running job stopped at the cancel, not at its 5 s timeout
+    assert q.snapshot(a.id)["status"] == "cancelled"
+    assert (q.snapshot(b.id)["status"], q.snapshot(b.id)["error"]) == ("cancelled", "the app is shutting down")
+    assert order == ["a"]  # the waiting job never started
+    with pytest.raises(RuntimeError):
+        q.submit({"name": "c"})
+
+
+def test_shutdown_can_let_the_running_job_finish():
     gate = threading.Event()
     q = FineTuneQueue(stepping_runner([], gate))
     a, b = q.submit({"name": "a"}), q.submit({"name": "b"})
-    gate.set()
-    q.shutdown(timeout=5)
-    assert q.snapshot(b.id)["status"] in ("cancelled", "done")
-    assert q.snapshot(a.id)["status"] in ("cancelled", "done")
-    with pytest.raises(RuntimeError):
-        q.submit({"name": "c"})
+    wait_running(q, a.id)
+    threading.Timer(0.2, gate.set).start()
+    q.shutdown(cancel_running=False, timeout=5)
+    assert q.snapshot(a.id)["status"] == "done" and q.snapshot(b.id)["status"] == "cancelled"
+
+
+def test_a_repeated_loss_at_the_same_step_is_one_point():
+    def run(job, progress, cancel):
+        for step, loss in ((1, 2.0), (2, 1.5), (2, 1.5), (3, 1.0)):  # step 2 is reported again after validation
+            progress({"step": step, "total": 3, "loss": loss})
+        return {"status": "done"}
+
+    q = FineTuneQueue(run)
+    snap = q.wait(q.submit({"name": "x"}).id, timeout=5)
+    assert snap["losses"] == [(1, 2.0), (2, 1.5), (3, 1.0)]
+    q.shutdown(timeout=2)

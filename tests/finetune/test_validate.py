@@ -1,11 +1,13 @@
 """Fine-tuning validation: answer-token loss and the score ranker's metrics."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from recdemo.finetune.examples import ExampleBuilder
 from recdemo.finetune.validate import answer_loss, answer_token_loss, collate, ranking_metrics
+from recdemo.llm.fusion import fused_order, select_weight, target_rank
 
 
 def test_answer_loss_counts_answer_tokens_only(tiny_llm, toy_dataset):
@@ -62,10 +64,17 @@ def test_ranking_metrics_follow_the_score_ranker_and_sasrec(tiny_llm, toy_datase
                         candidates=[Candidate(i, float(6 - r), r + 1) for r, i in enumerate(items)])
     from recdemo.finetune.examples import make_profile
     req.profile = make_profile(toy_dataset.catalog, req.history)
-    llm = ranker.score_list(req).llm
+    scored = ranker.score_list(req)
+    llm = scored.llm
     rank = int((llm > llm[-1]).sum() + (llm[:-1] == llm[-1]).sum())
     assert m["mrr"] == pytest.approx((1 / (rank + 1)) / 2)
-    assert m["fused_ndcg@10"] >= m["sasrec_ndcg@10"] and 0.0 <= m["fusion_weight"] <= 1.0
+    # the fused metrics: the weight fusion picks on these two users, and the target's place in that order
+    lists = [(scored.sasrec, llm, scored.items.index(hit.target)), (np.zeros(1), np.zeros(1), -1)]
+    weight = select_weight(lists, k=3)[0]
+    fused_rank = target_rank(fused_order(scored.sasrec, llm, weight), scored.items.index(hit.target))
+    assert m["fusion_weight"] == weight
+    assert m["fused_ndcg@10"] == pytest.approx((1 / np.log2(fused_rank + 2)) / 2)
+    assert m["sasrec_ndcg@10"] == pytest.approx((1 / np.log2(5 + 2)) / 2)  # SASRec's 6th
 
 
 def test_ranking_metrics_without_a_retriever_use_sampled_lists(tiny_llm, toy_dataset):

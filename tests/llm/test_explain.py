@@ -122,19 +122,27 @@ def test_faithful_sentences_are_kept_and_others_replaced(tiny_llm, toy_dataset):
         assert e.evidence and all(x["history_index"] in history for x in e.evidence)
 
 
-def test_real_tiny_llm_batch_gives_verified_sentences(tiny_service, toy_dataset):
+def test_real_tiny_llm_batch_keeps_each_sentence_with_its_item(tiny_service, toy_dataset):
+    """One padded batch on the real (tiny) model: each item's sentence is primed with its own evidence
+    and title, does not depend on the other items in the batch, and what is shown is that sentence
+    or, when it failed a check, the template built from the same evidence."""
     cat = toy_dataset.catalog
     history = [int(i) for i in toy_dataset.sequences[1]]
     items = [i for i in range(toy_dataset.n_items) if i not in history][:10]
     ex = Explainer(tiny_service, toy_dataset, EmbRetriever(toy_dataset.n_items), max_new_tokens=6)
     out = ex.explain(history, items)
-    assert len(ex.last_prompts) == 10
-    titles = [cat.titles[h] for h in history]
-    for e in out:
-        assert e.rationale and e.rationale_source in ("llm", "template")
-        chk = RationaleChecker(titles + [cat.titles[e.index]], {a for a in cat.attributes[e.index]} |
-                               {a for h in history for a in cat.attributes[h]})
-        assert chk.problems(e.rationale) == []
+    assert [e.index for e in out] == items and len(ex.last_prompts) == 10
+    for e, prompt in zip(out, ex.last_prompts):
+        prefix = prompt.rsplit("\n", 1)[-1]  # the primed start of the answer
+        assert prefix.startswith("Like ") and prefix.endswith(f'"{short_title(cat.titles[e.index])}"')
+        assert all(f'"{short_title(x["title"])}"' in prefix for x in e.evidence[:2])
+        assert e.llm_rationale.startswith(prefix)
+        assert e.evidence == ex.evidence(history, e.index)
+        shown = e.llm_rationale if e.rationale_source == "llm" else ex.template(e.index, e.evidence)
+        assert e.rationale == shown
+    # the same items in another order and batch size: the same sentence for each (padding is masked)
+    alone = ex.explain(history, items[::-1][:4])
+    assert [e.llm_rationale for e in alone] == [e.llm_rationale for e in out[::-1][:4]]
 
 
 @pytest.mark.integration

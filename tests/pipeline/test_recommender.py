@@ -10,6 +10,7 @@ from conftest import PopularityRetriever, real_data_root
 
 from recdemo.config import Config
 from recdemo.cli.recommend import cli_recommend
+from recdemo.llm.explain import short_title
 from recdemo.pipeline.personas import build_personas
 from recdemo.pipeline.recommender import Recommender
 from recdemo.records import RankedItem
@@ -78,7 +79,9 @@ def test_recommend_end_to_end_with_a_minimal_ranker(rec, toy_dataset):
         assert r["retrieval_rank"] == cand_idx.index(r["index"]) + 1
         assert r["move"] == r["retrieval_rank"] - rank  # e.g. SASRec #12 -> 1st: +11
         assert r["evidence"] and all(e["history_index"] in hist_idx for e in r["evidence"])
-        assert r["rationale"] and r["rationale_source"] in ("llm", "template")
+        # each card carries its own item's explanation (not a neighbour's): its evidence, a sentence naming it
+        assert r["evidence"] == rec.explainer.evidence(hist_idx, r["index"])
+        assert f'"{short_title(r["title"])}"' in r["rationale"]
     assert out.results[0]["move"] == 11
     assert out.profile is not None and sum(k.grounded for k in out.profile.keywords) >= 2
     assert "profile prompt" in out.prompt and "REVERSE PROMPT for 12 candidates" in out.prompt
@@ -93,6 +96,15 @@ def test_unknown_title_suggests_close_ones(rec, toy_dataset):
     title = toy_dataset.catalog.titles[3]
     with pytest.raises(ValueError, match=r"Unknown title 'Alpha Alpah Story'\. Did you mean: .*Alpha Alpha Story"):
         rec.recommend([title, "Alpha Alpah Story"], ranker="reverse")
+
+
+def test_every_unknown_title_is_reported_at_once(rec, toy_dataset):
+    title = toy_dataset.catalog.titles[3]
+    with pytest.raises(ValueError) as e:
+        rec.recommend(["Alpha Alpah Story", title, "Bravo Brovo Story", "Alpha Alpah Story"], ranker="reverse")
+    msg = str(e.value)
+    assert msg.count("Unknown title") == 2 and msg.index("'Alpha Alpah Story'") < msg.index("'Bravo Brovo Story'")
+    assert repr(title) not in msg.split("Did you mean")[0]
 
 
 def test_empty_history_and_bad_sizes_are_friendly_errors(rec, toy_dataset):

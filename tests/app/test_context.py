@@ -1,0 +1,66 @@
+"""AppContext with the real fine-tune path: the tiny random LLaMA, a toy dataset, run_finetune."""
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from conftest import PopularityRetriever
+from recdemo.app import events
+from recdemo.app.context import AppContext, friendly_error
+from recdemo.config import Config
+from recdemo.errors import DataError
+from recdemo.pipeline.recommender import Recommender
+
+
+def test_a_finetune_from_the_panel_trains_a_real_adapter(tiny_service, toy_dataset, tmp_path):
+    """The same call the Start button makes, down to run_finetune on the tiny model (no fakes)."""
+    cfg = Config().set("llm", "adapter_dir", tiny_service.cfg.adapter_dir)
+    for name, value in dict(batch_size=2, eval_candidates=6, n_candidates=6, max_length=256,
+                            rank_eval=False, eval_every=1).items():
+        cfg = cfg.set("finetune", name, value)
+    rec = Recommender(toy_dataset, cfg, service=tiny_service, retriever=PopularityRetriever(toy_dataset))
+    ctx = AppContext(cfg, service=tiny_service, recommender_factory=lambda name, folder: rec,
+                     upload_root=str(tmp_path / "up"))
+    ctx.model_ready.set()
+    try:
+        assert "mine" not in dict(events.adapter_choices(ctx)).values()
+        jid, html = events.start_finetune(ctx, "movielens-small", ["tallrec", "recommend"], 2, 4, 3e-3, "mine",
+                                          eval_users=3)
+        assert jid is not None, html
+        snap = ctx.jobs.wait(jid, timeout=300)
+        assert snap["status"] == "done", snap["error"]
+        st = events.poll_finetune(ctx, jid)
+        assert st["adapter"] == "mine" and [s for s, _ in st["losses"]] == [1, 2]
+        assert ("mine", "mine") in events.adapter_choices(ctx) and "mine" in tiny_service.available_adapters()
+        meta = json.loads((Path(tiny_service.cfg.adapter_dir) / "mine" / "meta.json").read_text())
+        assert (meta["tasks"], meta["steps"], meta["lora"]["r"], meta["lr"]) == (["tallrec", "recommend"], 2, 4, 3e-3)
+        assert (meta["eval_users"], meta["batch_size"], meta["n_candidates"]) == (3, 2, 6)  # the rest: cfg.finetune
+        # the same name again is refused, so the trained adapter keeps working
+        again, html = events.start_finetune(ctx, "movielens-small", ["tallrec"], 1, 4, 3e-3, "mine")
+        assert again is None and "already exists" in html
+    finally:
+        ctx.close()
+
+
+def test_user_errors_are_one_log_line_unexpected_ones_keep_their_traceback(caplog):
+    with caplog.at_level(logging.INFO, logger="recdemo.app"):
+        assert friendly_error(DataError("bad number", file="x.csv", line=3)) == "x.csv, line 3: bad number"
+        assert [r.getMessage().count("\n") for r in caplog.records] == [0]
+        caplog.clear()
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError as e:
+            assert "RuntimeError: boom" in friendly_error(e)
+        assert "Traceback" in caplog.records[0].getMessage()
+
+
+@pytest.mark.parametrize("steps", [1, 2000])
+def test_steps_limit_comes_from_the_config(tmp_path, steps):
+    cfg = Config().set("limits", "max_finetune_steps", steps)
+    ctx = AppContext(cfg, upload_root=str(tmp_path / "up"))
+    base = {"dataset": "movielens-small", "tasks": ["genrec"], "lr": 1e-4, "adapter": "a"}
+    assert ctx.finetune_spec({**base, "steps": steps}).steps == steps
+    with pytest.raises(ValueError, match=f"at most {steps}"):
+        ctx.finetune_spec({**base, "steps": steps + 1})
+    ctx.close()
