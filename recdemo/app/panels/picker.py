@@ -8,10 +8,9 @@ import gradio as gr
 
 from recdemo.app import events, render
 from recdemo.app.context import RANKERS, AppContext
+from recdemo.llm import rankers
 from recdemo.app.panels.state import Session, history_update
 
-RANKER_LABELS = [("PALR (LLM picks from candidates)", "palr"), ("Score (LLM log-likelihood)", "score"),
-                 ("TALLRec (P(yes))", "tallrec"), ("GenRec (generate titles)", "genrec")]
 NO_MATCHES = "Matches: click to add"
 
 
@@ -61,7 +60,7 @@ def _settings(ctx: AppContext):
     """Ranker, adapter and sizes; the sliders end at the limits a request may choose."""
     cfg = ctx.cfg
     with gr.Accordion("Settings", open=True):
-        ranker = gr.Radio(RANKER_LABELS, value=cfg.llm.ranker if cfg.llm.ranker in RANKERS else "score",
+        ranker = gr.Radio([(label, name) for name, label in rankers.RANKER_LABELS.items()], value=cfg.llm.ranker if cfg.llm.ranker in RANKERS else "score",
                           label="Ranker", elem_id="rd-ranker")
         adapter = gr.Dropdown(events.adapter_choices(ctx), value=events.ADAPTER_AUTO, label="Adapter",
                               elem_id="rd-adapter")

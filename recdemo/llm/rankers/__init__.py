@@ -14,14 +14,10 @@ from collections.abc import Mapping
 # name -> (module:class, one-line label). The classes are imported on first use: the CLI offers the
 # names as --ranker choices without importing torch (~2.5 s), which `--help` should not wait for.
 _ENTRIES = {
-    "palr": ("recdemo.llm.rankers.palr:PALRRanker",
-             "PALR: the LLM writes its top k, constrained to the candidates' titles"),
-    "score": ("recdemo.llm.rankers.score:ScoreRanker",
-              "Score: likelihood of each candidate's title as the history's next line (fast)"),
-    "tallrec": ("recdemo.llm.rankers.tallrec:TALLRecRanker",
-                "TALLRec: P(Yes) to 'will the user enjoy X?' for each candidate"),
-    "genrec": ("recdemo.llm.rankers.genrec:GenRecRanker",
-               "GenRec: generates titles from the whole catalog by beam search"),
+    "palr": ("recdemo.llm.rankers.palr:PALRRanker", "PALR (LLM picks from candidates)"),
+    "score": ("recdemo.llm.rankers.score:ScoreRanker", "Score (LLM log-likelihood)"),
+    "tallrec": ("recdemo.llm.rankers.tallrec:TALLRecRanker", "TALLRec (P(yes))"),
+    "genrec": ("recdemo.llm.rankers.genrec:GenRecRanker", "GenRec (generate titles)"),
 }
 _BASE_NAMES = {"ACTIVE", "Ranker", "ScoredList", "finish"}  # re-exported from base, lazily too
 
