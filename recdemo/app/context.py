@@ -174,8 +174,8 @@ class AppContext:
         if not hasattr(dataset, "content_hash"):
             return None
         try:
-            from recdemo.retrieval.checkpoint import checkpoint_problem
-            return checkpoint_problem(dataset, self.cfg.retrieval.checkpoint_dir)
+            from recdemo.retrieval.checkpoint import checkpoint_problem, locate
+            return checkpoint_problem(dataset, *locate(dataset, self.cfg.retrieval))
         except Exception:  # noqa: BLE001 - only used for the message
             return None
 
