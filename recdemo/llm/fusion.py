@@ -19,8 +19,6 @@ the adapter meta, then ``LLMConfig.fusion_default``.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
@@ -28,6 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from recdemo.metrics import MISS, bootstrap_rows, ndcg_per_case
+from recdemo.storage import write_json_atomically
 
 GRID = tuple(round(0.1 * i, 1) for i in range(11))  # 0.0, 0.1, ..., 1.0
 METHODS = ("rank", "zscore")
@@ -152,12 +151,7 @@ class FusionStore:
         data.update({"dataset": dataset_name, "dataset_hash": dataset_hash})
         data.setdefault("weights", {})[key] = {"weight": float(weight), "method": details.pop("method", "rank"),
                                                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **details}
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".fusion-", dir=self.dir)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, self.path(dataset_name))  # atomic: a reader never sees half a file
-        return self.path(dataset_name)
+        return write_json_atomically(self.path(dataset_name), data, sort_keys=True)  # never half a file
 
 
 def lookup_weight(store: FusionStore, dataset, model: str, adapter: str | None, ranker: str,
