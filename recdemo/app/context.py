@@ -265,7 +265,7 @@ class AppContext:
         if name in BUILTIN_FOLDERS or name in self.uploads:
             raise ValueError(f"A dataset named {name!r} already exists; choose another name.")
         folder, summary = save_upload(self._upload_root, interactions_path, items_path, name,
-                                      self.cfg.limits.max_upload_mb)
+                                      self.cfg.limits.max_upload_mb, self.cfg.limits.max_field_chars)
         with self._lock:
             self.uploads[name] = folder
         return summary

@@ -22,7 +22,7 @@ def check_name(name: str, what: str) -> str:
 
 
 def save_upload(root: Path, interactions_path: str | None, items_path: str | None, name: str,
-                max_mb: float) -> tuple[str, dict]:
+                max_mb: float, max_field_chars: int | None = None) -> tuple[str, dict]:
     """Copy the two files to ``root/name``, load them as a dataset (the folder's name becomes the
     dataset's name) and return (folder, summary). Nothing is left behind when they are invalid."""
     for label, path in zip(FILES, (interactions_path, items_path)):
@@ -38,7 +38,7 @@ def save_upload(root: Path, interactions_path: str | None, items_path: str | Non
         shutil.copyfile(interactions_path, folder / FILES[0])
         shutil.copyfile(items_path, folder / FILES[1])
         from recdemo.data.dataset import load_dataset
-        dataset = load_dataset(None, data_dir=str(folder), max_mb=max_mb)
+        dataset = load_dataset(None, data_dir=str(folder), max_mb=max_mb, max_field_chars=max_field_chars)
         if len(dataset.users) < 2 or dataset.n_items < 2:
             raise DataError("too little data: a dataset needs at least 2 users and 2 items", file=FILES[0])
     except BaseException:
