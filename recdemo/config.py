@@ -79,7 +79,8 @@ class LLMConfig:
     max_history: int = 20
     n_results: int = 10
     fuse: bool = True  # fuse the LLM score with SASRec's (weight chosen on validation)
-    fusion_dir: str = str(PROJECT_ROOT / "checkpoints" / "fusion")  # <dataset>.json: tuned weights
+    fusion_dir: str = str(PROJECT_ROOT / "checkpoints" / "fusion")  # <dataset>.json: shipped tuned weights
+    fusion_cache_dir: str = str(PROJECT_ROOT / ".cache" / "fusion")  # weights tuned here, by dataset hash
     fusion_default: float = 0.0  # weight used before any tuning: 0 = SASRec's order (never worse)
     hf_token: str | None = None
 

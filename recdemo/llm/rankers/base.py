@@ -63,7 +63,9 @@ class Ranker:
         self.adapter = adapter
         self.fuse = bool(_pick(fuse, cfg, "fuse", True))
         self.max_history = int(_pick(max_history, cfg, "max_history", P.MAX_HISTORY))
-        self.store = FusionStore(_pick(fusion_dir, cfg, "fusion_dir", "checkpoints/fusion"))
+        # An explicit fusion_dir (tests, benches) takes tuned weights too; from the config they go to the cache.
+        self.store = FusionStore(_pick(fusion_dir, cfg, "fusion_dir", "checkpoints/fusion"),
+                                 None if fusion_dir is not None else getattr(cfg, "fusion_cache_dir", None))
         self.fusion_default = float(_pick(fusion_default, cfg, "fusion_default", 0.0))
         self.use_cache = use_cache  # False: re-encode everything per step (reference for tests)
         self.last_info: dict = {}
