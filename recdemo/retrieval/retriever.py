@@ -17,7 +17,7 @@ import torch
 from recdemo.config import RetrievalConfig
 from recdemo.errors import ModelNotFound
 from recdemo.retrieval.baselines import Popularity
-from recdemo.retrieval.checkpoint import cache_key, checkpoint_problem, load_checkpoint, locate, save_checkpoint
+from recdemo.retrieval.checkpoint import cache_key, checkpoint_problem, load_checkpoint, save_checkpoint
 from recdemo.retrieval.index import ItemIndex
 from recdemo.retrieval.sasrec import SASRec
 from recdemo.retrieval.train import train_sasrec
@@ -45,11 +45,14 @@ class Retriever:
     @classmethod
     def for_dataset(cls, dataset, cfg: RetrievalConfig, train_if_missing: bool = True, text_index=None,
                     progress: bool = True) -> "Retriever":
-        """Load the checkpoint for ``dataset`` (``checkpoint.locate``: the shipped one when trained on
-        exactly this data, else the cache's); when missing or stale, train (with a progress bar) and
-        save it into the cache, never over a shipped checkpoint."""
-        directory, key = locate(dataset, cfg)
-        model = load_checkpoint(dataset, directory, key)
+        """Load the checkpoint for ``dataset`` (the shipped one when trained on exactly this data, else
+        the cache's); when missing or stale, train (with a progress bar) and save it into the cache,
+        never over a shipped checkpoint."""
+        # The shipped checkpoint when it was trained on exactly this data, else the cache's (also
+        # when the shipped weights turn out unreadable: they are never replaced from here).
+        model = load_checkpoint(dataset, cfg.checkpoint_dir)
+        if model is None:
+            model = load_checkpoint(dataset, cfg.cache_dir, cache_key(dataset))
         if model is None:
             problem = checkpoint_problem(dataset, cfg.checkpoint_dir) or "the checkpoint could not be read"
             if not train_if_missing:

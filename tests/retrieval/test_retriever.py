@@ -129,6 +129,18 @@ def test_for_dataset_retrains_a_stale_checkpoint_into_the_cache(cycle_dataset, t
         cycle_dataset.content_hash  # the shipped one still serves its own data
 
 
+def test_unreadable_shipped_weights_are_left_alone_and_the_cache_serves(cycle_dataset, tmp_path, monkeypatch):
+    cfg = tiny_cfg(tmp_path, epochs=1)
+    old = SASRec(SASRecConfig(n_items=cycle_dataset.n_items, maxlen=12, hidden=16))
+    shipped = save_checkpoint(old, cfg, cycle_dataset, cfg.checkpoint_dir)
+    weights = shipped.with_name(json.loads(shipped.read_text())["weights"])
+    weights.write_bytes(b"damaged")
+    Retriever.for_dataset(cycle_dataset, cfg, progress=False)  # trains once, into the cache
+    assert weights.read_bytes() == b"damaged"
+    monkeypatch.setattr(retriever_mod, "train_sasrec", lambda *a, **k: pytest.fail("must load, not retrain"))
+    assert Retriever.for_dataset(cycle_dataset, cfg, progress=False).meta["dataset_hash"] == cycle_dataset.content_hash
+
+
 def write_folder(folder, dataset):
     """``dataset`` as an uploaded folder (interactions.csv + items.csv)."""
     folder.mkdir(parents=True)
