@@ -201,3 +201,21 @@ def test_evaluate_on_a_folder_named_like_a_builtin_leaves_the_shipped_checkpoint
         assert len(list((tmp_path / "cache").glob("sasrec-movielens-small-*.json"))) == 1
     finally:
         shipped.chmod(0o755)
+
+
+def test_train_on_a_folder_named_like_a_builtin_saves_into_the_cache(tmp_path, capsys):
+    from recdemo.cli.main import build_parser
+    from recdemo.cli.train import cli_train
+
+    folder = write_folder(tmp_path / "x" / "movielens-small", make_cycle_dataset())
+    args = build_parser().parse_args(["train", "--data-dir", str(folder), "--epochs", "1", "--hidden", "16",
+                                      "--maxlen", "12", "--no-text-features"])
+    cfg = Config().apply_args(args).set("retrieval", "checkpoint_dir", str(tmp_path / "shipped"))
+    cfg = cfg.set("retrieval", "cache_dir", str(tmp_path / "cache"))
+    assert cli_train(args, cfg) == 0
+    dataset = load_dataset(None, data_dir=str(folder))
+    saved = tmp_path / "cache" / f"sasrec-movielens-small-{dataset.content_hash}.json"
+    assert saved.is_file() and str(saved) in capsys.readouterr().out
+    assert not (tmp_path / "shipped").exists()
+    assert Retriever.for_dataset(dataset, cfg.retrieval, train_if_missing=False).meta["dataset_hash"] == \
+        dataset.content_hash
