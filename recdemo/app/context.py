@@ -175,8 +175,8 @@ class AppContext:
         if not hasattr(dataset, "content_hash"):
             return None
         try:
-            from recdemo.retrieval.checkpoint import checkpoint_problem
-            return checkpoint_problem(dataset, self.cfg.retrieval.checkpoint_dir)
+            from recdemo.retrieval.checkpoint import checkpoint_problem, locate
+            return checkpoint_problem(dataset, *locate(dataset, self.cfg.retrieval))
         except Exception:  # noqa: BLE001 - only used for the message
             return None
 
@@ -266,7 +266,7 @@ class AppContext:
         if name in BUILTIN_FOLDERS or name in self.uploads:
             raise ValueError(f"A dataset named {name!r} already exists; choose another name.")
         folder, summary = save_upload(self._upload_root, interactions_path, items_path, name,
-                                      self.cfg.limits.max_upload_mb)
+                                      self.cfg.limits.max_upload_mb, self.cfg.limits.max_field_chars)
         with self._lock:
             self.uploads[name] = folder
         return summary

@@ -62,7 +62,7 @@ def _renamed(err: DataError, paths: list[Path]) -> DataError:
 
 
 def save_upload(root: Path, interactions_path: str | None, items_path: str | None, name: str,
-                max_mb: float) -> tuple[str, dict]:
+                max_mb: float, max_field_chars: int | None = None) -> tuple[str, dict]:
     """Copy the two files to ``root/name``, load them as a dataset (the folder's name becomes the
     dataset's name) and return (folder, summary). Nothing is left behind when they are invalid."""
     for label, path in zip(FILES, (interactions_path, items_path)):
@@ -76,7 +76,7 @@ def save_upload(root: Path, interactions_path: str | None, items_path: str | Non
         for path, stored in zip(paths, FILES):
             shutil.copyfile(path, folder / stored)
         try:
-            dataset = load_dataset(None, data_dir=str(folder), max_mb=max_mb)
+            dataset = load_dataset(None, data_dir=str(folder), max_mb=max_mb, max_field_chars=max_field_chars)
         except DataError as e:
             raise _renamed(e, paths) from None
         if len(dataset.users) < MIN_USERS or dataset.n_items < MIN_ITEMS:

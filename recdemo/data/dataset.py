@@ -130,10 +130,21 @@ def build_dataset(raw: RawData, name: str, source: str = "") -> Dataset:
     sequences = [item_arr[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
     ratings = None
     if "rating" in inter.columns:
-        r = inter["rating"].to_numpy(np.float32)[order]
+        r = _ratings(inter, raw.interactions_file)[order]
         ratings = [r[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
     return Dataset(name=name, catalog=catalog, users=users, sequences=sequences, ratings=ratings,
                    source=source)
+
+
+def _ratings(inter: pd.DataFrame, fname: str) -> np.ndarray:
+    """Ratings as float32; one too large for it (it would become inf) is an error, not a silent inf."""
+    r = inter["rating"].to_numpy(np.float64)
+    big = np.abs(r) > np.finfo(np.float32).max
+    if big.any():
+        i = int(np.argmax(big))
+        raise DataError(f"the rating {r[i]:g} does not fit in a 32-bit float", file=fname,
+                        line=line_of(inter, i), column="rating")
+    return r.astype(np.float32)
 
 
 def _sort_key(user_ids: pd.Series) -> np.ndarray:
@@ -174,15 +185,17 @@ _CACHE: dict[tuple, Dataset] = {}
 
 
 def load_dataset(name: str | None = "movielens-small", data_dir: str | None = None,
-                 root: str | None = None, max_mb: float = 1024) -> Dataset:
-    """Load (and memoise per process) a built-in dataset or any folder in a supported layout."""
+                 root: str | None = None, max_mb: float = 1024, max_field_chars: int | None = None) -> Dataset:
+    """Load (and memoise per process) a built-in dataset or any folder in a supported layout.
+    ``max_field_chars`` (uploads): a longer value in any field is a DataError."""
     folder = resolve_folder(name, data_dir, root).resolve()
     stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(folder.iterdir())
                   if p.is_file())
-    key = (str(folder), stamp)
+    key = (str(folder), stamp, max_field_chars)
     if key not in _CACHE:
         label = name if not data_dir else folder.name
-        _CACHE[key] = build_dataset(read_layout(folder, max_mb=max_mb), name=label, source=str(folder))
+        raw = read_layout(folder, max_mb=max_mb, max_field_chars=max_field_chars)
+        _CACHE[key] = build_dataset(raw, name=label, source=str(folder))
     return _CACHE[key]
 
 

@@ -3,7 +3,7 @@
 The order of steps is what keeps a bad download from ever looking like a dataset:
 download to a temp file -> check size/sha256 -> open the zip -> extract (or convert) into a temp
 folder next to the target -> verify every file's sha256 (or row counts) -> load it once as a
-dataset -> rename the folder into place. Any failure removes the temp files; the target folder
+dataset -> swap the folder into place (recdemo.storage.write_dir_atomically). Any failure removes the temp files; the target folder
 appears only complete, and an existing copy is replaced only after the new one passed every check.
 """
 from __future__ import annotations
@@ -13,9 +13,7 @@ import hashlib
 import io
 import http.client
 import json
-import os
 import shutil
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -26,6 +24,8 @@ from pathlib import Path, PurePosixPath
 from recdemo.data.dataset import BUILTIN_FOLDERS, build_dataset, load_dataset, resolve_folder
 from recdemo.errors import DataError
 from recdemo.data.formats import read_layout
+from recdemo.data.seqrec import convert
+from recdemo.storage import write_dir_atomically
 
 
 @dataclass
@@ -171,66 +171,52 @@ def download(name: str, root: str | Path, url: str | None = None, force: bool = 
     url = url or source.url
     made_root = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.download-", dir=root))
-    done = False
-    try:
-        zip_path = work / "download.zip"
-        log(f"downloading {url}")
-        digest = fetch(url, zip_path, source.max_bytes, progress=_progress_printer(log))
-        zip_name = url.rsplit("/", 1)[-1] or "download"
-        if source.zip_bytes is not None and zip_path.stat().st_size != source.zip_bytes:
-            raise DataError(f"{zip_path.stat().st_size:,} bytes, expected {source.zip_bytes:,} "
-                            "(a corrupted download or a different release)", file=zip_name)
-        if source.zip_sha256 is not None and digest != source.zip_sha256:
-            raise DataError(f"sha256 {digest[:12]}... does not match the pinned {source.zip_sha256[:12]}... "
-                            "(a corrupted download or a different release)", file=zip_name)
-        out = work / target.name
-        out.mkdir()
-        try:
-            with zipfile.ZipFile(zip_path) as zf:
-                if source.kind == "seqrec":
-                    from recdemo.data.seqrec import convert
-                    counts = convert(zf, out)
-                    log(f"converted: {counts['users']:,} users, {counts['items']:,} items, "
-                        f"{counts['interactions']:,} interactions")
-                else:
-                    _extract(zf, source, out)
-        except (zipfile.BadZipFile, EOFError) as e:
-            raise DataError(f"not a valid zip file ({e}): the download is corrupted; run it again",
-                            file=zip_name) from None
-        for note in _verify(out, source, zip_name):
-            log(f"note: {note}")
-        ds = build_dataset(read_layout(out), name=name, source=str(target))  # loads: usable
-        (out / "download.json").write_text(json.dumps({
-            "dataset": name, "url": url, "zip_sha256": digest,
-            "downloaded": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "files": {rel: sha256_file(out / PurePosixPath(rel).name) for rel in source.files},
-        }, indent=2))
-        _move_into_place(out, target)
-        done = True
-        log(f"{name}: {len(ds.users):,} users, {ds.n_items:,} items, {ds.n_interactions:,} interactions "
-            f"-> {target}")
-        return target
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        if made_root and not done and not any(root.iterdir()):
+    loaded = []
+    try:  # the folder appears only complete; an existing copy is replaced only by a verified one
+        write_dir_atomically(target, lambda out: loaded.append(_fetch_into(out, name, source, url, target, log)))
+    except BaseException:
+        if made_root and not any(root.iterdir()):
             root.rmdir()  # a failed first download leaves no empty data root either
-
-
-def _move_into_place(new: Path, target: Path) -> None:
-    """Rename ``new`` to ``target``; an existing ``target`` is swapped out first, then deleted."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    try:
-        os.replace(new, target)
-    except OSError:
-        if old is not None:
-            os.replace(old, target)
         raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    ds = loaded[0]
+    log(f"{name}: {len(ds.users):,} users, {ds.n_items:,} items, {ds.n_interactions:,} interactions "
+        f"-> {target}")
+    return target
+
+
+def _fetch_into(out: Path, name: str, source: Source, url: str, target: Path, log):
+    """Download, check, unpack and load ``name`` into the (temporary) folder ``out``; returns the dataset."""
+    zip_path = out / "download.zip"
+    log(f"downloading {url}")
+    digest = fetch(url, zip_path, source.max_bytes, progress=_progress_printer(log))
+    zip_name = url.rsplit("/", 1)[-1] or "download"
+    if source.zip_bytes is not None and zip_path.stat().st_size != source.zip_bytes:
+        raise DataError(f"{zip_path.stat().st_size:,} bytes, expected {source.zip_bytes:,} "
+                        "(a corrupted download or a different release)", file=zip_name)
+    if source.zip_sha256 is not None and digest != source.zip_sha256:
+        raise DataError(f"sha256 {digest[:12]}... does not match the pinned {source.zip_sha256[:12]}... "
+                        "(a corrupted download or a different release)", file=zip_name)
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            if source.kind == "seqrec":
+                counts = convert(zf, out)
+                log(f"converted: {counts['users']:,} users, {counts['items']:,} items, "
+                    f"{counts['interactions']:,} interactions")
+            else:
+                _extract(zf, source, out)
+    except (zipfile.BadZipFile, EOFError) as e:
+        raise DataError(f"not a valid zip file ({e}): the download is corrupted; run it again",
+                        file=zip_name) from None
+    zip_path.unlink()
+    for note in _verify(out, source, zip_name):
+        log(f"note: {note}")
+    ds = build_dataset(read_layout(out), name=name, source=str(target))  # loads: usable
+    (out / "download.json").write_text(json.dumps({
+        "dataset": name, "url": url, "zip_sha256": digest,
+        "downloaded": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "files": {rel: sha256_file(out / PurePosixPath(rel).name) for rel in source.files},
+    }, indent=2))
+    return ds
 
 
 def _progress_printer(log):

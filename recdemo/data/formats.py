@@ -42,11 +42,13 @@ def detect_layout(folder: Path) -> str:
         file=str(folder))
 
 
-def read_layout(folder: str | Path, max_mb: float = 1024) -> RawData:
+def read_layout(folder: str | Path, max_mb: float = 1024, max_field_chars: int | None = None) -> RawData:
+    """``max_mb`` per file; ``max_field_chars`` (uploads): the longest value any field may hold."""
     folder = Path(folder)
     layout = detect_layout(folder)
-    return {"generic": _read_generic, "movielens-csv": _read_movielens_csv,
-            "movielens-dat": _read_movielens_dat}[layout](folder, max_mb)
+    read = {"generic": _read_generic, "movielens-csv": _read_movielens_csv,
+            "movielens-dat": _read_movielens_dat}[layout]
+    return read(folder, {"max_mb": max_mb, "max_field_chars": max_field_chars})
 
 
 def _split_attrs(values: pd.Series) -> list[tuple[str, ...]]:
@@ -57,39 +59,39 @@ def _split_attrs(values: pd.Series) -> list[tuple[str, ...]]:
     return out
 
 
-def _read_generic(folder: Path, max_mb: float) -> RawData:
+def _read_generic(folder: Path, limits: dict) -> RawData:
     for name in ("interactions.csv", "items.csv"):
         if not (folder / name).is_file():
             raise DataError(f"missing {name}: a dataset folder needs interactions.csv and items.csv",
                             file=str(folder))
     inter = read_table(folder / "interactions.csv", ["user_id", "item_id", "timestamp"],
                        optional=["rating"], numeric={"timestamp": "number", "rating": "float"},
-                       max_mb=max_mb)
+                       **limits)
     items = read_table(folder / "items.csv", ["item_id", "title"],
-                       optional=["description", "categories"], max_mb=max_mb)
+                       optional=["description", "categories"], **limits)
     items["attributes"] = _split_attrs(items["categories"]) if "categories" in items else [()] * len(items)
     if "description" not in items:
         items["description"] = ""
     return RawData(inter, items, "categories", "interactions.csv", "items.csv")
 
 
-def _read_movielens_csv(folder: Path, max_mb: float) -> RawData:
+def _read_movielens_csv(folder: Path, limits: dict) -> RawData:
     inter = read_table(folder / "ratings.csv", ["userId", "movieId", "rating", "timestamp"],
-                       numeric={"timestamp": "int", "rating": "float"}, max_mb=max_mb)
+                       numeric={"timestamp": "int", "rating": "float"}, **limits)
     inter = inter.rename(columns={"userId": "user_id", "movieId": "item_id"})
-    items = read_table(folder / "movies.csv", ["movieId", "title", "genres"], max_mb=max_mb)
+    items = read_table(folder / "movies.csv", ["movieId", "title", "genres"], **limits)
     items = items.rename(columns={"movieId": "item_id"})
     items["attributes"] = _split_attrs(items["genres"])
     items["description"] = ""
     return RawData(inter, items, "genres", "ratings.csv", "movies.csv")
 
 
-def _read_movielens_dat(folder: Path, max_mb: float) -> RawData:
+def _read_movielens_dat(folder: Path, limits: dict) -> RawData:
     inter = read_table(folder / "ratings.dat", [], names=["user_id", "item_id", "rating", "timestamp"],
                        numeric={"timestamp": "int", "rating": "float"}, sep="::", encoding="latin-1",
-                       max_mb=max_mb)
+                       **limits)
     items = read_table(folder / "movies.dat", [], names=["item_id", "title", "genres"], sep="::",
-                       encoding="latin-1", max_mb=max_mb)
+                       encoding="latin-1", **limits)
     items["attributes"] = _split_attrs(items["genres"])
     items["description"] = ""
     return RawData(inter, items, "genres", "ratings.dat", "movies.dat")

@@ -15,6 +15,7 @@ import io
 import re
 import warnings
 from collections import defaultdict
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +29,14 @@ csv.field_size_limit(max(csv.field_size_limit(), 16 * 2**20))  # long descriptio
 
 def read_table(path: str | Path, required: list[str], *, numeric: dict[str, str] | None = None,
                optional: list[str] = (), sep: str = ",", encoding: str = "utf-8",
-               names: list[str] | None = None, max_mb: float = 1024) -> pd.DataFrame:
+               names: list[str] | None = None, max_mb: float = 1024,
+               max_field_chars: int | None = None) -> pd.DataFrame:
     """Read ``path`` as strings, check columns, convert ``numeric`` columns.
 
     ``numeric`` maps a column to 'int' (whole numbers), 'float' or 'number' (int64 when every value
-    is whole, else float64). ``names`` is for header-less files (MovieLens .dat): data then starts
-    at line 1, otherwise the header is line 1.
+    is whole, else float64); a whole number beyond int64 is an error. ``names`` is for header-less
+    files (MovieLens .dat): data then starts at line 1, otherwise the header is line 1.
+    ``max_field_chars`` (uploads): a longer value in any column is an error.
     """
     path = Path(path)
     fname = path.name
@@ -65,6 +68,8 @@ def read_table(path: str | Path, required: list[str], *, numeric: dict[str, str]
     if len(df) == 0:
         raise DataError("the header is there but no data rows follow it", file=fname,
                         line=2 if not names else 1, column=header[0])
+    if max_field_chars is not None:
+        _check_lengths(df, header, max_field_chars, fname)
     for col, kind in (numeric or {}).items():
         if col in df.columns:
             df[col] = _to_number(df, col, kind, fname)
@@ -221,7 +226,7 @@ def _parse_fast(text: str, sep: str, names: list[str] | None, fname: str, numeri
             df = pd.read_csv(io.StringIO(text), sep=sep, dtype=dtypes, keep_default_na=False,
                              na_values=[], index_col=False, header=None if names else 0, names=names,
                              skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.ParserWarning, ValueError, TypeError):
+    except (pd.errors.ParserError, pd.errors.ParserWarning, ValueError, TypeError, OverflowError):
         return None, None
     header = _check_header(list(df.columns), fname) if not names else list(names)
     df.columns = header
@@ -241,11 +246,28 @@ def _parse_fast(text: str, sep: str, names: list[str] | None, fname: str, numeri
     return header, df
 
 
+def _check_lengths(df: pd.DataFrame, header: list[str], limit: int, fname: str) -> None:
+    """A field longer than ``limit`` characters is refused (one 100,000-character title would
+    otherwise be accepted, and every prompt it reaches would be cut from it)."""
+    for col in header:
+        if df[col].dtype.kind in "iuf":  # parsed as numbers by the fast path: short by construction
+            continue
+        lengths = df[col].str.len().to_numpy()
+        if len(lengths) and lengths.max() > limit:
+            i = int(np.argmax(lengths > limit))
+            raise DataError(f"the value is {int(lengths[i]):,} characters long; fields are limited to "
+                            f"{limit:,} characters", file=fname, line=line_of(df, i), column=col)
+
+
 # -- numbers -------------------------------------------------------------------------------------
+
+INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
+FLOAT_EXACT = 2.0**53  # whole floats below this are exact integers
+
 
 def _to_number(df: pd.DataFrame, col: str, kind: str, fname: str) -> pd.Series:
     values = df[col]
-    if values.dtype.kind in "iu":  # already parsed as integers (fast path)
+    if values.dtype.kind == "i":  # already parsed as int64 (fast path): exact and in range
         return values.astype("int64")
     conv = pd.to_numeric(values, errors="coerce").astype("float64")
     arr = conv.to_numpy()
@@ -260,7 +282,32 @@ def _to_number(df: pd.DataFrame, col: str, kind: str, fname: str) -> pd.Series:
         raise DataError(f"expected {what}, got {got!r}" if got else f"expected {what}, the value is empty",
                         file=fname, line=line_of(df, i), column=col)
     if kind == "int" or (kind == "number" and whole.all()):
-        # exact for big integers (nanosecond timestamps): re-parse as int64, not via float
-        ints = pd.to_numeric(values, errors="coerce", downcast=None)
-        return ints.astype("int64") if ints.dtype.kind in "iu" else conv.astype("int64")
+        return _to_int64(df, col, arr, fname)
     return conv
+
+
+def _to_int64(df: pd.DataFrame, col: str, arr: np.ndarray, fname: str) -> pd.Series:
+    """Whole numbers as exact int64. A value beyond int64 is an error: a plain cast wraps it around
+    (a timestamp of 99999999999999999999 became the smallest number and moved its item first)."""
+    values = df[col]
+    ints = pd.to_numeric(values, errors="coerce")
+    if ints.dtype.kind == "i":  # pandas parsed every value exactly as int64
+        return ints.astype("int64")
+    out = np.zeros(len(arr), dtype=np.int64)
+    exact = np.abs(arr) < FLOAT_EXACT
+    out[exact] = arr[exact].astype(np.int64)
+    for i in np.flatnonzero(~exact):  # large values: the float may be rounded, read the text exactly
+        number = _exact_int(values.iloc[i])
+        if number is None or not INT64_MIN <= number <= INT64_MAX:
+            raise DataError(f"the number {values.iloc[i]} does not fit: whole numbers here must lie between "
+                            f"{INT64_MIN} and {INT64_MAX}", file=fname, line=line_of(df, i), column=col)
+        out[i] = number
+    return pd.Series(out, index=values.index, name=col)
+
+
+def _exact_int(text) -> int | None:
+    try:
+        number = Decimal(str(text).strip())
+    except InvalidOperation:
+        return None
+    return int(number.to_integral_value()) if number.is_finite() else None

@@ -230,14 +230,28 @@ class Explainer:
                 out.append(Explanation(int(item), ev, sentence, rationale_source="llm", llm_rationale=sentence))
         return out
 
+    def prompt(self, item: int, evidence: list[dict]) -> tuple[str, str]:
+        """(prompt ending with the primed answer, the primed part) for one item, its titles as prompts
+        show them; the weakest evidence goes first when the prompt would not fit the context."""
+        llm = self.service.llm
+        target = P.prompt_title(short_title(self.catalog.titles[int(item)]))
+        attributes = [P.prompt_title(a) for a in self.catalog.attributes[int(item)][:3]]
+        titles = [P.prompt_title(short_title(e["title"])) for e in evidence[:2]]
+
+        def build(kept):  # ``kept``: evidence titles weakest first, so fitting drops the weakest
+            text, prefix = P.render_explain(llm.tokenizer, self.domain, kept[::-1], target, attributes)
+            return text, prefix, llm.tokenizer(text)["input_ids"]
+        if not titles:
+            return P.render_explain(llm.tokenizer, self.domain, [], target, attributes)
+        _, (text, prefix, _) = P.fit_to_context(build, titles[::-1], P.context_limit(llm) - self.max_new_tokens,
+                                                size=lambda built: len(built[2]), what="evidence title")
+        return text, prefix
+
     def _generate(self, items, evidence, adapter) -> list[tuple[str, str]]:
         """One batched greedy call for every item: prompt + primed prefix -> the sentence's end."""
-        tok = self.service.llm.tokenizer
         prompts, prefixes = [], []
         for item, ev in zip(items, evidence):
-            titles = [short_title(e["title"]) for e in ev[:2]]
-            text, prefix = P.render_explain(tok, self.domain, titles, short_title(self.catalog.titles[int(item)]),
-                                            self.catalog.attributes[int(item)][:3])
+            text, prefix = self.prompt(item, ev)
             prompts.append(text)
             prefixes.append(prefix)
         self.last_prompts = prompts

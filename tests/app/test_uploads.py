@@ -1,4 +1,5 @@
-"""save_upload: validate first, keep only good uploads, name the user's own file in errors."""
+"""save_upload: validate first, keep only good uploads, name the user's own file in errors; numbers that do
+not fit and fields over the limit are refused with file, line and column."""
 from __future__ import annotations
 
 import os
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from recdemo.app.uploads import check_name, save_upload
+from recdemo.config import LimitsConfig
 from recdemo.errors import DataError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "assets" / "example"
@@ -72,3 +74,43 @@ def test_swapped_files_too_little_data_and_size_limit(tmp_path):
     with pytest.raises(DataError, match="not received"):
         save_upload(root, EXAMPLE / "interactions.csv", tmp_path / "gone.csv", "x", 5)
     assert not root.exists() or os.listdir(root) == []
+
+
+ITEMS = "item_id,title\nb01,Lipstick\nb02,Mascara\nb03,Blush\n"
+
+
+def small_files(tmp_path, interactions: str, items: str = ITEMS):
+    (tmp_path / "in").mkdir(exist_ok=True)
+    inter, it = tmp_path / "in" / "interactions.csv", tmp_path / "in" / "items.csv"
+    inter.write_text(interactions)
+    it.write_text(items)
+    return str(inter), str(it)
+
+
+def upload(tmp_path, interactions: str, items: str = ITEMS):
+    limits = LimitsConfig()
+    return save_upload(tmp_path / "uploads", *small_files(tmp_path, interactions, items), "mine",
+                       limits.max_upload_mb, limits.max_field_chars)
+
+
+def test_a_timestamp_beyond_int64_is_refused_with_its_place(tmp_path):
+    with pytest.raises(DataError) as e:
+        upload(tmp_path, "user_id,item_id,timestamp\nana,b01,1\nana,b02,2\nana,b03,99999999999999999999\n"
+                         "bob,b01,1\nbob,b02,2\n")
+    assert (e.value.line, e.value.column) == (4, "timestamp") and "interactions.csv" in str(e.value)
+    assert not (tmp_path / "uploads" / "mine").exists()
+
+
+def test_a_field_over_the_limit_is_refused_with_its_place(tmp_path):
+    title = "x" * 100_000
+    with pytest.raises(DataError) as e:
+        upload(tmp_path, "user_id,item_id,timestamp\nana,b01,1\nana,b02,2\nbob,b01,1\nbob,b03,2\n",
+               ITEMS + f"b04,{title}\n")
+    assert (e.value.line, e.value.column) == (5, "title") and "items.csv" in str(e.value)
+    assert f"{LimitsConfig().max_field_chars:,} characters" in str(e.value)
+    assert not (tmp_path / "uploads" / "mine").exists()
+
+
+def test_a_good_upload_still_loads(tmp_path):
+    folder, summary = upload(tmp_path, "user_id,item_id,timestamp\nana,b01,1\nana,b02,2\nbob,b01,1\nbob,b03,2\n")
+    assert summary["users"] == 2 and summary["items"] == 3

@@ -51,6 +51,29 @@ def test_string_ids_need_not_be_numeric_but_timestamps_must_be(tmp_path):
     assert (e.value.file, e.value.line, e.value.column) == ("interactions.csv", 2, "timestamp")
 
 
+def test_a_timestamp_beyond_int64_is_an_error_not_a_reordering(tmp_path):
+    folder = make(tmp_path, "user_id,item_id,timestamp\nana,a,1\nana,b,2\nana,c,99999999999999999999\n")
+    with pytest.raises(DataError) as e:
+        load(folder)
+    assert (e.value.file, e.value.line, e.value.column) == ("interactions.csv", 4, "timestamp")
+
+
+def test_a_rating_beyond_float32_is_an_error(tmp_path):
+    folder = make(tmp_path, "user_id,item_id,timestamp,rating\nana,a,1,4\nana,b,2,1e39\n")
+    with pytest.raises(DataError) as e:
+        load(folder)
+    assert (e.value.file, e.value.line, e.value.column) == ("interactions.csv", 3, "rating")
+
+
+def test_field_limit_reaches_the_reader(tmp_path):
+    folder = make(tmp_path, "user_id,item_id,timestamp\nu1,a,1\nu1,b,2\n",
+                  items="item_id,title\na,Apple\nb," + "B" * 50 + "\n")
+    assert load_dataset(None, data_dir=str(folder)).catalog.titles[1] == "B" * 50
+    with pytest.raises(DataError) as e:
+        load_dataset(None, data_dir=str(folder), max_field_chars=49)
+    assert (e.value.file, e.value.line, e.value.column) == ("items.csv", 3, "title")
+
+
 def test_unknown_item_reference(tmp_path):
     folder = make(tmp_path, "user_id,item_id,timestamp\nu1,a,1\nu1,zzz,2\n")
     with pytest.raises(DataError) as e:

@@ -64,6 +64,35 @@ def test_big_nanosecond_timestamps_stay_exact(tmp_path, parser):
     assert ts == [1700000000123456789, 1700000000123456790]
 
 
+@pytest.mark.parametrize("kind", ["number", "int"])
+@pytest.mark.parametrize("value", ["99999999999999999999", "9223372036854775808", "-9223372036854775809",
+                                   "1e20", "18446744073709551616"])
+def test_whole_numbers_beyond_int64_are_errors_not_wrapped(tmp_path, parser, kind, value):
+    # A cast to int64 wrapped 99999999999999999999 to the smallest number: the item moved first.
+    e = error(write(tmp_path, f"user_id,item_id,timestamp\nana,b01,1\nana,b02,2\nana,b03,{value}\n"),
+              numeric={"timestamp": kind})
+    assert (e.file, e.line, e.column) == ("interactions.csv", 4, "timestamp")
+    assert "does not fit" in str(e) and value in str(e)
+
+
+def test_int64_limits_themselves_are_exact(tmp_path, parser):
+    text = "user_id,item_id,timestamp\nu,a,9223372036854775807\nu,b,-9223372036854775808\nu,c,1.0\n"
+    assert read(write(tmp_path, text))["timestamp"].tolist() == [2**63 - 1, -2**63, 1]
+    text = "user_id,item_id,timestamp\nu,a,9007199254740993\nu,b,2.0\nu,c,1e18\n"  # 2**53 + 1: float rounds it
+    assert read(write(tmp_path, text))["timestamp"].tolist() == [2**53 + 1, 2, 10**18]
+
+
+def test_fields_over_the_limit_are_errors(tmp_path, parser):
+    long = "x" * 101
+    p = write(tmp_path, f"item_id,title\na,Short\nb,\"{long}\"\n", "items.csv")
+    with pytest.raises(DataError) as e:
+        read_table(p, ["item_id", "title"], max_field_chars=100)
+    assert (e.value.file, e.value.line, e.value.column) == ("items.csv", 3, "title")
+    assert "101 characters" in str(e.value) and "100 characters" in str(e.value)
+    assert read_table(p, ["item_id", "title"], max_field_chars=101)["title"].tolist() == ["Short", long]
+    assert read_table(p, ["item_id", "title"])["title"].tolist() == ["Short", long]  # no limit by default
+
+
 def test_missing_column(tmp_path, parser):
     e = error(write(tmp_path, "user_id,item_id,time\nu,a,1\n"))
     assert (e.file, e.line, e.column) == ("interactions.csv", 1, "timestamp")

@@ -136,18 +136,21 @@ def test_cli_selects_on_valid_then_applies_the_weight_on_test(data, tiny_llm, tm
     monkeypatch.setattr(service_mod, "LLMService", lambda cfg: real_service(cfg, llm=tiny_llm))
     monkeypatch.setattr(retriever_mod.Retriever, "for_dataset", classmethod(lambda cls, *a, **k: retriever))
     cfg = Config()
-    cfg = replace(cfg, llm=replace(cfg.llm, fusion_dir=str(tmp_path / "fusion"), adapter_dir=str(tmp_path / "ad")))
+    cfg = replace(cfg, llm=replace(cfg.llm, fusion_dir=str(tmp_path / "fusion"), adapter_dir=str(tmp_path / "ad"),
+                                   fusion_cache_dir=str(tmp_path / "fusion-cache")))
     args = dict(ranker="score", users=5, seed=0, no_fuse=False)
     assert cli_rerank(argparse.Namespace(split="valid", json=str(tmp_path / "v.json"), **args), cfg) == 0
     valid = json.loads((tmp_path / "v.json").read_text())
     for key in ("ndcg@10", "hr@10", "baseline_ndcg@10", "baseline_hr@10", "valid_ratio", "latency_ms_p50",
                 "latency_ms_p90", "users", "auc"):
         assert key in valid
-    saved = json.loads((tmp_path / "fusion" / "toy.json").read_text())
+    tuned = tmp_path / "fusion-cache" / f"toy-{ds.content_hash}.json"  # never the shipped fusion folder
+    assert valid["fusion_saved_to"] == str(tuned) and not (tmp_path / "fusion").exists()
+    saved = json.loads(tuned.read_text())
     assert saved["weights"]["tiny-llama/base/score"]["weight"] == valid["fusion_weight"]
     assert saved["weights"]["tiny-llama/base/score"]["method"] == valid["fusion_method"]
     assert cli_rerank(argparse.Namespace(split="test", json=str(tmp_path / "t.json"), **args), cfg) == 0
     test = json.loads((tmp_path / "t.json").read_text())
-    assert test["fusion_weight"] == valid["fusion_weight"] and test["fusion_source"].endswith("toy.json")
+    assert test["fusion_weight"] == valid["fusion_weight"] and test["fusion_source"] == str(tuned)
     assert test["fusion_method"] == valid["fusion_method"]
     assert "SASRec top-10" in capsys.readouterr().out

@@ -79,7 +79,8 @@ def test_cli_writes_metrics_and_baselines(cycle_dataset, tmp_path, monkeypatch, 
     monkeypatch.setattr(recdemo.data, "load_from_config", lambda cfg: cycle_dataset)
     cfg = Config()
     cfg.retrieval = RetrievalConfig(maxlen=12, hidden=16, dropout=0.0, epochs=8, lr=1e-2, batch_size=16,
-                                    warmup_steps=5, checkpoint_dir=str(tmp_path))
+                                    warmup_steps=5, checkpoint_dir=str(tmp_path),
+                                    cache_dir=str(tmp_path / "cache"))
     out = tmp_path / "m.json"
     args = argparse.Namespace(stage="retrieval", split="test", protocol="full", seed=0, users=None, json=str(out))
     assert eval_cli.cli_evaluate(args, cfg) == 0

@@ -75,6 +75,24 @@ def test_store_roundtrip_and_stale_hash(tmp_path):
     assert store.get("toy", "hash1", key)["weight"] == 0.3  # other entries kept
 
 
+def test_weights_tuned_here_go_to_the_cache_and_never_rewrite_the_shipped_file(tmp_path):
+    shipped, cache = tmp_path / "shipped", tmp_path / "cache"
+    key = weight_key("m", None, "score")
+    FusionStore(shipped).save("movielens-small", "h1", key, 0.2)
+    FusionStore(shipped).save("movielens-small", "h1", weight_key("m", None, "palr"), 0.4)
+    before = (shipped / "movielens-small.json").read_bytes()
+    store = FusionStore(shipped, cache)
+    assert store.get("movielens-small", "h1", key)["weight"] == 0.2  # the shipped weight is read
+    # A folder with the same name but other data, and a retuning of the shipped data:
+    assert store.save("movielens-small", "h2", key, 0.9) == cache / "movielens-small-h2.json"
+    assert store.save("movielens-small", "h1", key, 0.5) == cache / "movielens-small-h1.json"
+    assert (shipped / "movielens-small.json").read_bytes() == before
+    assert store.get("movielens-small", "h2", key)["weight"] == 0.9
+    assert store.get("movielens-small", "h1", key)["weight"] == 0.5  # the local tuning first
+    assert store.get("movielens-small", "h1", weight_key("m", None, "palr"))["weight"] == 0.4  # then shipped
+    assert store.get("movielens-small", "h3", key) is None
+
+
 class _DS:
     name, content_hash = "toy", "h"
 

@@ -8,7 +8,8 @@ import torch
 from conftest import real_data_root
 
 from recdemo.config import PROJECT_ROOT, RetrievalConfig
-from recdemo.retrieval.checkpoint import checkpoint_paths, checkpoint_problem, load_checkpoint, save_checkpoint
+from recdemo.retrieval.checkpoint import (checkpoint_paths, checkpoint_problem, load_checkpoint, locate,
+                                         save_checkpoint)
 from recdemo.retrieval.sasrec import SASRec, SASRecConfig
 
 
@@ -20,16 +21,65 @@ def random_model(dataset, seed=0):
 def test_round_trip_gives_the_same_scores(cycle_dataset, tmp_path):
     model = random_model(cycle_dataset)
     path = save_checkpoint(model, RetrievalConfig(), cycle_dataset, tmp_path, report={"best_epoch": 3})
-    assert path == tmp_path / "sasrec-cycles.safetensors"
-    meta = json.loads((tmp_path / "sasrec-cycles.json").read_text())
+    assert path == tmp_path / "sasrec-cycles.json"
+    meta = json.loads(path.read_text())
     assert meta["dataset_hash"] == cycle_dataset.content_hash and meta["report"]["best_epoch"] == 3
-    assert "checkpoint_dir" not in meta["train"]
+    assert not {"checkpoint_dir", "cache_dir", "text_cache_dir"} & set(meta["train"])
+    weights, _ = checkpoint_paths("cycles", tmp_path)
+    assert weights.name == meta["weights"] and weights.name.startswith("sasrec-cycles.")
     loaded = load_checkpoint(cycle_dataset, tmp_path)
     assert loaded is not None and not loaded.training
     hist = [[1, 2, 3], [5]]
     assert torch.allclose(loaded.score(hist), model.score(hist), rtol=1e-2, atol=1e-3)  # float16 on disk
     assert loaded.item_emb.weight.dtype == torch.float32
-    assert not list(tmp_path.glob("*.tmp"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, weights.name])  # no temp files
+
+
+def test_a_crash_before_the_meta_is_written_leaves_the_old_pair(cycle_dataset, tmp_path, monkeypatch):
+    from recdemo.retrieval import checkpoint as ckpt
+
+    old, new = random_model(cycle_dataset, seed=0), random_model(cycle_dataset, seed=1)
+    save_checkpoint(old, RetrievalConfig(), cycle_dataset, tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt  # killed after the new weights are on disk, before the meta
+    monkeypatch.setattr(ckpt, "write_json_atomically", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(new, RetrievalConfig(), cycle_dataset, tmp_path)
+    assert all((tmp_path / name).read_bytes() == data for name, data in before.items())
+    hist = [[1, 2, 3]]
+    assert torch.allclose(load_checkpoint(cycle_dataset, tmp_path).score(hist), old.score(hist), rtol=1e-2, atol=1e-3)
+
+    monkeypatch.undo()  # the next save replaces the pair and removes the weights the old meta named
+    save_checkpoint(new, RetrievalConfig(), cycle_dataset, tmp_path)
+    assert torch.allclose(load_checkpoint(cycle_dataset, tmp_path).score(hist), new.score(hist), rtol=1e-2, atol=1e-3)
+    old_weights = json.loads(before["sasrec-cycles.json"])["weights"]
+    assert not (tmp_path / old_weights).exists()
+
+
+def test_the_shipped_layout_still_loads_and_is_replaced_cleanly(cycle_dataset, tmp_path):
+    # Shipped checkpoints: sasrec-<name>.safetensors beside a JSON that names no weights file.
+    model = random_model(cycle_dataset)
+    meta_file = save_checkpoint(model, RetrievalConfig(), cycle_dataset, tmp_path)
+    meta = json.loads(meta_file.read_text())
+    (tmp_path / meta.pop("weights")).rename(tmp_path / "sasrec-cycles.safetensors")
+    del meta["weights_sha256"]
+    meta_file.write_text(json.dumps(meta))
+    hist = [[4, 5]]
+    assert torch.allclose(load_checkpoint(cycle_dataset, tmp_path).score(hist), model.score(hist), rtol=1e-2, atol=1e-3)
+    save_checkpoint(random_model(cycle_dataset, seed=3), RetrievalConfig(), cycle_dataset, tmp_path)
+    assert not (tmp_path / "sasrec-cycles.safetensors").exists()
+    assert load_checkpoint(cycle_dataset, tmp_path) is not None
+
+
+def test_locate_uses_the_shipped_checkpoint_only_for_the_data_it_was_trained_on(cycle_dataset, tmp_path):
+    shipped, cache = tmp_path / "shipped", tmp_path / "cache"
+    cfg = RetrievalConfig(checkpoint_dir=str(shipped), cache_dir=str(cache))
+    save_checkpoint(random_model(cycle_dataset), cfg, cycle_dataset, shipped)
+    assert locate(cycle_dataset, cfg) == (shipped, "cycles")
+    other = replace(cycle_dataset, sequences=[s[::-1] for s in cycle_dataset.sequences])
+    assert locate(other, cfg) == (cache, f"cycles-{other.content_hash}")
 
 
 def test_missing_checkpoint_gives_none(cycle_dataset, tmp_path):
@@ -46,8 +96,18 @@ def test_stale_checkpoint_is_rejected(cycle_dataset, tmp_path):
 
 
 def test_corrupt_weights_give_none(cycle_dataset, tmp_path):
-    weights = save_checkpoint(random_model(cycle_dataset), RetrievalConfig(), cycle_dataset, tmp_path)
+    save_checkpoint(random_model(cycle_dataset), RetrievalConfig(), cycle_dataset, tmp_path)
+    weights, _ = checkpoint_paths("cycles", tmp_path)
     weights.write_bytes(b"not a safetensors file")
+    assert load_checkpoint(cycle_dataset, tmp_path) is None
+
+
+def test_damaged_weights_that_still_parse_give_none(cycle_dataset, tmp_path):
+    save_checkpoint(random_model(cycle_dataset), RetrievalConfig(), cycle_dataset, tmp_path)
+    weights, _ = checkpoint_paths("cycles", tmp_path)
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one flipped bit in the last weight: a valid file with a wrong number
+    weights.write_bytes(bytes(data))
     assert load_checkpoint(cycle_dataset, tmp_path) is None
 
 

@@ -67,7 +67,10 @@ class Ranker:
         self.adapter = adapter
         self.fuse = self.cfg.fuse
         self.max_history = self.cfg.max_history
-        self.store = FusionStore(self.cfg.fusion_dir)
+        # A fusion_dir given to this ranker alone (tests, benches) takes tuned weights too; from the
+        # config they go to the cache, so tuning never rewrites a shipped file.
+        self.store = FusionStore(self.cfg.fusion_dir,
+                                 None if "fusion_dir" in overrides else self.cfg.fusion_cache_dir)
         self.last_info: dict = {}
 
     # -- the model --
@@ -104,10 +107,18 @@ class Ranker:
         return self.line_tokens(items, lambda title: title + end)
 
     def line_tokens(self, items, line) -> list[tuple[list[int], int]]:
-        """(token ids of ``line(title)``, item) per item."""
-        texts = [line(self.catalog.titles[int(i)]) for i in items]
+        """(token ids of ``line(title)``, item) per item, with the title as prompts show it."""
+        texts = [line(P.prompt_title(self.catalog.titles[int(i)])) for i in items]
         ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
         return [(list(t), int(i)) for t, i in zip(ids, items)]
+
+    def fit(self, build, history, reserve: int = 0, size=len):
+        """(history kept, ``build(history kept)``): the newest <= ``max_history`` items whose prompt
+        leaves ``reserve`` tokens of the model's context for what the call feeds after it
+        (``prompts.fit_to_context``: the one way every ranker's prompt meets the context)."""
+        recent = [int(h) for h in history][-self.max_history:]
+        limit = P.context_limit(self.service.llm) - reserve
+        return P.fit_to_context(build, recent, limit, size)
 
     def prompt(self, req: RerankRequest) -> str:
         raise NotImplementedError

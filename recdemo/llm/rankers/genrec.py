@@ -33,9 +33,18 @@ class GenRecRanker(Ranker):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._trie: TokenTrie | None = None
+        self._longest_answer = 0  # tokens of the longest title + end: what beams may add to the prompt
 
     def prompt(self, req: RerankRequest) -> str:
-        return self.render(self.template, history=self.history_text(req.history))
+        return self.fitted(req)[0]
+
+    def fitted(self, req: RerankRequest) -> tuple[str, list[int]]:
+        """(prompt, its token ids), the history cut to leave room for the longest catalog title."""
+        def text(history):
+            return self.render(self.template, history=self.history_text(history))
+        self.catalog_trie()
+        history, ids = self.fit(lambda h: self.encode_prompt(text(h)), req.history, self._longest_answer)
+        return text(history), ids
 
     def end_text(self) -> str:
         return P.end_of_answer(self.tokenizer) or P.TITLE_SEPARATOR
@@ -43,7 +52,9 @@ class GenRecRanker(Ranker):
     def catalog_trie(self) -> TokenTrie:
         """Built once per ranker: the whole catalog's titles (a few seconds for ~10k items)."""
         if self._trie is None:
-            self._trie = TokenTrie(self.answer_tokens(range(len(self.catalog)), self.end_text()))
+            answers = self.answer_tokens(range(len(self.catalog)), self.end_text())
+            self._longest_answer = max((len(t) for t, _ in answers), default=0)
+            self._trie = TokenTrie(answers)
         return self._trie
 
     def score_list(self, req: RerankRequest) -> ScoredList:
@@ -54,7 +65,7 @@ class GenRecRanker(Ranker):
             for h in seen:  # never recommend what the user already has; put back afterwards
                 trie.remove(h)
             try:
-                prompt_ids = self.encode_prompt(self.prompt(req))
+                prompt_ids = self.fitted(req)[1]
                 decoder = TreeDecoder(llm.model, prompt_ids, device=llm.device)
                 found = beam_titles(decoder, trie, req.k)
             finally:

@@ -34,15 +34,23 @@ class PALRRanker(Ranker):
 
     def prompt(self, req: RerankRequest, items: list[int] | None = None) -> str:
         items = items if items is not None else self.candidate_list(req).items
-        return self.render(self.template, history=self.history_text(req.history),
-                           profile=P.format_profile(req.profile),
-                           candidates=P.format_candidates(self.catalog, items), k=min(req.k, len(items)))
+        return self.fitted(req, items)[0]
+
+    def fitted(self, req: RerankRequest, items: list[int]) -> tuple[str, list[int]]:
+        """(prompt, its token ids) with the history cut to leave room for the k longest answers."""
+        def text(history):
+            return self.render(self.template, history=self.history_text(history),
+                               profile=P.format_profile(req.profile),
+                               candidates=P.format_candidates(self.catalog, items), k=min(req.k, len(items)))
+        answers = sorted(len(t) for t, _ in self.answer_tokens(items, P.TITLE_SEPARATOR))
+        history, ids = self.fit(lambda h: self.encode_prompt(text(h)), req.history, sum(answers[-req.k:]))
+        return text(history), ids
 
     def score_list(self, req: RerankRequest) -> ScoredList:
         out = self.candidate_list(req)
         start = time.perf_counter()
         with self.session() as (llm, adapter):
-            prompt_ids = self.encode_prompt(self.prompt(req, out.items))
+            prompt_ids = self.fitted(req, out.items)[1]
             trie = TokenTrie(self.answer_tokens(out.items, P.TITLE_SEPARATOR))
             decoder = TreeDecoder(llm.model, prompt_ids, device=llm.device)
             emitted = greedy_titles(decoder, trie, req.k)

@@ -31,9 +31,16 @@ class ScoreRanker(Ranker):
     name = "score"
     template = "sequence"
 
-    def pieces(self, req: RerankRequest) -> tuple[str, list]:
+    def pieces(self, req: RerankRequest, history=None) -> tuple[str, list]:
         head = P.render_open(self.tokenizer, self.template, self.domain)
-        return head, P.sequence_pieces(self.catalog, req.history, self.max_history)
+        history = self.fitted_history(req) if history is None else history
+        return head, P.sequence_pieces(self.catalog, history, self.max_history)
+
+    def fitted_history(self, req: RerankRequest) -> list[int]:
+        """The newest history items that leave room for the longest candidate line after the prompt."""
+        lines = [len(t) for t, _ in self.line_tokens([c.index for c in req.candidates], P.sequence_answer)]
+        return self.fit(lambda h: P.encode_pieces(self.tokenizer, *self.pieces(req, h))[0], req.history,
+                        max(lines, default=0))[0]
 
     def prompt(self, req: RerankRequest) -> str:
         head, pieces = self.pieces(req)

@@ -32,10 +32,22 @@ class TALLRecRanker(Ranker):
     template = "tallrec"
 
     def prompt(self, req: RerankRequest, item: int | None = None) -> str:
-        if item is None:
-            item = self.candidate_list(req).items[0]
-        return self.render(self.template, history=self.history_text(req.history),
-                           target=self.catalog.titles[int(item)])
+        items = self.candidate_list(req).items
+        history = self.fitted_history(req, items)
+        return self.text(history, items[0] if item is None else item)
+
+    def text(self, history, item: int) -> str:
+        return self.render(self.template, history=self.history_text(history),
+                           target=P.prompt_title(self.catalog.titles[int(item)]))
+
+    def fitted_history(self, req: RerankRequest, items: list[int]) -> list[int]:
+        """The newest history items with which every candidate's prompt fits the context."""
+        return self.fit_prompts(req, items)[0]
+
+    def fit_prompts(self, req: RerankRequest, items: list[int]) -> tuple[list[int], list[list[int]]]:
+        """(history kept, each candidate's prompt ids); the longest prompt decides."""
+        return self.fit(lambda h: [self.encode_prompt(self.text(h, i)) for i in items], req.history,
+                        size=lambda prompts: max(map(len, prompts), default=0))
 
     def answer_ids(self) -> tuple[int, int]:
         tok = self.tokenizer
@@ -49,7 +61,7 @@ class TALLRecRanker(Ranker):
         start = time.perf_counter()
         with self.session() as (llm, adapter):
             yes, no = self.answer_ids()
-            prompts = [self.encode_prompt(self.prompt(req, i)) for i in out.items]
+            prompts = self.fit_prompts(req, out.items)[1]
             n_shared = shared_prefix_length(prompts)
             decoder = TreeDecoder(llm.model, prompts[0][:n_shared], device=llm.device)
             p_yes: dict[int, float] = {}
