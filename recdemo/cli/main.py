@@ -25,6 +25,13 @@ def _dataset_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="folder holding the built-in datasets (default: $RECDEMO_DATA_DIR or ./data)")
 
 
+def _rerank_eval_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="rerank stage: users per model call (the score ranker batches; the others run one by one)")
+    p.add_argument("--profile", choices=["heuristic", "llm"], default="heuristic",
+                   help="rerank stage: the profile the ranker sees (heuristic: no LLM, what recorded numbers used)")
+
+
 def _llm_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--llm", help="smollm2-135m (default), a Hugging Face model id, or a local folder")
     p.add_argument("--device", help="auto | cpu | cuda")
@@ -71,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=int, help="evaluate a seeded random sample of N users")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-fuse", action="store_true", help="rerank stage: LLM score alone")
+    _rerank_eval_flags(p)
     p.add_argument("--json", help="write the metrics as JSON to this file")
 
     p = sub.add_parser("recommend", help="run the whole pipeline for one history")
