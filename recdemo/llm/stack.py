@@ -20,8 +20,11 @@ import threading
 from dataclasses import replace
 from typing import Callable
 
+import torch
+
 from recdemo.data.dataset import load_from_config
 from recdemo.errors import ModelNotFound
+from recdemo.llm.models import LLM, load_llm
 from recdemo.llm.profile import ProfileGenerator, heuristic_profile
 from recdemo.llm.rankers import get_ranker
 from recdemo.llm.service import LLMService
@@ -115,6 +118,10 @@ class Stack:
                 self._rankers[key] = get_ranker(name, self.service, self.dataset, chosen, **options)
             return self._rankers[key]
 
+    def training_llm(self) -> LLM:
+        """A bare model for fine-tuning in this process (the CLI owns it: no service, no copy)."""
+        return load_training_llm(self.cfg.llm)
+
     @property
     def profiles(self) -> ProfileGenerator:
         with self._locks["profile"]:
@@ -129,6 +136,21 @@ class Stack:
         if kind == "llm":
             return lambda catalog, history: self.profiles.generate(list(history))
         raise ValueError(f"unknown profile {kind!r}: choose one of {', '.join(PROFILES)}")
+
+
+def load_training_llm(cfg_llm) -> LLM:
+    """The base model, placed for this process (several under `accelerate launch`)."""
+    if torch.cuda.is_available() and cfg_llm.device != "cpu":
+        from accelerate import PartialState  # only on CUDA: keeps CPU start-up free of accelerate
+        state = PartialState()
+        if state.num_processes > 1:
+            # device_map="auto" would split the model over every GPU in each process; load on the
+            # CPU instead (bf16 halves RAM) and let accelerate move one replica to each GPU.
+            dtype = "bfloat16" if cfg_llm.dtype == "auto" else cfg_llm.dtype
+            llm = load_llm(replace(cfg_llm, device="cpu", dtype=dtype))
+            llm.device = state.device
+            return llm
+    return load_llm(cfg_llm)
 
 
 def heuristic_profile_of(catalog, history):
