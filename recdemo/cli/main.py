@@ -26,6 +26,7 @@ def _dataset_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _rerank_eval_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-fuse", action="store_true", help="rerank stage: LLM score alone")
     p.add_argument("--batch-size", type=int, default=1,
                    help="rerank stage: users per model call (the score ranker batches; the others run one by one)")
     p.add_argument("--profile", choices=["heuristic", "llm"], default="heuristic",
@@ -77,7 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ranker", choices=["palr", "score", "tallrec", "genrec"])
     p.add_argument("--users", type=int, help="evaluate a seeded random sample of N users")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-fuse", action="store_true", help="rerank stage: LLM score alone")
     _rerank_eval_flags(p)
     p.add_argument("--json", help="write the metrics as JSON to this file")
 

@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from recdemo.eval.core import UserList, final_items, ranks, retriever_candidates, retrieval_ranks, sample_cases, \
-    score_users
+from recdemo.eval.core import (UserList, final_items, ranks, retriever_candidates, retrieval_ranks, sample_cases,
+                               score_users)
 from recdemo.llm.fusion import GRID, METHODS, gain_p_value, select_weight
 from recdemo.llm.stack import heuristic_profile_of
 from recdemo.metrics import mean_interval, metrics_from_ranks, ratio_interval
@@ -135,8 +135,8 @@ def _valid_ratio(lists: list[UserList], weight: float, k: int, n_items: int, gen
     Valid: a candidate of that user (generative: a catalog item outside the user's history)."""
     returned = valid = 0
     for u in lists:
-        final, seen, past, cand_set = final_items(u.scored, weight, k, method), set(), set(u.history), \
-            set(u.candidates)
+        final, seen = final_items(u.scored, weight, k, method), set()
+        past, cand_set = set(u.history), set(u.candidates)
         returned += len(final)
         for i in final:
             ok = (0 <= i < n_items and i not in past) if generative else i in cand_set
