@@ -44,17 +44,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from recdemo.config import Config
-    from recdemo.data import load_dataset
     from recdemo.llm.explain import Explainer
     from recdemo.llm.profile import ProfileGenerator
-    from recdemo.llm.service import LLMService
+    from recdemo.llm.stack import Stack
     from recdemo.retrieval.baselines import ItemKNN
 
     cfg = Config.from_env()
     if args.dtype:
         cfg = cfg.set("llm", "dtype", args.dtype)
-    data = load_dataset(args.dataset, root=cfg.data.root)
-    service = LLMService(cfg.llm)
+    stack = Stack.from_config(cfg, dataset_name=args.dataset)
+    data, service = stack.dataset, stack.service
     tok = service.llm.tokenizer
     knn = ItemKNN.for_dataset(data)
     profiles = ProfileGenerator(service, data.catalog)

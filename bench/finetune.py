@@ -55,21 +55,18 @@ def main() -> None:
     from types import SimpleNamespace
 
     from recdemo.config import Config
-    from recdemo.data import load_dataset
     from recdemo.finetune.examples import TASKS, ExampleBuilder
     from recdemo.finetune.loop import FineTuneSpec, run_finetune
-    from recdemo.llm.models import load_llm
+    from recdemo.llm.stack import Stack
 
     cfg = Config.from_env()
-    ds = load_dataset(args.dataset, root=cfg.data.root)
+    stack = Stack.from_config(cfg, dataset_name=args.dataset, train_retriever=False, retriever_text_fallback=False)
+    ds = stack.dataset
     retriever = None
-    if not args.no_retriever:
-        try:
-            from recdemo.retrieval.retriever import Retriever
-            retriever = Retriever.for_dataset(ds, cfg.retrieval, train_if_missing=False)
-        except Exception as e:  # noqa: BLE001 - the bench runs without SASRec too
-            print(f"note: no SASRec checkpoint ({e}); negatives from attributes/popularity")
-    llm = load_llm(cfg.llm)
+    if not args.no_retriever:  # the bench runs without SASRec too
+        retriever = stack.optional_retriever(
+            lambda e: print(f"note: no SASRec checkpoint ({e}); negatives from attributes/popularity"))
+    llm = stack.training_llm()
     lengths = token_lengths(ExampleBuilder(ds, llm.tokenizer, retriever), list(TASKS))
 
     tasks = args.tasks.split(",")

@@ -49,22 +49,20 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from recdemo.config import Config
-    from recdemo.data import load_dataset
     from recdemo.finetune.examples import ExampleBuilder
     from recdemo.finetune.validate import ranking_metrics
-    from recdemo.llm.service import LLMService
+    from recdemo.llm.stack import Stack
 
     cfg = Config.from_env()
-    service = LLMService(cfg.llm)
+    service = Stack(cfg).service
     name = service.register_adapter(args.adapter)
     meta = service.adapters.meta(name)
-    ds = load_dataset(args.dataset or meta["dataset"], root=cfg.data.root)
-    source = "sasrec"
-    try:
-        from recdemo.retrieval.retriever import Retriever
-        retriever = Retriever.for_dataset(ds, cfg.retrieval, train_if_missing=False)
-    except Exception as e:  # noqa: BLE001 - no checkpoint: item-kNN stands in
-        print(f"note: no SASRec checkpoint ({str(e)[:120]}...); candidates from item-kNN")
+    stack = Stack.from_config(cfg, service=service, dataset_name=args.dataset or meta["dataset"],
+                              train_retriever=False, retriever_text_fallback=False)
+    ds, source = stack.dataset, "sasrec"
+    retriever = stack.optional_retriever(
+        lambda e: print(f"note: no SASRec checkpoint ({str(e)[:120]}...); candidates from item-kNN"))
+    if retriever is None:  # no checkpoint: item-kNN stands in
         retriever, source = KNNCandidates(ds), "item_knn"
     cases = ds.eval_cases("valid")
     pick = np.random.default_rng(args.seed).permutation(len(cases))[: args.users]

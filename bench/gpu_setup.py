@@ -171,11 +171,13 @@ class PopularityCandidates:
 
 
 def candidate_source(dataset, cfg):
+    from recdemo.llm.stack import Stack
     try:
-        from recdemo.retrieval.retriever import Retriever
-        return Retriever.for_dataset(dataset, cfg.retrieval, train_if_missing=False), "sasrec"
+        stack = Stack(cfg, dataset=dataset, train_retriever=False, retriever_text_fallback=False)
+        retriever = stack.optional_retriever()
     except Exception:  # noqa: BLE001 - candidates only need to be plausible for timing
-        return PopularityCandidates(dataset), "popularity"
+        retriever = None
+    return (retriever, "sasrec") if retriever is not None else (PopularityCandidates(dataset), "popularity")
 
 
 def matmul_rate(dev: Dev, dtype: torch.dtype, n: int, reps: int = 10) -> float:

@@ -90,33 +90,33 @@ def pick_users(dataset, n: int, seed: int = 0) -> list[list[int]]:
     return [[int(x) for x in cases[i].history] for i in idx]
 
 
-def candidates_source(dataset, cfg):
-    try:
-        from recdemo.retrieval.retriever import Retriever
-        return Retriever.for_dataset(dataset, cfg.retrieval, train_if_missing=False), "sasrec"
-    except Exception as e:  # noqa: BLE001 - the bench runs without a SASRec checkpoint too
-        print(f"note: no SASRec checkpoint ({str(e)[:120]}); popularity candidates", file=sys.stderr)
-        counts = np.bincount(np.concatenate(dataset.train_sequences()), minlength=dataset.n_items)
+def candidates_source(stack):
+    retriever = stack.optional_retriever(  # the bench runs without a SASRec checkpoint too
+        lambda e: print(f"note: no SASRec checkpoint ({str(e)[:120]}); popularity candidates", file=sys.stderr))
+    if retriever is not None:
+        return retriever, "sasrec"
+    dataset = stack.dataset
+    counts = np.bincount(np.concatenate(dataset.train_sequences()), minlength=dataset.n_items)
 
-        class Pop:
-            def top_k(self, history, k=50):
-                s = counts.astype(float)
-                s[list(history)] = -1
-                top = np.argsort(-s, kind="stable")[:k]
-                return [(int(i), float(s[i])) for i in top]
+    class Pop:
+        def top_k(self, history, k=50):
+            s = counts.astype(float)
+            s[list(history)] = -1
+            top = np.argsort(-s, kind="stable")[:k]
+            return [(int(i), float(s[i])) for i in top]
 
-            def score_all(self, history):
-                return counts.astype(float)
-        return Pop(), "popularity"
+        def score_all(self, history):
+            return counts.astype(float)
+    return Pop(), "popularity"
 
 
-def bench_rerank(service, dataset, retriever, users, rankers, adapter=None) -> dict:
+def bench_rerank(stack, retriever, users, rankers, adapter=None) -> dict:
     from recdemo.llm.profile import heuristic_profile
-    from recdemo.llm.rankers import get_ranker
     from recdemo.records import Candidate, RerankRequest
+    service, dataset = stack.service, stack.dataset
     out = {}
     for name in rankers:
-        r = get_ranker(name, service, dataset, retriever, adapter=adapter)
+        r = stack.ranker(name, retriever=retriever, adapter=adapter)
         extra = {}
         if name == "genrec":
             start = time.perf_counter()
@@ -216,9 +216,8 @@ def main() -> None:
     from dataclasses import replace
 
     from recdemo.config import Config
-    from recdemo.data import load_dataset
     from recdemo.llm.models import load_llm, resolve_model_path
-    from recdemo.llm.service import LLMService
+    from recdemo.llm.stack import Stack
 
     cfg = Config.from_env()
     if args.dtype:
@@ -234,21 +233,21 @@ def main() -> None:
         results["dtype"] = bench_dtype(resolve_model_path(cfg.llm.model, cfg.llm.cache_dir),
                                        [1, 2])
         torch.set_num_threads(args.threads)
-    dataset = load_dataset(args.dataset, root=cfg.data.root)
+    stack = Stack.from_config(cfg, dataset_name=args.dataset, train_retriever=False, retriever_text_fallback=False)
+    dataset, service = stack.dataset, stack.service
     users = pick_users(dataset, args.users)
-    service = LLMService(cfg.llm)
     results["model"] = service.describe()
     if "profile" in only:
         results["profile"] = bench_profile(service, dataset, users)
     if "rerank" in only:
-        retriever, source = candidates_source(dataset, cfg)
+        retriever, source = candidates_source(stack)
         results["candidates"] = source
-        results["rerank"] = bench_rerank(service, dataset, retriever, users, args.rankers.split(","))
+        results["rerank"] = bench_rerank(stack, retriever, users, args.rankers.split(","))
         for ranker in args.adapter_rankers.split(",") if args.adapter else []:
             # the same ranker with its LoRA adapter active (peft layers, not merged)
             name = service.resolve_adapter(args.adapter, dataset.name, ranker)
             if name:
-                results["rerank"].update(bench_rerank(service, dataset, retriever, users, [ranker], adapter=name))
+                results["rerank"].update(bench_rerank(stack, retriever, users, [ranker], adapter=name))
     if "train" in only:
         results["train"] = {dt: bench_train(load_llm(replace(cfg.llm, dtype=dt))) for dt in ("float32", "bfloat16")}
 

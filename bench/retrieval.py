@@ -24,8 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from recdemo.config import Config  # noqa: E402
-from recdemo.data import load_dataset  # noqa: E402
-from recdemo.retrieval.retriever import Retriever  # noqa: E402
+from recdemo.llm.stack import Stack  # noqa: E402
 from recdemo.retrieval.train import train_sasrec  # noqa: E402
 
 
@@ -42,8 +41,8 @@ def latency(fn, histories, warmup: int = 10) -> dict:
 
 
 def bench_dataset(name: str, cfg: Config, queries: int, train: bool, seed: int) -> dict:
-    dataset = load_dataset(name, root=cfg.data.root)
-    retriever = Retriever.for_dataset(dataset, cfg.retrieval, train_if_missing=True)
+    stack = Stack.from_config(cfg, dataset_name=name, retriever_text_fallback=False)
+    dataset, retriever = stack.dataset, stack.retriever
     rng = np.random.default_rng(seed)
     cases = dataset.eval_cases("test")
     histories = [cases[i].history.tolist() for i in rng.choice(len(cases), size=min(queries, len(cases)),

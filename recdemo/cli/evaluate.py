@@ -5,10 +5,12 @@ import json
 import sys
 from pathlib import Path
 
+from recdemo.eval.core import can_batch
 from recdemo.eval.rerank_eval import evaluate_rerank
 from recdemo.eval.retrieval_eval import N_SAMPLED_NEGATIVES, PROTOCOLS, evaluate_models
 from recdemo.llm.fusion import weight_key
-from recdemo.llm.rankers import get_ranker
+from recdemo.llm.stack import Stack
+from recdemo.retrieval.baselines import ItemKNN, Popularity
 
 COLUMNS = ("ndcg@10", "hr@10", "ndcg@5", "hr@5", "ndcg@20", "hr@20", "mrr")
 MODEL_LABELS = {"sasrec": "SASRec", "popularity": "most popular", "item_knn": "item-kNN (last 20)"}
@@ -37,27 +39,24 @@ def cli_evaluate(args, cfg) -> int:
     if getattr(args, "stage", "retrieval") == "rerank":
         return cli_rerank(args, cfg)
 
-    from recdemo.data import load_from_config
-    from recdemo.retrieval.baselines import ItemKNN, Popularity
-    from recdemo.retrieval.retriever import Retriever
-
-    dataset = load_from_config(cfg.data)
-    retriever = Retriever.for_dataset(dataset, cfg.retrieval, train_if_missing=True)
+    # evaluation histories are SASRec's own training data: no text-similarity fallback to load
+    stack = Stack.from_config(cfg, retriever_text_fallback=False)
+    dataset, retriever = stack.dataset, stack.retriever
     models = {
         "sasrec": retriever.score_batch,
         "popularity": Popularity.for_dataset(dataset).score_batch,
         "item_knn": ItemKNN.for_dataset(dataset).score_batch,
     }
     split, protocol, seed = args.split, args.protocol, args.seed
-    protocols = [protocol]
-    other = "sampled100" if protocol == "full" else "full"
-    if other != "sampled100" or can_sample(dataset, split):
-        protocols.append(other)  # the other protocol as an extra column
+    protocols = [p for p in ("full", "unmasked", "sampled100")
+                 if p == protocol or p != "sampled100" or can_sample(dataset, split)]
+    protocols = list(dict.fromkeys(protocols))  # the headline's other protocols are extra columns
     result = evaluate_models(models, dataset, split=split, users=args.users, seed=seed, protocols=protocols)
     users = result[protocol]["sasrec"]["users"]
     print(f"{dataset.name} ({dataset.content_hash}), {split} split, {users} users, leave-one-out; "
           f"{protocol} protocol" + (" (every item ranked, history excluded)" if protocol == "full" else ""))
     print(format_table(result, protocol))
+    print("unmasked: every item ranked with the user's earlier items left in (published numbers differ on this)")
 
     out = {
         **{k: v for k, v in result[protocol]["sasrec"].items() if k != "seconds"},
@@ -70,31 +69,37 @@ def cli_evaluate(args, cfg) -> int:
         "users_requested": args.users,
         "checkpoint": {k: retriever.meta.get(k) for k in ("dataset_hash", "model", "created")},
         "baselines": {name: result[protocol][name] for name in models if name != "sasrec"},
+        "unmasked": result["unmasked"],
         "protocols": result,
     }
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(out, indent=1))
-        print(f"wrote {path}")
+        write_json(args.json, out)
     return 0
 
 
-def cli_rerank(args, cfg) -> int:
-    from recdemo.data.dataset import load_from_config
-    from recdemo.llm.service import LLMService
-    from recdemo.retrieval.retriever import Retriever
+def write_json(path, data: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1))
+    print(f"wrote {path}")
 
-    dataset = load_from_config(cfg.data)
+
+def cli_rerank(args, cfg) -> int:
+    stack = Stack.from_config(cfg, retriever_text_fallback=False)
+    dataset, service = stack.dataset, stack.service
     name = cfg.llm.ranker  # --ranker is applied to the config
-    service = LLMService(cfg.llm)
     adapter = service.resolve_adapter(cfg.llm.adapter, dataset.name, name)
-    retriever = Retriever.for_dataset(dataset, cfg.retrieval, train_if_missing=True)
-    ranker = get_ranker(name, service, dataset, retriever, adapter=adapter, fuse=not args.no_fuse)
+    retriever = stack.retriever
+    ranker = stack.ranker(name, retriever=retriever, adapter=adapter, fuse=not args.no_fuse)
     select = args.split == "valid" and not args.no_fuse
     weight = 1.0 if args.no_fuse else None
+    batch_size = getattr(args, "batch_size", 1) or 1
+    profile = getattr(args, "profile", "heuristic") or "heuristic"
     print(f"rerank evaluation: {dataset.name}, {args.split} split, ranker {name}, "
-          f"model {service.describe()}, adapter {adapter or 'none (base model)'}", file=sys.stderr)
+          f"model {service.describe()}, adapter {adapter or 'none (base model)'}, {profile} profile", file=sys.stderr)
+    if batch_size > 1 and not can_batch(ranker):
+        print(f"note: the {name} ranker does not batch users; --batch-size {batch_size} is ignored "
+              "(one user per call)", file=sys.stderr)
 
     def progress(n, total):
         if n % 10 == 0 or n == total:
@@ -102,7 +107,9 @@ def cli_rerank(args, cfg) -> int:
 
     metrics = evaluate_rerank(ranker, dataset, retriever, split=args.split, users=args.users, seed=args.seed,
                               n_candidates=cfg.retrieval.n_candidates, k=cfg.llm.n_results, weight=weight,
-                              select=select, progress=progress)
+                              select=select, progress=progress, batch_size=batch_size,
+                              profile_fn=stack.profile_fn(profile))
+    metrics.update(profile=profile, batch_size=batch_size if can_batch(ranker) else 1)
     if select:
         path = ranker.store.save(dataset.name, dataset.content_hash,
                                  weight_key(service.llm.name, adapter, name), metrics["fusion_weight"],
@@ -111,8 +118,7 @@ def cli_rerank(args, cfg) -> int:
         metrics["fusion_saved_to"] = str(path)
     print(format_rerank_table(metrics))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(metrics, indent=1))
+        write_json(args.json, metrics)
     return 0
 
 

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import torch
 
 from recdemo.config import FinetuneConfig
+from recdemo.llm.stack import Stack, load_training_llm
 
 
 def spec_from_config(cfg: FinetuneConfig):
@@ -22,36 +23,19 @@ def spec_from_config(cfg: FinetuneConfig):
 
 def load_model_for_training(cfg_llm):
     """The base model, placed for this process (several under `accelerate launch`)."""
-    from dataclasses import replace
-
-    from recdemo.llm.models import load_llm
-
-    if torch.cuda.is_available() and cfg_llm.device != "cpu":
-        from accelerate import PartialState
-        state = PartialState()
-        if state.num_processes > 1:
-            # device_map="auto" would split the model over every GPU in each process; load on the
-            # CPU instead (bf16 halves RAM) and let accelerate move one replica to each GPU.
-            dtype = "bfloat16" if cfg_llm.dtype == "auto" else cfg_llm.dtype
-            llm = load_llm(replace(cfg_llm, device="cpu", dtype=dtype))
-            llm.device = state.device
-            return llm
-    return load_llm(cfg_llm)
+    return load_training_llm(cfg_llm)
 
 
 def load_retriever(dataset, cfg):
     """SASRec for hard negatives and evaluation candidates; None (with a note) when it has no
     checkpoint yet: fine-tuning does not silently spend many minutes training SASRec first."""
-    from recdemo.errors import ModelNotFound
-    try:
-        from recdemo.retrieval.retriever import Retriever
-        return Retriever.for_dataset(dataset, cfg.retrieval, train_if_missing=False)
-    except (ImportError, ModelNotFound) as e:
-        print(f"note: no SASRec retriever ({e}).\n      Training goes on with negatives that share "
+    def note(reason: str) -> None:
+        print(f"note: no SASRec retriever ({reason}).\n      Training goes on with negatives that share "
               "attributes (or popular items), and validation ranks sampled candidate lists; train "
               f"SASRec first (`python -m recdemo train --dataset {dataset.name}`) for its hard negatives "
               "and real top-50 lists.")
-        return None
+    stack = Stack(cfg, dataset=dataset, train_retriever=False, retriever_text_fallback=False)
+    return stack.optional_retriever(note)
 
 
 def cli_finetune(args, cfg) -> int:

@@ -58,6 +58,14 @@ def _dataset_flags(p: argparse.ArgumentParser) -> None:
         config_flag(p, "data", name)
 
 
+def _rerank_eval_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-fuse", action="store_true", help="rerank stage: LLM score alone")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="rerank stage: users per model call (the score ranker batches; the others run one by one)")
+    p.add_argument("--profile", choices=["heuristic", "llm"], default="heuristic",
+                   help="rerank stage: the profile the ranker sees (heuristic: no LLM, what recorded numbers used)")
+
+
 def _llm_flags(p: argparse.ArgumentParser, ranker: bool = True) -> None:
     for name in ("model", "device", "dtype", "adapter"):
         config_flag(p, "llm", name)
@@ -92,7 +100,7 @@ def _evaluate_parser(p: argparse.ArgumentParser, limits: LimitsConfig) -> None:
     p.add_argument("--split", choices=["test", "valid"], default="test")
     p.add_argument("--users", type=int, help="evaluate a seeded random sample of N users")
     p.add_argument("--seed", type=int, default=0, help="seed of the user sample")
-    p.add_argument("--no-fuse", action="store_true", help="rerank stage: LLM score alone")
+    _rerank_eval_flags(p)
     p.add_argument("--json", help="write the metrics as JSON to this file")
 
 

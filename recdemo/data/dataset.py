@@ -82,6 +82,22 @@ class Dataset:
                 "interactions": self.n_interactions, "mean_length": float(np.mean(lens)),
                 "hash": self.content_hash}
 
+    def statistics(self) -> dict:
+        """What a protocol comparison needs: how often users repeat an item, and the split sizes.
+
+        ``repeat_share``: interactions whose item is already earlier in the same user's sequence,
+        over all interactions (when it is near 0, ranking earlier items only wastes slots, so masked
+        and unmasked numbers differ most). Splits (leave-one-out): a user with three or more items
+        gives one ``valid`` case (second to last item) and one ``test`` case (last item); training
+        sees the rest, where every item after a user's first is a next-item target."""
+        repeats = sum(len(s) - len(np.unique(s)) for s in self.sequences)
+        train = self.train_sequences()
+        return {"users": len(self.users), "items": self.n_items, "interactions": self.n_interactions,
+                "repeats": int(repeats), "repeat_share": repeats / self.n_interactions if self.n_interactions else 0.0,
+                "train_interactions": int(sum(len(t) for t in train)),
+                "train_targets": int(sum(max(len(t) - 1, 0) for t in train)),
+                "valid_cases": len(self.eval_cases("valid")), "test_cases": len(self.eval_cases("test"))}
+
 
 def build_dataset(raw: RawData, name: str, source: str = "") -> Dataset:
     """Validate references between the two tables, then group interactions into sequences."""

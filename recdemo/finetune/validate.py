@@ -13,6 +13,11 @@ import math
 import numpy as np
 import torch
 
+from recdemo.eval.core import ranks, retriever_candidates, score_users
+from recdemo.finetune.examples import make_profile
+from recdemo.llm.fusion import select_weight
+from recdemo.llm.models import LLM
+from recdemo.llm.rankers.score import ScoreRanker
 from recdemo.metrics import metrics_from_ranks
 from recdemo.records import Candidate
 
@@ -106,68 +111,54 @@ def answer_loss(model, encoded: list[dict], pad_id: int, device, cancel=None, ra
     return {k: (s[0] / s[1] if s[1] else float("nan")) for k, s in sums.items()}
 
 
-def _candidates(builder, case, retriever, n: int, rng: np.random.Generator) -> list[Candidate]:
-    """SASRec's top-n for the history (as at inference); without a retriever the held-out item plus
-    n-1 popularity-sampled items, shuffled, all with score 0."""
-    history = [int(x) for x in case.history]
-    if retriever is not None:
-        return [Candidate(int(i), float(s), r) for r, (i, s) in enumerate(retriever.top_k(history, n), 1)]
-    items = rng.permutation([int(case.target)] + builder.negatives([case.target], history, n - 1, rng))
-    return [Candidate(int(i), 0.0, r) for r, i in enumerate(items, 1)]
+def sampled_candidates(builder, n: int, seed: int):
+    """``case -> [Candidate]`` without a retriever: the held-out item plus n-1 popularity-sampled
+    items, shuffled, all with score 0 (one seeded generator across the cases, in order)."""
+    rng = np.random.default_rng(seed + 7)
+
+    def candidates(case) -> list[Candidate]:
+        history = [int(x) for x in case.history]
+        items = rng.permutation([int(case.target)] + builder.negatives([case.target], history, n - 1, rng))
+        return [Candidate(int(i), 0.0, r) for r, i in enumerate(items, 1)]
+    return candidates
 
 
 def ranking_metrics(model, builder, cases, retriever=None, n_candidates: int = 50, k: int = 10,
                     seed: int = 0, cancel=None, device=None, llm_name: str = "finetune") -> dict:
-    """The ``score`` ranker (exactly as at inference) on validation users' candidate lists.
+    """The ``score`` ranker (exactly as at inference) on validation users' candidate lists, scored
+    by the evaluation core (eval/core.py) that ``evaluate`` uses.
 
-    Returns HR/NDCG/MRR of the LLM order (``hr@10``...), of SASRec's order of the same lists
-    (``sasrec_*``; ``random_*`` without a retriever), and of the fused order at the weight that
-    fusion.select_weight picks on these users (``fused_*``, ``fusion_weight``). A user whose held-out
-    item is not among the candidates counts as a miss for all three and costs no LLM time."""
-    from recdemo.records import RerankRequest
-    from recdemo.finetune.examples import make_profile
-    from recdemo.llm.fusion import fused_order, select_weight, target_rank
-    from recdemo.llm.models import LLM
-    from recdemo.llm.rankers.score import ScoreRanker
-
+    Candidates: SASRec's top-n (as at inference); without a retriever ``sampled_candidates``.
+    Returns HR/NDCG/MRR of the LLM order (``hr@10``...; ranks over the whole list), of SASRec's
+    order of the same lists (``sasrec_*``; ``random_*`` without a retriever), and of the fused order
+    at the weight that fusion.select_weight picks on these users (``fused_*``, ``fusion_weight``).
+    A user whose held-out item is not among the candidates counts as a miss for all three and costs
+    no LLM time."""
     was_training = model.training
     model.eval()
-    tok = builder.tok
-    record = LLM(model=model, tokenizer=tok, name=llm_name, device=torch.device(device or "cpu"),
+    record = LLM(model=model, tokenizer=builder.tok, name=llm_name, device=torch.device(device or "cpu"),
                  dtype=next(model.parameters()).dtype)
     ranker = ScoreRanker(record, builder.dataset, retriever, fuse=False, max_history=builder.max_history)
-    rng = np.random.default_rng(seed + 7)
-    lists = []  # per user: (sasrec scores, llm scores, target position or -1), as fusion wants them
+    candidates = (retriever_candidates(retriever, n_candidates) if retriever is not None
+                  else sampled_candidates(builder, n_candidates, seed))
     try:
-        for case in cases:
-            check_cancel(cancel)
-            cands = _candidates(builder, case, retriever, n_candidates, rng)
-            if int(case.target) not in {c.index for c in cands}:
-                lists.append((np.zeros(1), np.zeros(1), -1))
-                continue
-            history = [int(x) for x in case.history]
-            req = RerankRequest(history=history, candidates=cands, k=k,
-                                profile=make_profile(builder.catalog, history[-builder.max_history:]))
-            scored = ranker.score_list(req)
-            pos = scored.items.index(int(case.target)) if int(case.target) in scored.items else -1
-            lists.append((scored.sasrec, scored.llm, pos))
+        lists = score_users(ranker, cases, candidates, k=k, skip_missing=True, check=lambda: check_cancel(cancel),
+                            profile_fn=lambda catalog, h: make_profile(catalog, h[-builder.max_history:]))
     finally:
         model.train(was_training)
 
-    def ranks(weight: float) -> list[int]:
-        return [target_rank(fused_order(sas, llm, weight), pos) for sas, llm, pos in lists]
-
-    metrics = dict(metrics_from_ranks(ranks(1.0)))
-    base = "sasrec" if retriever is not None else "random"  # the order the LLM has to beat
+    metrics = dict(metrics_from_ranks(ranks(lists, 1.0, None)))
     if retriever is not None:
-        metrics.update({f"sasrec_{m}": v for m, v in metrics_from_ranks(ranks(0.0)).items() if m != "users"})
-        weight, _ = select_weight(lists, k=k)
-        metrics.update({f"fused_{m}": v for m, v in metrics_from_ranks(ranks(weight)).items() if m != "users"})
+        metrics.update({f"sasrec_{m}": v for m, v in metrics_from_ranks(ranks(lists, 0.0, None)).items()
+                        if m != "users"})
+        weight, _ = select_weight([u.triple() for u in lists], k=k)
+        metrics.update({f"fused_{m}": v for m, v in metrics_from_ranks(ranks(lists, weight, None)).items()
+                        if m != "users"})
         metrics["fusion_weight"] = weight
     else:  # a shuffled list: every rank equally likely, so all of them averaged is the expectation
-        metrics.update({f"{base}_{m}": v for m, v in metrics_from_ranks(
-            [r for _, _, pos in lists for r in range(n_candidates)]).items() if m != "users"})
-    metrics["users_with_target_in_candidates"] = sum(pos >= 0 for _, _, pos in lists)
+        metrics.update({f"random_{m}": v for m, v in metrics_from_ranks(
+            [r for _ in lists for r in range(n_candidates)]).items() if m != "users"})
+    metrics["users_with_target_in_candidates"] = sum(u.target in u.candidates for u in lists)
     metrics["candidates"] = n_candidates
     return metrics
 

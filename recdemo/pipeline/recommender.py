@@ -13,11 +13,9 @@ import logging
 import random
 import threading
 import time
-from dataclasses import replace
 
 import numpy as np
 
-from recdemo.data.dataset import load_from_config
 from recdemo.llm.explain import Explainer
 from recdemo.errors import ModelNotFound
 from recdemo.llm.profile import ProfileGenerator, heuristic_profile
@@ -25,77 +23,56 @@ from recdemo.llm.rankers import check_ranker, get_ranker
 from recdemo.pipeline.personas import build_personas
 from recdemo.llm.prompts import domain_for
 from recdemo.llm.service import LLMService
+from recdemo.llm.stack import Stack
 from recdemo.records import Candidate, RerankRequest, Recommendation
 
 log = logging.getLogger(__name__)
 
 
 class Recommender:
-    def __init__(self, dataset, cfg, service: LLMService | None = None, retriever=None, text_index=None):
+    def __init__(self, dataset, cfg, service: LLMService | None = None, retriever=None, text_index=None,
+                 stack: Stack | None = None):
+        # Every part (retriever, text index, service, rankers, profiles) comes from one Stack, the
+        # same builder evaluation and fine-tuning use.
+        self.stack = stack if stack is not None else Stack(cfg, dataset=dataset, service=service,
+                                                           retriever=retriever, text_index=text_index)
         self.dataset, self.cfg, self.catalog, self.name = dataset, cfg, dataset.catalog, dataset.name
         self.domain = domain_for(self.catalog)
         check_ranker(cfg.llm.ranker)  # a bad RECDEMO_RANKER fails here, not on the first request
-        self.service = service if service is not None else LLMService(cfg.llm)
-        self._retriever, self._text_index = retriever, text_index
-        self._text_index_failed = False
-        self._rankers: dict[str, object] = {}
-        self._profiles: ProfileGenerator | None = None
+        self.service = self.stack.service
         self._explainer: Explainer | None = None
+        self._explain_lock = threading.RLock()
         self._personas: dict[str, list[str]] | None = None
-        # One lock per lazily built part: a search must not wait while SASRec trains on first use.
-        self._locks = {k: threading.RLock() for k in ("text", "retriever", "ranker", "profile", "explain")}
 
     @classmethod
     def from_config(cls, cfg, dataset_name: str | None = None, data_dir: str | None = None,
                     service: LLMService | None = None) -> "Recommender":
-        data = cfg.data
-        if dataset_name is not None or data_dir is not None:
-            data = replace(data, dataset=dataset_name or data.dataset, data_dir=data_dir)
-        return cls(load_from_config(data), replace(cfg, data=data), service=service)
+        stack = Stack.from_config(cfg, service=service, dataset_name=dataset_name, data_dir=data_dir)
+        return cls(stack.dataset, stack.cfg, stack=stack)
 
-    # -- lazily built parts (each once, even with concurrent callers) --
+    # -- lazily built parts (each once, even with concurrent callers: see llm/stack.py) --
     @property
     def text_index(self):
         """The TextIndex (typo-tolerant search, content similarity), or None if it cannot be built."""
-        with self._locks["text"]:
-            if self._text_index is None and not self._text_index_failed:
-                try:
-                    from recdemo.retrieval.text_index import TextIndex
-                    self._text_index = TextIndex.for_dataset(self.dataset, self.cfg.retrieval)
-                except Exception:  # noqa: BLE001 - search and explanations work without it
-                    log.warning("text index unavailable for %s", self.name, exc_info=True)
-                    self._text_index_failed = True
-            return self._text_index
+        return self.stack.text_index
 
     @property
     def retriever(self):
-        with self._locks["retriever"]:
-            if self._retriever is None:
-                from recdemo.retrieval.retriever import Retriever
-                self._retriever = Retriever.for_dataset(self.dataset, self.cfg.retrieval, train_if_missing=True,
-                                                        text_index=self.text_index)
-            return self._retriever
+        return self.stack.retriever
 
     def ranker(self, name: str):
-        with self._locks["ranker"]:
-            if name not in self._rankers:
-                # the retriever as built by the retrieval stage (None when it fell back to text similarity)
-                self._rankers[name] = get_ranker(name, self.service, self.dataset, self._retriever)
-            return self._rankers[name]
+        # the retriever as built by the retrieval stage (None when it fell back to text similarity)
+        return self.stack.ranker(name)
 
     @property
     def profiles(self) -> ProfileGenerator:
-        with self._locks["profile"]:
-            if self._profiles is None:
-                self._profiles = ProfileGenerator(self.service, self.catalog, self.cfg.llm.max_history)
-            return self._profiles
+        return self.stack.profiles
 
     @property
     def explainer(self) -> Explainer:
-        with self._locks["explain"]:
+        with self._explain_lock:
             if self._explainer is None:
-                retriever = self.retriever if self._retriever is not None else None
-                self._explainer = Explainer(self.service, self.dataset, retriever, self.text_index,
+                self._explainer = Explainer(self.service, self.dataset, self.stack.built_retriever, self.text_index,
                                             max_history=self.cfg.llm.max_history)
             return self._explainer
 
@@ -239,7 +216,7 @@ class Recommender:
 
     def _ranker_name(self, requested: str | None) -> str:
         name = (requested or self.cfg.llm.ranker).strip().lower()
-        return name if name in self._rankers else check_ranker(name)
+        return name if name in self.stack._rankers else check_ranker(name)
 
     def _check_sizes(self, history, n_candidates, k) -> tuple[int, int]:
         """Every size a request chooses, within cfg.limits: one call must not run the server out of

@@ -112,6 +112,22 @@ def test_unused_items_are_dropped_and_split_is_leave_one_out(tmp_path):
         ds.eval_cases("train")
 
 
+def test_statistics_count_repeats_and_the_split(tmp_path, capsys):
+    from recdemo.cli.main import main
+
+    folder = make(tmp_path, "user_id,item_id,timestamp\nu,a,1\nu,b,2\nu,a,3\nu,c,4\nv,a,1\nv,b,2\n"
+                            "w,b,1\nw,b,2\nw,b,3\n")
+    s = load(folder).statistics()
+    assert (s["users"], s["items"], s["interactions"]) == (3, 3, 9)
+    assert s["repeats"] == 3 and s["repeat_share"] == pytest.approx(3 / 9)  # u's second a, w's b twice
+    # u and w have three or more items: one valid and one test case each; v trains only
+    assert (s["valid_cases"], s["test_cases"]) == (2, 2)
+    assert (s["train_interactions"], s["train_targets"]) == (2 + 2 + 1, 1 + 1 + 0)
+    assert main(["data", "info", "--data-dir", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "repeat share 33.33%" in out and "valid 2 cases, test 2 cases" in out
+
+
 def test_content_hash_follows_content_and_load_notices_edits(tmp_path):
     folder = make(tmp_path, "user_id,item_id,timestamp\nu,a,1\nu,b,2\n")
     first = load(folder)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from recdemo.cli.evaluate import format_rerank_table
-from recdemo.eval.rerank_eval import evaluate_rerank, sample_cases
+from recdemo.eval.rerank_eval import evaluate_rerank
 from recdemo.llm.rankers import Ranker, get_ranker
 
 from conftest import PopularityRetriever, make_toy_dataset
@@ -42,15 +42,6 @@ def baseline_ndcg(ds, retriever, split, k=10):
         top = [i for i, _ in retriever.top_k(list(c.history), 50)][:k]
         vals.append(1 / np.log2(top.index(c.target) + 2) if c.target in top else 0.0)
     return float(np.mean(vals))
-
-
-def test_sample_is_seeded_and_shared_by_splits(data):
-    ds, _ = data
-    a = [c.user for c in sample_cases(ds, "test", 10, seed=1)]
-    assert a == [c.user for c in sample_cases(ds, "test", 10, seed=1)]
-    assert a == [c.user for c in sample_cases(ds, "valid", 10, seed=1)]
-    assert a != [c.user for c in sample_cases(ds, "test", 10, seed=2)]
-    assert len(sample_cases(ds, "test", None)) == len(ds.eval_cases("test"))
 
 
 def test_oracle_metrics_and_baseline_are_computed_honestly(data):
@@ -124,16 +115,16 @@ def test_cli_selects_on_valid_then_applies_the_weight_on_test(data, tiny_llm, tm
     import json
     from dataclasses import replace
 
-    import recdemo.data.dataset as dataset_mod
     import recdemo.llm.service as service_mod
+    import recdemo.llm.stack as stack_mod
     import recdemo.retrieval.retriever as retriever_mod
     from recdemo.config import Config
     from recdemo.cli.evaluate import cli_rerank
 
     ds, retriever = data
     real_service = service_mod.LLMService
-    monkeypatch.setattr(dataset_mod, "load_from_config", lambda cfg: ds)
-    monkeypatch.setattr(service_mod, "LLMService", lambda cfg: real_service(cfg, llm=tiny_llm))
+    monkeypatch.setattr(stack_mod, "load_from_config", lambda cfg: ds)
+    monkeypatch.setattr(stack_mod, "LLMService", lambda cfg: real_service(cfg, llm=tiny_llm))
     monkeypatch.setattr(retriever_mod.Retriever, "for_dataset", classmethod(lambda cls, *a, **k: retriever))
     cfg = Config()
     cfg = replace(cfg, llm=replace(cfg.llm, fusion_dir=str(tmp_path / "fusion"), adapter_dir=str(tmp_path / "ad"),

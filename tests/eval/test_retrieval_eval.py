@@ -11,7 +11,7 @@ from conftest import real_data_root
 
 from recdemo.config import PROJECT_ROOT, Config, RetrievalConfig
 from recdemo.cli import evaluate as eval_cli
-from recdemo.eval.retrieval_eval import evaluate_models, sample_negatives, select_cases
+from recdemo.eval.retrieval_eval import evaluate_models, sample_negatives
 
 KEYS = ("hr@10", "ndcg@10", "hr@5", "ndcg@5", "hr@20", "ndcg@20", "mrr", "users")
 
@@ -66,17 +66,27 @@ def test_oracle_scores_perfectly_and_its_negation_badly():
     assert all(k in result["full"]["good"] for k in KEYS)
 
 
-def test_user_sample_is_seeded_subset(cycle_dataset):
-    a = select_cases(cycle_dataset, "test", users=10, seed=1)
-    b = select_cases(cycle_dataset, "test", users=10, seed=1)
-    assert [c.user for c in a] == [c.user for c in b] and len(a) == 10
-    assert [c.user for c in a] == sorted(c.user for c in a)
-    assert len(select_cases(cycle_dataset, "test")) == len(cycle_dataset.sequences)
+def test_unmasked_ranks_the_history_too():
+    """A scorer that rates every earlier item above the target: masked, the target is first;
+    unmasked, each distinct earlier item (other than a repeated target) sits ahead of it."""
+    cases = [Case([5, 6, 7], 9), Case([1, 2, 2, 3, 4, 8, 10, 11, 12, 13, 14, 15], 20), Case([30, 9, 31], 9)]
+
+    def history_first(histories):
+        out = np.zeros((len(histories), 200))
+        for row, h in enumerate(histories):
+            out[row, [c.target for c in cases if tuple(c.history) == tuple(h)][0]] = 1.0
+            out[row, np.asarray(h)] = 2.0
+        return out
+    result = evaluate_models({"m": history_first}, FakeDataset(cases), protocols=("full", "unmasked"))
+    assert result["full"]["m"]["ndcg@10"] == 1.0
+    # ranks 3, 11 and 2 (the repeated target 9 is not ahead of itself, 30 and 31 are)
+    assert result["unmasked"]["m"]["mrr"] == pytest.approx((1 / 4 + 1 / 12 + 1 / 3) / 3)
+    assert result["unmasked"]["m"]["hr@10"] == pytest.approx(2 / 3)
 
 
 def test_cli_writes_metrics_and_baselines(cycle_dataset, tmp_path, monkeypatch, capsys):
-    import recdemo.data
-    monkeypatch.setattr(recdemo.data, "load_from_config", lambda cfg: cycle_dataset)
+    import recdemo.llm.stack as stack_mod
+    monkeypatch.setattr(stack_mod, "load_from_config", lambda cfg: cycle_dataset)
     cfg = Config()
     cfg.retrieval = RetrievalConfig(maxlen=12, hidden=16, dropout=0.0, epochs=8, lr=1e-2, batch_size=16,
                                     warmup_steps=5, checkpoint_dir=str(tmp_path),
@@ -90,8 +100,11 @@ def test_cli_writes_metrics_and_baselines(cycle_dataset, tmp_path, monkeypatch, 
     assert all(k in data["baselines"]["item_knn"] for k in KEYS)
     assert data["users"] == len(cycle_dataset.sequences)
     assert data["ndcg@10"] > data["baselines"]["popularity"]["ndcg@10"]
+    assert set(data["unmasked"]) == {"sasrec", "popularity", "item_knn"}
+    assert data["unmasked"] == data["protocols"]["unmasked"]
+    assert data["unmasked"]["popularity"]["ndcg@10"] <= data["baselines"]["popularity"]["ndcg@10"]
     printed = capsys.readouterr().out
-    assert "SASRec" in printed and "item-kNN" in printed
+    assert "SASRec" in printed and "item-kNN" in printed and "unmasked NDCG@10" in printed
 
 
 @pytest.mark.integration

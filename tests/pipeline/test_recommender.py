@@ -56,8 +56,8 @@ def rec(toy_dataset, tiny_service, tmp_path):
     cfg = cfg.set("retrieval", "text_cache_dir", str(tmp_path / "text"))
     r = Recommender(toy_dataset, cfg, service=tiny_service,
                     retriever=LockCheckingRetriever(toy_dataset, tiny_service))
-    r._text_index_failed = True  # no sentence encoder in unit tests: search falls back to trigrams
-    r._rankers["reverse"] = ReverseRanker(tiny_service)
+    r.stack._text_index_failed = True  # no sentence encoder in unit tests: search falls back to trigrams
+    r.stack._rankers["reverse"] = ReverseRanker(tiny_service)
     r.profiles.keyword_tokens = r.profiles.summary_tokens = 6
     r.explainer.max_new_tokens = 6
     return r
@@ -195,7 +195,7 @@ def test_short_ranker_output_is_topped_up_with_a_warning(rec):
         def rank(self, req):
             return super().rank(req)[:1] + [RankedItem(req.history[0], 0.0, 0.0, None)]  # a history item!
 
-    rec._rankers["short"] = Short(rec.service)
+    rec.stack._rankers["short"] = Short(rec.service)
     out = rec.recommend([0, 1, 2], ranker="short", n_candidates=8, k=4, with_explanations=False)
     assert len(out.results) == 4 and 0 not in [r["index"] for r in out.results]
     assert any("fewer than asked" in w for w in out.warnings)
@@ -210,7 +210,7 @@ def test_retrieval_failure_falls_back_to_text_similarity(rec, toy_dataset):
         def similar(self, history, k):
             return [(i, 1.0 - i / 100) for i in range(toy_dataset.n_items) if i not in history][:k]
 
-    rec._retriever, rec._text_index, rec._text_index_failed = Broken(), FakeText(), False
+    rec.stack._retriever, rec.stack._text_index, rec.stack._text_index_failed = Broken(), FakeText(), False
     rec._explainer = None
     out = rec.recommend([0, 1], ranker="reverse", n_candidates=6, k=3, with_explanations=False)
     assert [c["index"] for c in out.candidates] == [2, 3, 4, 5, 6, 7]
@@ -230,7 +230,7 @@ def test_adapter_auto_and_explicit(rec, tmp_path, toy_dataset):
             seen.append(self.service.adapters.active)
             return super().rank(req)
 
-    rec._rankers["spy"] = Spy(rec.service)
+    rec.stack._rankers["spy"] = Spy(rec.service)
     out = rec.recommend([0], ranker="spy", n_candidates=5, k=2, with_profile=False, with_explanations=False)
     assert out.adapter == "toy" and seen == ["toy"]  # "auto" = the adapter named like the dataset
     out = rec.recommend([0], ranker="spy", n_candidates=5, k=2, adapter=None, with_profile=False,

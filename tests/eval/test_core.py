@@ -1,0 +1,122 @@
+"""The evaluation core: one seeded sampler, users scored (one by one or batched), ranks via the ranker's finish."""
+import argparse
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from recdemo.eval.core import final_items, rank_of, ranks, retriever_candidates, sample_cases, score_users
+from recdemo.eval.rerank_eval import evaluate_rerank
+from recdemo.llm.rankers import get_ranker
+from recdemo.metrics import MISS
+from recdemo.records import RerankRequest
+
+from conftest import PopularityRetriever, make_toy_dataset
+
+
+@pytest.fixture
+def data():
+    ds = make_toy_dataset(n_items=40, n_users=30, seed=3)
+    return ds, PopularityRetriever(ds)
+
+
+def test_sample_is_seeded_sorted_and_shared_by_splits(data):
+    ds, _ = data
+    a = [c.user for c in sample_cases(ds, "test", 10, seed=1)]
+    assert a == [c.user for c in sample_cases(ds, "test", 10, seed=1)] and len(a) == 10
+    assert a == sorted(a)
+    assert a == [c.user for c in sample_cases(ds, "valid", 10, seed=1)]
+    assert a != [c.user for c in sample_cases(ds, "test", 10, seed=2)]
+    assert len(sample_cases(ds, "test", None)) == len(ds.eval_cases("test"))
+    assert len(sample_cases(ds, "test", 10_000)) == len(ds.eval_cases("test"))
+    with pytest.raises(ValueError, match="at least 1"):
+        sample_cases(ds, "test", 0)
+
+
+def test_ranks_come_from_the_rankers_own_finish(data, tiny_llm, tmp_path):
+    ds, retriever = data
+    ranker = get_ranker("score", tiny_llm, ds, retriever, fuse=True, fusion_default=0.4, fusion_dir=str(tmp_path))
+    cases = sample_cases(ds, "test", 5, seed=0)
+    users = score_users(ranker, cases, retriever_candidates(retriever, 12), k=4)
+    for case, user in zip(cases, users):
+        cands = retriever_candidates(retriever, 12)(case)
+        want = [r.index for r in ranker.rank(RerankRequest(history=user.history, candidates=cands, profile=None, k=4))]
+        assert final_items(user.scored, 0.4, 4) == want  # the weight the ranker looked up
+        whole = final_items(user.scored, 0.4, None)
+        assert len(whole) == len(user.scored.items) and whole[:4] == want
+        r = rank_of(user, 0.4, 4)
+        assert r == (want.index(user.target) if user.target in want else MISS)
+
+
+def test_skip_missing_users_cost_no_model_call(data):
+    ds, retriever = data
+    calls = []
+
+    class Counting:
+        name, catalog = "counting", ds.catalog
+
+        def score_list(self, req):
+            calls.append(req)
+            from recdemo.llm.rankers.base import Ranker
+            out = Ranker.candidate_list(self, req)
+            out.llm = -np.arange(len(out.items), dtype=float)
+            return out
+
+    cases = ds.eval_cases("test")
+    users = score_users(Counting(), cases, retriever_candidates(retriever, 5), skip_missing=True)
+    hit = [u for u in users if u.target in u.candidates]
+    assert 0 < len(hit) < len(users) and len(calls) == len(hit)
+    assert all(r == MISS for u, r in zip(users, ranks(users, 1.0, None)) if u.target not in u.candidates)
+
+
+def _without_latency(m):
+    return {k: v for k, v in m.items() if not k.startswith("latency")}
+
+
+@pytest.mark.parametrize("select", [False, True])
+def test_batched_rerank_evaluation_equals_one_user_at_a_time(data, tiny_llm, tmp_path, select):
+    ds, retriever = data
+    ranker = get_ranker("score", tiny_llm, ds, retriever, fusion_default=0.5, fusion_dir=str(tmp_path))
+    kw = dict(split="valid" if select else "test", users=9, seed=1, n_candidates=15, k=5, select=select)
+    one = evaluate_rerank(ranker, ds, retriever, batch_size=1, **kw)
+    for batch in (4, 9):
+        assert _without_latency(evaluate_rerank(ranker, ds, retriever, batch_size=batch, **kw)) == _without_latency(one)
+    # the LLM's own order is compared too (AUC over every candidate), not only SASRec's
+    assert one["auc"] is not None and one["auc"] != one["baseline_auc"]
+
+
+def test_cli_batch_size_gives_the_same_metrics(data, tiny_llm, tmp_path, monkeypatch, capsys):
+    import recdemo.llm.service as service_mod
+    import recdemo.llm.stack as stack_mod
+    import recdemo.retrieval.retriever as retriever_mod
+    from recdemo.cli.evaluate import cli_rerank
+    from recdemo.config import Config
+
+    ds, retriever = data
+    real_service = service_mod.LLMService
+    monkeypatch.setattr(stack_mod, "load_from_config", lambda cfg: ds)
+    monkeypatch.setattr(stack_mod, "LLMService", lambda cfg: real_service(cfg, llm=tiny_llm))
+    monkeypatch.setattr(retriever_mod.Retriever, "for_dataset", classmethod(lambda cls, *a, **k: retriever))
+    cfg = Config()
+    cfg = replace(cfg, llm=replace(cfg.llm, fusion_dir=str(tmp_path / "fusion"), adapter_dir=str(tmp_path / "ad")))
+    got = {}
+    for ranker, batch in (("score", 1), ("score", 3), ("tallrec", 3)):
+        path = tmp_path / f"{ranker}{batch}.json"
+        args = argparse.Namespace(split="test", users=6, seed=0, no_fuse=True, ranker=ranker, batch_size=batch,
+                                  profile="heuristic", json=str(path))
+        assert cli_rerank(args, cfg) == 0
+        got[ranker, batch] = json.loads(path.read_text())
+    assert _without_latency(got["score", 3]) == {**_without_latency(got["score", 1]), "batch_size": 3}
+    assert got["tallrec", 3]["batch_size"] == 1 and "does not batch" in capsys.readouterr().err
+
+
+def test_unknown_profile_is_refused(data, tiny_llm):
+    from recdemo.config import Config
+    from recdemo.llm.stack import Stack
+
+    ds, _ = data
+    stack = Stack(Config(), dataset=ds, service=tiny_llm)
+    assert stack.profile_fn("heuristic")(ds.catalog, [0, 1, 2]).keywords
+    with pytest.raises(ValueError, match="heuristic"):
+        stack.profile_fn("psychic")
