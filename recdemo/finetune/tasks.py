@@ -273,7 +273,7 @@ def task_names() -> list[str]:
 
 def check_tasks(tasks) -> list[str]:
     """Task names from a list or a comma string, each known; a ValueError naming the unknown ones."""
-    tasks = [str(t).strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if str(t).strip()]
+    tasks = [str(t).strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks or ()) if str(t).strip()]
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
         raise ValueError(f"unknown fine-tuning task(s) {', '.join(unknown) or '(none given)'}: "
