@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 from pathlib import Path
 
@@ -205,6 +206,34 @@ def test_bad_spec_is_a_clear_error():
         FineTuneSpec(tasks=["summarize"], out="x")
     with pytest.raises(ValueError, match="where to write"):
         FineTuneSpec()
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("steps", 0, "steps"), ("steps", 2.5, "steps"), ("examples", 0, "examples"), ("batch_size", 0, "batch size"),
+    ("micro_batch_size", -1, "micro batch"), ("lora_r", 0, "LoRA r"), ("lora_alpha", 0, "LoRA alpha"),
+    ("lora_dropout", 1.0, "dropout"), ("lora_targets", " , ", "LoRA targets"), ("lr", 0.0, "learning rate"),
+    ("lr", 1.0, "learning rate"), ("lr", float("nan"), "learning rate"), ("lr", "fast", "learning rate"),
+    ("warmup_steps", -1, "warmup"), ("min_lr_ratio", 1.5, "ratio"), ("weight_decay", -0.1, "weight decay"),
+    ("grad_clip", -1.0, "clipping"), ("max_length", 0, "max length"), ("max_history", 0, "max history"),
+    ("n_candidates", 0, "training candidates"), ("eval_every", -1, "eval every"), ("eval_users", -1, "eval users"),
+    ("eval_candidates", 0, "eval candidates"), ("seed", -1, "seed"), ("rank_sasrec_weight", -1.0, "SASRec weight"),
+    ("rank_eval", "yes", "true or false"), ("out", "", "where to write"),
+])
+def test_every_settable_field_is_checked_with_one_sentence(field, value, words):
+    with pytest.raises(ValueError, match=words) as err:
+        FineTuneSpec(**{"out": "x", field: value})
+    assert "\n" not in str(err.value) and not re.search(r"\.\s+[A-Z]", str(err.value))  # one sentence
+
+
+def test_spec_within_limits():
+    from recdemo.config import LimitsConfig
+    limits = LimitsConfig(max_finetune_steps=100, max_candidates=50, max_history=30)
+    spec = FineTuneSpec(steps=100, out="x", eval_users=0, warmup_steps=0, grad_clip=0.0)
+    assert spec.validate(limits) is spec
+    for kw, words in (({"steps": 101}, "at most 100"), ({"eval_candidates": 60}, "at most 50"),
+                      ({"max_history": 31}, "at most 30")):
+        with pytest.raises(ValueError, match=words):
+            FineTuneSpec(**{"out": "x", "steps": 10, **kw}).validate(limits)
 
 
 def test_cli_rejects_bad_flags_without_a_traceback(capsys):
