@@ -167,7 +167,6 @@ class Trainer:
     raw: object = None  # the peft model itself: evaluation and saving use it
     micro: int = 1  # examples per forward
     local: int = 1  # this process's examples per step
-    accum: int = 1  # micro-batches per step
 
     @property
     def main(self) -> bool:
@@ -179,7 +178,6 @@ class Trainer:
         # CPU: one example per forward wastes no compute on padding; a GPU wants wider matmuls
         self.micro = micro_batch_size or (1 if self.accelerator.device.type == "cpu" else 4)
         self.local = max(1, batch_size // self.accelerator.num_processes)
-        self.accum = max(1, math.ceil(self.local / self.micro))
 
     def release(self) -> None:
         """Drop the model, its copy of the base and the optimizer, so their memory goes back before the
@@ -380,21 +378,20 @@ def step_examples(spec: FineTuneSpec, data: Data, trainer: Trainer, step: int) -
 
 def train_step(spec: FineTuneSpec, trainer: Trainer, state: State, examples: list[dict], lr: float,
                cancel) -> float:
-    """One AdamW step at ``lr`` on ``examples``, gradients accumulated over micro-batches; its loss."""
+    """One AdamW step at ``lr`` on ``examples``, gradients accumulated over micro-batches; its loss
+    (the mean of the examples' losses, whatever the micro-batches)."""
     for group in trainer.optimizer.param_groups:
         group["lr"] = lr
     accelerator, step_loss = trainer.accelerator, 0.0
-    for m in range(trainer.accum):
+    parts = micro_batches(examples, trainer.micro)
+    for m, part in enumerate(parts):
         check_cancel(cancel)  # a CPU step takes seconds: also check between micro-batches
-        part = examples[m * trainer.micro:(m + 1) * trainer.micro]
-        if not part:
-            break
         # Gradients sync across GPUs only on the last micro-batch (no_sync is a no-op on 1 device).
-        sync = nullcontext() if m == trainer.accum - 1 else accelerator.no_sync(trainer.model)
+        sync = nullcontext() if m == len(parts) - 1 else accelerator.no_sync(trainer.model)
         with sync:
             loss, n_tokens = example_loss(trainer.model, part, trainer.pad_id, accelerator.device,
                                           spec.rank_sasrec_weight)
-            loss = loss / trainer.accum  # mean over micro-batches
+            loss = loss * len(part) / len(examples)  # the part's share of the step's mean
             accelerator.backward(loss)
         step_loss += loss.detach().item()
         state.tokens += n_tokens
@@ -403,6 +400,14 @@ def train_step(spec: FineTuneSpec, trainer: Trainer, state: State, examples: lis
     trainer.optimizer.step()
     trainer.optimizer.zero_grad(set_to_none=True)
     return step_loss
+
+
+def micro_batches(examples: list[dict], micro: int) -> list[list[dict]]:
+    """``examples`` in micro-batches of ``micro``; several to a batch, similar lengths go together,
+    so a batch pads to less than its longest example would otherwise force on all (issue 16)."""
+    if micro > 1:
+        examples = sorted(examples, key=lambda e: len(e["input_ids"]))  # stable: ties keep their order
+    return [examples[i:i + micro] for i in range(0, len(examples), micro)]
 
 
 def evaluate(spec: FineTuneSpec, data: Data, trainer: Trainer, cancel, full: bool) -> dict:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from recdemo.data.dataset import LIKED_RATING
 from recdemo.finetune.rank_task import encode_rank, rank_candidates, rank_loss
-from recdemo.finetune.token_loss import answer_token_loss, collate
+from recdemo.finetune.token_loss import answer_token_loss, answer_token_losses, collate
 from recdemo.llm import prompts as P
 
 RANK_TRIES = 30  # rank: cuts drawn per example until SASRec's list holds the next item
@@ -42,10 +42,9 @@ class AnswerTokens:
     """Cross-entropy of the answer tokens; a micro-batch's examples go through one padded forward."""
 
     def train_loss(self, model, encoded: list[dict], pad_id: int, device, sasrec_weight: float = 0.0):
-        """(the examples' summed loss, tokens run). A padded batch's mean is token-weighted: times
-        the number of examples it stands for."""
+        """(the sum of the examples' own mean losses, tokens run)."""
         batch = collate(encoded, pad_id, device)
-        return answer_token_loss(model, batch)[0] * len(encoded), int(batch["attention_mask"].sum())
+        return answer_token_losses(model, batch)[0].sum(), int(batch["attention_mask"].sum())
 
     def val_loss(self, model, encoded: dict, pad_id: int, device, sasrec_weight: float = 0.0):
         """(loss, weight): one example alone (no padding), weighted by its answer tokens."""

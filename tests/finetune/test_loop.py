@@ -155,6 +155,28 @@ def test_gradient_checkpointing_trains_the_same_weights(service, toy_dataset, tm
         assert torch.allclose(a[k], b[k], atol=1e-5), k
 
 
+def test_length_bucketed_micro_batches_train_what_one_example_at_a_time_does(service, toy_dataset, tmp_path):
+    runs = {}
+    for micro in (1, 2, 3):  # 3 = the whole step in one padded batch; 2 = a full part and a single
+        losses = []
+        spec = spec_for(tmp_path / "adapters" / f"m{micro}", tasks=["recommend", "genrec", "tallrec", "sequence"],
+                        steps=3, batch_size=3, micro_batch_size=micro, lora_dropout=0.0, eval_every=0,
+                        rank_eval=False, lr=2e-2)
+        run_finetune(spec, toy_dataset, service, progress=lambda e: e["phase"] == "training" and losses.append(e["loss"]))
+        runs[micro] = losses, load_file(str(tmp_path / "adapters" / f"m{micro}" / "adapter_model.safetensors"))
+    for micro in (2, 3):
+        assert runs[micro][0] == pytest.approx(runs[1][0], rel=1e-5)
+        for k, v in runs[1][1].items():  # stored in float16
+            assert torch.allclose(runs[micro][1][k].float(), v.float(), atol=1e-3), k
+
+
+def test_micro_batches_group_similar_lengths():
+    from recdemo.finetune.loop import micro_batches
+    examples = [{"input_ids": [0] * n, "n": n} for n in (50, 7, 30, 9, 31, 8)]
+    assert [[e["n"] for e in part] for part in micro_batches(examples, 2)] == [[7, 8], [9, 30], [31, 50]]
+    assert micro_batches(examples, 1) == [[e] for e in examples]  # one at a time: no padding, order kept
+
+
 def test_resume_ignores_state_from_a_different_run(service, toy_dataset, tmp_path):
     out = tmp_path / "adapters" / "x"
     cancel = threading.Event()
