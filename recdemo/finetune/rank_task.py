@@ -9,7 +9,7 @@ that history as a token trie of ' Title\n' lines, and ``tree.trie_logprobs`` ove
 cache with the graph kept. The constrained probabilities of the candidates sum to one over the
 list, so the loss is the listwise cross-entropy -log P(true item | candidates): what the ranker
 computes at inference, trained directly. Examples are cuts whose next item SASRec's list holds
-(examples.py draws them; elsewhere no reranker can change the outcome). ``sasrec_weight`` trains the
+(tasks.Rank draws them; elsewhere no reranker can change the outcome). ``sasrec_weight`` trains the
 residual on top of SASRec's score instead (``rank_loss``).
 
 Cost per example: the prompt (~350 tokens) plus the trie's branching prefixes (~150 tokens for 50
