@@ -55,7 +55,8 @@ def main() -> None:
     from types import SimpleNamespace
 
     from recdemo.config import Config
-    from recdemo.finetune.examples import TASKS, ExampleBuilder
+    from recdemo.finetune.examples import ExampleBuilder
+    from recdemo.finetune.tasks import TASKS
     from recdemo.finetune.loop import FineTuneSpec, run_finetune
     from recdemo.llm.stack import Stack
 

@@ -166,7 +166,7 @@ def training_sequences(ctx, seq: int, n: int, rounds: int = 50) -> list[dict]:
 
 def bench_lora(ctx, targets: str, seq: int) -> dict:
     from recdemo.finetune.loop import FineTuneSpec
-    from recdemo.finetune.validate import answer_token_loss, collate
+    from recdemo.finetune.token_loss import answer_token_loss, collate
     from recdemo.finetune.lora import add_lora, make_accelerator, trainable_base
 
     a = ctx.args

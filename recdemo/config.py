@@ -105,7 +105,7 @@ class LLMConfig:
 class FinetuneConfig:
     """LoRA fine-tuning: every default once (the CLI's finetune flags are derived from these fields,
     and the app's fine-tune panel starts from them)."""
-    tasks: list[str] = setting(help="comma list of fine-tuning tasks (recdemo.finetune.examples.TASKS)",
+    tasks: list[str] = setting(help="comma list of fine-tuning tasks (recdemo.finetune.tasks.TASKS)",
                                factory=lambda: ["recommend", "recommend_retrieval"])
     steps: int = setting(200, "optimizer steps")
     examples: int | None = setting(None, "distinct training examples (default: steps x batch size, each seen once)")

@@ -19,7 +19,7 @@ from typing import Callable
 from recdemo.config import Config
 from recdemo.data.dataset import BUILTIN_FOLDERS
 from recdemo.errors import ModelNotFound
-from recdemo.finetune import examples as finetune_examples
+from recdemo.finetune.tasks import TASKS as TASKS_REGISTRY, task_names
 from recdemo.finetune.loop import FineTuneSpec, run_finetune
 from recdemo.llm import rankers
 from recdemo.app.jobs import FINISHED, FineTuneQueue, Job
@@ -29,12 +29,8 @@ log = logging.getLogger("recdemo.app")
 
 # The two domains the demo offers out of the box (other built-ins work via RECDEMO_DATASET).
 DOMAINS = {"movielens-small": "Movies · MovieLens (small)", "amazon-beauty": "Products · Amazon Beauty"}
-# Labels for the fine-tune panel; which tasks and rankers exist is the registries' business.
-TASK_LABELS = {"recommend": "PALR v1 (recommend)", "recommend_retrieval": "PALR v2 (recommend from candidates)",
-               "tallrec": "TALLRec (yes/no)", "genrec": "GenRec (next title)",
-               "sequence": "Next line of the history (score ranker)",
-               "rank": "Pick the next item from SASRec's top-50 (score ranker)"}
-TASKS = {name: TASK_LABELS.get(name, name) for name in finetune_examples.TASKS}
+# The fine-tune panel's task choices with their labels, and the ranker names: both from their registries.
+TASKS = {name: TASKS_REGISTRY[name].label for name in task_names()}
 RANKERS = list(rankers.RANKERS)
 USER_ERRORS = (ValueError, ModelNotFound, FileNotFoundError, KeyError)  # DataError is a ValueError
 

@@ -1,6 +1,6 @@
 """The trainable model for fine-tuning: a LoRA on (a copy of) the shared base, and accelerate.
 
-See finetune.py for why the base model is copied by default.
+See loop.py for why the base model is copied by default.
 """
 from __future__ import annotations
 

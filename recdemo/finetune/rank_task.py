@@ -9,7 +9,7 @@ that history as a token trie of ' Title\n' lines, and ``tree.trie_logprobs`` ove
 cache with the graph kept. The constrained probabilities of the candidates sum to one over the
 list, so the loss is the listwise cross-entropy -log P(true item | candidates): what the ranker
 computes at inference, trained directly. Examples are cuts whose next item SASRec's list holds
-(examples.py draws them; elsewhere no reranker can change the outcome). ``sasrec_weight`` trains the
+(tasks.Rank draws them; elsewhere no reranker can change the outcome). ``sasrec_weight`` trains the
 residual on top of SASRec's score instead (``rank_loss``).
 
 Cost per example: the prompt (~350 tokens) plus the trie's branching prefixes (~150 tokens for 50
@@ -55,7 +55,7 @@ def encode_rank(builder, ex, max_length: int) -> dict | None:
     Too long for ``max_length`` (prompt + the trie's branching tokens, what the model runs): the oldest
     history items go first; None when nothing fits."""
     tok, catalog = builder.tok, builder.catalog
-    texts = [P.sequence_answer(catalog.titles[i]) for i in ex.candidates]
+    texts = [P.sequence_answer(P.prompt_title(catalog.titles[i])) for i in ex.candidates]
     lines = [list(t) for t in tok(texts, add_special_tokens=False)["input_ids"]]
     head = P.render_open(tok, "sequence", builder.domain)
     budget = max_length - len(trie_feed(TokenTrie(zip(lines, ex.candidates)))[0])

@@ -18,6 +18,7 @@ from recdemo.finetune.examples import make_profile
 from recdemo.llm.fusion import select_weight
 from recdemo.llm.models import LLM
 from recdemo.llm.rankers.score import ScoreRanker
+from recdemo.finetune.tasks import TASKS
 from recdemo.metrics import metrics_from_ranks
 from recdemo.records import Candidate
 
@@ -31,77 +32,34 @@ def check_cancel(cancel) -> None:
         raise Cancelled()
 
 
-def collate(encoded: list[dict], pad_id: int, device) -> dict:
-    """Right-pad a micro-batch; padding is masked out of attention and of the loss."""
-    length = max(len(e["input_ids"]) for e in encoded)
-    ids = torch.full((len(encoded), length), pad_id, dtype=torch.long)
-    labels = torch.full((len(encoded), length), -100, dtype=torch.long)
-    mask = torch.zeros((len(encoded), length), dtype=torch.long)
-    for row, e in enumerate(encoded):
-        n = len(e["input_ids"])
-        ids[row, :n] = torch.tensor(e["input_ids"])
-        labels[row, :n] = torch.tensor(e["labels"])
-        mask[row, :n] = 1
-    return {"input_ids": ids.to(device), "labels": labels.to(device), "attention_mask": mask.to(device)}
-
-
 def example_loss(model, part: list[dict], pad_id: int, device, rank_sasrec_weight: float = 0.0
                  ) -> tuple[torch.Tensor, int]:
     """(mean loss over the micro-batch's examples, tokens run through the model).
 
-    ``rank`` examples (a listwise loss over a tree of candidate titles, ft_rank.py) run one at a
-    time; the others are padded into one batch for the answer-token loss."""
-    from recdemo.finetune.rank_task import rank_loss
-    total, tokens = 0.0, 0
-    plain = [e for e in part if e["task"] != "rank"]
+    Examples whose tasks share a loss (tasks.py) run together: the answer-token tasks padded into
+    one batch, ``rank`` examples one at a time."""
+    groups: dict[object, list[dict]] = {}
     for e in part:
-        if e["task"] == "rank":
-            loss, n = rank_loss(model, e, device, rank_sasrec_weight)
-            total, tokens = total + loss, tokens + n
-    if plain:
-        batch = collate(plain, pad_id, device)
-        total = total + answer_token_loss(model, batch)[0] * len(plain)
-        tokens += int(batch["attention_mask"].sum())
+        groups.setdefault(TASKS[e["task"]].loss, []).append(e)
+    total, tokens = 0.0, 0
+    for loss_of, group in groups.items():
+        loss, n = loss_of.train_loss(model, group, pad_id, device, rank_sasrec_weight)
+        total, tokens = total + loss, tokens + n
     return total / max(1, len(part)), tokens
-
-
-def answer_token_loss(model, batch: dict) -> tuple[torch.Tensor, int]:
-    """(mean cross-entropy over the answer tokens, their count).
-
-    Only the answer's positions get logits (``logits_to_keep``): the output projection onto the
-    49k-token vocabulary is ~20% of SmolLM2's FLOPs per token, and the prompt tokens, which are
-    most of every sequence, have no label anyway."""
-    labels = batch["labels"]
-    answer = labels != -100
-    first = int(answer.float().argmax(dim=1).min()) if bool(answer.any()) else labels.shape[1] - 1
-    first = max(first, 1)  # position first-1 predicts token first
-    keep = labels.shape[1] - first + 1
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   logits_to_keep=keep).logits[:, :-1]
-    target = labels[:, first:]
-    loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                             ignore_index=-100)
-    return loss, int((target != -100).sum())
 
 
 @torch.no_grad()
 def answer_loss(model, encoded: list[dict], pad_id: int, device, cancel=None, rank_sasrec_weight: float = 0.0
                 ) -> dict:
-    """Token-weighted mean answer loss, overall and per task (``val_loss``, ``val_loss_<task>``).
-    A ``rank`` example counts as one token: its loss is one cross-entropy over the candidate list."""
-    from recdemo.finetune.rank_task import rank_loss
-
+    """Weighted mean validation loss, overall and per task (``val_loss``, ``val_loss_<task>``): each
+    example alone, weighted by its answer tokens (a ``rank`` list's one cross-entropy counts as one)."""
     was_training = model.training
     model.eval()
     sums: dict[str, list[float]] = {}
     try:
         for e in encoded:
             check_cancel(cancel)
-            if e["task"] == "rank":
-                loss, n = rank_loss(model, e, device, rank_sasrec_weight)[0], 1
-            else:
-                loss, n = answer_token_loss(model, collate([e], pad_id, device))
-            loss = float(loss)
+            loss, n = TASKS[e["task"]].loss.val_loss(model, e, pad_id, device, rank_sasrec_weight)
             for key in ("val_loss", f"val_loss_{e['task']}"):
                 s = sums.setdefault(key, [0.0, 0])
                 s[0] += loss * n

@@ -19,7 +19,7 @@ import numpy as np
 from recdemo.llm.explain import Explainer
 from recdemo.errors import ModelNotFound
 from recdemo.llm.profile import ProfileGenerator, heuristic_profile
-from recdemo.llm.rankers import check_ranker, get_ranker
+from recdemo.llm.rankers import check_ranker
 from recdemo.pipeline.personas import build_personas
 from recdemo.llm.prompts import domain_for
 from recdemo.llm.service import LLMService

@@ -8,6 +8,7 @@ import pytest
 
 from recdemo.eval.core import final_items, rank_of, ranks, retriever_candidates, sample_cases, score_users
 from recdemo.eval.rerank_eval import evaluate_rerank
+from recdemo.llm.fusion import FusionStore, weight_key
 from recdemo.llm.rankers import get_ranker
 from recdemo.metrics import MISS
 from recdemo.records import RerankRequest
@@ -36,7 +37,9 @@ def test_sample_is_seeded_sorted_and_shared_by_splits(data):
 
 def test_ranks_come_from_the_rankers_own_finish(data, tiny_llm, tmp_path):
     ds, retriever = data
-    ranker = get_ranker("score", tiny_llm, ds, retriever, fuse=True, fusion_default=0.4, fusion_dir=str(tmp_path))
+    FusionStore(tmp_path).save(ds.name, ds.content_hash, weight_key(tiny_llm.name, None, "score"), 0.4)
+    ranker = get_ranker("score", tiny_llm, ds, retriever, fuse=True, fusion_dir=str(tmp_path))
+    assert ranker.fusion_weight(None)[0] == 0.4
     cases = sample_cases(ds, "test", 5, seed=0)
     users = score_users(ranker, cases, retriever_candidates(retriever, 12), k=4)
     for case, user in zip(cases, users):
@@ -77,7 +80,8 @@ def _without_latency(m):
 @pytest.mark.parametrize("select", [False, True])
 def test_batched_rerank_evaluation_equals_one_user_at_a_time(data, tiny_llm, tmp_path, select):
     ds, retriever = data
-    ranker = get_ranker("score", tiny_llm, ds, retriever, fusion_default=0.5, fusion_dir=str(tmp_path))
+    FusionStore(tmp_path).save(ds.name, ds.content_hash, weight_key(tiny_llm.name, None, "score"), 0.5)
+    ranker = get_ranker("score", tiny_llm, ds, retriever, fusion_dir=str(tmp_path))
     kw = dict(split="valid" if select else "test", users=9, seed=1, n_candidates=15, k=5, select=select)
     one = evaluate_rerank(ranker, ds, retriever, batch_size=1, **kw)
     for batch in (4, 9):
@@ -103,9 +107,9 @@ def test_cli_batch_size_gives_the_same_metrics(data, tiny_llm, tmp_path, monkeyp
     got = {}
     for ranker, batch in (("score", 1), ("score", 3), ("tallrec", 3)):
         path = tmp_path / f"{ranker}{batch}.json"
-        args = argparse.Namespace(split="test", users=6, seed=0, no_fuse=True, ranker=ranker, batch_size=batch,
+        args = argparse.Namespace(split="test", users=6, seed=0, no_fuse=True, batch_size=batch,
                                   profile="heuristic", json=str(path))
-        assert cli_rerank(args, cfg) == 0
+        assert cli_rerank(args, replace(cfg, llm=replace(cfg.llm, ranker=ranker))) == 0  # --ranker sets the config
         got[ranker, batch] = json.loads(path.read_text())
     assert _without_latency(got["score", 3]) == {**_without_latency(got["score", 1]), "batch_size": 3}
     assert got["tallrec", 3]["batch_size"] == 1 and "does not batch" in capsys.readouterr().err

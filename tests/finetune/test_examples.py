@@ -6,7 +6,8 @@ import pytest
 
 from recdemo.data import Catalog, Dataset
 from recdemo.llm import prompts as P
-from recdemo.finetune.examples import TASKS, ExampleBuilder, check_tasks
+from recdemo.finetune.examples import ExampleBuilder
+from recdemo.finetune.tasks import TASKS, check_tasks
 from conftest import TOY_GENRES, make_toy_dataset, toy_titles
 
 

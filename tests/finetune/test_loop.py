@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 from pathlib import Path
 
@@ -154,6 +155,28 @@ def test_gradient_checkpointing_trains_the_same_weights(service, toy_dataset, tm
         assert torch.allclose(a[k], b[k], atol=1e-5), k
 
 
+def test_length_bucketed_micro_batches_train_what_one_example_at_a_time_does(service, toy_dataset, tmp_path):
+    runs = {}
+    for micro in (1, 2, 3):  # 3 = the whole step in one padded batch; 2 = a full part and a single
+        losses = []
+        spec = spec_for(tmp_path / "adapters" / f"m{micro}", tasks=["recommend", "genrec", "tallrec", "sequence"],
+                        steps=3, batch_size=3, micro_batch_size=micro, lora_dropout=0.0, eval_every=0,
+                        rank_eval=False, lr=2e-2)
+        run_finetune(spec, toy_dataset, service, progress=lambda e: e["phase"] == "training" and losses.append(e["loss"]))
+        runs[micro] = losses, load_file(str(tmp_path / "adapters" / f"m{micro}" / "adapter_model.safetensors"))
+    for micro in (2, 3):
+        assert runs[micro][0] == pytest.approx(runs[1][0], rel=1e-5)
+        for k, v in runs[1][1].items():  # stored in float16
+            assert torch.allclose(runs[micro][1][k].float(), v.float(), atol=1e-3), k
+
+
+def test_micro_batches_group_similar_lengths():
+    from recdemo.finetune.loop import micro_batches
+    examples = [{"input_ids": [0] * n, "n": n} for n in (50, 7, 30, 9, 31, 8)]
+    assert [[e["n"] for e in part] for part in micro_batches(examples, 2)] == [[7, 8], [9, 30], [31, 50]]
+    assert micro_batches(examples, 1) == [[e] for e in examples]  # one at a time: no padding, order kept
+
+
 def test_resume_ignores_state_from_a_different_run(service, toy_dataset, tmp_path):
     out = tmp_path / "adapters" / "x"
     cancel = threading.Event()
@@ -207,6 +230,34 @@ def test_bad_spec_is_a_clear_error():
         FineTuneSpec()
 
 
+@pytest.mark.parametrize("field, value, words", [
+    ("steps", 0, "steps"), ("steps", 2.5, "steps"), ("examples", 0, "examples"), ("batch_size", 0, "batch size"),
+    ("micro_batch_size", -1, "micro batch"), ("lora_r", 0, "LoRA r"), ("lora_alpha", 0, "LoRA alpha"),
+    ("lora_dropout", 1.0, "dropout"), ("lora_targets", " , ", "LoRA targets"), ("lr", 0.0, "learning rate"),
+    ("lr", 1.0, "learning rate"), ("lr", float("nan"), "learning rate"), ("lr", "fast", "learning rate"),
+    ("warmup_steps", -1, "warmup"), ("min_lr_ratio", 1.5, "ratio"), ("weight_decay", -0.1, "weight decay"),
+    ("grad_clip", -1.0, "clipping"), ("max_length", 0, "max length"), ("max_history", 0, "max history"),
+    ("n_candidates", 0, "training candidates"), ("eval_every", -1, "eval every"), ("eval_users", -1, "eval users"),
+    ("eval_candidates", 0, "eval candidates"), ("seed", -1, "seed"), ("rank_sasrec_weight", -1.0, "SASRec weight"),
+    ("rank_eval", "yes", "true or false"), ("out", "", "where to write"),
+])
+def test_every_settable_field_is_checked_with_one_sentence(field, value, words):
+    with pytest.raises(ValueError, match=words) as err:
+        FineTuneSpec(**{"out": "x", field: value})
+    assert "\n" not in str(err.value) and not re.search(r"\.\s+[A-Z]", str(err.value))  # one sentence
+
+
+def test_spec_within_limits():
+    from recdemo.config import LimitsConfig
+    limits = LimitsConfig(max_finetune_steps=100, max_candidates=50, max_history=30)
+    spec = FineTuneSpec(steps=100, out="x", eval_users=0, warmup_steps=0, grad_clip=0.0)
+    assert spec.validate(limits) is spec
+    for kw, words in (({"steps": 101}, "at most 100"), ({"eval_candidates": 60}, "at most 50"),
+                      ({"max_history": 31}, "at most 30")):
+        with pytest.raises(ValueError, match=words):
+            FineTuneSpec(**{"out": "x", "steps": 10, **kw}).validate(limits)
+
+
 def test_cli_rejects_bad_flags_without_a_traceback(capsys):
     from recdemo.cli.main import main
     code = main(["finetune", "--dataset", "movielens-small", "--tasks", "recommend,poetry", "--out", "/tmp/x"])
@@ -217,7 +268,8 @@ def test_cli_rejects_bad_flags_without_a_traceback(capsys):
 @pytest.mark.integration
 def test_real_examples_come_from_training_sequences_only(tiny_tokenizer):
     from recdemo.data import load_dataset
-    from recdemo.finetune.examples import TASKS, ExampleBuilder
+    from recdemo.finetune.examples import ExampleBuilder
+    from recdemo.finetune.tasks import TASKS
 
     ds = load_dataset("movielens-small", root=real_data_root())
     train = ds.train_sequences()

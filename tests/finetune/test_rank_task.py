@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from recdemo.finetune.examples import Example, ExampleBuilder
+from recdemo.finetune.examples import ExampleBuilder
+from recdemo.finetune.tasks import Example
 from recdemo.finetune.loop import FineTuneSpec, run_finetune
 from recdemo.finetune.validate import answer_loss, example_loss
 from recdemo.finetune.rank_task import encode_rank, rank_candidates, rank_loss

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from recdemo.finetune.examples import ExampleBuilder
-from recdemo.finetune.validate import answer_loss, answer_token_loss, collate, ranking_metrics
+from recdemo.finetune.token_loss import answer_token_loss, collate
+from recdemo.finetune.validate import answer_loss, ranking_metrics
 from recdemo.llm.fusion import fused_order, select_weight, target_rank
 
 

@@ -138,7 +138,7 @@ def test_oversized_requests_are_refused_before_any_model_work(rec, toy_dataset, 
     """Issue 18: k and n_candidates were unbounded on the API path and a huge request OOM-killed
     the server. Now the limit is named in one sentence, and nothing ran first."""
     rec._retriever = rec._profiles = rec._explainer = NoModelWork()
-    rec._rankers["reverse"] = NoModelWork()
+    rec.stack._rankers["reverse"] = NoModelWork()
     history = [toy_dataset.catalog.titles[i] for i in (0, 1, 2)]
     with pytest.raises(ValueError, match=limit) as e:
         rec.recommend(history, ranker="reverse", **sizes)
