@@ -8,7 +8,7 @@ from pathlib import Path
 from recdemo.eval.core import can_batch
 from recdemo.eval.rerank_eval import evaluate_rerank
 from recdemo.eval.retrieval_eval import N_SAMPLED_NEGATIVES, PROTOCOLS, evaluate_models
-from recdemo.llm.fusion import weight_key
+from recdemo.llm.fusion_store import weight_key
 from recdemo.llm.stack import Stack
 from recdemo.retrieval.baselines import ItemKNN, Popularity
 

@@ -10,14 +10,14 @@ from types import SimpleNamespace
 import torch
 
 from recdemo.config import FinetuneConfig
+from recdemo.data import load_from_config
+from recdemo.finetune.loop import FineTuneSpec, run_finetune
 from recdemo.llm.stack import Stack, load_training_llm
 
 
 def spec_from_config(cfg: FinetuneConfig):
     """The run's spec: the config's fine-tune settings (CLI flags already applied), checked. The CLI
     owns its model, so training needs no copy of it (copy_base is for the app's shared model)."""
-    from recdemo.finetune.loop import FineTuneSpec
-
     return FineTuneSpec(**{**asdict(cfg), "copy_base": False})
 
 
@@ -39,9 +39,6 @@ def load_retriever(dataset, cfg):
 
 
 def cli_finetune(args, cfg) -> int:
-    from recdemo.data import load_from_config
-    from recdemo.finetune.loop import run_finetune
-
     spec = spec_from_config(cfg.finetune)  # checks the settings before anything slow
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)

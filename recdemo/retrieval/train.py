@@ -18,6 +18,7 @@ from tqdm import tqdm
 from recdemo.config import RetrievalConfig
 from recdemo.metrics import metrics_from_ranks, ranks_of_targets
 from recdemo.retrieval.sasrec import SASRec, SASRecConfig
+from recdemo.retrieval.text_index import TextIndex
 
 
 def make_windows(sequences, maxlen: int) -> np.ndarray:
@@ -155,7 +156,6 @@ def _model(dataset, cfg: RetrievalConfig, item_features) -> SASRec:
         # Items that read alike start alike: the MiniLM title+attribute vectors (the search index's,
         # cached) through a learned projection; folded into the item table before saving.
         if item_features is None:
-            from recdemo.retrieval.text_index import TextIndex  # sentence-transformers: only when asked for
             item_features = TextIndex.for_dataset(dataset, cfg).embeddings
         model.attach_item_features(torch.as_tensor(item_features))
     return model

@@ -8,7 +8,7 @@ import pytest
 
 from recdemo.eval.core import final_items, rank_of, ranks, retriever_candidates, sample_cases, score_users
 from recdemo.eval.rerank_eval import evaluate_rerank
-from recdemo.llm.fusion import FusionStore, weight_key
+from recdemo.llm.fusion_store import FusionStore, weight_key
 from recdemo.llm.rankers import get_ranker
 from recdemo.metrics import MISS
 from recdemo.records import RerankRequest

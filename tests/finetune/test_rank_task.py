@@ -112,7 +112,7 @@ def test_finetuning_on_rank_raises_the_targets_probability(tiny_llm, toy_dataset
 
     service = LLMService(LLMConfig(adapter_dir=str(tmp_path / "adapters")), llm=tiny_llm)
     spec = FineTuneSpec(tasks=["rank"], examples=2, steps=12, batch_size=2, lr=2e-2, lora_dropout=0.0,
-                        eval_every=0, eval_users=2, eval_candidates=8, rank_eval=False,
+                        eval_every=0, eval_users=12, eval_candidates=8, rank_eval=False,  # every toy user
                         lora_targets="all-linear", out=str(tmp_path / "adapters" / "rank"))
     losses = []
     result = run_finetune(spec, toy_dataset, service, pop_retriever,

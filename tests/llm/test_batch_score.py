@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from recdemo.llm.batch_score import rank_batch, score_lists
-from recdemo.llm.fusion import FusionStore, weight_key
+from recdemo.llm.fusion_store import FusionStore, weight_key
 from recdemo.llm.rankers import get_ranker
 from recdemo.records import Candidate, RerankRequest
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from recdemo.llm import prompts as P
-from recdemo.llm.fusion import FusionStore, weight_key
+from recdemo.llm.fusion_store import FusionStore, weight_key
 from recdemo.llm.rankers import RANKER_LABELS, RANKERS, check_ranker, get_ranker
 from recdemo.llm.rankers.decoding import ROOT
 from recdemo.llm.rankers.genrec import beam_titles

@@ -25,7 +25,8 @@ import torch
 from recdemo.config import LLMConfig
 from recdemo.records import RankedItem, RerankRequest
 from recdemo.llm import prompts as P
-from recdemo.llm.fusion import FusionStore, fuse, fused_order, lookup_weight
+from recdemo.llm.fusion import fuse, fused_order
+from recdemo.llm.fusion_store import FusionStore, lookup_weight
 from recdemo.llm.models import LLM
 
 ACTIVE = "<active>"  # adapter sentinel: use the service's active adapter as it is
