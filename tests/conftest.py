@@ -210,3 +210,22 @@ def real_data_root(*datasets: str) -> str:
                     + "; ".join(f"`python -m recdemo data download {d}`" for d in missing)
                     + ", or set RECDEMO_DATA_DIR to a folder that holds them (e.g. ../shared/data)")
     return str(root)
+
+
+def fake_cli_stack(monkeypatch, tmp_path, dataset, retriever, llm):
+    """A Config whose CLI commands build their stack (llm/stack.py) on ``dataset``, ``retriever`` and the
+    tiny ``llm`` instead of loading real data and SmolLM2; caches and adapters go to ``tmp_path``."""
+    from dataclasses import replace
+
+    import recdemo.llm.service as service_mod
+    import recdemo.llm.stack as stack_mod
+    import recdemo.retrieval.retriever as retriever_mod
+    from recdemo.config import Config
+
+    real_service = service_mod.LLMService
+    monkeypatch.setattr(stack_mod, "load_from_config", lambda cfg: dataset)
+    monkeypatch.setattr(stack_mod, "LLMService", lambda cfg: real_service(cfg, llm=llm))
+    monkeypatch.setattr(retriever_mod.Retriever, "for_dataset", classmethod(lambda cls, *a, **k: retriever))
+    cfg = Config()
+    return replace(cfg, llm=replace(cfg.llm, fusion_dir=str(tmp_path / "fusion"), adapter_dir=str(tmp_path / "ad"),
+                                    fusion_cache_dir=str(tmp_path / "fusion-cache")))

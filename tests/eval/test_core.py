@@ -13,7 +13,7 @@ from recdemo.llm.rankers import get_ranker
 from recdemo.metrics import MISS
 from recdemo.records import RerankRequest
 
-from conftest import PopularityRetriever, make_toy_dataset
+from conftest import PopularityRetriever, fake_cli_stack, make_toy_dataset
 
 
 @pytest.fixture
@@ -91,19 +91,10 @@ def test_batched_rerank_evaluation_equals_one_user_at_a_time(data, tiny_llm, tmp
 
 
 def test_cli_batch_size_gives_the_same_metrics(data, tiny_llm, tmp_path, monkeypatch, capsys):
-    import recdemo.llm.service as service_mod
-    import recdemo.llm.stack as stack_mod
-    import recdemo.retrieval.retriever as retriever_mod
     from recdemo.cli.evaluate import cli_rerank
-    from recdemo.config import Config
 
     ds, retriever = data
-    real_service = service_mod.LLMService
-    monkeypatch.setattr(stack_mod, "load_from_config", lambda cfg: ds)
-    monkeypatch.setattr(stack_mod, "LLMService", lambda cfg: real_service(cfg, llm=tiny_llm))
-    monkeypatch.setattr(retriever_mod.Retriever, "for_dataset", classmethod(lambda cls, *a, **k: retriever))
-    cfg = Config()
-    cfg = replace(cfg, llm=replace(cfg.llm, fusion_dir=str(tmp_path / "fusion"), adapter_dir=str(tmp_path / "ad")))
+    cfg = fake_cli_stack(monkeypatch, tmp_path, ds, retriever, tiny_llm)
     got = {}
     for ranker, batch in (("score", 1), ("score", 3), ("tallrec", 3)):
         path = tmp_path / f"{ranker}{batch}.json"

@@ -5,7 +5,7 @@ from recdemo.cli.evaluate import format_rerank_table
 from recdemo.eval.rerank_eval import evaluate_rerank
 from recdemo.llm.rankers import Ranker, get_ranker
 
-from conftest import PopularityRetriever, make_toy_dataset
+from conftest import PopularityRetriever, fake_cli_stack, make_toy_dataset
 
 
 class OracleRanker(Ranker):
@@ -113,22 +113,11 @@ def test_real_rankers_on_the_tiny_model(name, data, tiny_llm, tmp_path):
 def test_cli_selects_on_valid_then_applies_the_weight_on_test(data, tiny_llm, tmp_path, monkeypatch, capsys):
     import argparse
     import json
-    from dataclasses import replace
 
-    import recdemo.llm.service as service_mod
-    import recdemo.llm.stack as stack_mod
-    import recdemo.retrieval.retriever as retriever_mod
-    from recdemo.config import Config
     from recdemo.cli.evaluate import cli_rerank
 
     ds, retriever = data
-    real_service = service_mod.LLMService
-    monkeypatch.setattr(stack_mod, "load_from_config", lambda cfg: ds)
-    monkeypatch.setattr(stack_mod, "LLMService", lambda cfg: real_service(cfg, llm=tiny_llm))
-    monkeypatch.setattr(retriever_mod.Retriever, "for_dataset", classmethod(lambda cls, *a, **k: retriever))
-    cfg = Config()
-    cfg = replace(cfg, llm=replace(cfg.llm, fusion_dir=str(tmp_path / "fusion"), adapter_dir=str(tmp_path / "ad"),
-                                   fusion_cache_dir=str(tmp_path / "fusion-cache")))
+    cfg = fake_cli_stack(monkeypatch, tmp_path, ds, retriever, tiny_llm)
     args = dict(ranker="score", users=5, seed=0, no_fuse=False)
     assert cli_rerank(argparse.Namespace(split="valid", json=str(tmp_path / "v.json"), **args), cfg) == 0
     valid = json.loads((tmp_path / "v.json").read_text())
