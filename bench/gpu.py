@@ -10,8 +10,8 @@ their values) is wrapped in ``recdemo.llm.models.LLM`` + ``LLMService`` and driv
 - ``palr`` constrained generation of 10 titles (rankers/palr.py);
 - profile generation (``llm.profile.ProfileGenerator``), generated tokens/s;
 - LoRA training tokens/s at sequence lengths 512 and 1024, r=8 on q_proj/v_proj and on all-linear:
-  the model from ``ft_model.trainable_base`` + ``add_lora``, micro-batches from ``ft_eval.collate``,
-  and run_finetune's step (``ft_eval.answer_token_loss`` -> backward -> clip -> AdamW); sequences are
+  the model from ``finetune/lora.trainable_base`` + ``add_lora``, micro-batches from ``finetune/token_loss.collate``,
+  and run_finetune's step (``finetune/token_loss.answer_token_loss`` -> backward -> clip -> AdamW); sequences are
   real fine-tuning examples (``ExampleBuilder``) with their prompt trimmed to exactly the length;
 - one short real ``run_finetune`` (copy of the base, as the app trains while serving): its peak
   memory is the "inference + LoRA training together" figure.
@@ -340,7 +340,7 @@ def setup(args, tmp: str):
                                       "call)",
                    "inference_limit": "max(FLOPs / matmul_flops, bytes / copy_bytes_per_s); ratio = limit / measured",
                    "train_flops": "per step: rows*S*(4*N_dec + 6*L*d*(S+1)) + 4*N_head*(positions given logits: "
-                                  "the answer's only, ft_eval.answer_token_loss); LoRA: no weight gradients for "
+                                  "the answer's only, token_loss.answer_token_loss); LoRA: no weight gradients for "
                                   "frozen weights; ratio = step FLOPs / step time / matmul_flops"}}
     return ctx, results
 

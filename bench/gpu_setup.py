@@ -220,7 +220,7 @@ class Cost:
         """One LoRA training step: forward 2 N_dec + backward 2 N_dec per token (activation gradients
         through the frozen weights; LoRA's own weight gradients are negligible), attention forward
         2 L d (S + 1) per token (causal) and backward twice that, and 4 N_head per position whose
-        logits are computed (the project's loss keeps only the answer's: ft_eval.answer_token_loss)."""
+        logits are computed (the project's loss keeps only the answer's: token_loss.answer_token_loss)."""
         return rows * seq * (4 * self.n_dec + 6 * self.layers * self.d * (seq + 1)) + 4 * self.n_head * head_rows
 
     def describe(self) -> dict:

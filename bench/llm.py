@@ -13,7 +13,7 @@ Measures (reported, never asserted):
   first, not counted; genrec's one-time catalog trie build is reported on its own), with prompt
   token counts and forward calls; candidates from the SASRec checkpoint when present, else popularity;
   with --adapter (default: the dataset's shipped adapter for each ranker, if any) score and palr again with it active;
-- train: LoRA (r=16 on all linear layers, as the shipped adapters; ``ft_model.add_lora``) forward +
+- train: LoRA (r=16 on all linear layers, as the shipped adapters; ``finetune/lora.add_lora``) forward +
   backward + AdamW step in float32 and in bfloat16, tokens/s, next to the arithmetic limit: measured matmul FLOP/s / FLOPs per training token
   (forward 2N + backward 2N for the activations' gradients of the N frozen weights + attention;
   LoRA's own weight gradients are negligible).
