@@ -92,11 +92,10 @@ def run_timed(ctx, fn, items, warmup: int = 1):
 
 def bench_rankers(ctx, users) -> dict:
     from recdemo.llm.batch_score import rank_batch
-    from recdemo.llm.rankers import get_ranker
     reqs = [make_request(ctx.dataset, ctx.source, h) for h in users]
     res = {}
     for name in ("score", "palr"):
-        ranker = get_ranker(name, ctx.service, ctx.dataset, ctx.source, adapter=None, fusion_dir=ctx.tmp)
+        ranker = ctx.stack.ranker(name, retriever=ctx.source, adapter=None, fusion_dir=ctx.tmp)
         m = run_timed(ctx, lambda req: (ranker.rank(req), dict(ranker.last_info))[1], reqs[:1] + reqs)
         infos = m["results"]
         res[name] = {**priced(ctx, m["s"], m["flops"], m["bytes"]), "candidates": 50, "k": 10,
@@ -104,7 +103,7 @@ def bench_rankers(ctx, users) -> dict:
                      "answer_tokens": float(np.mean([i.get("tree_tokens", i.get("generated_tokens", 0))
                                                      for i in infos])),
                      "forwards": float(np.mean([i["forwards"] for i in infos]))}
-    score = get_ranker("score", ctx.service, ctx.dataset, ctx.source, adapter=None, fusion_dir=ctx.tmp)
+    score = ctx.stack.ranker("score", retriever=ctx.source, adapter=None, fusion_dir=ctx.tmp)
     res["score_batched"] = []
     for b in ctx.args.batch_sizes:
         groups = [reqs[i:i + b] for i in range(0, len(reqs) - b + 1, b)] or [(reqs * b)[:b]]
@@ -297,6 +296,7 @@ def setup(args, tmp: str):
     from recdemo.config import Config
     from recdemo.llm.models import LLM
     from recdemo.llm.service import LLMService
+    from recdemo.llm.stack import Stack
 
     tiny = args.tiny
     torch.set_num_threads(args.threads)
@@ -317,7 +317,9 @@ def setup(args, tmp: str):
     llm = LLM(model=model, tokenizer=tok, name=name, device=dev.device, dtype=dtype)
     service = LLMService(replace(cfg.llm, adapter_dir=str(Path(tmp) / "adapters"),
                                  fusion_dir=str(Path(tmp) / "fusion")), llm=llm)
-    ctx = SimpleNamespace(args=args, dev=dev, llm=llm, service=service, dataset=dataset, source=source, tmp=tmp,
+    stack = Stack(cfg, dataset=dataset, service=service)  # the project's one builder of rankers
+    ctx = SimpleNamespace(args=args, dev=dev, llm=llm, service=service, stack=stack, dataset=dataset, source=source,
+                          tmp=tmp,
                           cost=Cost(model, dtype), weights_gb=dev.allocated_gb())
     dname = str(dtype).replace("torch.", "")
     ctx.rate = matmul_rate(dev, dtype, 1024 if tiny else 8192)
