@@ -319,8 +319,7 @@ def setup(args, tmp: str):
                                  fusion_dir=str(Path(tmp) / "fusion")), llm=llm)
     stack = Stack(cfg, dataset=dataset, service=service)  # the project's one builder of rankers
     ctx = SimpleNamespace(args=args, dev=dev, llm=llm, service=service, stack=stack, dataset=dataset, source=source,
-                          tmp=tmp,
-                          cost=Cost(model, dtype), weights_gb=dev.allocated_gb())
+                          tmp=tmp, cost=Cost(model, dtype), weights_gb=dev.allocated_gb())
     dname = str(dtype).replace("torch.", "")
     ctx.rate = matmul_rate(dev, dtype, 1024 if tiny else 8192)
     ctx.bandwidth = copy_bandwidth(dev, (64 if tiny else 1024) * 2**20)
