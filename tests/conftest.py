@@ -229,3 +229,15 @@ def fake_cli_stack(monkeypatch, tmp_path, dataset, retriever, llm):
     cfg = Config()
     return replace(cfg, llm=replace(cfg.llm, fusion_dir=str(tmp_path / "fusion"), adapter_dir=str(tmp_path / "ad"),
                                     fusion_cache_dir=str(tmp_path / "fusion-cache")))
+
+
+@pytest.fixture
+def toy_eval_data():
+    """(toy dataset of 30 users, a popularity retriever): what the evaluation tests rank."""
+    ds = make_toy_dataset(n_items=40, n_users=30, seed=3)
+    return ds, PopularityRetriever(ds)
+
+
+def without_latency(metrics: dict) -> dict:
+    """Metrics minus the timings (which differ run to run)."""
+    return {k: v for k, v in metrics.items() if not k.startswith("latency")}

@@ -1,8 +1,4 @@
 """The evaluation core: one seeded sampler, users scored (one by one or batched), ranks via the ranker's finish."""
-import argparse
-import json
-from dataclasses import replace
-
 import numpy as np
 import pytest
 
@@ -13,17 +9,11 @@ from recdemo.llm.rankers import get_ranker
 from recdemo.metrics import MISS
 from recdemo.records import RerankRequest
 
-from conftest import PopularityRetriever, fake_cli_stack, make_toy_dataset
+from conftest import without_latency
 
 
-@pytest.fixture
-def data():
-    ds = make_toy_dataset(n_items=40, n_users=30, seed=3)
-    return ds, PopularityRetriever(ds)
-
-
-def test_sample_is_seeded_sorted_and_shared_by_splits(data):
-    ds, _ = data
+def test_sample_is_seeded_sorted_and_shared_by_splits(toy_eval_data):
+    ds, _ = toy_eval_data
     a = [c.user for c in sample_cases(ds, "test", 10, seed=1)]
     assert a == [c.user for c in sample_cases(ds, "test", 10, seed=1)] and len(a) == 10
     assert a == sorted(a)
@@ -35,8 +25,8 @@ def test_sample_is_seeded_sorted_and_shared_by_splits(data):
         sample_cases(ds, "test", 0)
 
 
-def test_ranks_come_from_the_rankers_own_finish(data, tiny_llm, tmp_path):
-    ds, retriever = data
+def test_ranks_come_from_the_rankers_own_finish(toy_eval_data, tiny_llm, tmp_path):
+    ds, retriever = toy_eval_data
     FusionStore(tmp_path).save(ds.name, ds.content_hash, weight_key(tiny_llm.name, None, "score"), 0.4)
     ranker = get_ranker("score", tiny_llm, ds, retriever, fuse=True, fusion_dir=str(tmp_path))
     assert ranker.fusion_weight(None)[0] == 0.4
@@ -52,8 +42,8 @@ def test_ranks_come_from_the_rankers_own_finish(data, tiny_llm, tmp_path):
         assert r == (want.index(user.target) if user.target in want else MISS)
 
 
-def test_skip_missing_users_cost_no_model_call(data):
-    ds, retriever = data
+def test_skip_missing_users_cost_no_model_call(toy_eval_data):
+    ds, retriever = toy_eval_data
     calls = []
 
     class Counting:
@@ -73,44 +63,24 @@ def test_skip_missing_users_cost_no_model_call(data):
     assert all(r == MISS for u, r in zip(users, ranks(users, 1.0, None)) if u.target not in u.candidates)
 
 
-def _without_latency(m):
-    return {k: v for k, v in m.items() if not k.startswith("latency")}
-
-
 @pytest.mark.parametrize("select", [False, True])
-def test_batched_rerank_evaluation_equals_one_user_at_a_time(data, tiny_llm, tmp_path, select):
-    ds, retriever = data
+def test_batched_rerank_evaluation_equals_one_user_at_a_time(toy_eval_data, tiny_llm, tmp_path, select):
+    ds, retriever = toy_eval_data
     FusionStore(tmp_path).save(ds.name, ds.content_hash, weight_key(tiny_llm.name, None, "score"), 0.5)
     ranker = get_ranker("score", tiny_llm, ds, retriever, fusion_dir=str(tmp_path))
     kw = dict(split="valid" if select else "test", users=9, seed=1, n_candidates=15, k=5, select=select)
     one = evaluate_rerank(ranker, ds, retriever, batch_size=1, **kw)
     for batch in (4, 9):
-        assert _without_latency(evaluate_rerank(ranker, ds, retriever, batch_size=batch, **kw)) == _without_latency(one)
+        assert without_latency(evaluate_rerank(ranker, ds, retriever, batch_size=batch, **kw)) == without_latency(one)
     # the LLM's own order is compared too (AUC over every candidate), not only SASRec's
     assert one["auc"] is not None and one["auc"] != one["baseline_auc"]
 
 
-def test_cli_batch_size_gives_the_same_metrics(data, tiny_llm, tmp_path, monkeypatch, capsys):
-    from recdemo.cli.evaluate import cli_rerank
-
-    ds, retriever = data
-    cfg = fake_cli_stack(monkeypatch, tmp_path, ds, retriever, tiny_llm)
-    got = {}
-    for ranker, batch in (("score", 1), ("score", 3), ("tallrec", 3)):
-        path = tmp_path / f"{ranker}{batch}.json"
-        args = argparse.Namespace(split="test", users=6, seed=0, no_fuse=True, batch_size=batch,
-                                  profile="heuristic", json=str(path))
-        assert cli_rerank(args, replace(cfg, llm=replace(cfg.llm, ranker=ranker))) == 0  # --ranker sets the config
-        got[ranker, batch] = json.loads(path.read_text())
-    assert _without_latency(got["score", 3]) == {**_without_latency(got["score", 1]), "batch_size": 3}
-    assert got["tallrec", 3]["batch_size"] == 1 and "does not batch" in capsys.readouterr().err
-
-
-def test_unknown_profile_is_refused(data, tiny_llm):
+def test_unknown_profile_is_refused(toy_eval_data, tiny_llm):
     from recdemo.config import Config
     from recdemo.llm.stack import Stack
 
-    ds, _ = data
+    ds, _ = toy_eval_data
     stack = Stack(Config(), dataset=ds, service=tiny_llm)
     assert stack.profile_fn("heuristic")(ds.catalog, [0, 1, 2]).keywords
     with pytest.raises(ValueError, match="heuristic"):

@@ -5,7 +5,6 @@ from recdemo.cli.evaluate import format_rerank_table
 from recdemo.eval.rerank_eval import evaluate_rerank
 from recdemo.llm.rankers import Ranker, get_ranker
 
-from conftest import PopularityRetriever, fake_cli_stack, make_toy_dataset
 
 
 class OracleRanker(Ranker):
@@ -26,12 +25,6 @@ class OracleRanker(Ranker):
         return out
 
 
-@pytest.fixture
-def data():
-    ds = make_toy_dataset(n_items=40, n_users=30, seed=3)
-    return ds, PopularityRetriever(ds)
-
-
 def targets_of(ds, split):
     return {tuple(int(x) for x in c.history): c.target for c in ds.eval_cases(split)}
 
@@ -44,8 +37,8 @@ def baseline_ndcg(ds, retriever, split, k=10):
     return float(np.mean(vals))
 
 
-def test_oracle_metrics_and_baseline_are_computed_honestly(data):
-    ds, retriever = data
+def test_oracle_metrics_and_baseline_are_computed_honestly(toy_eval_data):
+    ds, retriever = toy_eval_data
     m = evaluate_rerank(OracleRanker(ds, targets_of(ds, "test")), ds, retriever, weight=1.0, n_candidates=20)
     assert m["baseline_ndcg@10"] == pytest.approx(baseline_ndcg(ds, retriever, "test"))
     # the oracle puts every retrieved target first: NDCG = HR = fraction of targets retrieved
@@ -59,8 +52,8 @@ def test_oracle_metrics_and_baseline_are_computed_honestly(data):
     assert m["ndcg@10_ci95"][0] < m["ndcg@10"] < m["ndcg@10_ci95"][1]
 
 
-def test_validation_selects_zero_for_an_adversarial_llm(data):
-    ds, retriever = data
+def test_validation_selects_zero_for_an_adversarial_llm(toy_eval_data):
+    ds, retriever = toy_eval_data
     m = evaluate_rerank(OracleRanker(ds, targets_of(ds, "valid"), adversarial=True), ds, retriever,
                         split="valid", select=True)
     assert m["fusion_weight"] == 0.0
@@ -86,8 +79,8 @@ class ConfidentRanker(OracleRanker):
         return out
 
 
-def test_validation_picks_the_normalisation_that_scores_better(data):
-    ds, retriever = data
+def test_validation_picks_the_normalisation_that_scores_better(toy_eval_data):
+    ds, retriever = toy_eval_data
     m = evaluate_rerank(ConfidentRanker(ds, targets_of(ds, "valid")), ds, retriever, split="valid", select=True)
     assert m["fusion_method"] == "zscore" and m["fusion_weight"] > 0
     best_rank = max(m["ndcg_by_weight_rank"].values())
@@ -99,8 +92,8 @@ def test_validation_picks_the_normalisation_that_scores_better(data):
 
 
 @pytest.mark.parametrize("name", ["palr", "tallrec", "genrec"])
-def test_real_rankers_on_the_tiny_model(name, data, tiny_llm, tmp_path):
-    ds, retriever = data
+def test_real_rankers_on_the_tiny_model(name, toy_eval_data, tiny_llm, tmp_path):
+    ds, retriever = toy_eval_data
     r = get_ranker(name, tiny_llm, ds, retriever, fusion_dir=str(tmp_path))
     m = evaluate_rerank(r, ds, retriever, split="valid", users=6, seed=0, n_candidates=15, k=5, select=True)
     assert m["valid_ratio"] == 1.0 and m["returned_per_user"] == 5
@@ -108,29 +101,3 @@ def test_real_rankers_on_the_tiny_model(name, data, tiny_llm, tmp_path):
     assert set(m["ndcg_by_weight"]) == {str(w / 10) for w in range(11)}
     assert (m["auc"] is None) == (name == "genrec")
     assert m["latency_ms_p90"] >= m["latency_ms_p50"] > 0
-
-
-def test_cli_selects_on_valid_then_applies_the_weight_on_test(data, tiny_llm, tmp_path, monkeypatch, capsys):
-    import argparse
-    import json
-
-    from recdemo.cli.evaluate import cli_rerank
-
-    ds, retriever = data
-    cfg = fake_cli_stack(monkeypatch, tmp_path, ds, retriever, tiny_llm)
-    args = dict(ranker="score", users=5, seed=0, no_fuse=False)
-    assert cli_rerank(argparse.Namespace(split="valid", json=str(tmp_path / "v.json"), **args), cfg) == 0
-    valid = json.loads((tmp_path / "v.json").read_text())
-    for key in ("ndcg@10", "hr@10", "baseline_ndcg@10", "baseline_hr@10", "valid_ratio", "latency_ms_p50",
-                "latency_ms_p90", "users", "auc"):
-        assert key in valid
-    tuned = tmp_path / "fusion-cache" / f"toy-{ds.content_hash}.json"  # never the shipped fusion folder
-    assert valid["fusion_saved_to"] == str(tuned) and not (tmp_path / "fusion").exists()
-    saved = json.loads(tuned.read_text())
-    assert saved["weights"]["tiny-llama/base/score"]["weight"] == valid["fusion_weight"]
-    assert saved["weights"]["tiny-llama/base/score"]["method"] == valid["fusion_method"]
-    assert cli_rerank(argparse.Namespace(split="test", json=str(tmp_path / "t.json"), **args), cfg) == 0
-    test = json.loads((tmp_path / "t.json").read_text())
-    assert test["fusion_weight"] == valid["fusion_weight"] and test["fusion_source"] == str(tuned)
-    assert test["fusion_method"] == valid["fusion_method"]
-    assert "SASRec top-10" in capsys.readouterr().out

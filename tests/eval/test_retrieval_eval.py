@@ -1,16 +1,6 @@
-import argparse
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
-from conftest import real_data_root
-
-from recdemo.config import PROJECT_ROOT, Config, RetrievalConfig
-from recdemo.cli import evaluate as eval_cli
 from recdemo.eval.retrieval_eval import evaluate_models, sample_negatives
 
 KEYS = ("hr@10", "ndcg@10", "hr@5", "ndcg@5", "hr@20", "ndcg@20", "mrr", "users")
@@ -82,42 +72,3 @@ def test_unmasked_ranks_the_history_too():
     # ranks 3, 11 and 2 (the repeated target 9 is not ahead of itself, 30 and 31 are)
     assert result["unmasked"]["m"]["mrr"] == pytest.approx((1 / 4 + 1 / 12 + 1 / 3) / 3)
     assert result["unmasked"]["m"]["hr@10"] == pytest.approx(2 / 3)
-
-
-def test_cli_writes_metrics_and_baselines(cycle_dataset, tmp_path, monkeypatch, capsys):
-    import recdemo.llm.stack as stack_mod
-    monkeypatch.setattr(stack_mod, "load_from_config", lambda cfg: cycle_dataset)
-    cfg = Config()
-    cfg.retrieval = RetrievalConfig(maxlen=12, hidden=16, dropout=0.0, epochs=8, lr=1e-2, batch_size=16,
-                                    warmup_steps=5, checkpoint_dir=str(tmp_path),
-                                    cache_dir=str(tmp_path / "cache"))
-    out = tmp_path / "m.json"
-    args = argparse.Namespace(stage="retrieval", split="test", protocol="full", seed=0, users=None, json=str(out))
-    assert eval_cli.cli_evaluate(args, cfg) == 0
-    data = json.loads(out.read_text())
-    assert all(k in data for k in KEYS)
-    assert set(data["baselines"]) == {"popularity", "item_knn"}
-    assert all(k in data["baselines"]["item_knn"] for k in KEYS)
-    assert data["users"] == len(cycle_dataset.sequences)
-    assert data["ndcg@10"] > data["baselines"]["popularity"]["ndcg@10"]
-    assert set(data["unmasked"]) == {"sasrec", "popularity", "item_knn"}
-    assert data["unmasked"] == data["protocols"]["unmasked"]
-    assert data["unmasked"]["popularity"]["ndcg@10"] <= data["baselines"]["popularity"]["ndcg@10"]
-    printed = capsys.readouterr().out
-    assert "SASRec" in printed and "item-kNN" in printed and "unmasked NDCG@10" in printed
-
-
-@pytest.mark.integration
-def test_evaluate_command_on_real_data(tmp_path):
-    out = tmp_path / "retrieval.json"
-    env = {**os.environ, "RECDEMO_DATA_DIR": real_data_root()}
-    assert (PROJECT_ROOT / "checkpoints" / "sasrec-movielens-small.safetensors").is_file()
-    proc = subprocess.run([sys.executable, "-m", "recdemo", "evaluate", "--dataset", "movielens-small",
-                           "--users", "60", "--json", str(out)], cwd=PROJECT_ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    data = json.loads(out.read_text())
-    assert all(k in data for k in KEYS) and data["users"] == 60
-    assert set(data["baselines"]) == {"popularity", "item_knn"}
-    assert "sampled100" in data["protocols"]
-    assert data["protocols"]["sampled100"]["sasrec"]["hr@10"] >= data["hr@10"]
