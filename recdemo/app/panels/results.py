@@ -41,10 +41,11 @@ class Results:
 def build() -> Results:
     profile = gr.HTML(render.placeholder_html(PROFILE_HINT), elem_id="rd-profile")
     with gr.Accordion("Steer: edit the profile and rerun", open=True, elem_id="rd-steer-box"):
-        kw_edit = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True, label=KEYWORDS_LABEL,
-                              elem_id="rd-kw-edit")
-        summary_edit = gr.Textbox(label="The profile's sentence", lines=2, elem_id="rd-summary-edit")
-        steer = gr.Button("Rerun with my edits", size="sm", elem_id="rd-steer")
+        with gr.Row(equal_height=True):
+            kw_edit = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True, label=KEYWORDS_LABEL,
+                                  scale=3, elem_id="rd-kw-edit")
+            summary_edit = gr.Textbox(label="The profile's sentence", lines=2, scale=3, elem_id="rd-summary-edit")
+            steer = gr.Button("Rerun with my edits", size="sm", scale=1, elem_id="rd-steer")
     meta = gr.HTML(elem_id="rd-meta")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
