@@ -14,6 +14,7 @@ import logging
 import random
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 # Cards explained per streamed state: the first sentences show early, and a batch still shares the
 # model's work (one batched call per group).
 EXPLAIN_GROUP = 5
+EXPLAIN_CACHE = 2048  # explanations kept for reruns of the same history (steering, "not interested")
 STAGES = ("retrieval", "profile", "rerank", "explain")
 
 
@@ -73,6 +75,7 @@ class Recommender:
         self.service = self.stack.service
         self._explainer: Explainer | None = None
         self._explain_lock = threading.RLock()
+        self._explained: OrderedDict = OrderedDict()  # (history, model) + item -> Explanation
         self._personas: dict[str, list[str]] | None = None
 
     @classmethod
@@ -275,18 +278,35 @@ class Recommender:
         run.timings["rerank"] = time.perf_counter() - t
 
     def _explain_stage(self, run: "_Run", items: list[int]) -> None:
+        """Explanations of ``items``; those of this history written before (a steering rerun keeps
+        most cards) come from the cache, only the new ones cost model time."""
         t = time.perf_counter()
-        use_llm = not run.explain_failed
-        try:
-            found = self.explainer.explain(run.hist, items, use_llm=use_llm)
-        except Exception as e:  # noqa: BLE001 - fall back to evidence-only sentences
-            log.warning("LLM explanations failed", exc_info=True)
-            run.warnings.append(f"The LLM explanations failed ({type(e).__name__}); showing evidence-based "
-                                "sentences instead.")
-            run.explain_failed = True
-            found = self.explainer.explain(run.hist, items, use_llm=False)
-        run.explanations.update({e.index: e for e in found})
+        key = (tuple(run.hist), self.service.llm.name)
+        with self._explain_lock:
+            cached = {i: self._explained[(key, i)] for i in items if (key, i) in self._explained}
+        todo = [i for i in items if i not in cached]
+        found = []
+        if todo and not run.explain_failed:
+            try:
+                found = self.explainer.explain(run.hist, todo, use_llm=True)
+                self._remember(key, found)
+            except Exception as e:  # noqa: BLE001 - fall back to evidence-only sentences
+                log.warning("LLM explanations failed", exc_info=True)
+                run.warnings.append(f"The LLM explanations failed ({type(e).__name__}); showing evidence-based "
+                                    "sentences instead.")
+                run.explain_failed = True
+        if todo and run.explain_failed:
+            found = self.explainer.explain(run.hist, todo, use_llm=False)
+        run.explanations.update({**cached, **{e.index: e for e in found}})
         run.timings["explain"] = run.timings.get("explain", 0.0) + time.perf_counter() - t
+
+    def _remember(self, key, explanations) -> None:
+        with self._explain_lock:
+            for e in explanations:
+                self._explained[(key, e.index)] = e
+                self._explained.move_to_end((key, e.index))
+            while len(self._explained) > EXPLAIN_CACHE:
+                self._explained.popitem(last=False)
 
     def _state(self, run: "_Run", stage: str) -> Recommendation:
         prompt = ""

@@ -490,3 +490,23 @@ def test_not_interested_refills_the_top_k_from_the_candidates(rec, spy, toy_data
     assert all(ranks.get(c["index"], c["rank"]) == c["rank"] for c in after.candidates)
     with pytest.raises(ValueError, match="not in the catalog"):
         rec.recommend(history, ranker="spy", exclude=[10_000])
+
+
+def test_a_rerun_explains_only_the_cards_it_has_not_explained(rec, spy, toy_dataset):
+    history = list(toy_dataset.sequences[0][:6])
+    asked, explain = [], rec.explainer.explain
+
+    def counting(hist, items, **kw):
+        asked.append(list(items))
+        return explain(hist, items, **kw)
+
+    rec.explainer.explain = counting
+    before = rec.recommend(history, ranker="spy", n_candidates=10, k=4)
+    gone = before.results[0]["index"]
+    after = rec.recommend(history, ranker="spy", n_candidates=10, k=4, exclude=[gone])
+    new = [r["index"] for r in after.results if r["index"] not in {b["index"] for b in before.results}]
+    assert asked[-1] == new and len(new) == 1  # the three kept cards came from the cache
+    kept = {b["index"]: b for b in before.results}
+    assert all(r["rationale"] == kept[r["index"]]["rationale"] for r in after.results if r["index"] in kept)
+    rec.recommend(history[:-1], ranker="spy", n_candidates=10, k=4)  # another history: explained afresh
+    assert len(asked[-1]) == 4
