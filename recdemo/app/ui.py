@@ -55,7 +55,8 @@ def _wire_status(ctx: AppContext, status: gr.HTML, timer: gr.Timer, p: picker.Pi
 
 def _wire_dataset(ctx: AppContext, demo: gr.Blocks, p: picker.Picker, r: results.Results, ft: finetune.FineTune,
                   s: Session, status: gr.HTML, status_timer: gr.Timer) -> None:
-    """A new domain empties the history and the results; a new visitor sees adapters trained since launch."""
+    """A new domain empties the history, the results and the profile editor; a new visitor sees
+    adapters trained since launch."""
     def on_dataset(ds):
         names = []
         try:  # starts building the search index / retriever in the background
@@ -65,10 +66,12 @@ def _wire_dataset(ctx: AppContext, demo: gr.Blocks, p: picker.Picker, r: results
         except Exception as e:  # noqa: BLE001 - e.g. the dataset is not downloaded
             msg = render.notice_html(events.friendly_error(e))
         return (*history_update([]), None, gr.update(choices=names, value=None), msg, *r.cleared(),
+                gr.update(choices=[], value=[]), "", None,
                 gr.update(value=ds), render.status_html(ctx.status(ds)), gr.Timer(active=True))
 
     p.dataset.change(on_dataset, p.dataset, [s.history, p.hist_view, s.selected, p.persona, p.notice,
-                                             *r.outputs(), ft.dataset, status, status_timer])
+                                             *r.outputs(), r.kw_edit, r.summary_edit, s.last, ft.dataset, status,
+                                             status_timer])
 
     def on_load(ds):  # a new visitor: adapters trained since launch, personas once loaded
         names = list(events.personas(ctx, ds)) if ctx.is_loaded(ds) else []
