@@ -67,6 +67,9 @@ class Recommendation:
     model: str  # e.g. "smollm2-135m on cpu (float32)"
     adapter: str | None
     warnings: list[str] = field(default_factory=list)
+    # Which stage this state ends (``Recommender.recommend_stages``): "retrieval" (SASRec's order,
+    # provisional), "profile", "rerank", "explain" (some cards explained), "done" (the final answer).
+    stage: str = "done"
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -50,16 +50,35 @@ class FakeRecommender:
         return {"Comedy fan": [t for t, a in zip(self.titles, self.attrs) if "Comedy" in a][:4],
                 "Horror fan": [t for t, a in zip(self.titles, self.attrs) if "Horror" in a][:4]}
 
-    def recommend(self, history, ranker="score", n_candidates=50, k=10, adapter="auto",
-                  with_profile=True, with_explanations=True):
+    def recommend(self, history, **kw):
+        state = None
+        for state in self.recommend_stages(history, **kw):
+            pass
+        return state
+
+    def recommend_stages(self, history, ranker="score", n_candidates=50, k=10, adapter="auto",
+                         with_profile=True, with_explanations=True, **steering):
+        """The real stages' shapes: SASRec's list (provisional), + profile, + the ranker's order,
+        + half the explanations, the final answer. ``steering``: profile_edit / exclude, recorded."""
         self.calls.append(dict(history=list(history), ranker=ranker, n_candidates=n_candidates, k=k,
-                               adapter=adapter))
+                               adapter=adapter, **steering))
         if self.fail_with is not None:
             raise self.fail_with
         if not history:
             raise ValueError("The history is empty: pick at least one item.")
+        final = self._final(history, ranker, n_candidates, k, adapter, **steering)
+        first = [{**c, "retrieval_rank": c["rank"], "move": 0, "evidence": [], "rationale": ""}
+                 for c in final.candidates[:k]]
+        bare = [{**r, "evidence": [], "rationale": ""} for r in final.results]
+        half = final.results[:len(final.results) // 2] + bare[len(final.results) // 2:]
+        for stage, profile, results in (("retrieval", None, first), ("profile", final.profile, first),
+                                        ("rerank", final.profile, bare), ("explain", final.profile, half),
+                                        ("done", final.profile, final.results)):
+            yield Recommendation(**{**final.__dict__, "stage": stage, "profile": profile, "results": results})
+
+    def _final(self, history, ranker, n_candidates, k, adapter, profile_edit=None, exclude=()):
         hist = [self._find(h) for h in history]
-        pool = [i for i in range(len(self.titles)) if i not in hist][:n_candidates]
+        pool = [i for i in range(len(self.titles)) if i not in hist and i not in exclude][:n_candidates]
         cands = [{**self._item(i), "rank": r, "score": 1.0 - r / 100} for r, i in enumerate(pool, 1)]
         picked = list(reversed(pool[:k - 1])) + [len(self.titles) - 2]  # last one: outside the list
         results = []
@@ -71,6 +90,9 @@ class FakeRecommender:
                             "rationale": f"You liked {self.titles[hist[0]]}."})
         profile = Profile(keywords=[Keyword("comedy", [hist[0]], True), Keyword("space opera", [], False)],
                           summary="Enjoys comedy and the occasional drama.")
+        if profile_edit is not None:
+            profile = Profile(keywords=[Keyword(t, [], True, source="user") for t in profile_edit["keywords"]],
+                              summary=profile_edit.get("summary") or profile.summary)
         return Recommendation(history=[self._item(i) for i in hist], profile=profile, candidates=cands,
                               results=results, prompt="### Interaction History Sequence\n...", 
                               timings={"retrieval": 0.01, "profile": 0.2, "rerank": 0.3, "explain": 0.1,

@@ -1,11 +1,13 @@
 """The functions the UI calls, as plain functions of plain values (ui.py only wires them to
 components). Every function that can fail returns a friendly message instead of raising, except
-``run_recommendation``, whose callers (``recommend`` here, the /recommend API in ui.py) turn
-its exceptions into a message or a clean ``gr.Error``."""
+``run_recommendation`` and ``run_stages``, whose callers (``recommend_stream`` here, the
+/recommend and /recommend_stream APIs in ui.py) turn their exceptions into a message or a clean
+``gr.Error``."""
 from __future__ import annotations
 
 import logging
 import time
+from typing import Iterator
 
 from recdemo.app import render
 from recdemo.app.context import RANKERS, AppContext, friendly_error
@@ -120,16 +122,14 @@ def _adapter_arg(adapter: str | None):
 
 # -- recommend --
 @gpu
-def _run(rec, history, **kwargs):
-    """The one call into the model stack (on ZeroGPU this is where a GPU is attached)."""
-    return rec.recommend(history, **kwargs)
+def _stages(rec, history, **kwargs):
+    """The one call into the model stack (on ZeroGPU this is where a GPU is attached), as the
+    stages finish (``Recommender.recommend_stages``)."""
+    yield from rec.recommend_stages(history, **kwargs)
 
 
-def run_recommendation(ctx: AppContext, history: list[str], dataset: str, ranker: str,
-                       adapter: str | None = ADAPTER_AUTO, n_candidates: int = 50, k: int = 10,
-                       wait: float = 2.0) -> dict:
-    """Recommendation.to_dict() as JSON-safe data. Raises ValueError etc. for the caller to show;
-    ``Busy`` while the dataset is still being prepared after ``wait`` seconds."""
+def _prepared(ctx: AppContext, history: list[str], dataset: str, ranker: str, n_candidates, k, wait: float):
+    """(recommender, history, n_candidates, k) once the request is checked and the dataset ready."""
     history = [h for h in (history or []) if str(h).strip()]
     if not history:
         raise ValueError("Pick at least one item first: search for a title, choose a persona, or "
@@ -142,38 +142,108 @@ def run_recommendation(ctx: AppContext, history: list[str], dataset: str, ranker
     busy = ctx.ensure_ready(dataset, wait)
     if busy:
         raise Busy(busy)
-    rec = ctx.recommender(dataset)
-    out = _run(rec, history, ranker=ranker, n_candidates=n_candidates, k=k, adapter=_adapter_arg(adapter))
-    return jsonable(out.to_dict() if hasattr(out, "to_dict") else out)
+    return ctx.recommender(dataset), history, n_candidates, k
+
+
+def _steering(profile_edit, exclude) -> dict:
+    """Only what was asked: a plain request reaches the recommender exactly as before."""
+    out = {}
+    if profile_edit is not None:
+        out["profile_edit"] = profile_edit
+    if exclude:
+        out["exclude"] = [int(i) for i in exclude]
+    return out
+
+
+def run_recommendation(ctx: AppContext, history: list[str], dataset: str, ranker: str,
+                       adapter: str | None = ADAPTER_AUTO, n_candidates: int = 50, k: int = 10,
+                       wait: float = 2.0, profile_edit=None, exclude=()) -> dict:
+    """Recommendation.to_dict() as JSON-safe data. Raises ValueError etc. for the caller to show;
+    ``Busy`` while the dataset is still being prepared after ``wait`` seconds."""
+    data = None
+    for data in run_stages(ctx, history, dataset, ranker, adapter, n_candidates, k, wait, profile_edit, exclude):
+        pass
+    return data
+
+
+def run_stages(ctx: AppContext, history: list[str], dataset: str, ranker: str, adapter: str | None = ADAPTER_AUTO,
+               n_candidates: int = 50, k: int = 10, wait: float = 2.0, profile_edit=None,
+               exclude=()) -> Iterator[dict]:
+    """``run_recommendation`` as it grows: one JSON-safe state per finished stage, the last one
+    ("stage": "done") equal to ``run_recommendation``'s answer. Raises like it."""
+    rec, history, n_candidates, k = _prepared(ctx, history, dataset, ranker, n_candidates, k, wait)
+    for state in _stages(rec, history, ranker=ranker, n_candidates=n_candidates, k=k,
+                         adapter=_adapter_arg(adapter), **_steering(profile_edit, exclude)):
+        yield jsonable(state.to_dict())
+
+
+def recommend_stream(ctx: AppContext, history: list[str], dataset: str, ranker: str, adapter: str,
+                     n_candidates: int, k: int, profile_edit=None, exclude=(),
+                     baseline: list[dict] | None = None) -> Iterator[dict]:
+    """For the page: the HTML pieces of each state as it comes, and a message when something is
+    wrong (then the stream ends). ``baseline``: the results before the user's profile edit, so the
+    cards say which ones the edit moved."""
+    if not ctx.model_ready.is_set() and not ctx.wait_ready(0.5):
+        st = ctx.status()
+        yield {"ok": False, "kind": "info",
+               "message": f"The model is still loading ({st['uptime_s']:.0f} s since start: {st['message']}). "
+                          "Please try again in a few seconds."}
+        return
+    t0, data = time.perf_counter(), {}
+    try:
+        for data in run_stages(ctx, history, dataset, ranker, adapter, n_candidates, k,
+                               profile_edit=profile_edit, exclude=exclude):
+            yield page(data, baseline)
+    except Busy as e:
+        yield {"ok": False, "kind": "info", "message": str(e)}
+        return
+    except Exception as e:  # noqa: BLE001 - shown in the page, never as a traceback
+        yield {"ok": False, "kind": "error", "message": friendly_error(e)}
+        return
+    log.info("recommend %s/%s: %d items in %.2f s", dataset, ranker, len(data.get("results", [])),
+             time.perf_counter() - t0)
+
+
+def page(data: dict, baseline: list[dict] | None = None) -> dict:
+    """The HTML pieces of one state."""
+    return {"ok": True, "kind": "", "message": "", "data": data, "stage": data.get("stage", "done"),
+            "profile_html": render.profile_html(data), "cards_html": render.cards_html(data, baseline),
+            "candidates_html": render.candidates_html(data), "meta_html": render.meta_html(data),
+            "prompt": data.get("prompt", "")}
 
 
 def recommend(ctx: AppContext, history: list[str], dataset: str, ranker: str, adapter: str,
-              n_candidates: int, k: int) -> dict:
-    """For the page: the HTML pieces, the prompt, and a message when something is wrong."""
-    if not ctx.model_ready.is_set() and not ctx.wait_ready(0.5):
-        st = ctx.status()
-        return {"ok": False, "kind": "info",
-                "message": f"The model is still loading ({st['uptime_s']:.0f} s since start: {st['message']}). "
-                           "Please try again in a few seconds."}
-    t0 = time.perf_counter()
+              n_candidates: int, k: int, **steering) -> dict:
+    """The page's final state (or the message), as ``recommend_stream`` ends."""
+    out = {}
+    for out in recommend_stream(ctx, history, dataset, ranker, adapter, n_candidates, k, **steering):
+        pass
+    return out
+
+
+def profile_editor(data: dict) -> tuple[list[str], list[str], str]:
+    """(keyword choices, keywords shown as chosen, sentence) for the profile editor: the grounded
+    keywords start chosen; the struck-through ones can be added back."""
+    profile = data.get("profile") or {}
+    keywords = profile.get("keywords") or []
+    chosen = [kw["text"] for kw in keywords if kw.get("grounded")]
+    return [kw["text"] for kw in keywords], chosen, profile.get("summary", "")
+
+
+def dismissed(previous: list[int] | None, item) -> list[int]:
+    """The items marked "not interested" so far, with ``item`` added (bounded by the caller's limit)."""
+    out = [int(i) for i in previous or []]
     try:
-        data = run_recommendation(ctx, history, dataset, ranker, adapter, n_candidates, k)
-    except Busy as e:
-        return {"ok": False, "kind": "info", "message": str(e)}
-    except Exception as e:  # noqa: BLE001 - shown in the page, never as a traceback
-        return {"ok": False, "kind": "error", "message": friendly_error(e)}
-    log.info("recommend %s/%s: %d items in %.2f s", dataset, ranker, len(data.get("results", [])),
-             time.perf_counter() - t0)
-    return {"ok": True, "kind": "", "message": "", "data": data,
-            "profile_html": render.profile_html(data), "cards_html": render.cards_html(data),
-            "candidates_html": render.candidates_html(data), "meta_html": render.meta_html(data),
-            "prompt": data.get("prompt", "")}
+        item = int(item)
+    except (TypeError, ValueError):
+        return out
+    return out if item in out else out + [item]
 
 
 def api_result(data: dict) -> dict:
     """The JSON the /recommend API returns: profile, candidates, top-k with explanations."""
     keep = ("profile", "candidates", "results", "timings", "ranker", "model", "adapter", "warnings",
-            "history", "prompt")
+            "history", "prompt", "stage")
     return {k: data.get(k) for k in keep}
 
 

@@ -9,6 +9,12 @@ from html import escape
 from recdemo.app.context import TASKS
 
 STAGES = ("retrieval", "profile", "rerank", "explain")
+NEXT_STEP = {"retrieval": "writing the profile…", "profile": "the LLM is ranking…",
+             "rerank": "explaining…", "explain": "explaining…"}  # what the page waits for after a stage
+# Clicks on a card's "Not interested" button become the cards' "dismiss" event (event delegation:
+# the cards are re-rendered on every streamed state, the listener on their root stays).
+DISMISS_JS = ("element.addEventListener('click', (e) => { const b = e.target.closest('.rd-dismiss');"
+              " if (b) { b.disabled = true; trigger('dismiss', {index: Number(b.dataset.index)}); } });")
 
 
 def _e(value) -> str:
@@ -38,6 +44,8 @@ def _titles_of(history: list[dict]) -> dict[int, str]:
 
 def profile_html(rec: dict) -> str:
     profile = rec.get("profile")
+    if not profile and rec.get("stage") == "retrieval":
+        return '<div class="rd-panel rd-muted rd-pending">Writing your taste profile…</div>'
     if not profile:
         return '<div class="rd-panel rd-muted">No profile for this run.</div>'
     titles = _titles_of(rec.get("history", []))
@@ -45,7 +53,12 @@ def profile_html(rec: dict) -> str:
     for kw in profile.get("keywords", []):
         text, grounded = kw.get("text", ""), bool(kw.get("grounded"))
         support = [titles.get(int(i), f"item {i}") for i in kw.get("support", [])]
-        if grounded:
+        if kw.get("source") == "user":  # the user's own word (steering): sent to the ranker as it is
+            words.append(text)
+            because = f' · in: {_e(", ".join(support[:3]))}' if support else ""
+            chips.append(f'<div class="rd-kw grounded user"><span class="rd-kw-text">{_e(text)}</span>'
+                         f'<span class="rd-kw-support">added by you{because}</span></div>')
+        elif grounded:
             words.append(text)
             because = ", ".join(support[:4]) + (f" +{len(support) - 4} more" if len(support) > 4 else "")
             added = kw.get("source") == "heuristic"  # the LLM gave too few grounded keywords
@@ -82,25 +95,68 @@ def _evidence(ev: list[dict]) -> str:
     return f'<ul class="rd-ev">{"".join(rows)}</ul>' if rows else ""
 
 
-def cards_html(rec: dict) -> str:
+def edit_move(result: dict, baseline: list[dict] | None) -> tuple[str, str] | None:
+    """('▲ 2 with your edit', 'up') etc.: how the user's profile edit moved a card compared with the
+    answer before the edit; None without a baseline or when it did not move."""
+    if baseline is None:
+        return None
+    before = {int(b["index"]): int(b["rank"]) for b in baseline if "index" in b and "rank" in b}
+    old = before.get(int(result.get("index", -1)))
+    if old is None:
+        return "new with your edit", "new"
+    delta = old - int(result.get("rank", 0))
+    if delta == 0:
+        return None
+    return (f"▲ {delta} with your edit", "up") if delta > 0 else (f"▼ {-delta} with your edit", "down")
+
+
+def _steer(r: dict, baseline: list[dict] | None) -> str:
+    parts = []
+    moved = edit_move(r, baseline)
+    if moved:
+        parts.append(f'<span class="rd-edit-move {moved[1]}">{_e(moved[0])}</span>')
+    steer = r.get("steer") or {}
+    if steer.get("added"):
+        parts.append(f'<span class="rd-steer-why">matches {_e(", ".join(steer["added"]))}, which you added</span>')
+    elif steer.get("removed"):
+        parts.append(f'<span class="rd-steer-why">matches {_e(", ".join(steer["removed"]))}, which you '
+                     'removed</span>')
+    return f'<div class="rd-steer">{"".join(parts)}</div>' if parts else ""
+
+
+def _card(r: dict, stage: str, baseline: list[dict] | None) -> str:
+    provisional = stage in ("retrieval", "profile")
+    label, cls = ("SASRec order", "provisional") if provisional else move_badge(r.get("rank", 0),
+                                                                               r.get("retrieval_rank"))
+    sasrec = f'SASRec #{r["retrieval_rank"]}' if r.get("retrieval_rank") else "outside SASRec top-N"
+    rationale = r.get("rationale") or ""
+    pending = not rationale and not r.get("evidence") and stage not in ("done", "retrieval", "profile")
+    dismiss = (f'<button class="rd-dismiss" data-index="{int(r["index"])}" title="Remove it and refill the list">'
+               '✕ Not interested</button>' if stage == "done" and "index" in r else "")
+    return (f'<div class="rd-card{" rd-provisional" if provisional else ""}"><div class="rd-card-top">'
+            f'<span class="rd-rank">{_e(r.get("rank", ""))}</span>'
+            f'<span class="rd-title">{_e(r.get("title", ""))}</span>'
+            f'<span class="rd-move {cls}" title="{_e(sasrec)}">{_e(label)}</span></div>'
+            + _steer(r, baseline)
+            + f'<div class="rd-tags">{_attrs(r.get("attributes"))}</div>'
+            + (f'<p class="rd-why">{_e(rationale)}</p>' if rationale else "")
+            + ('<p class="rd-why rd-pending">explaining…</p>' if pending else "")
+            + (f'<div class="rd-because">Because of</div>{_evidence(r.get("evidence") or [])}'
+               if r.get("evidence") else "")
+            + f'<div class="rd-score">score {_num(r.get("score"))} · {_e(sasrec)}{dismiss}</div></div>')
+
+
+def cards_html(rec: dict, baseline: list[dict] | None = None) -> str:
+    """The cards of one streamed state: SASRec's order marked provisional until the LLM has ranked,
+    "explaining…" until a card's sentence comes, a "Not interested" button on the final answer."""
     results = rec.get("results") or []
     if not results:
         return '<div class="rd-panel rd-muted">No recommendations.</div>'
-    cards = []
-    for r in results:
-        label, cls = move_badge(r.get("rank", 0), r.get("retrieval_rank"))
-        sasrec = f'SASRec #{r["retrieval_rank"]}' if r.get("retrieval_rank") else "outside SASRec top-N"
-        rationale = r.get("rationale") or ""
-        cards.append(
-            f'<div class="rd-card"><div class="rd-card-top"><span class="rd-rank">{_e(r.get("rank", ""))}</span>'
-            f'<span class="rd-title">{_e(r.get("title", ""))}</span>'
-            f'<span class="rd-move {cls}" title="{_e(sasrec)}">{_e(label)}</span></div>'
-            f'<div class="rd-tags">{_attrs(r.get("attributes"))}</div>'
-            + (f'<p class="rd-why">{_e(rationale)}</p>' if rationale else "")
-            + (f'<div class="rd-because">Because of</div>{_evidence(r.get("evidence") or [])}'
-               if r.get("evidence") else "")
-            + f'<div class="rd-score">score {_num(r.get("score"))} · {_e(sasrec)}</div></div>')
-    return f'<div class="rd-cards">{"".join(cards)}</div>'
+    stage = rec.get("stage", "done")
+    head = ('<div class="rd-provisional-note">Provisional: SASRec\'s top list. The LLM is reranking…</div>'
+            if stage in ("retrieval", "profile") else "")
+    cards = "".join(_card(r, stage, baseline) for r in results)
+    return f'{head}<div class="rd-cards rd-stage-{_e(stage)}">{cards}</div>'
 
 
 def candidates_html(rec: dict) -> str:
@@ -125,7 +181,9 @@ def meta_html(rec: dict) -> str:
     total = f'<b>total {t["total"]:.2f} s</b>' if t.get("total") is not None else ""
     adapter = rec.get("adapter") or "none (base model)"
     warn = "".join(f'<div class="rd-warn">{_e(w)}</div>' for w in rec.get("warnings") or [])
-    return (f'<div class="rd-meta">Timing: {_e(" · ".join(parts))} {("· " + total) if parts else total}'
+    working = NEXT_STEP.get(rec.get("stage", "done"), "")
+    working = f' · <span class="rd-working">{_e(working)}</span>' if working else ""
+    return (f'<div class="rd-meta">Timing: {_e(" · ".join(parts))} {("· " + total) if parts else total}{working}'
             f' &nbsp;|&nbsp; {_e(rec.get("model", ""))} · adapter: {_e(adapter)} · ranker: '
             f'{_e(rec.get("ranker", ""))}</div>{warn}')
 
@@ -265,6 +323,23 @@ CSS = """
   border-bottom: 1px dotted var(--border-color-primary)}
 .rd-ev-kind {color: var(--body-text-color-subdued); white-space: nowrap}
 .rd-score {font-size: .72rem; color: var(--body-text-color-subdued)}
+.rd-provisional-note {font-size: .82rem; color: #854d0e; background: #fef9c3; border-radius: 8px; padding: 4px 10px;
+  margin-bottom: 8px}
+.rd-card.rd-provisional {opacity: .75; border-style: dashed}
+.rd-move.provisional {background: #fef9c3; color: #854d0e}
+.rd-stage-rerank .rd-card, .rd-stage-explain .rd-card {animation: rd-in .35s ease-out}
+@keyframes rd-in {from {transform: translateY(6px); opacity: .4} to {transform: none; opacity: 1}}
+.rd-pending {color: var(--body-text-color-subdued); font-style: italic}
+.rd-working {color: #4f46e5}
+.rd-steer {margin: 4px 0 0 34px; display: flex; flex-wrap: wrap; gap: 6px; font-size: .72rem}
+.rd-edit-move {font-weight: 600; padding: 1px 8px; border-radius: 999px; background: #ede9fe; color: #5b21b6}
+.rd-edit-move.down {background: #fee2e2; color: #991b1b}
+.rd-steer-why {color: #5b21b6}
+.rd-dismiss {float: right; font-size: .72rem; border: 1px solid var(--border-color-primary); border-radius: 999px;
+  padding: 0 8px; background: transparent; color: var(--body-text-color-subdued); cursor: pointer}
+.rd-dismiss:hover {color: #991b1b; border-color: #fecaca}
+.rd-kw.user {background: #ede9fe; border-color: #c4b5fd}
+.rd-kw.user .rd-kw-text {color: #5b21b6}
 .rd-table-wrap {max-height: 760px; overflow-y: auto; padding-top: 10px}
 .rd-table {width: 100%; border-collapse: collapse; font-size: .82rem}
 .rd-table th {text-align: left; position: sticky; top: 0; background: var(--background-fill-primary);

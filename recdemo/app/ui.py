@@ -55,7 +55,8 @@ def _wire_status(ctx: AppContext, status: gr.HTML, timer: gr.Timer, p: picker.Pi
 
 def _wire_dataset(ctx: AppContext, demo: gr.Blocks, p: picker.Picker, r: results.Results, ft: finetune.FineTune,
                   s: Session, status: gr.HTML, status_timer: gr.Timer) -> None:
-    """A new domain empties the history and the results; a new visitor sees adapters trained since launch."""
+    """A new domain empties the history, the results and the profile editor; a new visitor sees
+    adapters trained since launch."""
     def on_dataset(ds):
         names = []
         try:  # starts building the search index / retriever in the background
@@ -65,10 +66,12 @@ def _wire_dataset(ctx: AppContext, demo: gr.Blocks, p: picker.Picker, r: results
         except Exception as e:  # noqa: BLE001 - e.g. the dataset is not downloaded
             msg = render.notice_html(events.friendly_error(e))
         return (*history_update([]), None, gr.update(choices=names, value=None), msg, *r.cleared(),
+                gr.update(choices=[], value=[]), "", None,
                 gr.update(value=ds), render.status_html(ctx.status(ds)), gr.Timer(active=True))
 
     p.dataset.change(on_dataset, p.dataset, [s.history, p.hist_view, s.selected, p.persona, p.notice,
-                                             *r.outputs(), ft.dataset, status, status_timer])
+                                             *r.outputs(), r.kw_edit, r.summary_edit, s.last, ft.dataset, status,
+                                             status_timer])
 
     def on_load(ds):  # a new visitor: adapters trained since launch, personas once loaded
         names = list(events.personas(ctx, ds)) if ctx.is_loaded(ds) else []
@@ -78,25 +81,43 @@ def _wire_dataset(ctx: AppContext, demo: gr.Blocks, p: picker.Picker, r: results
 
 
 def _add_api(ctx: AppContext, default: str) -> None:
-    """Endpoints for scripts (gradio_client): /recommend and /status."""
-    def recommend_api(history: list[str], dataset: str = default, ranker: str = "score",
-                      adapter: str = "auto", n_candidates: int = 50, k: int = 10) -> dict:
-        """Recommendations for a history of item titles (oldest first): profile, SASRec candidates
-        and the reranked top-k with explanations."""
+    """Endpoints for scripts (gradio_client): /recommend, /recommend_stream and /status."""
+    def answers(history, dataset, ranker, adapter, n_candidates, k, profile_edit, exclude):
         ctx.wait_ready(300)
         try:  # scripts would rather wait than retry: up to 10 minutes for a dataset to be prepared
-            data = events.run_recommendation(ctx, history, dataset, ranker, adapter, n_candidates, k,
-                                             wait=600)
+            for data in events.run_stages(ctx, history, dataset, ranker, adapter, n_candidates, k, wait=600,
+                                          profile_edit=profile_edit, exclude=exclude or ()):
+                yield events.api_result(data)
         except events.Busy as e:  # still preparing after 10 minutes: say so, it is not a bug
             raise gr.Error(str(e), print_exception=False) from None
         except Exception as e:  # noqa: BLE001 - a clean error for the client, not a traceback
             raise gr.Error(events.friendly_error(e), print_exception=False) from None
-        return events.api_result(data)
+
+    def recommend_api(history: list[str], dataset: str = default, ranker: str = "score",
+                      adapter: str = "auto", n_candidates: int = 50, k: int = 10,
+                      profile_edit: dict | None = None, exclude: list[int] | None = None) -> dict:
+        """Recommendations for a history of item titles (oldest first): profile, SASRec candidates
+        and the reranked top-k with explanations. Steering: ``profile_edit`` {"keywords": [...],
+        "summary": "..."} replaces the LLM's profile; ``exclude``: catalog indices not to recommend."""
+        final = None
+        for final in answers(history, dataset, ranker, adapter, n_candidates, k, profile_edit, exclude):
+            pass
+        return final
+
+    def recommend_stream_api(history: list[str], dataset: str = default, ranker: str = "score",
+                             adapter: str = "auto", n_candidates: int = 50, k: int = 10,
+                             profile_edit: dict | None = None, exclude: list[int] | None = None) -> dict:
+        """/recommend as it grows: one answer per finished stage ("stage": retrieval, profile,
+        rerank, explain..., done); the last one is /recommend's answer."""
+        # a generator: gradio reads the return annotation as the type of each yielded value
+        yield from answers(history, dataset, ranker, adapter, n_candidates, k, profile_edit, exclude)
 
     def status_api(dataset: str = default) -> dict:
         """Whether the model is loaded and the dataset prepared ("state": "ready"), and what the
         app is doing."""
         return ctx.status(dataset)
 
-    gr.api(recommend_api, api_name="recommend", concurrency_limit=2, concurrency_id="recommend")
+    shared = dict(concurrency_limit=2, concurrency_id="recommend")
+    gr.api(recommend_api, api_name="recommend", **shared)
+    gr.api(recommend_stream_api, api_name="recommend_stream", **shared)
     gr.api(status_api, api_name="status", queue=False)

@@ -2,8 +2,9 @@
 
     titles -> catalog indices -> SASRec top-N -> LLM profile -> LLM ranker (fused) -> explanations
 
-``Recommender.recommend`` runs the stages in that order, times each, and returns a
-``records.Recommendation`` (JSON-friendly via ``to_dict()``). Thread-safe: retrieval runs outside
+``Recommender.recommend_stages`` runs the stages in that order, times each, and yields a
+``records.Recommendation`` (JSON-friendly via ``to_dict()``) as each stage finishes (the page and
+/recommend_stream show them as they come); ``recommend`` is its last state. Thread-safe: retrieval runs outside
 the model lock; every model call holds ``service.lock`` through ``service.use_adapter`` (the app
 serves several users from one model while a fine-tune runs).
 """
@@ -13,6 +14,9 @@ import logging
 import random
 import threading
 import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 
@@ -21,12 +25,41 @@ from recdemo.errors import ModelNotFound
 from recdemo.llm.profile import ProfileGenerator, heuristic_profile
 from recdemo.llm.rankers import check_ranker
 from recdemo.pipeline.personas import build_personas
+from recdemo.pipeline.steering import ProfileEdit, Steer, edit_profile, lift
 from recdemo.llm.prompts import domain_for
 from recdemo.llm.service import LLMService
 from recdemo.llm.stack import Stack
-from recdemo.records import Candidate, RerankRequest, Recommendation
+from recdemo.records import Candidate, Explanation, Profile, RankedItem, RerankRequest, Recommendation
 
 log = logging.getLogger(__name__)
+# Cards explained per streamed state: the first sentences show early, and a batch still shares the
+# model's work (one batched call per group).
+EXPLAIN_GROUP = 5
+EXPLAIN_CACHE = 2048  # explanations kept for reruns of the same history (steering, "not interested")
+STAGES = ("retrieval", "profile", "rerank", "explain")
+
+
+@dataclass
+class _Run:
+    """One request's state between the stages of ``Recommender.recommend_stages``."""
+    hist: list[int]
+    ranker: str
+    k: int
+    started: float
+    edit: ProfileEdit | None = None
+    excluded: set[int] = field(default_factory=set)
+    adapter: str | None = None
+    auto_adapter: bool = False
+    candidates: list[Candidate] = field(default_factory=list)
+    profile: Profile | None = None
+    steer: Steer | None = None
+    ranked: list[RankedItem] = field(default_factory=list)
+    steered: dict[int, dict] = field(default_factory=dict)
+    ranker_prompt: str = ""
+    explanations: dict[int, Explanation] = field(default_factory=dict)
+    explain_failed: bool = False
+    warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 class Recommender:
@@ -42,6 +75,7 @@ class Recommender:
         self.service = self.stack.service
         self._explainer: Explainer | None = None
         self._explain_lock = threading.RLock()
+        self._explained: OrderedDict = OrderedDict()  # (history, model) + item -> Explanation
         self._personas: dict[str, list[str]] | None = None
 
     @classmethod
@@ -146,73 +180,149 @@ class Recommender:
 
     # -- the pipeline --
     def recommend(self, history, ranker: str | None = None, n_candidates: int = 50, k: int = 10,
-                  adapter: str | None = "auto", with_profile: bool = True,
-                  with_explanations: bool = True) -> Recommendation:
-        start = time.perf_counter()
-        timings: dict[str, float] = {}
-        warnings: list[str] = []
+                  adapter: str | None = "auto", with_profile: bool = True, with_explanations: bool = True,
+                  profile_edit=None, exclude=()) -> Recommendation:
+        """The final state of ``recommend_stages`` (one code path for the page, the API and the CLI)."""
+        state = None
+        for state in self.recommend_stages(history, ranker, n_candidates, k, adapter, with_profile,
+                                           with_explanations, profile_edit, exclude):
+            pass
+        return state
+
+    def recommend_stages(self, history, ranker: str | None = None, n_candidates: int = 50, k: int = 10,
+                         adapter: str | None = "auto", with_profile: bool = True, with_explanations: bool = True,
+                         profile_edit=None, exclude=(), explain_group: int = EXPLAIN_GROUP
+                         ) -> Iterator[Recommendation]:
+        """Yields the answer as it grows, one ``Recommendation`` per finished stage (``.stage``):
+        "retrieval" (SASRec's top-k, provisional; no model call, so it is not held up by other
+        requests' model work), "profile", "rerank", "explain" (per group of ``explain_group`` cards),
+        and "done" (with the total time). Everything is checked before any state is yielded.
+
+        ``profile_edit`` (``steering.ProfileEdit`` or its dict): the user's edit of the profile, sent
+        to the reranker instead of the LLM's; results it moved carry ``"steer"``. ``exclude``: items
+        the user is not interested in, left out of the candidates (the top-k refills from the rest)."""
+        run = self._start(history, ranker, n_candidates, k, adapter, exclude, profile_edit)
+        yield self._state(run, "retrieval")
+        if with_profile or run.edit is not None:
+            self._profile_stage(run)
+            yield self._state(run, "profile")
+        self._rerank_stage(run)
+        yield self._state(run, "rerank")
+        if with_explanations and run.ranked:
+            items = [r.index for r in run.ranked]
+            for at in range(0, len(items), max(int(explain_group), 1)):
+                self._explain_stage(run, items[at:at + max(int(explain_group), 1)])
+                yield self._state(run, "explain")
+        # every stage is timed in the final answer (0 when skipped), in pipeline order
+        run.timings = {**{s: run.timings.get(s, 0.0) for s in STAGES}, "total": time.perf_counter() - run.started}
+        yield self._state(run, "done")
+
+    def _start(self, history, ranker, n_candidates, k, adapter, exclude, profile_edit) -> "_Run":
+        """Checks (sizes, titles, ranker, adapter name) before any model work, then retrieval."""
+        started = time.perf_counter()
         ranker_name = self._ranker_name(ranker)
         n_candidates, k = self._check_sizes(history, n_candidates, k)  # before any model work
         if ranker_name != "genrec" and k > n_candidates:
             raise ValueError(f"Cannot pick {k} results from {n_candidates} candidates: ask for fewer results "
                              "or more candidates.")
         hist = self.resolve(history)
-        adapter_name = self._adapter(adapter, ranker_name, warnings)
-
+        excluded = self._excluded(exclude)
+        edit = ProfileEdit.of(profile_edit) if profile_edit is not None else None
+        run = _Run(hist=hist, ranker=ranker_name, k=k, started=started, edit=edit, excluded=excluded)
+        run.adapter = self.service.resolve_adapter(adapter, self.name, ranker_name)  # a bad name fails here
+        run.auto_adapter = adapter == "auto"
         t = time.perf_counter()
-        candidates = self._candidates(hist, n_candidates, warnings)
-        timings["retrieval"] = time.perf_counter() - t
-        if not candidates:
+        run.candidates = self._candidates(hist, n_candidates, run.warnings, excluded)
+        run.timings["retrieval"] = time.perf_counter() - t
+        if not run.candidates:
             raise ValueError("Every item of this catalog is already in the history: nothing left to recommend.")
-        k = min(k, len(candidates)) if ranker_name != "genrec" else k
+        run.k = min(k, len(run.candidates)) if ranker_name != "genrec" else k
+        # Provisional results: SASRec's own top-k, until the LLM has ranked.
+        run.ranked = [RankedItem(c.index, llm_score=float("nan"), score=c.score, retrieval_rank=c.rank)
+                      for c in run.candidates[:run.k]]
+        return run
 
-        profile = None
+    def _excluded(self, exclude) -> set[int]:
+        exclude = [e for e in (exclude or []) if str(e).strip()]
+        self.cfg.limits.check("max_candidates", len(exclude), "items marked not interested", minimum=0)
+        return set(self.resolve(exclude)) if exclude else set()
+
+    def _profile_stage(self, run: "_Run") -> None:
         t = time.perf_counter()
-        if with_profile:
-            try:
-                profile = self.profiles.generate(hist)
-            except Exception as e:  # noqa: BLE001 - a profile is helpful, not essential
-                log.warning("profile generation failed", exc_info=True)
-                warnings.append(f"The LLM profile failed ({type(e).__name__}: {e}); showing the history's "
+        try:
+            run.profile = self.profiles.generate(run.hist)
+        except Exception as e:  # noqa: BLE001 - a profile is helpful, not essential
+            log.warning("profile generation failed", exc_info=True)
+            run.warnings.append(f"The LLM profile failed ({type(e).__name__}: {e}); showing the history's "
                                 "most frequent attributes instead.")
-                profile = heuristic_profile(self.catalog, hist)
-        timings["profile"] = time.perf_counter() - t
+            run.profile = heuristic_profile(self.catalog, run.hist)
+        if run.edit is not None:
+            run.profile, run.steer = edit_profile(self.catalog, run.hist, run.profile, run.edit)
+        run.timings["profile"] = time.perf_counter() - t
 
+    def _rerank_stage(self, run: "_Run") -> None:
         t = time.perf_counter()
-        req = RerankRequest(history=hist, candidates=candidates, profile=profile, k=k)
-        rk = self.ranker(ranker_name)
-        with self.service.use_adapter(adapter_name):
+        if run.auto_adapter:
+            run.adapter = self._load_auto_adapter(run.adapter, run.warnings)
+        # Steering reorders the ranker's list, so it needs more than k of it to pull items in from.
+        depth = run.k if not run.steer or run.ranker == "genrec" else min(2 * run.k, len(run.candidates))
+        req = RerankRequest(history=run.hist, candidates=run.candidates, profile=run.profile, k=depth)
+        rk = self.ranker(run.ranker)
+        with self.service.use_adapter(run.adapter):
             ranked = list(rk.rank(req))
-            ranker_prompt = rk.prompt(req)
-        ranked = self._check_ranked(ranked, candidates, hist, k, ranker_name, warnings)
-        timings["rerank"] = time.perf_counter() - t
+            run.ranker_prompt = rk.prompt(req)
+        ranked = self._check_ranked(ranked, run.candidates, run.hist, depth, run.ranker, run.warnings,
+                                    run.excluded)
+        run.ranked, run.steered = (lift(self.catalog, ranked, run.steer, run.k) if run.steer
+                                   else (ranked[:run.k], {}))
+        run.timings["rerank"] = time.perf_counter() - t
 
+    def _explain_stage(self, run: "_Run", items: list[int]) -> None:
+        """Explanations of ``items``; those of this history written before (a steering rerun keeps
+        most cards) come from the cache, only the new ones cost model time."""
         t = time.perf_counter()
-        explanations = {}
-        if with_explanations and ranked:
-            items = [r.index for r in ranked]
+        key = (tuple(run.hist), self.service.llm.name)
+        with self._explain_lock:
+            cached = {i: self._explained[(key, i)] for i in items if (key, i) in self._explained}
+        todo = [i for i in items if i not in cached]
+        found = []
+        if todo and not run.explain_failed:
             try:
-                explanations = {e.index: e for e in self.explainer.explain(hist, items)}
+                found = self.explainer.explain(run.hist, todo, use_llm=True)
+                self._remember(key, found)
             except Exception as e:  # noqa: BLE001 - fall back to evidence-only sentences
                 log.warning("LLM explanations failed", exc_info=True)
-                warnings.append(f"The LLM explanations failed ({type(e).__name__}); showing evidence-based "
-                                "sentences instead.")
-                explanations = {e.index: e for e in self.explainer.explain(hist, items, use_llm=False)}
-        timings["explain"] = time.perf_counter() - t
-        timings["total"] = time.perf_counter() - start
+                run.warnings.append(f"The LLM explanations failed ({type(e).__name__}); showing evidence-based "
+                                    "sentences instead.")
+                run.explain_failed = True
+        if todo and run.explain_failed:
+            found = self.explainer.explain(run.hist, todo, use_llm=False)
+        run.explanations.update({**cached, **{e.index: e for e in found}})
+        run.timings["explain"] = run.timings.get("explain", 0.0) + time.perf_counter() - t
 
+    def _remember(self, key, explanations) -> None:
+        with self._explain_lock:
+            for e in explanations:
+                self._explained[(key, e.index)] = e
+                self._explained.move_to_end((key, e.index))
+            while len(self._explained) > EXPLAIN_CACHE:
+                self._explained.popitem(last=False)
+
+    def _state(self, run: "_Run", stage: str) -> Recommendation:
         prompt = ""
-        if profile is not None and profile.prompt:
-            prompt += f"===== profile prompt =====\n{profile.prompt}\n\n"
-        prompt += f"===== {ranker_name} ranker prompt =====\n{ranker_prompt}"
+        if run.profile is not None and run.profile.prompt:
+            prompt += f"===== profile prompt =====\n{run.profile.prompt}\n\n"
+        if run.ranker_prompt:
+            prompt += f"===== {run.ranker} ranker prompt =====\n{run.ranker_prompt}"
+        results = [self._result(rank, r, run.explanations.get(r.index), run.steered.get(int(r.index)))
+                   for rank, r in enumerate(run.ranked, 1)]
         return Recommendation(
-            history=[self.catalog.item(i) for i in hist],
-            profile=profile,
+            history=[self.catalog.item(i) for i in run.hist], profile=run.profile,
             candidates=[{**self.catalog.item(c.index), "rank": c.rank, "score": round(c.score, 4)}
-                        for c in candidates],
-            results=[self._result(rank, r, explanations.get(r.index)) for rank, r in enumerate(ranked, 1)],
-            prompt=prompt, timings={s: round(v, 3) for s, v in timings.items()}, ranker=ranker_name,
-            model=self.service.describe(), adapter=adapter_name, warnings=warnings)
+                        for c in run.candidates],
+            results=results, prompt=prompt, timings={s: round(v, 3) for s, v in run.timings.items()},
+            ranker=run.ranker, model=self.service.describe(), adapter=run.adapter,
+            warnings=list(run.warnings), stage=stage)
 
     def _ranker_name(self, requested: str | None) -> str:
         name = (requested or self.cfg.llm.ranker).strip().lower()
@@ -227,21 +337,22 @@ class Recommender:
         return (limits.check("max_candidates", int(n_candidates), "candidates"),
                 limits.check("max_results", int(k), "results"))
 
-    def _adapter(self, requested, ranker: str, warnings: list[str]) -> str | None:
-        """The adapter name to use. An explicit name that cannot be used is an error; "auto" falls
-        back to the base model with a warning (e.g. the shipped adapter was trained for another model)."""
-        name = self.service.resolve_adapter(requested, self.name, ranker)
-        if requested == "auto" and name is not None:
-            try:
-                with self.service.lock:
-                    self.service.adapters.load(name)
-            except ModelNotFound as e:
-                warnings.append(f"The adapter {name!r} cannot be used, so the base model ranks: {e}")
-                return None
+    def _load_auto_adapter(self, name: str | None, warnings: list[str]) -> str | None:
+        """"auto" falls back to the base model with a warning when the adapter it found cannot be used
+        (e.g. the shipped adapter was trained for another model); an explicit name was checked earlier."""
+        if name is None:
+            return None
+        try:
+            with self.service.lock:
+                self.service.adapters.load(name)
+        except ModelNotFound as e:
+            warnings.append(f"The adapter {name!r} cannot be used, so the base model ranks: {e}")
+            return None
         return name
 
-    def _candidates(self, hist: list[int], n: int, warnings: list[str]) -> list[Candidate]:
-        """SASRec's top-n; when SASRec cannot read the history (or is unavailable): text similarity."""
+    def _candidates(self, hist: list[int], n: int, warnings: list[str], excluded=frozenset()) -> list[Candidate]:
+        """SASRec's top-n without the excluded items (each keeps its SASRec rank); when SASRec cannot
+        read the history (or is unavailable): text similarity."""
         pairs = None
         try:
             retriever = self.retriever
@@ -249,22 +360,22 @@ class Recommender:
             if method != "sasrec":
                 warnings.append(f"SASRec never saw these {self.domain.items} in training, so the candidates "
                                 f"come from {'text similarity' if method == 'text' else 'popularity'}.")
-            pairs = retriever.top_k(hist, n)
+            pairs = retriever.top_k(hist, n + len(excluded))
         except Exception as e:  # noqa: BLE001 - e.g. no checkpoint and training impossible here
             log.warning("SASRec retrieval failed", exc_info=True)
             if self.text_index is None:
                 raise
             warnings.append(f"SASRec is unavailable ({e}); the candidates come from text similarity.")
-            pairs = self.text_index.similar(hist, n)
+            pairs = self.text_index.similar(hist, n + len(excluded))
         seen = set(hist)
-        pairs = [(int(i), float(s)) for i, s in pairs if int(i) not in seen][:n]
-        return [Candidate(index=i, score=s, rank=r) for r, (i, s) in enumerate(pairs, 1)]
+        pairs = [(int(i), float(s)) for i, s in pairs if int(i) not in seen][:n + len(excluded)]
+        return [Candidate(index=i, score=s, rank=r) for r, (i, s) in enumerate(pairs, 1) if i not in excluded][:n]
 
-    def _check_ranked(self, ranked, candidates, hist, k, ranker_name, warnings):
-        """Keep the ranker's items only if valid (distinct, not in the history, from the candidates
-        unless genrec); top up from SASRec's order when the ranker returned fewer than k."""
+    def _check_ranked(self, ranked, candidates, hist, k, ranker_name, warnings, excluded=frozenset()):
+        """Keep the ranker's items only if valid (distinct, not in the history nor excluded, from the
+        candidates unless genrec); top up from SASRec's order when the ranker returned fewer than k."""
         allowed = {c.index for c in candidates}
-        seen, out = set(hist), []
+        seen, out = set(hist) | set(excluded), []
         for r in ranked:
             i = int(r.index)
             if i in seen or not 0 <= i < len(self.catalog) or (ranker_name != "genrec" and i not in allowed):
@@ -272,7 +383,6 @@ class Recommender:
             seen.add(i)
             out.append(r)
         if len(out) < k:
-            from recdemo.records import RankedItem
             missing = k - len(out)
             for c in candidates:
                 if len(out) >= k:
@@ -285,7 +395,7 @@ class Recommender:
                             "the rest follow SASRec's order.")
         return out[:k]
 
-    def _result(self, rank: int, r, explanation) -> dict:
+    def _result(self, rank: int, r, explanation, steer: dict | None = None) -> dict:
         rr = r.retrieval_rank
         out = {**self.catalog.item(r.index), "rank": rank, "score": _num(r.score), "llm_score": _num(r.llm_score),
                "retrieval_rank": rr, "move": (int(rr) - rank) if rr is not None else None,
@@ -293,6 +403,8 @@ class Recommender:
         if explanation is not None:
             out.update(evidence=explanation.evidence, rationale=explanation.rationale,
                        rationale_source=explanation.rationale_source)
+        if steer is not None:  # only in steered runs, so an unsteered answer keeps its shape
+            out["steer"] = steer
         return out
 
 

@@ -56,6 +56,29 @@ def test_recommend_api_errors_are_clean_messages(client):
         client.predict([], "movielens-small", "score", api_name="/recommend")
 
 
+def test_recommend_stream_api_yields_the_stages_in_order(client):
+    """Issue 17: the same partial states as the page, in order; the last is /recommend's answer."""
+    history = ["Toy Story (1995)", "Heat (1995)"]
+    job = client.submit(history, "movielens-small", "score", api_name="/recommend_stream")
+    job.result(timeout=60)
+    states = job.outputs()
+    assert [s["stage"] for s in states] == ["retrieval", "profile", "rerank", "explain", "done"]
+    assert states[0]["profile"] is None and [r["index"] for r in states[0]["results"]] == [
+        c["index"] for c in states[0]["candidates"][:10]]
+    assert not any(r["rationale"] for r in states[2]["results"]) and all(r["rationale"] for r in states[-1]["results"])
+    assert states[-1] == client.predict(history, "movielens-small", "score", api_name="/recommend")
+
+
+def test_steering_through_the_api(client, app):
+    edit = {"keywords": ["comedy", "heists"], "summary": "Likes heists."}
+    res = client.predict(["Heat (1995)"], "movielens-small", "score", "auto", 50, 10, edit, [0, 1],
+                         api_name="/recommend")
+    assert [k["text"] for k in res["profile"]["keywords"]] == ["comedy", "heists"]
+    assert res["profile"]["summary"] == "Likes heists." and {0, 1}.isdisjoint(r["index"] for r in res["results"])
+    call = app[1].recs["movielens-small"].calls[-1]
+    assert call["profile_edit"] == edit and call["exclude"] == [0, 1]
+
+
 def test_status_api(client):
     st = client.predict(api_name="/status")
     assert st["model_ready"] is True and "uptime_s" in st
@@ -63,4 +86,4 @@ def test_status_api(client):
 
 def test_api_is_documented(client):
     info = client.view_api(print_info=False, return_format="dict")
-    assert "/recommend" in info["named_endpoints"]
+    assert {"/recommend", "/recommend_stream"} <= set(info["named_endpoints"])

@@ -1,6 +1,7 @@
 """A real browser on the real app: headless Chromium (Debian's, never downloaded) driven by
 Playwright, the real SmolLM2 and real movielens-small. Picks three movies by typing, gets ten
-explained recommendations, then uploads a tiny dataset in the side panel, fine-tunes a few steps
+explained recommendations as they stream in (SASRec's list first), steers them (edits the profile,
+marks one "not interested"), then uploads a tiny dataset in the side panel, fine-tunes a few steps
 and finds the new adapter in the adapter selector."""
 import os
 import re
@@ -111,8 +112,12 @@ def test_pick_three_movies_and_get_ten_explained_recommendations(page, real_app)
     labels = page.locator("#rd-history label").all_inner_texts()
     assert [re.sub(r"^\d+\.\s*", "", t.strip()) for t in labels] == [t for _, t in MOVIES]
 
+    watch_stages(page)
     page.click("#rd-recommend")
-    page.locator("#rd-cards .rd-card").nth(9).wait_for(timeout=120_000)
+    page.locator("#rd-cards .rd-stage-done").wait_for(timeout=120_000)
+    # streamed: SASRec's provisional list and the candidate table came before the LLM's order
+    stages = page.evaluate("window.rdStages")
+    assert stages[0] in ("retrieval", "profile") and stages.index("rerank") < stages.index("done"), stages
     page.screenshot(path=str(real_app[2] / "main.png"))
     cards = page.locator("#rd-cards .rd-card")
     assert cards.count() == 10
@@ -123,6 +128,70 @@ def test_pick_three_movies_and_get_ten_explained_recommendations(page, real_app)
     assert profile.count() == 1 and profile.locator(".rd-kw").count() >= 1
     assert page.locator("#rd-candidates tbody tr").count() == 50
     assert "total" in page.locator("#rd-meta").inner_text()
+    assert page.locator("#rd-notice .rd-notice").count() == 0
+
+
+def watch_stages(page):
+    """Record every stage the cards pass through (window.rdStages), however fast they come; the
+    cards shown now lose their stage mark, so only a new answer counts."""
+    page.evaluate("""() => {
+        window.rdStages = [];
+        const old = document.querySelector('#rd-cards .rd-cards');
+        if (old) old.className = 'rd-cards';
+        const seen = () => { const c = document.querySelector('#rd-cards .rd-cards');
+            const m = c && c.className.match(/rd-stage-(\\w+)/);
+            if (m && window.rdStages[window.rdStages.length - 1] !== m[1]) window.rdStages.push(m[1]); };
+        new MutationObserver(seen).observe(document.querySelector('#rd-cards'), {childList: true, subtree: true});
+    }""")
+
+
+def rerun_and_wait(page, action):
+    """Do ``action`` (a click that reruns) and wait for the new final answer."""
+    watch_stages(page)
+    action()
+    page.wait_for_function("window.rdStages.length > 1 && window.rdStages[window.rdStages.length - 1] === 'done'",
+                           timeout=120_000)
+
+
+def card_titles(page) -> list[str]:
+    return page.locator("#rd-cards .rd-card .rd-title").all_inner_texts()
+
+
+def test_steer_the_profile_and_dismiss_a_card(page, real_app):
+    """Issue 17: remove a keyword, add one, rerun: the profile shows the edit and the cards say what
+    it moved; "Not interested" removes a card and refills the top 10 from the candidates."""
+    before = card_titles(page)
+    assert len(before) == 10
+    editor = page.locator("#rd-kw-edit")
+    keywords = [k.strip().lower() for k in editor.locator(".token span").all_inner_texts()]
+    removed = editor.locator(".token span").first.inner_text()
+    # a genre of a card below the first that the first card lacks: adding it must lift that card above it
+    rows = page.locator("#rd-candidates tbody tr").all_inner_texts()
+    first_row = next(r for r in rows if before[0] in r)
+    genre = next(g for g in page.locator("#rd-cards .rd-card .rd-tag").all_inner_texts()
+                 if g not in first_row and g.lower() not in keywords)
+    editor.locator(".token .token-remove").first.click()
+    box = editor.locator("input").first
+    box.click()
+    box.fill(genre)
+    box.press("Enter")
+    editor.locator(".token", has_text=genre).wait_for()
+    rerun_and_wait(page, lambda: page.click("#rd-steer"))
+    page.screenshot(path=str(real_app[2] / "steered.png"))
+    profile = page.locator("#rd-profile")
+    assert profile.locator(".rd-kw.user", has_text=genre).count() == 1  # what the reranker was sent
+    assert profile.locator(".rd-kw", has_text=removed).count() == 0
+    assert page.locator("#rd-cards .rd-steer-why", has_text=genre).count() >= 1
+    assert page.locator("#rd-cards .rd-edit-move").count() >= 1  # moved (or new) because of the edit
+    assert len(card_titles(page)) == 10
+
+    steered = card_titles(page)
+    gone = steered[0]
+    rerun_and_wait(page, lambda: page.locator("#rd-cards .rd-dismiss").first.click())
+    after = card_titles(page)
+    assert len(after) == 10 and gone not in after
+    assert set(after) - set(steered)  # refilled from the candidates
+    assert gone not in page.locator("#rd-candidates tbody").inner_text()
     assert page.locator("#rd-notice .rd-notice").count() == 0
 
 

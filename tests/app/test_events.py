@@ -113,6 +113,66 @@ def test_recommend_renders_profile_cards_table_and_timings(ctx):
                         n_candidates=50, k=10, adapter="auto")
 
 
+def test_the_page_streams_each_stage_as_it_comes(ctx):
+    pages = list(events.recommend_stream(ctx, ["Toy Story (1995)", "Heat (1995)"], "movielens-small", "score",
+                                         "auto", 50, 10))
+    assert [p["stage"] for p in pages] == ["retrieval", "profile", "rerank", "explain", "done"]
+    first = pages[0]
+    assert "Provisional" in first["cards_html"] and first["cards_html"].count("rd-card rd-provisional") == 10
+    assert "Writing your taste profile" in first["profile_html"] and "writing the profile" in first["meta_html"]
+    assert first["candidates_html"].count("<tr") == 51  # the candidate table comes with the first state
+    assert "rd-kw grounded" in pages[1]["profile_html"] and "Provisional" in pages[1]["cards_html"]
+    assert "Provisional" not in pages[2]["cards_html"] and pages[2]["cards_html"].count("explaining…") == 10
+    assert pages[3]["cards_html"].count("explaining…") == 5
+    final = pages[-1]
+    assert "explaining…" not in final["cards_html"] and "rd-working" not in final["meta_html"]
+    assert final["cards_html"].count('class="rd-dismiss"') == 10 and "rd-dismiss" not in pages[3]["cards_html"]
+    assert final == events.recommend(ctx, ["Toy Story (1995)", "Heat (1995)"], "movielens-small", "score",
+                                     "auto", 50, 10)
+
+
+def test_a_failure_mid_stream_ends_it_with_a_message(tmp_path):
+    class FailsAfterRetrieval(FakeRecommender):
+        def recommend_stages(self, history, **kw):
+            stages = super().recommend_stages(history, **kw)
+            yield next(stages)
+            raise RuntimeError("model crashed")
+
+    c = fake_context(tmp_path, recommender=FailsAfterRetrieval())
+    pages = list(events.recommend_stream(c, ["Heat (1995)"], "movielens-small", "score", "auto", 50, 10))
+    assert [p["ok"] for p in pages] == [True, False] and "model crashed" in pages[-1]["message"]
+    c.close()
+
+
+def test_steering_reaches_the_recommender_and_the_cards_say_what_moved(ctx):
+    history = ["Toy Story (1995)", "Heat (1995)"]
+    before = events.recommend(ctx, history, "movielens-small", "score", "auto", 50, 10)
+    assert "profile_edit" not in ctx.recs["movielens-small"].calls[-1]  # a plain request is unchanged
+    baseline = [{"index": r["index"], "rank": r["rank"]} for r in before["data"]["results"]]
+    baseline[0], baseline[1] = {**baseline[0], "rank": 2}, {**baseline[1], "rank": 1}  # as if the edit swapped them
+    gone = before["data"]["results"][2]["index"]
+    edit = {"keywords": ["comedy", "heists"], "summary": "Likes heists."}
+    out = events.recommend(ctx, history, "movielens-small", "score", "auto", 50, 10, profile_edit=edit,
+                           exclude=[gone], baseline=baseline)
+    call = ctx.recs["movielens-small"].calls[-1]
+    assert call["profile_edit"] == edit and call["exclude"] == [gone]
+    labels = [render.edit_move(r, baseline) for r in out["data"]["results"]]
+    assert ("new with your edit", "new") in labels  # the card that refilled the dismissed one's place
+    assert any(m and m[1] == "down" for m in labels) and labels.count(None) >= 5
+    assert all(m[0] in out["cards_html"] for m in labels if m)
+    assert out["cards_html"].count("with your edit") == sum(m is not None for m in labels)
+    assert "added by you" in out["profile_html"]
+    choices, chosen, summary = events.profile_editor(before["data"])
+    assert (choices, chosen, summary) == (["comedy", "space opera"], ["comedy"],
+                                          "Enjoys comedy and the occasional drama.")
+
+
+def test_dismissed_accumulates_distinct_items():
+    assert events.dismissed(None, "7") == [7]
+    assert events.dismissed([7], 7) == [7] and events.dismissed([7], 3) == [7, 3]
+    assert events.dismissed([7], None) == [7] and events.dismissed([7], "x") == [7]
+
+
 def test_adapter_none_means_base_model(ctx):
     events.recommend(ctx, ["Heat (1995)"], "movielens-small", "score", "none", 20, 5)
     assert ctx.recs["movielens-small"].calls[-1]["adapter"] is None
@@ -170,6 +230,17 @@ def test_move_badge():
     assert render.move_badge(4, 1) == ("▼ down 3", "down")
     assert render.move_badge(2, 2)[1] == "same"
     assert render.move_badge(3, None) == ("new", "new")
+
+
+def test_steer_reasons_on_cards():
+    up = {"rank": 1, "index": 4, "title": "A", "retrieval_rank": 3,
+          "steer": {"lift": 1, "added": ["horror"], "removed": []}}
+    down = {"rank": 2, "index": 5, "title": "B", "retrieval_rank": 1,
+            "steer": {"lift": -1, "added": [], "removed": ["comedy"]}}
+    html = render.cards_html({"results": [up, down]}, baseline=[{"index": 5, "rank": 1}])
+    assert "matches horror, which you added" in html and "matches comedy, which you removed" in html
+    assert "new with your edit" in html and "▼ 1 with your edit" in html
+    assert render.edit_move(up, None) is None and render.edit_move(up, [{"index": 4, "rank": 1}]) is None
 
 
 def test_keywords_highlighted_in_summary():

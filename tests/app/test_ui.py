@@ -11,7 +11,7 @@ ELEM_IDS = ["rd-header", "rd-status", "rd-sidebar", "rd-upload", "rd-up-inter", 
             "rd-ft-eval", "rd-ft-name", "rd-ft-start", "rd-ft-cancel", "rd-ft-progress", "rd-ft-plot",
             "rd-dataset", "rd-search", "rd-suggestions", "rd-history", "rd-up", "rd-down", "rd-remove",
             "rd-clear", "rd-random", "rd-persona", "rd-recommend", "rd-notice", "rd-ranker", "rd-adapter",
-            "rd-ncand", "rd-k", "rd-profile", "rd-meta", "rd-cards", "rd-candidates", "rd-prompt-box",
+            "rd-ncand", "rd-k", "rd-profile", "rd-steer-box", "rd-kw-edit", "rd-summary-edit", "rd-steer", "rd-meta", "rd-cards", "rd-candidates", "rd-prompt-box",
             "rd-prompt"]
 
 
@@ -46,5 +46,5 @@ def test_sliders_end_at_the_limits_and_every_element_is_there(tmp_path):
     assert el["rd-ncand"].value == cfg.retrieval.n_candidates and el["rd-k"].value == cfg.llm.n_results
     assert [i for i in ELEM_IDS if i not in el] == []
     assert demo.analytics_enabled is False
-    assert {"recommend", "status"} <= {d.api_name for d in demo.fns.values()}
+    assert {"recommend", "recommend_stream", "status"} <= {d.api_name for d in demo.fns.values()}
     ctx.close()

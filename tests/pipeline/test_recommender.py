@@ -11,6 +11,7 @@ from conftest import PopularityRetriever, real_data_root
 from recdemo.config import Config
 from recdemo.cli.recommend import cli_recommend
 from recdemo.llm.explain import short_title
+from recdemo.llm.profile import item_terms, keyword_terms
 from recdemo.pipeline.personas import build_personas
 from recdemo.pipeline.recommender import Recommender
 from recdemo.records import RankedItem
@@ -372,3 +373,140 @@ def test_smollm2_movielens_recommend_end_to_end():
         chk = RationaleChecker([cat.titles[i] for i in hist_idx] + [r["title"]],
                                {a for i in hist_idx + [r["index"]] for a in cat.attributes[i]})
         assert r["rationale"] and chk.problems(r["rationale"]) == []
+
+
+# -- streaming (issue 17): the stages in order, the last one is recommend's answer --
+def test_stages_come_in_order_and_the_last_is_recommends_answer(rec, toy_dataset):
+    history = [toy_dataset.catalog.titles[i] for i in toy_dataset.sequences[0][:6]]
+    states = list(rec.recommend_stages(history, ranker="reverse", n_candidates=12, k=5, explain_group=2))
+    assert [s.stage for s in states] == ["retrieval", "profile", "rerank", "explain", "explain", "explain", "done"]
+    first, profiled, reranked = states[:3]
+    cand_idx = [c["index"] for c in first.candidates]
+    # provisional: SASRec's own top-k, nothing from the model yet
+    assert [r["index"] for r in first.results] == cand_idx[:5] and all(r["move"] == 0 for r in first.results)
+    assert first.profile is None and first.prompt == "" and set(first.timings) == {"retrieval"}
+    assert profiled.profile is not None and [r["index"] for r in profiled.results] == cand_idx[:5]
+    assert [r["index"] for r in reranked.results] == list(reversed(cand_idx))[:5]
+    assert all(r["rationale"] == "" for r in reranked.results) and "REVERSE PROMPT" in reranked.prompt
+    explained = [sum(bool(r["rationale"]) for r in s.results) for s in states[3:]]
+    assert explained == [2, 4, 5, 5]  # each group adds its cards' sentences, in rank order
+    assert states[3].results[0]["rationale"] and not states[3].results[2]["rationale"]
+    final = rec.recommend(history, ranker="reverse", n_candidates=12, k=5)
+    strip = lambda d: {k: v for k, v in d.items() if k != "timings"}  # noqa: E731
+    assert strip(states[-1].to_dict()) == strip(final.to_dict())
+    assert set(states[-1].timings) == {"retrieval", "profile", "rerank", "explain", "total"}
+
+
+def test_the_first_state_does_not_wait_for_the_model(rec, toy_dataset):
+    """While another request holds the model, SASRec's list still comes at once."""
+    held, release, got = threading.Event(), threading.Event(), []
+
+    def hold():
+        with rec.service.lock:
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(10)
+    stages = rec.recommend_stages([0, 1, 2], ranker="reverse", n_candidates=8, k=3)
+    reader = threading.Thread(target=lambda: got.append(next(stages)))
+    reader.start()
+    reader.join(10)
+    try:
+        assert got and got[0].stage == "retrieval" and len(got[0].results) == 3
+    finally:
+        release.set()
+        holder.join()
+    assert [s.stage for s in stages][-1] == "done"  # the rest runs once the model is free
+
+
+def test_errors_come_before_any_state(rec):
+    stages = rec.recommend_stages(["No Such Film"], ranker="reverse")
+    with pytest.raises(ValueError, match="Unknown title"):
+        next(stages)
+
+
+# -- steering --
+class SpyRanker(ReverseRanker):
+    """SASRec's order, unchanged; remembers the profile it was sent."""
+
+    def rank(self, req):
+        self.seen.append(req)
+        return [RankedItem(c.index, llm_score=-float(c.rank), score=-float(c.rank), retrieval_rank=c.rank)
+                for c in req.candidates[: req.k]]
+
+
+@pytest.fixture
+def spy(rec):
+    s = SpyRanker(rec.service)
+    rec.stack._rankers["spy"] = s
+    return s
+
+
+def test_the_edited_profile_is_what_the_ranker_gets(rec, spy, toy_dataset):
+    history = list(toy_dataset.sequences[0][:6])
+    base = rec.recommend(history, ranker="spy", n_candidates=12, k=4, with_explanations=False)
+    kept = [k.text for k in base.profile.keywords if k.grounded][:1]
+    edit = {"keywords": kept + ["Haunted houses"], "summary": "Likes haunted houses. Not much else."}
+    out = rec.recommend(history, ranker="spy", n_candidates=12, k=4, with_explanations=False, profile_edit=edit)
+    sent = spy.seen[-1].profile
+    assert [k.text for k in sent.keywords] == kept + ["Haunted houses"]
+    assert sent.summary == "Likes haunted houses. Not much else."
+    assert sent.keywords[-1].source == "user" and sent.keywords[-1].grounded  # the user's word reaches the prompt
+    assert out.profile.keywords == sent.keywords and base.profile.summary != sent.summary
+    assert spy.seen[-2].profile.summary == base.profile.summary  # the unedited run sent the LLM's
+
+
+def test_an_added_keyword_moves_matching_items_up_and_says_why(rec, spy, toy_dataset):
+    cat = toy_dataset.catalog
+    history = list(toy_dataset.sequences[0][:6])
+    base = rec.recommend(history, ranker="spy", n_candidates=20, k=4, with_explanations=False)
+    top = [r["index"] for r in base.results]
+    # a word (genre or title word) of a candidate just below the top k that no top-k item has
+    word = next(w for c in base.candidates[4:8] for w in [*cat.attributes[c["index"]], *cat.titles[c["index"]].split()]
+                if keyword_terms(w) and not any(keyword_terms(w) & item_terms(cat, i) for i in top))
+    edit = {"keywords": [k.text for k in base.profile.keywords] + [word]}
+    out = rec.recommend(history, ranker="spy", n_candidates=20, k=4, with_explanations=False, profile_edit=edit)
+    assert spy.seen[-1].k == 8  # the ranker's top 2k, so the edit can pull items in
+    lifted = [r for r in out.results if "steer" in r]
+    assert lifted and all(keyword_terms(word) & item_terms(cat, r["index"]) for r in lifted)
+    assert all(r["steer"] == {"lift": 1, "added": [word], "removed": []} for r in lifted)
+    assert out.results[0]["index"] not in top and out.results[0]["steer"]["lift"] == 1
+    assert "steer" not in base.results[0]  # an unsteered answer keeps its shape
+
+
+def test_not_interested_refills_the_top_k_from_the_candidates(rec, spy, toy_dataset):
+    history = list(toy_dataset.sequences[0][:6])
+    before = rec.recommend(history, ranker="spy", n_candidates=10, k=4, with_explanations=False)
+    gone = before.results[1]["index"]
+    after = rec.recommend(history, ranker="spy", n_candidates=10, k=4, with_explanations=False, exclude=[gone])
+    expected = [r["index"] for r in before.results if r["index"] != gone] + [before.candidates[4]["index"]]
+    assert [r["index"] for r in after.results] == expected
+    assert gone not in [c["index"] for c in after.candidates] and len(after.candidates) == 10
+    assert gone not in [c.index for c in spy.seen[-1].candidates]
+    # every other candidate keeps its SASRec rank (the list has a gap where the item was)
+    ranks = {c["index"]: c["rank"] for c in before.candidates}
+    assert all(ranks.get(c["index"], c["rank"]) == c["rank"] for c in after.candidates)
+    with pytest.raises(ValueError, match="not in the catalog"):
+        rec.recommend(history, ranker="spy", exclude=[10_000])
+
+
+def test_a_rerun_explains_only_the_cards_it_has_not_explained(rec, spy, toy_dataset):
+    history = list(toy_dataset.sequences[0][:6])
+    asked, explain = [], rec.explainer.explain
+
+    def counting(hist, items, **kw):
+        asked.append(list(items))
+        return explain(hist, items, **kw)
+
+    rec.explainer.explain = counting
+    before = rec.recommend(history, ranker="spy", n_candidates=10, k=4)
+    gone = before.results[0]["index"]
+    after = rec.recommend(history, ranker="spy", n_candidates=10, k=4, exclude=[gone])
+    new = [r["index"] for r in after.results if r["index"] not in {b["index"] for b in before.results}]
+    assert asked[-1] == new and len(new) == 1  # the three kept cards came from the cache
+    kept = {b["index"]: b for b in before.results}
+    assert all(r["rationale"] == kept[r["index"]]["rationale"] for r in after.results if r["index"] in kept)
+    rec.recommend(history[:-1], ranker="spy", n_candidates=10, k=4)  # another history: explained afresh
+    assert len(asked[-1]) == 4
