@@ -137,8 +137,8 @@ class SubprocessServer(Server):
     """``python app.py`` with its own folders under ``tmp`` (see app_env); restarted on request."""
     mode = "subprocess"
 
-    def __init__(self, tmp: Path, wait_s: float = 600):
-        self.tmp, self.wait_s = tmp, wait_s
+    def __init__(self, tmp: Path, wait_s: float = 600, warm: bool = True):
+        self.tmp, self.wait_s, self.warm = tmp, wait_s, warm
         self.log = tmp / "server.log"
         super().__init__("")
         self.proc: subprocess.Popen | None = None
@@ -152,7 +152,7 @@ class SubprocessServer(Server):
             self.proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT,
                                          env=app_env(self.tmp, port), stdout=log, stderr=subprocess.STDOUT)
         self.pid = self.proc.pid
-        self.startup = wait_ready(self.url, self.proc, t0, self.wait_s)
+        self.startup = wait_ready(self.url, self.proc, t0, self.wait_s, self.warm)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -176,6 +176,13 @@ class SubprocessServer(Server):
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+    def log_tracebacks(self) -> int:
+        """Tracebacks in the server's log (issue 18 wants a user's error logged as one line)."""
+        try:
+            return self.log.read_text(errors="replace").count("Traceback (most recent call last)")
+        except OSError:
+            return 0
 
     def log_tail(self, n: int = 15) -> str:
         try:
@@ -205,8 +212,9 @@ def app_env(tmp: Path, port: int) -> dict:
             "RECDEMO_RANKER": "score", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
-def wait_ready(url: str, proc, t0: float, wait_s: float) -> dict:
-    """Wait for the page, the model and the app's own warm-up request (ours must not queue behind it)."""
+def wait_ready(url: str, proc, t0: float, wait_s: float, warm: bool = True) -> dict:
+    """Wait for the page, the model and (``warm``) the app's own warm-up request, so that ours do not
+    compete with it for the CPUs."""
     from gradio_client import Client
 
     deadline = t0 + wait_s
@@ -225,10 +233,10 @@ def wait_ready(url: str, proc, t0: float, wait_s: float) -> dict:
         st = client.predict(api_name="/status")
         if st.get("state") == "error":
             raise RuntimeError(f"the app failed to load: {st.get('message')}")
-        if st.get("warmed_up"):
+        if st.get("warmed_up") or (not warm and st.get("state") == "ready"):
             break
         time.sleep(0.5)
-    out["warm_request_done_s"] = round(time.perf_counter() - t0, 2)
+    out["warm_request_done_s" if warm else "model_ready_s"] = round(time.perf_counter() - t0, 2)
     return out
 
 
@@ -376,10 +384,10 @@ class Row:
         return {**asdict(self), "result": "PASS" if self.ok else "FAIL"}
 
 
-def judge(row: Row, a: Answer, want_error: bool = True, max_s: float = MAX_ANSWER_S, sent: str = "",
+def judge(row: Row, a: Answer, want: str = "error", max_s: float = MAX_ANSWER_S, sent: str = "",
           server_paths=()) -> Row:
-    """Fill ``row`` from the answer: it must be an error (or, ``want_error=False``, any clear
-    answer), under ``max_s``, one clear sentence, without server paths."""
+    """Fill ``row`` from the answer: it must be ``want`` ("error"; "ok": a result; "any": a result
+    or a clear error), under ``max_s``; a message must be one clear sentence without server paths."""
     row.via, row.answer, row.seconds = a.via, a.kind, round(a.seconds, 3)
     row.message = a.message if len(a.message) <= 600 else a.message[:600] + f"… ({len(a.message):,} chars)"
     if a.kind == "skipped":
@@ -387,7 +395,9 @@ def judge(row: Row, a: Answer, want_error: bool = True, max_s: float = MAX_ANSWE
         return row
     if a.kind in ("died", "timeout"):
         row.problems.append({"died": "the connection dropped", "timeout": a.message}[a.kind])
-    elif want_error and a.kind != "error":
+    elif want == "ok" and a.kind != "ok":
+        row.problems.append(f"no result ({a.kind})")
+    elif want == "error" and a.kind != "error":
         row.problems.append({"ok": "answered without an error",
                              "unchanged": "no error reached the client (the page was left unchanged)"}
                             .get(a.kind, f"answered {a.kind}, not an error"))
@@ -525,7 +535,7 @@ def case_long_title(att: Attack) -> list[Row]:
         b = att.recommend(c, history, dataset=name)
         row2 = att.judge(Row("2b", "long title", f"/recommend on {name} with the {HUGE:,}-character title",
                              notes="the upload was accepted: any clear answer within the timeout"),
-                         b, want_error=False, max_s=att.timeout)
+                         b, want="any", max_s=att.timeout)
     else:
         b = att.recommend(c, [title, *MOVIES[:2]])
         row2 = att.judge(Row("2b", "long title", f"/recommend on movielens-small with the {HUGE:,}-character "
@@ -562,14 +572,18 @@ def case_sessions(att: Attack) -> list[Row]:
     taken = att.upload(b, mine, inter, items)
     fresh = att.upload(b, f"abuse-fresh-{att.token}", inter, items)
     r3 = att.judge(Row("4c", "other sessions", "session B uploads under session A's dataset name",
-                       notes="must look the same as an upload under a fresh name"), taken, want_error=False)
+                       notes="must look the same as an upload under a fresh name"), taken, want="any")
     if taken.kind != fresh.kind or normalized(taken.message, mine) != normalized(fresh.message, f"abuse-fresh-{att.token}"):
         r3.problems.append(f"B learns the name is taken (a fresh name: {fresh.kind} {fresh.message[:80]!r})")
-    return [r1, r2, r3]
+    own = att.recommend(a, ["Song number 0", "Song number 3"], dataset=mine)
+    r4 = att.judge(Row("4d", "other sessions", "session A: /recommend on its own upload",
+                       notes="the control: an upload stays usable by the session that made it"),
+                   own, want="ok", max_s=att.timeout)
+    return [r1, r2, r3, r4]
 
 
 def case_adapters(att: Attack) -> list[Row]:
-    """5. Adapter arguments that are paths: they must not reach the disk nor reveal it."""
+    """5. Adapter arguments that are paths: they must neither reach the disk nor reveal it."""
     c = att.client()
     answers = {}
     rows = []
@@ -583,8 +597,7 @@ def case_adapters(att: Attack) -> list[Row]:
 
 
 def case_finetunes(att: Attack) -> list[Row]:
-    """6. A fine-tune of 100,000 steps; more sessions queueing fine-tunes than the server allows;
-    a second fine-tune in one session."""
+    """6. A fine-tune of 100,000 steps, more queued fine-tunes than allowed, two in one session."""
     lim = att.limits
     row = att.judge(Row("6a", "fine-tune quotas", f"start a fine-tune of {HUGE:,} steps"),
                     att.start_finetune(att.client(), f"abuse-huge-{att.token}", HUGE))
@@ -703,10 +716,12 @@ def run_cases(server: Server, cases: list[str], tmp: Path, limits, *, timeout: f
     finally:
         dog.stop()
     peaks = [r.rss_peak_gb for r in rows if r.rss_peak_gb is not None]
+    info = {"log_tracebacks": server.log_tracebacks()} if hasattr(server, "log_tracebacks") else {}
     return {"cases": cases, "rows": [r.to_dict() for r in rows],
             "passed": sum(r.ok for r in rows), "failed": sum(not r.ok for r in rows),
             "peak_rss_gb": max(peaks) if peaks else None, "seconds": round(time.perf_counter() - t0, 1),
-            "server": {"mode": server.mode, "url": server.url, "restarts": server.restarts, **server.startup},
+            "server": {"mode": server.mode, "url": server.url, "restarts": server.restarts, **server.startup,
+                       **info},
             "endpoints_used": sorted({r.via for r in rows if r.via.startswith("/") or "." in r.via}),
             "criteria": {"max_answer_s": max_answer_s, "max_rss_gb": max_rss_gb, "kill_rss_gb": kill_rss_gb,
                          "max_message_chars": MAX_MESSAGE_CHARS, "request_timeout_s": timeout}}
@@ -754,6 +769,9 @@ def parse_args(argv):
     ap.add_argument("--url", help="attack an app that is already running (its memory is read with --pid)")
     ap.add_argument("--pid", type=int, help="with --url: the server's process id, for its memory")
     ap.add_argument("--in-process", action="store_true", help="run the app in this process (AppContext)")
+    ap.add_argument("--no-warmup-wait", action="store_true",
+                    help="start once the model is loaded, before the app's warm-up request has finished "
+                         "(faster; the first answers then share the CPUs with it)")
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds before a request counts as unanswered")
     ap.add_argument("--max-answer-s", type=float, default=MAX_ANSWER_S)
     ap.add_argument("--max-rss-gb", type=float, default=MAX_RSS_GB)
@@ -765,7 +783,7 @@ def make_server(args, tmp: Path) -> Server:
     if args.url:
         return Server(args.url, args.pid)
     if not args.in_process:
-        return SubprocessServer(tmp)
+        return SubprocessServer(tmp, warm=not args.no_warmup_wait)
     from recdemo.app.context import AppContext
     from recdemo.config import Config
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from _app_fakes import FakeRecommender, FakeService, fake_context, fake_finetune
+from _app_fakes import TITLES, FakeRecommender, FakeService, fake_context, fake_finetune
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,7 +32,7 @@ class GuardedRecommender(FakeRecommender):
     the upload/adapter name rule); ``delay`` and ``fail_with`` shape the answer of other requests."""
 
     def __init__(self, limits):
-        super().__init__()
+        super().__init__(titles=[*TITLES, "Song number 0", "Song number 3"])  # + the bench's uploads
         self.limits, self.delay = limits, 0.0
 
     def recommend(self, history, ranker="score", n_candidates=50, k=10, adapter="auto", **kw):
@@ -126,7 +126,9 @@ def test_judge_fails_each_broken_criterion():
     fine = "51 results is above this server's limit of 50."
     assert verdict(abuse.Answer("error", fine, 0.1)) == []
     assert verdict(abuse.Answer("ok", "", 0.1)) == ["answered without an error"]
-    assert verdict(abuse.Answer("ok", "", 0.1), want_error=False) == []
+    assert verdict(abuse.Answer("ok", "", 0.1), want="any") == []
+    assert verdict(abuse.Answer("ok", "", 5.0), want="ok", max_s=30) == []
+    assert verdict(abuse.Answer("error", "No such dataset.", 0.1), want="ok") == ["no result (error)"]
     assert verdict(abuse.Answer("unchanged", "", 0.1))[0].startswith("no error reached the client")
     assert verdict(abuse.Answer("error", fine, 2.5)) == ["answer took 2.5 s (limit 2 s)"]
     assert verdict(abuse.Answer("timeout", "no answer in 30 s", 30.0), max_s=60)[0] == "no answer in 30 s"
@@ -187,7 +189,7 @@ def test_finetune_case_counts_what_the_server_really_queued(fake_app, rec, tmp_p
 
 def test_session_case_compares_another_sessions_dataset_with_a_missing_one(fake_app, rec, tmp_path):
     rows = rows_by_id(run(fake_app, tmp_path, "4"))
-    assert set(rows) == {"4a", "4b", "4c"}
+    assert set(rows) == {"4a", "4b", "4c", "4d"}
     def norm(msg):
         return re.sub(r"abuse-(private|nosuch)-[0-9a-f]+", "NAME", msg)
 
@@ -195,6 +197,7 @@ def test_session_case_compares_another_sessions_dataset_with_a_missing_one(fake_
                   or norm(rows["4a"]["message"]) != norm(rows["4b"]["message"]))
     assert told_apart == ("B can tell A's dataset from a missing one" in rows["4a"]["problems"])
     assert rows["4c"]["via"] == "/on_upload" and rows["4c"]["up"]
+    assert rows["4d"]["result"] == "PASS" and rows["4d"]["answer"] == "ok"  # A still uses its own upload
 
 
 @pytest.fixture
@@ -276,7 +279,8 @@ def test_real_app_refuses_oversized_requests_quickly(tmp_path):
     if len(shipped) != 2:
         pytest.fail("needs the shipped SASRec checkpoint for movielens-small (python -m recdemo train "
                     "--dataset movielens-small); training it here would take minutes")
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "abuse.py"), "--cases", "1", "--out", str(tmp_path)],
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "abuse.py"), "--cases", "1", "--no-warmup-wait",
+                           "--out", str(tmp_path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((tmp_path / "abuse.json").read_text())
