@@ -200,6 +200,16 @@ def test_session_case_compares_another_sessions_dataset_with_a_missing_one(fake_
     assert rows["4d"]["result"] == "PASS" and rows["4d"]["answer"] == "ok"  # A still uses its own upload
 
 
+def test_uploads_fall_back_to_the_app_context_without_an_endpoint(fake_app, rec, tmp_path, monkeypatch):
+    endpoint = abuse.Attack.endpoint
+    monkeypatch.setattr(abuse.Attack, "endpoint", lambda self, word: None if word == "upload" else endpoint(self, word))
+    row = run(fake_app, tmp_path, "3")["rows"][0]
+    assert row["via"] == "AppContext.add_upload" and row["result"] == "PASS" and "line 242" in row["message"]
+    outside = abuse.Server(fake_app[0].url, os.getpid())  # no AppContext to fall back to: said, and failed
+    row = abuse.run_cases(outside, ["3"], tmp_path, fake_app[0].ctx.cfg.limits)["rows"][0]
+    assert row["result"] == "FAIL" and row["problems"][0].startswith("not run: the app has no upload endpoint")
+
+
 @pytest.fixture
 def probe_case(monkeypatch):
     """A case that sends one valid request: its answer is shaped by the fake, not by the app's checks."""
