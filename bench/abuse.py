@@ -150,7 +150,8 @@ class SubprocessServer(Server):
         t0 = time.perf_counter()
         with open(self.log, "a") as log:
             self.proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT,
-                                         env=app_env(self.tmp, port), stdout=log, stderr=subprocess.STDOUT)
+                                         env=app_env(self.tmp, port), stdout=log, stderr=subprocess.STDOUT,
+                                         preexec_fn=die_with_parent)
         self.pid = self.proc.pid
         self.startup = wait_ready(self.url, self.proc, t0, self.wait_s, self.warm)
 
@@ -189,6 +190,16 @@ class SubprocessServer(Server):
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
         except OSError:
             return ""
+
+
+def die_with_parent() -> None:
+    """In the child: SIGTERM when the bench dies, even by SIGKILL (no server is left behind)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def app_env(tmp: Path, port: int) -> dict:
@@ -739,7 +750,7 @@ def markdown(report: dict) -> str:
              f"{c['max_message_chars']} characters without traceback or server path; peak RSS under "
              f"{c['max_rss_gb']:g} GB (requests time out after {c['request_timeout_s']:g} s)",
              f"- result: {report['passed']} PASS, {report['failed']} FAIL; peak RSS {report['peak_rss_gb']} GB; "
-             f"{report['seconds']} s", "",
+             f"{report['seconds']} s; load at the end: `{report.get('uptime_at_end', '')}`", "",
              "| id | request | via | answer | s | up | peak RSS GB | result | message / why |",
              "|---|---|---|---|---:|---|---:|---|---|"]
     for r in report["rows"]:
@@ -822,6 +833,7 @@ def main(argv=None) -> int:
         if server is not None:
             server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+    report["uptime_at_end"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(markdown(report))
     if args.out:
         for p in write_results(report, Path(args.out)):
