@@ -141,6 +141,8 @@ class Recommender:
             title = str(entry).strip()
             if not title:
                 continue
+            # No catalog title is longer than a field may be: refuse at once, never fuzzy-match megabytes.
+            self.cfg.limits.check("max_field_chars", len(title), "characters in a title")
             index = self.catalog.find_title(title)
             if index is None:
                 unknown.append(title)
@@ -159,7 +161,8 @@ class Recommender:
         except Exception:  # noqa: BLE001 - a suggestion failure must not hide the real message
             close = []
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        return f"Unknown title {title!r}.{hint}"
+        shown = title if len(title) <= 80 else title[:79] + "…"  # an error never repeats a huge input
+        return f"Unknown title {shown!r}.{hint}"
 
     # -- ready-made histories --
     def random_user_history(self, seed: int | None = None, max_items: int = 20) -> list[str]:

@@ -108,6 +108,21 @@ def test_every_unknown_title_is_reported_at_once(rec, toy_dataset):
     assert repr(title) not in msg.split("Did you mean")[0]
 
 
+def test_a_huge_title_is_refused_at_once_and_never_repeated(rec, toy_dataset, monkeypatch):
+    """Issue 18: a 100,000-character title took seconds of fuzzy matching and came back in the error."""
+    find = rec.catalog.find_title
+    monkeypatch.setattr(rec.catalog, "find_title",
+                        lambda t: pytest.fail("a huge title must not be matched") if len(t) > 10_000 else find(t))
+    with pytest.raises(ValueError, match="limits.max_field_chars") as e:
+        rec.recommend([toy_dataset.catalog.titles[3], "x" * 100_000], ranker="reverse")
+    assert len(str(e.value)) < 200
+    long_unknown = "Alpha " * 30  # within the field limit, unknown: named, but shortened
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="Unknown title") as e:
+        rec.recommend([long_unknown], ranker="reverse")
+    assert long_unknown.strip() not in str(e.value) and "…" in str(e.value)
+
+
 def test_empty_history_and_bad_sizes_are_friendly_errors(rec, toy_dataset):
     with pytest.raises(ValueError, match="history is empty"):
         rec.recommend([], ranker="reverse")
