@@ -96,7 +96,7 @@ def test_reload_replaces_a_retrained_adapter(tiny_llm, tmp_path):
     first = logits(tiny_llm)
     fresh_base = make_tiny_llm(tiny_llm.tokenizer)  # same weights as tiny_llm, without LoRA layers
     make_tiny_adapter(fresh_base, tmp_path / "a", seed=7)  # a new fine-tune wrote the same folder
-    mgr.load(tmp_path / "a", reload=True)
+    mgr.register(tmp_path / "a")
     assert mgr.active == "a"
     second = logits(tiny_llm)
     assert not torch.allclose(first, second, atol=1e-4)

@@ -9,7 +9,7 @@ import gradio as gr
 from recdemo.app import events, render
 from recdemo.app.context import AppContext
 from recdemo.app.panels.picker import Picker
-from recdemo.app.panels.state import Session
+from recdemo.app.panels.state import Session, session_id
 
 PROFILE_HINT = "Your taste profile will appear here."
 CARDS_HINT = "The LLM's top 10, with reasons."
@@ -48,8 +48,8 @@ def build() -> Results:
 
 
 def wire(ctx: AppContext, r: Results, p: Picker, s: Session) -> None:
-    def on_recommend(hist, ds, rk, ad, nc, k):
-        out = events.recommend(ctx, hist, ds, rk, ad, nc, k)
+    def on_recommend(hist, ds, rk, ad, nc, k, request: gr.Request):
+        out = events.recommend(ctx, hist, ds, rk, ad, nc, k, session=session_id(request))
         if not out["ok"]:
             gr.Warning(out["message"])
             skip = gr.skip()
