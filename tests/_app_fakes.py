@@ -109,6 +109,7 @@ def fake_finetune(service, step_seconds=0.01, fail_at: int | None = None):
                       "phase": "train", "metrics": {}})
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "adapter_config.json").write_text(json.dumps({"r": spec.lora_r}))
+        (Path(out) / "adapter_model.safetensors").write_bytes(b"fake")
         service.register_adapter(out)
         return {"status": "done", "adapter": Path(out).name, "path": out,
                 "metrics_before": {"hr@10": 0.10, "ndcg@10": 0.05},

@@ -51,7 +51,7 @@ def _shown(name) -> str:
 
 
 def unknown_dataset(name) -> ValueError:
-    return ValueError(f"Unknown dataset {_shown(name)}. Pick one from the list, or upload "
+    return ValueError(f"Unknown dataset {_shown(name)}: pick one from the list, or upload "
                       "interactions.csv and items.csv in the side panel.")
 
 
@@ -189,7 +189,8 @@ class AppContext:
     # -- adapters --
     def adapters(self, session: str | None = None) -> list[str]:
         """Adapters a session can choose: everyone's (listing them does not load the model) and its own."""
-        return sorted(set(self.service.available_adapters()) | set(self.uploads.adapters(session)))
+        everyone = {a for a in self.service.available_adapters() if "@" not in a}  # never a session's key
+        return sorted(everyone | set(self.uploads.adapters(session)))
 
     def adapter_arg(self, adapter, session: str | None = None):
         """What a request's ``adapter`` means to the service: 'auto'/'none'/None as they are, the
@@ -198,7 +199,7 @@ class AppContext:
             return adapter
         own = self.uploads.adapter_key(adapter, session)
         if own is not None:
-            if own not in self.service.available_adapters() and hasattr(self.service, "adapters"):
+            if hasattr(self.service, "adapters"):  # registered by its fine-tune; again after a reload
                 with self.service.lock:
                     if own not in self.service.adapters.loaded:
                         self.service.register_adapter(self.uploads.adapter_folder(adapter, session))

@@ -141,3 +141,34 @@ def test_adapter_in_a_bfloat16_model_runs_in_bfloat16(tiny_tokenizer, tmp_path):
     assert {p.dtype for n, p in half.model.named_parameters() if "lora_" in n} == {torch.bfloat16}
     expected, got = logits(full), logits(half).float()
     assert torch.equal(expected.topk(3).indices, got.topk(3).indices)
+
+
+@pytest.mark.parametrize("requested", ["/etc", "/no/such/dir", "../x", "a/b", "~/adapters/a", ".", "a\\b", ""])
+def test_an_adapter_is_a_name_never_a_path(tiny_llm, tmp_path, requested):
+    """Defect 6: a path is refused before anything on disk is looked at, in one sentence that
+    repeats no path of this machine; an absolute path to a real adapter is never loaded."""
+    mgr = AdapterManager(tiny_llm, tmp_path / "adapters")
+    with pytest.raises(ModelNotFound) as e:
+        mgr.activate(requested)
+    msg = str(e.value)
+    assert "never by a path" in msg and str(tmp_path) not in msg and msg.count(". ") == 0
+    assert mgr.loaded == {} and mgr.peft is None
+
+
+def test_an_absolute_path_to_a_real_adapter_is_not_loaded(tiny_llm, tmp_path):
+    folder = make_tiny_adapter(tiny_llm, tmp_path / "elsewhere" / "real")
+    mgr = AdapterManager(tiny_llm, tmp_path / "adapters")
+    with pytest.raises(ModelNotFound, match="never by a path"):
+        mgr.load(str(folder))
+    assert mgr.loaded == {} and mgr.peft is None
+    assert mgr.register(folder) == "real"  # the program's own folders (a fine-tune's output) still load
+
+
+def test_a_missing_adapter_names_no_server_path(tiny_llm, tmp_path):
+    make_tiny_adapter(tiny_llm, tmp_path / "adapters" / "there")
+    (tmp_path / "adapters" / "broken").mkdir()
+    mgr = AdapterManager(tiny_llm, tmp_path / "adapters")
+    for name in ("missing", "broken"):
+        with pytest.raises(ModelNotFound) as e:
+            mgr.load(name)
+        assert str(tmp_path) not in str(e.value) and repr(name) in str(e.value)
