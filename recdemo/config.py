@@ -188,6 +188,7 @@ class AppConfig:
     stale_hours: float = 6.0
     upload_hours: float = 24.0
     gradio_cache_hours: float = 6.0
+    gradio_cache_dir: str = ""  # "" = gradio's own upload folder ($GRADIO_TEMP_DIR or <tmp>/gradio)
 
 
 @dataclass

@@ -125,6 +125,11 @@ def fake_context(tmp_path, cfg=None, ready=True, **kw):
 
     cfg = cfg or Config()
     cfg = cfg.set("llm", "adapter_dir", str(tmp_path / "adapters"))
+    # Everything the cleanup pass sweeps lives under tmp_path too: never the shared caches.
+    for section, name in (("retrieval", "cache_dir"), ("retrieval", "text_cache_dir"),
+                          ("llm", "fusion_cache_dir"), ("app", "gradio_cache_dir")):
+        if getattr(getattr(cfg, section), name) == getattr(getattr(Config(), section), name):
+            cfg = cfg.set(section, name, str(tmp_path / f"{section}-{name}"))
     service = kw.pop("service", None) or FakeService()
     recs = {}
 

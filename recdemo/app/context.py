@@ -412,11 +412,8 @@ class AppContext:
             out["uploads"].append(folder)
         out["uploads"] += cleanup.clean_orphan_upload_roots(self._upload_root.parent, keep=self._upload_root,
                                                             max_age_s=app.upload_hours * 3600, now=now)
-        try:
-            out["gradio_files"] = cleanup.clean_old_files(cleanup.gradio_cache_dir(), app.gradio_cache_hours * 3600,
-                                                          now)
-        except ImportError:
-            pass
+        gradio_cache = app.gradio_cache_dir or cleanup.gradio_cache_dir()
+        out["gradio_files"] = cleanup.clean_old_files(gradio_cache, app.gradio_cache_hours * 3600, now)
         if out["work"] or out["uploads"] or out["gradio_files"]:
             log.info("cleanup: removed %d temp/partial folders, %d upload folders, %d cached files",
                      len(out["work"]), len(out["uploads"]), out["gradio_files"])
