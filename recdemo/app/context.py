@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from recdemo.config import Config
-from recdemo.data.dataset import BUILTIN_FOLDERS
+from recdemo.data.dataset import BUILTIN_FOLDERS, forget_dataset
 from recdemo.errors import ModelNotFound
 from recdemo.finetune.tasks import TASKS as TASKS_REGISTRY, task_names
 from recdemo.finetune.loop import FineTuneSpec, run_finetune
@@ -30,7 +30,7 @@ from recdemo.llm.adapters import check_adapter_name
 from recdemo.retrieval.train import TrainingCancelled
 from recdemo.app import cleanup
 from recdemo.app.jobs import FINISHED, FineTuneQueue, Job
-from recdemo.app.sessions import SessionStore, display_name, session_digest
+from recdemo.app.sessions import SessionStore, display_name, private_key, session_digest
 from recdemo.app.uploads import check_name, save_upload
 
 log = logging.getLogger("recdemo.app")
@@ -366,8 +366,11 @@ class AppContext:
         if session_digest(session) not in self.uploads.sessions() and \
                 len(self.uploads.sessions()) >= limits.max_sessions_uploading:
             raise ValueError("The server holds as many uploads as it can right now; please try again later.")
-        folder, summary = save_upload(self.uploads.folder_for(session), interactions_path, items_path, name,
-                                      limits.max_upload_mb, limits.max_field_chars, limits.max_upload_rows)
+        try:
+            folder, summary = save_upload(self.uploads.folder_for(session), interactions_path, items_path, name,
+                                          limits.max_upload_mb, limits.max_field_chars, limits.max_upload_rows)
+        except FileExistsError:  # the same name twice at once, or a removed upload's folder still in use
+            raise ValueError(f"You already uploaded a dataset named {name!r}; choose another name.") from None
         self.uploads.add(session, name, folder)
         return summary
 
@@ -377,21 +380,27 @@ class AppContext:
         if not session:
             return
         digest = session_digest(session)
-        for key in self.uploads.end(session):
-            self._drop(key)
+        for key, folder in self.uploads.end(session).items():
+            self._drop(key, folder)
         for snap in self.jobs.active():
             if snap["params"].get("session") == digest and "@" in str(snap["params"].get("key", "")):
                 self.jobs.cancel(snap["id"])
+        if self._service is not None and hasattr(self._service, "unload_adapter"):
+            for name in self.uploads.adapters(session):  # their LoRA weights leave the shared model
+                self._service.unload_adapter(private_key(name, session))
         if not self._busy_sessions() & {digest}:
             self.uploads.remove(self.uploads.folder_for(session))
 
-    def _drop(self, key: str) -> None:
+    def _drop(self, key: str, folder: str | None) -> None:
+        """Forget everything built for an upload (its preparation is cancelled)."""
         with self._lock:
             state = self._prep.pop(key, None)
             self._recs.pop(key, None)
             self._rec_locks.pop(key, None)
         if state is not None:
             state["cancel"].set()
+        if folder:
+            forget_dataset(folder)
 
     def _busy_sessions(self) -> set[str]:
         return {s["params"].get("session") for s in self.jobs.active() if s["params"].get("session")}
@@ -405,8 +414,8 @@ class AppContext:
         for folder in (self.cfg.llm.adapter_dir, self.cfg.retrieval.cache_dir, self.cfg.retrieval.text_cache_dir,
                        self.cfg.llm.fusion_cache_dir):
             out["work"] += cleanup.clean_work_dir(folder, stale, now)
-        for key in self.uploads.expired(app.upload_hours * 3600, now):
-            self._drop(key)
+        for key, folder in self.uploads.expired(app.upload_hours * 3600, now).items():
+            self._drop(key, folder)
         for folder in self.uploads.orphan_folders(self._busy_sessions(), now=now):
             self.uploads.remove(folder)
             out["uploads"].append(folder)

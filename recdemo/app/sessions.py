@@ -93,28 +93,25 @@ class SessionStore:
             self.folders[key], self._owner[key], self._added[key] = folder, session_digest(session), time.time()
         return key
 
-    def end(self, session: str) -> list[str]:
-        """Forget ``session``'s uploads; returns their keys (the caller removes the folder)."""
+    def end(self, session: str) -> dict[str, str]:
+        """Forget ``session``'s uploads; returns {key: folder} (the caller removes the files)."""
         digest = session_digest(session)
         with self._lock:
-            keys = [k for k, d in self._owner.items() if d == digest]
-            for k in keys:
-                self._forget(k)
-        return keys
+            return self._forget([k for k, d in self._owner.items() if d == digest])
 
-    def expired(self, max_age_s: float, now: float | None = None) -> list[str]:
-        """Keys of uploads older than ``max_age_s``, forgotten."""
+    def expired(self, max_age_s: float, now: float | None = None) -> dict[str, str]:
+        """Forget the uploads older than ``max_age_s``; returns {key: folder}."""
         now = time.time() if now is None else now
         with self._lock:
-            keys = [k for k, t in self._added.items() if now - t > max_age_s]
-            for k in keys:
-                self._forget(k)
-        return keys
+            return self._forget([k for k, t in self._added.items() if now - t > max_age_s])
 
-    def _forget(self, key: str) -> None:
-        self.folders.pop(key, None)
-        self._owner.pop(key, None)
-        self._added.pop(key, None)
+    def _forget(self, keys: list[str]) -> dict[str, str]:
+        out = {}
+        for key in keys:
+            out[key] = self.folders.pop(key, None)
+            self._owner.pop(key, None)
+            self._added.pop(key, None)
+        return out
 
     def orphan_folders(self, busy: set[str], min_age_s: float = 60.0, now: float | None = None) -> list[Path]:
         """Session folders whose session holds no upload and runs no job (``busy``: digests with

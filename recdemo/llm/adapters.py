@@ -200,6 +200,19 @@ class AdapterManager:
             self._apply(self.active)
         return name
 
+    def unload(self, name: str) -> bool:
+        """Free a loaded adapter (a closed session's); the base model and the others stay."""
+        internal = self.loaded.pop(name, None)
+        self.paths.pop(name, None)
+        self.metas.pop(name, None)
+        if internal is None:
+            return False
+        if self.active == name:
+            self.activate(None)
+        self.peft.delete_adapter(internal)
+        self._apply(self.active)
+        return True
+
     def _match_model_dtype(self, internal: str) -> None:
         """peft keeps inference LoRA factors in float32; in a bf16/fp16 model that costs a cast of the
         activations at every linear layer (~10% of a bf16 forward on CPU, measured), so store them

@@ -81,6 +81,13 @@ class LLMService:
         with self.lock:
             return self.adapters.register(path)
 
+    def unload_adapter(self, name: str) -> bool:
+        """Free a loaded adapter's memory (e.g. a closed session's); False when it was not loaded."""
+        if self._adapters is None:
+            return False
+        with self.lock:
+            return self.adapters.unload(name)
+
     def resolve_adapter(self, requested: str | None, dataset_name: str | None = None,
                         ranker: str | None = None) -> str | None:
         """'auto' -> the dataset's shipped adapter: ``<dataset>-<ranker>`` (trained on that ranker's

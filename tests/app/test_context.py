@@ -100,6 +100,15 @@ def test_an_adapter_trained_on_an_upload_serves_only_its_session(tiny_service, t
         assert data["adapter"] == "mine" and len(data["results"]) == 3
         with pytest.raises(Exception, match="adapter 'mine' not found"):
             events.run_recommendation(ctx, history, "movielens-small", "score", "mine", 6, 3, session="s2")
+        # The tab closes: the adapter's weights leave the shared model, the upload leaves memory and disk.
+        from recdemo.data import dataset as data_module
+
+        folder = ctx.uploads.folder_for("s1")
+        assert any(k[0].startswith(str(folder.resolve())) for k in data_module._CACHE)
+        events.end_session(ctx, "s1")
+        assert not [n for n in tiny_service.adapters.loaded if n.startswith("mine@")]
+        assert not any(k[0].startswith(str(folder.resolve())) for k in data_module._CACHE)
+        assert not folder.exists()
     finally:
         ctx.close()
 

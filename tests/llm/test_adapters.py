@@ -172,3 +172,25 @@ def test_a_missing_adapter_names_no_server_path(tiny_llm, tmp_path):
         with pytest.raises(ModelNotFound) as e:
             mgr.load(name)
         assert str(tmp_path) not in str(e.value) and repr(name) in str(e.value)
+
+
+def test_unload_frees_an_adapter_and_the_others_keep_working(tiny_llm, tmp_path):
+    make_tiny_adapter(tiny_llm, tmp_path / "a", seed=1)
+    make_tiny_adapter(tiny_llm, tmp_path / "b", seed=2)
+    make_tiny_adapter(tiny_llm, tmp_path / "c", seed=3)
+    base = logits(tiny_llm)
+    mgr = AdapterManager(tiny_llm, tmp_path)
+    mgr.activate("b")
+    with_b = logits(tiny_llm)
+    mgr.activate("a")
+    assert mgr.unload("a") and mgr.active is None  # the active one: back to the base model
+    assert torch.allclose(logits(tiny_llm), base, atol=1e-6)
+    assert list(mgr.loaded) == ["b"] and len(mgr.peft.peft_config) == 1
+    mgr.activate("b")
+    assert torch.allclose(logits(tiny_llm), with_b, atol=1e-6)
+    assert mgr.unload("b") and not mgr.unload("b")  # the last one too
+    assert torch.allclose(logits(tiny_llm), base, atol=1e-6)
+    mgr.activate("c")  # loading after everything was unloaded still works
+    assert not torch.allclose(logits(tiny_llm), base, atol=1e-4)
+    mgr.activate(None)
+    assert torch.allclose(logits(tiny_llm), base, atol=1e-6)
