@@ -240,6 +240,9 @@ class FineTuneQueue:
         try:
             result = dict(self._runner(job, progress, job.cancel) or {})
         except Exception as e:  # noqa: BLE001 - the reason goes to the user; error_message logs a trace if unexpected
+            if job.cancel.is_set():  # what it needed went away with the cancel (e.g. a closed session's upload)
+                log.info("fine-tune %s stopped after its cancel: %s", job.id, e)
+                return CANCELLED, "cancelled; the previous adapters are unchanged", {}
             reason = self._error_message(e)
             log.warning("fine-tune %s failed: %s", job.id, reason)
             return FAILED, reason, {}

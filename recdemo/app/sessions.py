@@ -38,6 +38,7 @@ class SessionStore:
         self.folders: dict[str, str] = {}  # key -> folder
         self._owner: dict[str, str] = {}  # key -> session digest
         self._added: dict[str, float] = {}  # key -> time of the upload
+        self._ended: set[str] = set()  # digests of sessions that closed (their folders may go at once)
 
     # -- lookups --
     def key(self, name, session: str | None) -> str | None:
@@ -91,12 +92,14 @@ class SessionStore:
         key = private_key(name, session)
         with self._lock:
             self.folders[key], self._owner[key], self._added[key] = folder, session_digest(session), time.time()
+            self._ended.discard(session_digest(session))
         return key
 
     def end(self, session: str) -> dict[str, str]:
         """Forget ``session``'s uploads; returns {key: folder} (the caller removes the files)."""
         digest = session_digest(session)
         with self._lock:
+            self._ended.add(digest)
             return self._forget([k for k, d in self._owner.items() if d == digest])
 
     def expired(self, max_age_s: float, now: float | None = None) -> dict[str, str]:
@@ -115,13 +118,16 @@ class SessionStore:
 
     def orphan_folders(self, busy: set[str], min_age_s: float = 60.0, now: float | None = None) -> list[Path]:
         """Session folders whose session holds no upload and runs no job (``busy``: digests with
-        an active job); young ones are skipped (an upload may be on its way in)."""
+        an active job); young ones are skipped (an upload may be on its way in) unless their
+        session has ended."""
         now = time.time() if now is None else now
         live = self.sessions() | busy
         if not self.root.is_dir():
             return []
+        with self._lock:
+            ended = set(self._ended)
         return [p for p in self.root.iterdir()
-                if p.is_dir() and p.name not in live and now - p.stat().st_mtime > min_age_s]
+                if p.is_dir() and p.name not in live and (p.name in ended or now - p.stat().st_mtime > min_age_s)]
 
     @staticmethod
     def remove(folder: Path) -> None:

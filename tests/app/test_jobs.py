@@ -238,3 +238,18 @@ def test_a_job_past_its_wall_time_is_cancelled_and_says_why(queue_factory):
     assert "minutes, this server's limit per fine-tune" in snap["error"] and "unchanged" in snap["error"]
     quick = q.submit({"name": "quick", "steps": 5})  # the limit is per job: a fresh clock for the next
     assert q.wait(quick.id, timeout=5)["status"] == "done"
+
+
+def test_an_error_after_a_cancel_is_part_of_the_cancel(queue_factory):
+    started = threading.Event()
+
+    def runner(job, progress, cancel):
+        started.set()
+        cancel.wait(5)
+        raise ValueError("Unknown dataset 'shop'")  # e.g. the closed session's upload is gone
+
+    q = queue_factory(runner)
+    job = q.submit({"name": "a"})
+    assert started.wait(5) and q.cancel(job.id)
+    snap = q.wait(job.id, timeout=5)
+    assert snap["status"] == "cancelled" and "unchanged" in snap["error"]
