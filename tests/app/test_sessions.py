@@ -194,6 +194,9 @@ def test_sasrec_training_for_an_upload_shows_progress_and_stops_when_the_session
         assert busy and "Training SASRec for shop: epoch" in busy and "@" not in busy
         st = c.status("shop", "s1")
         assert st["state"] == "loading" and 0 < st["progress"] < 1
+        from recdemo.app import render
+        assert 'class="rd-bar-fill"' in render.status_html(st)  # the header's progress bar
+        assert "rd-bar" not in render.status_html(c.status("movielens-small"))
         assert c.status("shop", "s2").get("progress") is None  # not another session's business
         events.end_session(c, "s1")
         rec = made[private_key("shop", "s1")]
