@@ -89,8 +89,9 @@ class LLMConfig:
     device: str = setting("auto", "auto | cpu | cuda")
     dtype: str = setting("auto", "auto | float32 | bfloat16 | float16")
     cache_dir: str = str(PROJECT_ROOT / ".cache" / "models")
-    adapter: str | None = setting("auto", "adapter name under checkpoints/adapters, a folder, 'auto' (the shipped "
-                                          "adapter for the dataset) or 'none' (the base model)")
+    adapter: str | None = setting("auto", "adapter name (a folder under checkpoints/adapters, or under "
+                                          "RECDEMO_ADAPTER_DIR; never a path), 'auto' (the shipped adapter "
+                                          "for the dataset) or 'none' (the base model)")
     adapter_dir: str = str(PROJECT_ROOT / "checkpoints" / "adapters")
     ranker: str = setting("score", "the LLM ranker (recdemo.llm.rankers.RANKERS)")
     max_history: int = 20
@@ -158,7 +159,8 @@ class LimitsConfig:
     max_finetune_steps: int = 2_000
     max_finetune_minutes: float = 60.0  # wall time of one fine-tune job
     max_finetune_jobs: int = 1  # running at once on this server (more are queued); one per session
-    max_queued_jobs: int = 8
+    max_queued_jobs: int = 8  # waiting fine-tunes; a Start beyond this is refused
+    max_sessions_uploading: int = 50  # browser sessions holding uploads at once (each up to the quota above)
 
     def check(self, name: str, value: int, what: str, minimum: int = 1) -> int:
         """``value`` when it is within [minimum, limit ``name``], else a one-sentence ValueError that
@@ -178,6 +180,15 @@ class AppConfig:
     host: str = setting("127.0.0.1", "address the app listens on")
     port: int = setting(7860, "port the app listens on")
     share: bool = setting(False, "also serve through a public gradio.live link")
+    # Cleanup (app/cleanup.py), at start and then every cleanup_minutes: temp folders of interrupted
+    # writes (storage.py's .<name>.tmp-*, .<name>.old-*) and fine-tunes' <name>.partial folders older
+    # than stale_hours; upload folders of ended sessions, and of any session after upload_hours;
+    # files in gradio's upload cache older than gradio_cache_hours.
+    cleanup_minutes: float = 10.0
+    stale_hours: float = 6.0
+    upload_hours: float = 24.0
+    gradio_cache_hours: float = 6.0
+    gradio_cache_dir: str = ""  # "" = gradio's own upload folder ($GRADIO_TEMP_DIR or <tmp>/gradio)
 
 
 @dataclass

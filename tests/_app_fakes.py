@@ -131,6 +131,7 @@ def fake_finetune(service, step_seconds=0.01, fail_at: int | None = None):
                       "phase": "train", "metrics": {}})
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "adapter_config.json").write_text(json.dumps({"r": spec.lora_r}))
+        (Path(out) / "adapter_model.safetensors").write_bytes(b"fake")
         service.register_adapter(out)
         return {"status": "done", "adapter": Path(out).name, "path": out,
                 "metrics_before": {"hr@10": 0.10, "ndcg@10": 0.05},
@@ -146,6 +147,11 @@ def fake_context(tmp_path, cfg=None, ready=True, **kw):
 
     cfg = cfg or Config()
     cfg = cfg.set("llm", "adapter_dir", str(tmp_path / "adapters"))
+    # Everything the cleanup pass sweeps lives under tmp_path too: never the shared caches.
+    for section, name in (("retrieval", "cache_dir"), ("retrieval", "text_cache_dir"),
+                          ("llm", "fusion_cache_dir"), ("app", "gradio_cache_dir")):
+        if getattr(getattr(cfg, section), name) == getattr(getattr(Config(), section), name):
+            cfg = cfg.set(section, name, str(tmp_path / f"{section}-{name}"))
     service = kw.pop("service", None) or FakeService()
     recs = {}
 

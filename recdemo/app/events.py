@@ -2,7 +2,10 @@
 components). Every function that can fail returns a friendly message instead of raising, except
 ``run_recommendation`` and ``run_stages``, whose callers (``recommend_stream`` here, the
 /recommend and /recommend_stream APIs in ui.py) turn their exceptions into a message or a clean
-``gr.Error``."""
+``gr.Error``.
+
+``session`` is the browser session's ``gr.Request.session_hash``: a session's uploads and the
+adapters trained on them exist only for it; without one (the API) only built-in datasets do."""
 from __future__ import annotations
 
 import logging
@@ -10,14 +13,14 @@ import time
 from typing import Iterator
 
 from recdemo.app import render
-from recdemo.app.context import RANKERS, AppContext, friendly_error
+from recdemo.app.context import RANKERS, STILL_RUNNING, AppContext, friendly_error
 from recdemo.app.gpu import gpu
+from recdemo.app.sessions import display_name, session_digest
 from recdemo.records import jsonable
 
 log = logging.getLogger("recdemo.app")
 MAX_HISTORY_ITEMS = 50  # the prompts use the last 20; longer lists only slow the page down
 ADAPTER_AUTO, ADAPTER_NONE = "auto", "none"
-STILL_RUNNING = "Your fine-tune is still running: wait for it to finish, or cancel it, before starting another."
 
 
 class Busy(RuntimeError):
@@ -25,16 +28,17 @@ class Busy(RuntimeError):
 
 
 # -- item picker --
-def search(ctx: AppContext, dataset: str, query: str, k: int = 8) -> tuple[list[str], str]:
+def search(ctx: AppContext, dataset: str, query: str, k: int = 8,
+           session: str | None = None) -> tuple[list[str], str]:
     """Titles matching ``query`` (typo tolerant, via the text index) and a message ('' if fine)."""
     query = (query or "").strip()
     if len(query) < 2:
         return [], ""
     try:
-        busy = ctx.ensure_ready(dataset)
+        busy = ctx.ensure_ready(dataset, session=session)
         if busy:
             return [], busy
-        hits = ctx.recommender(dataset).search_titles(query, k=k)
+        hits = ctx.recommender(dataset, session).search_titles(query[:ctx.cfg.limits.max_field_chars], k=k)
     except Exception as e:  # noqa: BLE001
         return [], friendly_error(e)
     titles = []
@@ -80,44 +84,84 @@ def history_choices(history: list[str]) -> list[tuple[str, int]]:
     return [(f"{i}. {t}", i - 1) for i, t in enumerate(history or [], 1)]
 
 
-def random_user(ctx: AppContext, dataset: str, seed: int | None = None) -> tuple[list[str], str]:
+def random_user(ctx: AppContext, dataset: str, seed: int | None = None,
+                session: str | None = None) -> tuple[list[str], str]:
     try:
-        return list(ctx.recommender(dataset).random_user_history(seed=seed, max_items=20)), ""
+        return list(ctx.recommender(dataset, session).random_user_history(seed=seed, max_items=20)), ""
     except Exception as e:  # noqa: BLE001
         return [], friendly_error(e)
 
 
-def personas(ctx: AppContext, dataset: str) -> dict[str, list[str]]:
+def personas(ctx: AppContext, dataset: str, session: str | None = None) -> dict[str, list[str]]:
     try:
-        return dict(ctx.recommender(dataset).personas())
+        return dict(ctx.recommender(dataset, session).personas())
     except Exception as e:  # noqa: BLE001 - no personas is not worth an error box
         log.warning("personas failed for %s: %s", dataset, friendly_error(e))
         return {}
 
 
-def persona_history(ctx: AppContext, dataset: str, name: str | None) -> list[str] | None:
+def persona_history(ctx: AppContext, dataset: str, name: str | None,
+                    session: str | None = None) -> list[str] | None:
     if not name:
         return None
-    return list(personas(ctx, dataset).get(name, [])) or None
+    return list(personas(ctx, dataset, session).get(name, [])) or None
 
 
 # -- controls --
-def adapter_choices(ctx: AppContext) -> list[tuple[str, str]]:
+def adapter_choices(ctx: AppContext, session: str | None = None) -> list[tuple[str, str]]:
     return ([("auto (the dataset's own adapter if trained)", ADAPTER_AUTO), ("none (base model)", ADAPTER_NONE)]
-            + [(a, a) for a in ctx.adapters()])
+            + [(a, a) for a in ctx.adapters(session)])
 
 
-def next_adapter_name(ctx: AppContext, dataset: str) -> str:
-    """'<dataset>-ft<n>' with the smallest n that is not taken (the default in the name box)."""
-    taken = set(ctx.adapters()) | {s["params"].get("adapter") for s in ctx.jobs.active()}
+def next_adapter_name(ctx: AppContext, dataset: str, session: str | None = None) -> str:
+    """'<dataset>-ft<n>' with the smallest n that is not taken (the default in the name box);
+    other sessions' private adapters and jobs do not count (they must stay invisible)."""
+    mine = session_digest(session) if session else None
+    taken = set(ctx.adapters(session)) | {s["params"].get("adapter") for s in ctx.jobs.active()
+                                          if "@" not in s["params"].get("key", "") or s["params"].get("session") == mine}
     n = 1
     while f"{dataset}-ft{n}" in taken:
         n += 1
     return f"{dataset}-ft{n}"
 
 
-def _adapter_arg(adapter: str | None):
-    return None if adapter in (ADAPTER_NONE, None, "") else adapter
+def _adapter_arg(ctx: AppContext, adapter: str | None, session: str | None):
+    return None if adapter in (ADAPTER_NONE, None, "") else ctx.adapter_arg(adapter, session)
+
+
+def _number(value, what: str) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"The number of {what} must be a whole number.") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ValueError(f"The number of {what} must be a whole number.")
+    return int(number)
+
+
+def _check_request(ctx: AppContext, history, ranker, n_candidates, k) -> tuple[list[str], int, int]:
+    """Every size and name of a request within cfg.limits, before anything slow (one sentence each)."""
+    limits = ctx.cfg.limits
+    if isinstance(history, str):
+        history = [history]
+    if not isinstance(history, (list, tuple)):
+        raise ValueError("The history must be a list of item titles.")
+    history = [str(h) for h in history if str(h).strip()]
+    if not history:
+        raise ValueError("Pick at least one item first: search for a title, choose a persona, or "
+                         "load a random real user.")
+    limits.check("max_history", len(history), "history items")
+    longest = max(len(h) for h in history)
+    if longest > limits.max_field_chars:
+        raise ValueError(f"A history title has {longest:,} characters; titles have at most "
+                         f"{limits.max_field_chars:,} (limits.max_field_chars).")
+    if ranker not in RANKERS:
+        raise ValueError(f"Unknown ranker {str(ranker)[:40]!r}; choose one of {', '.join(RANKERS)}.")
+    n_candidates = limits.check("max_candidates", _number(n_candidates, "candidates"), "candidates")
+    k = limits.check("max_results", _number(k, "results"), "results")
+    if k > n_candidates:
+        raise ValueError("The number of results must be between 1 and the number of candidates.")
+    return history, n_candidates, k
 
 
 # -- recommend --
@@ -128,21 +172,18 @@ def _stages(rec, history, **kwargs):
     yield from rec.recommend_stages(history, **kwargs)
 
 
-def _prepared(ctx: AppContext, history: list[str], dataset: str, ranker: str, n_candidates, k, wait: float):
-    """(recommender, history, n_candidates, k) once the request is checked and the dataset ready."""
-    history = [h for h in (history or []) if str(h).strip()]
-    if not history:
-        raise ValueError("Pick at least one item first: search for a title, choose a persona, or "
-                         "load a random real user.")
-    if ranker not in RANKERS:
-        raise ValueError(f"Unknown ranker {ranker!r}; choose one of {', '.join(RANKERS)}.")
-    n_candidates, k = int(n_candidates), int(k)
-    if not 1 <= k <= n_candidates:
-        raise ValueError("The number of results must be between 1 and the number of candidates.")
-    busy = ctx.ensure_ready(dataset, wait)
+def _prepared(ctx: AppContext, history, dataset: str, ranker: str, n_candidates, k, wait: float,
+              session: str | None, model_wait: float):
+    """(recommender, history, n_candidates, k) once every argument is checked (a bad request is
+    answered at once, even while the model is still loading) and the dataset is ready."""
+    history, n_candidates, k = _check_request(ctx, history, ranker, n_candidates, k)
+    ctx.dataset_key(dataset, session)  # an unknown (or another session's) dataset: ValueError
+    if model_wait:
+        ctx.wait_ready(model_wait)
+    busy = ctx.ensure_ready(dataset, wait, session)
     if busy:
         raise Busy(busy)
-    return ctx.recommender(dataset), history, n_candidates, k
+    return ctx.recommender(dataset, session), history, n_candidates, k
 
 
 def _steering(profile_edit, exclude) -> dict:
@@ -157,29 +198,37 @@ def _steering(profile_edit, exclude) -> dict:
 
 def run_recommendation(ctx: AppContext, history: list[str], dataset: str, ranker: str,
                        adapter: str | None = ADAPTER_AUTO, n_candidates: int = 50, k: int = 10,
-                       wait: float = 2.0, profile_edit=None, exclude=()) -> dict:
+                       wait: float = 2.0, session: str | None = None, model_wait: float = 0.0,
+                       profile_edit=None, exclude=()) -> dict:
     """Recommendation.to_dict() as JSON-safe data. Raises ValueError etc. for the caller to show;
-    ``Busy`` while the dataset is still being prepared after ``wait`` seconds."""
+    ``Busy`` while the dataset is still being prepared after ``wait`` seconds (``model_wait``:
+    seconds to wait for the model once the request is checked)."""
     data = None
-    for data in run_stages(ctx, history, dataset, ranker, adapter, n_candidates, k, wait, profile_edit, exclude):
+    for data in run_stages(ctx, history, dataset, ranker, adapter, n_candidates, k, wait, session=session,
+                           model_wait=model_wait, profile_edit=profile_edit, exclude=exclude):
         pass
     return data
 
 
 def run_stages(ctx: AppContext, history: list[str], dataset: str, ranker: str, adapter: str | None = ADAPTER_AUTO,
-               n_candidates: int = 50, k: int = 10, wait: float = 2.0, profile_edit=None,
-               exclude=()) -> Iterator[dict]:
+               n_candidates: int = 50, k: int = 10, wait: float = 2.0, session: str | None = None,
+               model_wait: float = 0.0, profile_edit=None, exclude=()) -> Iterator[dict]:
     """``run_recommendation`` as it grows: one JSON-safe state per finished stage, the last one
     ("stage": "done") equal to ``run_recommendation``'s answer. Raises like it."""
-    rec, history, n_candidates, k = _prepared(ctx, history, dataset, ranker, n_candidates, k, wait)
-    for state in _stages(rec, history, ranker=ranker, n_candidates=n_candidates, k=k,
-                         adapter=_adapter_arg(adapter), **_steering(profile_edit, exclude)):
-        yield jsonable(state.to_dict())
+    adapter = _adapter_arg(ctx, adapter, session)  # a path: refused here, nothing on disk is read
+    rec, history, n_candidates, k = _prepared(ctx, history, dataset, ranker, n_candidates, k, wait, session,
+                                              model_wait)
+    for state in _stages(rec, history, ranker=ranker, n_candidates=n_candidates, k=k, adapter=adapter,
+                         **_steering(profile_edit, exclude)):
+        out = jsonable(state.to_dict())
+        if isinstance(out.get("adapter"), str):
+            out["adapter"] = display_name(out["adapter"])  # a session's own adapter by its name, not its key
+        yield out
 
 
 def recommend_stream(ctx: AppContext, history: list[str], dataset: str, ranker: str, adapter: str,
                      n_candidates: int, k: int, profile_edit=None, exclude=(),
-                     baseline: list[dict] | None = None) -> Iterator[dict]:
+                     baseline: list[dict] | None = None, session: str | None = None) -> Iterator[dict]:
     """For the page: the HTML pieces of each state as it comes, and a message when something is
     wrong (then the stream ends). ``baseline``: the results before the user's profile edit, so the
     cards say which ones the edit moved."""
@@ -191,7 +240,7 @@ def recommend_stream(ctx: AppContext, history: list[str], dataset: str, ranker: 
         return
     t0, data = time.perf_counter(), {}
     try:
-        for data in run_stages(ctx, history, dataset, ranker, adapter, n_candidates, k,
+        for data in run_stages(ctx, history, dataset, ranker, adapter, n_candidates, k, session=session,
                                profile_edit=profile_edit, exclude=exclude):
             yield page(data, baseline)
     except Busy as e:
@@ -200,7 +249,7 @@ def recommend_stream(ctx: AppContext, history: list[str], dataset: str, ranker: 
     except Exception as e:  # noqa: BLE001 - shown in the page, never as a traceback
         yield {"ok": False, "kind": "error", "message": friendly_error(e)}
         return
-    log.info("recommend %s/%s: %d items in %.2f s", dataset, ranker, len(data.get("results", [])),
+    log.info("recommend %s/%s: %d items in %.2f s", str(dataset)[:64], ranker, len(data.get("results", [])),
              time.perf_counter() - t0)
 
 
@@ -213,10 +262,11 @@ def page(data: dict, baseline: list[dict] | None = None) -> dict:
 
 
 def recommend(ctx: AppContext, history: list[str], dataset: str, ranker: str, adapter: str,
-              n_candidates: int, k: int, **steering) -> dict:
+              n_candidates: int, k: int, session: str | None = None, **steering) -> dict:
     """The page's final state (or the message), as ``recommend_stream`` ends."""
     out = {}
-    for out in recommend_stream(ctx, history, dataset, ranker, adapter, n_candidates, k, **steering):
+    for out in recommend_stream(ctx, history, dataset, ranker, adapter, n_candidates, k, session=session,
+                                **steering):
         pass
     return out
 
@@ -249,17 +299,18 @@ def api_result(data: dict) -> dict:
 
 # -- data upload and fine-tuning (side panel) --
 def upload_dataset(ctx: AppContext, interactions_file: str | None, items_file: str | None,
-                   name: str) -> tuple[bool, str]:
+                   name: str, session: str | None = None) -> tuple[bool, str]:
     """(ok, html): a summary of the new dataset, or the validation error (file, line, column)."""
     try:
-        summary = ctx.add_upload(interactions_file, items_file, name)
+        summary = ctx.add_upload(interactions_file, items_file, name, session)
     except Exception as e:  # noqa: BLE001
         return False, render.notice_html(friendly_error(e))
     return True, render.upload_html(summary)
 
 
 def start_finetune(ctx: AppContext, dataset: str, tasks: list[str], steps: int, lora_r: int, lr: float,
-                   adapter: str, eval_users: int | None = None, current: str | None = None) -> tuple[str | None, str]:
+                   adapter: str, eval_users: int | None = None, current: str | None = None,
+                   session: str | None = None) -> tuple[str | None, str]:
     """(job id, message html). The job runs on the queue's worker thread, not in this event.
     ``current``: the session's job so far; while it runs, a second Start is refused (and the
     session keeps tracking and can still cancel the first)."""
@@ -267,7 +318,7 @@ def start_finetune(ctx: AppContext, dataset: str, tasks: list[str], steps: int, 
         return current, render.notice_html(STILL_RUNNING, "info")
     try:
         job = ctx.submit_finetune({"dataset": dataset, "tasks": tasks, "steps": steps, "lora_r": lora_r,
-                                   "lr": lr, "adapter": adapter, "eval_users": eval_users})
+                                   "lr": lr, "adapter": adapter, "eval_users": eval_users}, session)
     except Exception as e:  # noqa: BLE001
         return None, render.notice_html(friendly_error(e))
     return job.id, render.job_html(ctx.jobs.snapshot(job.id))
@@ -279,7 +330,7 @@ def poll_finetune(ctx: AppContext, job_id: str | None) -> dict:
     if snap is None:
         return {"html": "", "losses": [], "finished": True, "status": None, "adapter": None}
     finished = snap["status"] in ("done", "failed", "cancelled")
-    adapter = (snap["result"].get("adapter") or snap["params"]["adapter"]) if snap["status"] == "done" else None
+    adapter = snap["params"]["adapter"] if snap["status"] == "done" else None  # the name, not a session's key
     return {"html": render.job_html(snap), "losses": snap["losses"], "finished": finished,
             "status": snap["status"], "adapter": adapter}
 
@@ -289,3 +340,11 @@ def cancel_finetune(ctx: AppContext, job_id: str | None) -> str:
         return render.notice_html("Cancelling… the run stops at its next step; previous adapters stay as they are.",
                                   "info")
     return render.notice_html("No fine-tune of yours is running.", "info")
+
+
+def end_session(ctx: AppContext, session: str | None) -> None:
+    """The browser tab closed or reloaded: its uploads and their adapters go (see AppContext.end_session)."""
+    try:
+        ctx.end_session(session)
+    except Exception as e:  # noqa: BLE001 - never an error on a closed page
+        log.warning("ending a session failed: %s", friendly_error(e))

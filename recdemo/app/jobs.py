@@ -1,4 +1,6 @@
-"""The fine-tune queue: one background worker thread runs jobs one at a time, in FIFO order.
+"""The fine-tune queue: ``workers`` background threads run jobs in FIFO order; at most
+``max_waiting`` wait (a submit beyond that is refused), and a job that runs longer than
+``max_seconds`` is cancelled (its runner sees the cancel event, as for a user's Cancel).
 
 Fine-tuning must not run inside a Gradio event: the event would hold a worker for minutes and
 the page could not serve recommendations meanwhile. Instead the UI submits a job here and polls
@@ -38,6 +40,11 @@ class Job:
     started: float | None = None
     finished: float | None = None
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    timed_out: bool = False  # cancelled because it ran past the queue's max_seconds
+
+
+class QueueFull(ValueError):
+    """Too many fine-tunes are waiting: the request is refused (one sentence for the user)."""
 
 
 log = logging.getLogger("recdemo.app")
@@ -45,20 +52,24 @@ Runner = Callable[[Job, Callable[[dict], None], threading.Event], dict]
 
 
 class FineTuneQueue:
-    """FIFO queue of fine-tune jobs with a single worker thread (started on first submit)."""
+    """FIFO queue of fine-tune jobs with ``workers`` threads (started on demand)."""
 
     def __init__(self, runner: Runner, error_message: Callable[[BaseException], str] | None = None,
-                 keep_finished: int = 50):
+                 keep_finished: int = 50, workers: int = 1, max_waiting: int | None = None,
+                 max_seconds: float | None = None):
         self._runner = runner
         self._error_message = error_message or (lambda e: str(e) or type(e).__name__)
         self._keep = keep_finished
+        self._workers = max(1, int(workers))
+        self._max_waiting = max_waiting
+        self._max_seconds = max_seconds
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
         self._waiting: deque[Job] = deque()
         self._jobs: dict[str, Job] = {}
-        self._current: Job | None = None
+        self._running: list[Job] = []
         self._ids = itertools.count(1)
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._stopping = False
 
     # -- called from Gradio events (any thread) --
@@ -66,13 +77,20 @@ class FineTuneQueue:
         with self._lock:
             if self._stopping:
                 raise RuntimeError("the fine-tune queue is shutting down")
+            if self._max_waiting is not None and len(self._waiting) >= self._max_waiting and \
+                    len(self._running) >= self._workers:
+                raise QueueFull(f"The server's fine-tune queue is full ({len(self._waiting)} waiting); "
+                                "please try again later.")
             job = Job(id=f"job-{next(self._ids)}", params=dict(params))
             self._jobs[job.id] = job
             self._waiting.append(job)
             self._forget_old()
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._work, name="finetune-queue", daemon=True)
-                self._thread.start()
+            self._threads = [t for t in self._threads if t.is_alive()]
+            if len(self._threads) < self._workers:
+                thread = threading.Thread(target=self._work, name=f"finetune-queue-{len(self._threads) + 1}",
+                                          daemon=True)
+                self._threads.append(thread)
+                thread.start()
             self._wakeup.notify()
             return job
 
@@ -107,14 +125,15 @@ class FineTuneQueue:
                     "elapsed_s": ((job.finished or time.time()) - job.started) if job.started else 0.0}
 
     def active(self) -> list[dict]:
-        """Snapshots of the running job and the waiting ones, in order."""
+        """Snapshots of the running jobs and the waiting ones, in order."""
         with self._lock:
-            ids = ([self._current.id] if self._current else []) + [j.id for j in self._waiting]
+            ids = [j.id for j in self._running] + [j.id for j in self._waiting]
         return [s for s in (self.snapshot(i) for i in ids) if s]
 
     def running(self) -> str | None:
+        """The oldest running job's id (None when none runs)."""
         with self._lock:
-            return self._current.id if self._current else None
+            return self._running[0].id if self._running else None
 
     def wait(self, job_id: str, timeout: float | None = None) -> dict | None:
         """Block until the job finishes (tests and scripts); returns its snapshot."""
@@ -134,19 +153,21 @@ class FineTuneQueue:
                 job.cancel.set()
                 self._finish(job, CANCELLED, "the app is shutting down")
             self._waiting.clear()
-            if cancel_running and self._current is not None:
-                self._current.cancel.set()
+            if cancel_running:
+                for job in self._running:
+                    job.cancel.set()
             self._wakeup.notify_all()
-            thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
+            threads = list(self._threads)
+        deadline = time.time() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.time()))
 
     # -- internals (callers hold self._lock unless said otherwise) --
     def _position(self, job_id: str) -> int | None:
         job = self._jobs.get(job_id)
         if job is None or job.status in FINISHED:
             return None
-        if job is self._current:
+        if job in self._running:
             return 0
         try:
             return self._waiting.index(job) + 1
@@ -171,12 +192,34 @@ class FineTuneQueue:
                     return
                 job = self._waiting.popleft()
                 job.status, job.started = RUNNING, time.time()
-                self._current = job
-            status, error, result = self._run(job)  # outside the lock: polls stay responsive
+                self._running.append(job)
+            status, error, result = self._run_timed(job)  # outside the lock: polls stay responsive
             with self._lock:
                 job.result = result
                 self._finish(job, status, error)
-                self._current = None
+                self._running.remove(job)
+
+    def _run_timed(self, job: Job) -> tuple[str, str, dict]:
+        """``_run`` with the wall-time limit: past it the job is cancelled and says why."""
+        if not self._max_seconds:
+            return self._run(job)
+
+        def expire() -> None:
+            job.timed_out = True
+            job.cancel.set()
+
+        timer = threading.Timer(self._max_seconds, expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            status, error, result = self._run(job)
+        finally:
+            timer.cancel()
+        if job.timed_out and status != DONE:
+            error = (f"stopped after {self._max_seconds / 60:g} minutes, this server's limit per fine-tune; "
+                     "the previous adapters are unchanged")
+            return CANCELLED, error, result
+        return status, error, result
 
     def _run(self, job: Job) -> tuple[str, str, dict]:
         """Run one job; any exception becomes a FAILED job with a readable reason."""
@@ -197,6 +240,9 @@ class FineTuneQueue:
         try:
             result = dict(self._runner(job, progress, job.cancel) or {})
         except Exception as e:  # noqa: BLE001 - the reason goes to the user; error_message logs a trace if unexpected
+            if job.cancel.is_set():  # what it needed went away with the cancel (e.g. a closed session's upload)
+                log.info("fine-tune %s stopped after its cancel: %s", job.id, e)
+                return CANCELLED, "cancelled; the previous adapters are unchanged", {}
             reason = self._error_message(e)
             log.warning("fine-tune %s failed: %s", job.id, reason)
             return FAILED, reason, {}

@@ -6,6 +6,8 @@ The page is served at once; the default dataset and the model load in a backgrou
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 
 from recdemo.config import Config
 from recdemo.app.context import AppContext
@@ -19,6 +21,7 @@ def build(cfg: Config | None = None, ctx: AppContext | None = None, warmup: bool
 
     cfg = cfg or Config.from_env()
     ctx = ctx or AppContext(cfg)
+    ctx.start_cleanup()  # leftovers of killed runs now, then on a timer (app/cleanup.py)
     if warmup:
         ctx.start_warmup()
     demo = build_ui(ctx)
@@ -43,11 +46,25 @@ def launch(cfg: Config | None = None, ctx: AppContext | None = None, block: bool
     logging.basicConfig(level=cfg.log.level, format="%(asctime)s %(name)s %(message)s")
     demo, ctx = build(cfg, ctx, warmup=overrides.pop("warmup", True))
     kwargs = {**launch_kwargs(cfg), **overrides}
+    if block:
+        _stop_on_sigterm()
     _, url, _ = demo.launch(prevent_thread_lock=not block, **kwargs)
     if not block:
         return demo, ctx, url
-    ctx.close()
+    ctx.close()  # after Ctrl-C or SIGTERM: running work cancelled, this process's uploads removed
     return None
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a Space stopping, `kill`) ends the app like Ctrl-C, so ``ctx.close`` runs; gradio's
+    blocking loop turns KeyboardInterrupt into a server shutdown."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _theme():

@@ -205,7 +205,11 @@ def status_html(status: dict) -> str:
     if state == "ready" and status.get("seconds") is not None:
         msg = f"Ready (loaded in {status['seconds']:.0f} s)"
     running = " · fine-tune running" if status.get("finetune_running") else ""
-    return f'<div class="rd-status {cls}">{_e(msg)}{_e(running)}</div>'
+    bar = ""
+    if state == "loading" and status.get("progress") is not None:  # SASRec training for a new upload
+        pct = min(100, max(0, int(100 * float(status["progress"]))))
+        bar = f'<div class="rd-bar"><div class="rd-bar-fill" style="width:{pct}%"></div></div>'
+    return f'<div class="rd-status {cls}">{_e(msg)}{_e(running)}{bar}</div>'
 
 
 def job_html(snap: dict | None) -> str:
@@ -216,7 +220,7 @@ def job_html(snap: dict | None) -> str:
     head = f'{_e(p.get("adapter", ""))} on {_e(p.get("dataset", ""))}'
     if status == "queued":
         return (f'<div class="rd-job">{head}<div class="rd-muted">Waiting in line: position '
-                f'{snap.get("position")} (one fine-tune runs at a time)</div></div>')
+                f'{snap.get("position")}</div></div>')
     total = max(int(snap.get("total") or p.get("steps") or 1), 1)
     step = int(snap.get("step") or 0)
     pct = min(100, int(100 * step / total))

@@ -8,7 +8,7 @@ import gradio as gr
 from recdemo.app import events, render
 from recdemo.app.context import AppContext
 from recdemo.app.panels import finetune, picker, results
-from recdemo.app.panels.state import Session, history_update
+from recdemo.app.panels.state import Session, history_update, session_id
 
 INTRO = ("Pick a few items you liked, in the order you enjoyed them. The app writes a profile of your "
          "taste with an LLM, retrieves 50 candidates with SASRec, and lets a fine-tuned LLM pick and "
@@ -37,18 +37,20 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
         _wire_dataset(ctx, demo, pick, res, ft, session, status, status_timer)
         results.wire(ctx, res, pick, session)
         finetune.wire(ctx, ft, pick, session)
+        finetune.wire_session_end(ctx, demo)
         _add_api(ctx, default)
     return demo
 
 
 def _wire_status(ctx: AppContext, status: gr.HTML, timer: gr.Timer, p: picker.Picker) -> None:
-    def on_status(ds):
-        st = ctx.status(ds)
+    def on_status(ds, request: gr.Request):
+        session = session_id(request)
+        st = ctx.status(ds, session)
         if st["state"] not in ("ready", "error"):
             return render.status_html(st), gr.skip(), gr.skip(), gr.skip()
-        names = list(events.personas(ctx, ds)) if ctx.is_loaded(ds) else []
+        names = list(events.personas(ctx, ds, session)) if ctx.is_loaded(ds, session) else []
         return (render.status_html(st), gr.Timer(active=False),
-                gr.update(choices=events.adapter_choices(ctx)), gr.update(choices=names))
+                gr.update(choices=events.adapter_choices(ctx, session)), gr.update(choices=names))
 
     timer.tick(on_status, p.dataset, [status, timer, p.adapter, p.persona], show_progress="hidden", queue=False)
 
@@ -57,25 +59,26 @@ def _wire_dataset(ctx: AppContext, demo: gr.Blocks, p: picker.Picker, r: results
                   s: Session, status: gr.HTML, status_timer: gr.Timer) -> None:
     """A new domain empties the history, the results and the profile editor; a new visitor sees
     adapters trained since launch."""
-    def on_dataset(ds):
-        names = []
+    def on_dataset(ds, request: gr.Request):
+        session, names = session_id(request), []
         try:  # starts building the search index / retriever in the background
-            busy = ctx.ensure_ready(ds, wait=1.0)
+            busy = ctx.ensure_ready(ds, wait=1.0, session=session)
             msg = render.notice_html(busy, "info") if busy else ""
-            names = list(events.personas(ctx, ds))
+            names = list(events.personas(ctx, ds, session))
         except Exception as e:  # noqa: BLE001 - e.g. the dataset is not downloaded
             msg = render.notice_html(events.friendly_error(e))
         return (*history_update([]), None, gr.update(choices=names, value=None), msg, *r.cleared(),
                 gr.update(choices=[], value=[]), "", None,
-                gr.update(value=ds), render.status_html(ctx.status(ds)), gr.Timer(active=True))
+                gr.update(value=ds), render.status_html(ctx.status(ds, session)), gr.Timer(active=True))
 
     p.dataset.change(on_dataset, p.dataset, [s.history, p.hist_view, s.selected, p.persona, p.notice,
                                              *r.outputs(), r.kw_edit, r.summary_edit, s.last, ft.dataset, status,
                                              status_timer])
 
-    def on_load(ds):  # a new visitor: adapters trained since launch, personas once loaded
-        names = list(events.personas(ctx, ds)) if ctx.is_loaded(ds) else []
-        return gr.update(choices=names), gr.update(choices=events.adapter_choices(ctx))
+    def on_load(ds, request: gr.Request):  # a new visitor: adapters trained since launch, personas once loaded
+        session = session_id(request)
+        names = list(events.personas(ctx, ds, session)) if ctx.is_loaded(ds, session) else []
+        return gr.update(choices=names), gr.update(choices=events.adapter_choices(ctx, session))
 
     demo.load(on_load, p.dataset, [p.persona, p.adapter], show_progress="hidden")
 
@@ -83,10 +86,9 @@ def _wire_dataset(ctx: AppContext, demo: gr.Blocks, p: picker.Picker, r: results
 def _add_api(ctx: AppContext, default: str) -> None:
     """Endpoints for scripts (gradio_client): /recommend, /recommend_stream and /status."""
     def answers(history, dataset, ranker, adapter, n_candidates, k, profile_edit, exclude):
-        ctx.wait_ready(300)
-        try:  # scripts would rather wait than retry: up to 10 minutes for a dataset to be prepared
+        try:  # checked at once; then scripts would rather wait than retry (model, dataset preparation)
             for data in events.run_stages(ctx, history, dataset, ranker, adapter, n_candidates, k, wait=600,
-                                          profile_edit=profile_edit, exclude=exclude or ()):
+                                          model_wait=300, profile_edit=profile_edit, exclude=exclude or ()):
                 yield events.api_result(data)
         except events.Busy as e:  # still preparing after 10 minutes: say so, it is not a bug
             raise gr.Error(str(e), print_exception=False) from None

@@ -18,6 +18,9 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 FILES = ("interactions.csv", "items.csv")
 ROLES = ("interactions", "items")
 MIN_USERS, MIN_ITEMS = 2, 2
+# Leave-one-out holds out each user's last two items (validation, test): a user with fewer than
+# three interactions gives SASRec, fine-tuning and evaluation nothing to learn or check.
+MIN_SEQUENCE = 3
 
 
 def check_name(name: str, what: str) -> str:
@@ -34,7 +37,18 @@ def _header(path: Path) -> list[str]:
         return [h.strip().lstrip("\ufeff") for h in next(csv.reader(f), [])]
 
 
-def _check_files(paths: list[Path], max_mb: float) -> None:
+def _count_rows(path: Path, max_rows: int) -> int | None:
+    """The data row at which ``path`` passes ``max_rows`` rows, else None (a quick byte scan)."""
+    rows = -1  # the header
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            rows += chunk.count(b"\n")
+            if rows > max_rows:
+                return rows
+    return None
+
+
+def _check_files(paths: list[Path], max_mb: float, max_rows: int | None = None) -> None:
     for label, path in zip(FILES, paths):
         if not path.is_file():
             raise DataError(f"the {label} file was not received; please upload it again", file=label)
@@ -42,6 +56,9 @@ def _check_files(paths: list[Path], max_mb: float) -> None:
         if size > max_mb * 2**20:
             raise DataError(f"the file is {size / 2**20:.1f} MB; uploads are limited to {max_mb:g} MB "
                             "(RECDEMO_MAX_UPLOAD_MB)", file=label)
+        if max_rows is not None and _count_rows(path, max_rows) is not None:
+            raise DataError(f"the file has more than {max_rows:,} rows, this server's limit for an upload "
+                            "(limits.max_upload_rows)", file=label)
     inter_head, items_head = _header(paths[0]), _header(paths[1])
     if "user_id" not in inter_head and "user_id" in items_head and "title" in inter_head:
         raise DataError("the two files look swapped: the interactions file has a 'title' column and "
@@ -61,15 +78,25 @@ def _renamed(err: DataError, paths: list[Path]) -> DataError:
     return err
 
 
+def _check_histories(dataset, shown: str) -> None:
+    """Refuse data nothing can be trained or evaluated on (e.g. every user has one interaction)."""
+    usable = sum(len(s) >= MIN_SEQUENCE for s in dataset.sequences)
+    if usable < MIN_USERS:
+        raise DataError(f"only {usable} of {len(dataset.users)} users have {MIN_SEQUENCE} or more interactions; "
+                        f"training and evaluation hold out each user's last two items, so at least "
+                        f"{MIN_USERS} users need {MIN_SEQUENCE} or more", file=shown)
+
+
 def save_upload(root: Path, interactions_path: str | None, items_path: str | None, name: str,
-                max_mb: float, max_field_chars: int | None = None) -> tuple[str, dict]:
+                max_mb: float, max_field_chars: int | None = None,
+                max_rows: int | None = None) -> tuple[str, dict]:
     """Copy the two files to ``root/name``, load them as a dataset (the folder's name becomes the
     dataset's name) and return (folder, summary). Nothing is left behind when they are invalid."""
     for label, path in zip(FILES, (interactions_path, items_path)):
         if not path:
             raise ValueError(f"Please upload {label}.")
     paths = [Path(interactions_path), Path(items_path)]
-    _check_files(paths, max_mb)
+    _check_files(paths, max_mb, max_rows)
     folder = Path(root) / name
     folder.mkdir(parents=True, exist_ok=False)
     try:
@@ -83,6 +110,7 @@ def save_upload(root: Path, interactions_path: str | None, items_path: str | Non
             raise DataError(f"too little data: {len(dataset.users)} user(s) and {dataset.n_items} item(s); "
                             f"a dataset needs at least {MIN_USERS} users and {MIN_ITEMS} items",
                             file=_shown(paths[0], 0))
+        _check_histories(dataset, _shown(paths[0], 0))
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

@@ -215,6 +215,13 @@ def load_dataset(name: str | None = "movielens-small", data_dir: str | None = No
     return _CACHE[key]
 
 
+def forget_dataset(folder: str | Path) -> None:
+    """Drop ``folder``'s datasets from the per-process memo (the app, when an upload is removed)."""
+    where = str(Path(folder).resolve())
+    for key in [k for k in _CACHE if k[0] == where]:
+        _CACHE.pop(key, None)
+
+
 def load_from_config(cfg) -> Dataset:
     """``cfg`` is a DataConfig."""
     return load_dataset(cfg.dataset, cfg.data_dir, cfg.root, cfg.max_file_mb)

@@ -19,6 +19,9 @@ from recdemo.llm.models import LLM
 from recdemo.errors import ModelNotFound
 
 CONFIG_FILE = "adapter_config.json"
+# What a requested adapter may be called: a folder name under the adapter folder, never a path
+# (the API and the CLI take names; code registers folders it wrote with ``register``).
+ADAPTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 WEIGHTS_FILE = "adapter_model.safetensors"
 META_FILE = "meta.json"
 
@@ -36,6 +39,14 @@ def finetune_hint(name: str) -> str:
                     if safe == d or safe.startswith(d + "-")), "NAME")
     return (f"create it with `python -m recdemo finetune --dataset {dataset} "
             f"--out checkpoints/adapters/{safe}`, or use --adapter none for the base model")
+
+
+def check_adapter_name(name: str) -> str:
+    """``name`` when it is an adapter name; else one sentence that repeats no path of this machine."""
+    if not isinstance(name, str) or not ADAPTER_NAME_RE.match(name) or ".." in name:
+        raise ModelNotFound("An adapter is chosen by its name (letters, digits, '-', '_' or '.', as in the "
+                            "adapter list), never by a path.")
+    return name
 
 
 def is_adapter_dir(path: Path) -> bool:
@@ -106,37 +117,37 @@ class AdapterManager:
 
     # -- discovery --
     def available(self) -> list[str]:
-        """Adapters that can be activated: folders under ``adapter_dir`` plus those registered."""
-        names = set(self.loaded)
+        """Adapters anyone can activate: folders under ``adapter_dir`` plus those registered under a
+        name a request can give (the app registers each session's own adapters as ``name@session``,
+        which no request can name and no listing shows)."""
+        names = {n for n in self.loaded if ADAPTER_NAME_RE.match(n)}
         if self.adapter_dir.is_dir():
             names.update(p.name for p in self.adapter_dir.iterdir() if p.is_dir() and is_adapter_dir(p))
         return sorted(names)
 
-    def locate(self, name_or_path: str | Path) -> tuple[str, Path]:
-        """(public name, folder) for a name under ``adapter_dir`` or a folder path."""
-        text = str(name_or_path)
+    def locate(self, name: str) -> tuple[str, Path]:
+        """(name, folder) for a registered adapter or a folder under ``adapter_dir``. Only names:
+        a path (absolute, relative, ``..``) is refused before anything on disk is looked at."""
+        text = str(name)
         if text in self.paths:
             return text, self.paths[text]
-        path = Path(text).expanduser()
-        candidates = [self.adapter_dir / text] if "/" not in text and "\\" not in text else []
-        candidates.append(path)
-        for folder in candidates:
-            if folder.is_dir():
-                self._check_files(folder)
-                return folder.resolve().name, folder
+        check_adapter_name(text)
+        folder = self.adapter_dir / text
+        if folder.is_dir():
+            self._check_files(folder, text)
+            return text, folder
         have = ", ".join(self.available()) or "none"
-        raise ModelNotFound(f"adapter {text!r} not found (looked in {self.adapter_dir}; there: {have}); "
-                            + finetune_hint(Path(text).name))
+        raise ModelNotFound(f"adapter {text!r} not found (there: {have}); " + finetune_hint(text))
 
     @staticmethod
-    def _check_files(folder: Path) -> None:
+    def _check_files(folder: Path, name: str) -> None:
         if not (folder / CONFIG_FILE).is_file():
-            raise ModelNotFound(f"{folder} has no {CONFIG_FILE}: it is not a LoRA adapter folder; "
-                                + finetune_hint(folder.name))
+            raise ModelNotFound(f"adapter {name!r} has no {CONFIG_FILE}: it is not a LoRA adapter folder; "
+                                + finetune_hint(name))
         if not (folder / WEIGHTS_FILE).is_file():
             found = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
-            raise ModelNotFound(f"{folder} has no {WEIGHTS_FILE} (found: {found}); only safetensors adapters "
-                                "are loaded. " + finetune_hint(folder.name))
+            raise ModelNotFound(f"adapter {name!r} has no {WEIGHTS_FILE} (found: {found}); only safetensors "
+                                "adapters are loaded. " + finetune_hint(name))
 
     def check_base(self, folder: Path, meta: dict) -> None:
         """Refuse an adapter trained on another base model (its shapes or meaning would not fit)."""
@@ -147,11 +158,22 @@ class AdapterManager:
                                 f"for this model: {finetune_hint(folder.name)}")
 
     # -- loading --
-    def load(self, name_or_path: str | Path, reload: bool = False) -> str:
-        """Load an adapter (once) without touching the base weights; returns its public name."""
-        name, folder = self.locate(name_or_path)
-        if name in self.loaded and not reload and self.paths.get(name) == folder:
+    def load(self, name: str, reload: bool = False) -> str:
+        """Load an adapter by name (once) without touching the base weights; returns its name."""
+        name, folder = self.locate(name)
+        if name in self.loaded and not reload:
             return name
+        return self._load(name, folder)
+
+    def register(self, folder: str | Path) -> str:
+        """Load (or reload) a folder the program itself wrote (a fine-tune's output) under its
+        folder's name; requests then use it by that name."""
+        folder = Path(folder)
+        name = folder.resolve().name
+        self._check_files(folder, name)
+        return self._load(name, folder)
+
+    def _load(self, name: str, folder: Path) -> str:
         meta = read_meta(folder)
         self.check_base(folder, meta)
         self._versions += 1
@@ -166,7 +188,7 @@ class AdapterManager:
             else:
                 self.peft.load_adapter(str(folder), adapter_name=internal, is_trainable=False)
         except (RuntimeError, ValueError, KeyError) as e:  # shape mismatch, unknown modules, bad config
-            raise ModelNotFound(f"adapter {name!r} at {folder} does not fit the loaded model "
+            raise ModelNotFound(f"adapter {name!r} does not fit the loaded model "
                                 f"{self.llm.name!r} ({str(e).splitlines()[0][:300]}). "
                                 + finetune_hint(name)) from e
         self._match_model_dtype(internal)
@@ -177,6 +199,19 @@ class AdapterManager:
             self.peft.delete_adapter(old)  # the retrained copy replaces the old one
             self._apply(self.active)
         return name
+
+    def unload(self, name: str) -> bool:
+        """Free a loaded adapter (a closed session's); the base model and the others stay."""
+        internal = self.loaded.pop(name, None)
+        self.paths.pop(name, None)
+        self.metas.pop(name, None)
+        if internal is None:
+            return False
+        if self.active == name:
+            self.activate(None)
+        self.peft.delete_adapter(internal)
+        self._apply(self.active)
+        return True
 
     def _match_model_dtype(self, internal: str) -> None:
         """peft keeps inference LoRA factors in float32; in a bf16/fp16 model that costs a cast of the

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, StopStringCriteria
 
-from recdemo.llm.adapters import AdapterManager, finetune_hint, is_adapter_dir
+from recdemo.llm.adapters import AdapterManager, check_adapter_name, finetune_hint, is_adapter_dir
 from recdemo.llm.models import LLM, load_llm
 from recdemo.errors import ModelNotFound
 
@@ -76,15 +76,24 @@ class LLMService:
         return sorted(p.name for p in folder.iterdir() if p.is_dir() and is_adapter_dir(p)) if folder.is_dir() else []
 
     def register_adapter(self, path: str | Path) -> str:
-        """Load (or reload, after a new fine-tune) an adapter folder without reloading the base."""
+        """Load (or reload, after a new fine-tune) an adapter folder this program wrote, without
+        reloading the base (requests then name it by the folder's name)."""
         with self.lock:
-            return self.adapters.load(path, reload=True)
+            return self.adapters.register(path)
+
+    def unload_adapter(self, name: str) -> bool:
+        """Free a loaded adapter's memory (e.g. a closed session's); False when it was not loaded."""
+        if self._adapters is None:
+            return False
+        with self.lock:
+            return self.adapters.unload(name)
 
     def resolve_adapter(self, requested: str | None, dataset_name: str | None = None,
                         ranker: str | None = None) -> str | None:
         """'auto' -> the dataset's shipped adapter: ``<dataset>-<ranker>`` (trained on that ranker's
-        prompt) if present, else ``<dataset>``, else None; 'none' -> None; anything else must exist
-        (else ModelNotFound saying how to create it)."""
+        prompt) if present, else ``<dataset>``, else None; 'none' -> None; anything else must be the
+        name of a registered adapter or of a folder under the adapter folder, never a path
+        (else ModelNotFound: one sentence, saying how to create it, with no path of this machine)."""
         if isinstance(requested, str) and requested.strip().lower() in NO_ADAPTER:
             return None
         if requested is None:
@@ -95,16 +104,17 @@ class LLMService:
             shipped = self.available_adapters()
             names = ([f"{dataset_name}-{ranker}"] if ranker else []) + [dataset_name]
             return next((n for n in names if n in shipped), None)
-        if requested in self.adapters.loaded:
+        if self._adapters is not None and requested in self._adapters.loaded:
             return requested
+        check_adapter_name(requested)  # before the model is loaded or the disk is looked at
         with self.lock:
             try:
                 return self.adapters.load(requested)
             except ModelNotFound:
                 raise
             except OSError as e:
-                raise ModelNotFound(f"adapter {requested!r} could not be read ({e}); "
-                                    + finetune_hint(Path(requested).name)) from e
+                raise ModelNotFound(f"adapter {requested!r} could not be read ({type(e).__name__}); "
+                                    + finetune_hint(requested)) from e
 
     @contextmanager
     def use_adapter(self, name: str | None):

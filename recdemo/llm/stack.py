@@ -86,11 +86,17 @@ class Stack:
     @property
     def retriever(self):
         """SASRec for this dataset (trained now when ``train_retriever`` and no checkpoint exists)."""
+        return self.build_retriever()
+
+    def build_retriever(self, cancel=None, on_epoch=None):
+        """``retriever``, where a training it needs can be cancelled (``cancel``: threading.Event;
+        TrainingCancelled) and reports ``on_epoch(epoch, total, record)`` (the app's progress)."""
         with self._locks["retriever"]:
             if self._retriever is None:
                 text = self.text_index if self.retriever_text_fallback else None
                 self._retriever = Retriever.for_dataset(self.dataset, self.cfg.retrieval,
-                                                        train_if_missing=self.train_retriever, text_index=text)
+                                                        train_if_missing=self.train_retriever, text_index=text,
+                                                        cancel=cancel, on_epoch=on_epoch)
             return self._retriever
 
     @property

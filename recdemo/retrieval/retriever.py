@@ -44,10 +44,10 @@ class Retriever:
 
     @classmethod
     def for_dataset(cls, dataset, cfg: RetrievalConfig, train_if_missing: bool = True, text_index=None,
-                    progress: bool = True) -> "Retriever":
+                    progress: bool = True, cancel=None, on_epoch=None) -> "Retriever":
         """Load the checkpoint for ``dataset`` (the shipped one when trained on exactly this data, else
         the cache's); when missing or stale, train (with a progress bar) and save it into the cache,
-        never over a shipped checkpoint."""
+        never over a shipped checkpoint. ``cancel`` and ``on_epoch`` go to train_sasrec."""
         # The shipped checkpoint when it was trained on exactly this data, else the cache's (also
         # when the shipped weights turn out unreadable: they are never replaced from here).
         model = load_checkpoint(dataset, cfg.checkpoint_dir)
@@ -59,7 +59,7 @@ class Retriever:
                 raise ModelNotFound(f"{problem}; train one with `python -m recdemo train --dataset {dataset.name}`")
             log.warning("%s: training SASRec now", problem)
             rcfg = cfg.for_dataset(dataset.name)
-            model, report = train_sasrec(dataset, rcfg, progress=progress)
+            model, report = train_sasrec(dataset, rcfg, progress=progress, cancel=cancel, on_epoch=on_epoch)
             directory, key = Path(cfg.cache_dir), cache_key(dataset)
             save_checkpoint(model, rcfg, dataset, directory, report, key=key)
             model = load_checkpoint(dataset, directory, key) or model

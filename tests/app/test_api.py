@@ -1,5 +1,6 @@
 """The launched app, driven over HTTP with gradio_client (fake Recommender: no model needed)."""
 import socket
+import time
 
 import pytest
 
@@ -87,3 +88,39 @@ def test_status_api(client):
 def test_api_is_documented(client):
     info = client.view_api(print_info=False, return_format="dict")
     assert {"/recommend", "/recommend_stream"} <= set(info["named_endpoints"])
+
+
+HISTORY = ["Toy Story (1995)", "Heat (1995)", "Jumanji (1995)"]
+
+
+@pytest.mark.parametrize("args, expected", [
+    ((HISTORY, "movielens-small", "score", "auto", 100000, 100000), "above this server's limit of 200"),
+    ((HISTORY, "movielens-small", "score", "auto", 50, 100000), "above this server's limit of 50"),
+    ((HISTORY, "movielens-small", "score", "/etc", 50, 10), "never by a path"),
+    ((HISTORY, "movielens-small", "score", "/no/such/dir", 50, 10), "never by a path"),
+    ((HISTORY, "movielens-small", "score", "../x", 50, 10), "never by a path"),
+    ((["x" * 100_000], "movielens-small", "score", "auto", 50, 10), "titles have at most"),
+    ((HISTORY * 100, "movielens-small", "score", "auto", 50, 10), "history items is above"),
+    ((HISTORY, "shop", "score", "auto", 50, 10), "Unknown dataset 'shop'"),
+    ((HISTORY, "../../etc", "score", "auto", 50, 10), "Unknown dataset"),
+])
+def test_abusive_requests_get_one_sentence_at_once(client, app, tmp_path, args, expected):
+    """Issue 18's requests: each answered with a one-sentence error in well under 2 s that names
+    no server path, and none reaches the model. "shop" is another (browser) session's upload."""
+    from gradio_client.exceptions import AppError
+
+    ctx = app[1]
+    if not ctx.uploads.names("someone-else"):
+        (tmp_path / "interactions.csv").write_text(
+            "user_id,item_id,timestamp\n" + "".join(f"u{u},i{(u + t) % 5},{t}\n" for u in range(3) for t in range(3)))
+        (tmp_path / "items.csv").write_text("item_id,title\n" + "".join(f"i{i},T{i}\n" for i in range(5)))
+        ctx.add_upload(str(tmp_path / "interactions.csv"), str(tmp_path / "items.csv"), "shop", "someone-else")
+    calls = sum(len(r.calls) for r in ctx.recs.values())
+    t0 = time.perf_counter()
+    with pytest.raises(AppError) as e:
+        client.predict(*args, api_name="/recommend")
+    assert time.perf_counter() - t0 < 2.0
+    msg = str(e.value)
+    assert expected in msg and msg.count(". ") == 0 and msg.endswith(".")
+    assert "/tmp" not in msg and str(ctx.cfg.llm.adapter_dir) not in msg
+    assert sum(len(r.calls) for r in ctx.recs.values()) == calls

@@ -226,4 +226,6 @@ def test_upload_finetune_and_use_new_adapter(page, real_app):
     # the adapter selector now holds (and shows) the new adapter, and it is usable at once
     adapter_input = page.locator("#rd-adapter").locator("input").first
     assert adapter_input.input_value() == "tiny-songs-ft1"
-    assert "tiny-songs-ft1" in ctx.service.available_adapters()
+    # ... and it is this browser session's own: trained on its upload, kept in its folder, offered to nobody else
+    assert "tiny-songs-ft1" not in ctx.service.available_adapters()
+    assert len(list(ctx.uploads.root.glob("*/adapters/tiny-songs-ft1@*"))) == 1

@@ -262,12 +262,13 @@ def _write_pair(tmp_path, inter_rows, item_rows):
 def test_upload_valid_pair_adds_dataset(ctx, tmp_path):
     inter = [f"u{u},i{(u + t) % 6},{t}" for u in range(4) for t in range(4)]
     items = [f"i{i},Item {i},A|B" for i in range(6)]
-    ok, html = events.upload_dataset(ctx, *_write_pair(tmp_path, inter, items), "shop")
+    ok, html = events.upload_dataset(ctx, *_write_pair(tmp_path, inter, items), "shop", session="s1")
     assert ok and "4 users" in html
-    assert ("Uploaded · shop", "shop") in ctx.datasets(["shop"])
-    assert ("Uploaded · shop", "shop") not in ctx.datasets()  # other sessions do not see it
-    ok, html = events.upload_dataset(ctx, *_write_pair(tmp_path, inter, items), "shop")
-    assert not ok and "already exists" in html
+    assert ("Uploaded · shop", "shop") in ctx.datasets("s1")
+    assert ("Uploaded · shop", "shop") not in ctx.datasets("s2")  # other sessions do not see it
+    assert ("Uploaded · shop", "shop") not in ctx.datasets()
+    ok, html = events.upload_dataset(ctx, *_write_pair(tmp_path, inter, items), "shop", session="s1")
+    assert not ok and "already uploaded" in html
 
 
 def test_demo_data_dir_is_the_default_dataset(tmp_path):
@@ -282,23 +283,24 @@ def test_demo_data_dir_is_the_default_dataset(tmp_path):
 
 def test_upload_error_names_file_line_column(ctx, tmp_path):
     inter = ["u1,i1,1", "u1,i2,yesterday"]
-    ok, html = events.upload_dataset(ctx, *_write_pair(tmp_path, inter, ["i1,One,", "i2,Two,"]), "bad")
+    ok, html = events.upload_dataset(ctx, *_write_pair(tmp_path, inter, ["i1,One,", "i2,Two,"]), "bad",
+                                     session="s1")
     assert not ok
     assert "interactions.csv, line 3, column &#x27;timestamp&#x27;" in html
-    assert "bad" not in ctx.uploads
+    assert ctx.uploads.names("s1") == []
 
 
 def test_upload_size_limit(tmp_path):
     from recdemo.config import Config
     c = fake_context(tmp_path, cfg=Config().set("limits", "max_upload_mb", 0))
-    ok, html = events.upload_dataset(c, *_write_pair(tmp_path, ["u,i,1"], ["i,T,"]), "big")
+    ok, html = events.upload_dataset(c, *_write_pair(tmp_path, ["u,i,1"], ["i,T,"]), "big", session="s1")
     assert not ok and "limited to 0 MB" in html
 
 
 def test_upload_missing_file_and_bad_name(ctx, tmp_path):
     pair = _write_pair(tmp_path, ["u,i,1"], ["i,T,"])
-    assert "Please upload items.csv" in events.upload_dataset(ctx, pair[0], None, "x")[1]
-    assert "Dataset name" in events.upload_dataset(ctx, *pair, "../evil")[1]
+    assert "Please upload items.csv" in events.upload_dataset(ctx, pair[0], None, "x", session="s1")[1]
+    assert "Dataset name" in events.upload_dataset(ctx, *pair, "../evil", session="s1")[1]
 
 
 # -- fine-tune --
@@ -348,7 +350,7 @@ def test_finetune_validation_messages(ctx, args, message):
 
 def test_finetune_on_an_unknown_dataset_is_refused(ctx):
     jid, html = events.start_finetune(ctx, "nope", ["genrec"], 5, 8, 2e-4, "x")
-    assert jid is None and "Choose a dataset" in html
+    assert jid is None and "Unknown dataset" in html
 
 
 def test_a_session_runs_one_finetune_at_a_time(tmp_path):

@@ -84,7 +84,7 @@ def test_cancel_running_job_stops_it_cleanly(queue_factory):
         return {"status": "done"}
 
     q = queue_factory(slow)
-    job = q.submit({"name": "long"})
+    job = q.submit({"name": "long", "steps": 1000})
     assert started.wait(5)
     assert q.cancel(job.id)
     snap = q.wait(job.id, timeout=5)
@@ -179,3 +179,77 @@ def test_a_repeated_loss_at_the_same_step_is_one_point():
     snap = q.wait(q.submit({"name": "x"}).id, timeout=5)
     assert snap["losses"] == [(1, 2.0), (2, 1.5), (3, 1.0)]
     q.shutdown(timeout=2)
+
+
+def wait_until(predicate, timeout=5.0):
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_n_jobs_run_at_once_and_the_rest_wait_in_order(queue_factory):
+    order, gate = [], threading.Event()
+    q = queue_factory(stepping_runner(order, gate), workers=2)
+    jobs = [q.submit({"name": n}) for n in "abcd"]
+    wait_until(lambda: len(order) == 2)
+    time.sleep(0.1)
+    assert sorted(order) == ["a", "b"]  # two run, the others wait their turn
+    assert [q.position(j.id) for j in jobs] == [0, 0, 1, 2]
+    gate.set()
+    for j in jobs:
+        assert q.wait(j.id, timeout=5)["status"] == "done"
+    assert order[2:] == ["c", "d"]
+
+
+def test_a_full_queue_refuses_more_with_one_sentence(queue_factory):
+    from recdemo.app.jobs import QueueFull
+
+    gate = threading.Event()
+    q = queue_factory(stepping_runner([], gate), workers=1, max_waiting=2)
+    running = q.submit({"name": "a"})
+    wait_until(lambda: q.position(running.id) == 0)
+    q.submit({"name": "b"})
+    q.submit({"name": "c"})
+    t0 = time.time()
+    with pytest.raises(QueueFull, match=r"^The server's fine-tune queue is full \(2 waiting\); please try again later\.$"):
+        q.submit({"name": "d"})
+    assert time.time() - t0 < 0.5
+    gate.set()
+    assert q.wait(running.id, timeout=5)["status"] == "done"
+
+
+def test_a_job_past_its_wall_time_is_cancelled_and_says_why(queue_factory):
+    seen = []
+
+    def slow(job, progress, cancel):
+        for step in range(1, job.params["steps"]):
+            if cancel.is_set():
+                seen.append(step)
+                return {"status": "cancelled"}
+            progress({"step": step, "total": 1000})
+            time.sleep(0.01)
+        return {"status": "done"}
+
+    q = queue_factory(slow, max_seconds=0.2)
+    job = q.submit({"name": "long", "steps": 1000})
+    snap = q.wait(job.id, timeout=5)
+    assert snap["status"] == "cancelled" and seen and seen[0] < 100
+    assert "minutes, this server's limit per fine-tune" in snap["error"] and "unchanged" in snap["error"]
+    quick = q.submit({"name": "quick", "steps": 5})  # the limit is per job: a fresh clock for the next
+    assert q.wait(quick.id, timeout=5)["status"] == "done"
+
+
+def test_an_error_after_a_cancel_is_part_of_the_cancel(queue_factory):
+    started = threading.Event()
+
+    def runner(job, progress, cancel):
+        started.set()
+        cancel.wait(5)
+        raise ValueError("Unknown dataset 'shop'")  # e.g. the closed session's upload is gone
+
+    q = queue_factory(runner)
+    job = q.submit({"name": "a"})
+    assert started.wait(5) and q.cancel(job.id)
+    snap = q.wait(job.id, timeout=5)
+    assert snap["status"] == "cancelled" and "unchanged" in snap["error"]

@@ -48,3 +48,17 @@ def test_sliders_end_at_the_limits_and_every_element_is_there(tmp_path):
     assert demo.analytics_enabled is False
     assert {"recommend", "recommend_stream", "status"} <= {d.api_name for d in demo.fns.values()}
     ctx.close()
+
+
+def test_closing_a_tab_ends_its_session(tmp_path):
+    """The page's unload event hands the closing tab's session to AppContext.end_session."""
+    from types import SimpleNamespace
+
+    demo, el, ctx = page(Config(), tmp_path)
+    ended = []
+    ctx.end_session = ended.append
+    unload = [d for d in demo.fns.values() if any(t[1] == "unload" for t in d.targets)]
+    assert len(unload) == 1
+    unload[0].fn(SimpleNamespace(session_hash="tab-1"))
+    assert ended == ["tab-1"]
+    ctx.close()

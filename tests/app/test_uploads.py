@@ -112,5 +112,6 @@ def test_a_field_over_the_limit_is_refused_with_its_place(tmp_path):
 
 
 def test_a_good_upload_still_loads(tmp_path):
-    folder, summary = upload(tmp_path, "user_id,item_id,timestamp\nana,b01,1\nana,b02,2\nbob,b01,1\nbob,b03,2\n")
+    folder, summary = upload(tmp_path, "user_id,item_id,timestamp\nana,b01,1\nana,b02,2\nana,b03,3\n"
+                                       "bob,b01,1\nbob,b03,2\nbob,b02,3\n")
     assert summary["users"] == 2 and summary["items"] == 3

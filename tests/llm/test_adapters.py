@@ -96,7 +96,7 @@ def test_reload_replaces_a_retrained_adapter(tiny_llm, tmp_path):
     first = logits(tiny_llm)
     fresh_base = make_tiny_llm(tiny_llm.tokenizer)  # same weights as tiny_llm, without LoRA layers
     make_tiny_adapter(fresh_base, tmp_path / "a", seed=7)  # a new fine-tune wrote the same folder
-    mgr.load(tmp_path / "a", reload=True)
+    mgr.register(tmp_path / "a")
     assert mgr.active == "a"
     second = logits(tiny_llm)
     assert not torch.allclose(first, second, atol=1e-4)
@@ -141,3 +141,56 @@ def test_adapter_in_a_bfloat16_model_runs_in_bfloat16(tiny_tokenizer, tmp_path):
     assert {p.dtype for n, p in half.model.named_parameters() if "lora_" in n} == {torch.bfloat16}
     expected, got = logits(full), logits(half).float()
     assert torch.equal(expected.topk(3).indices, got.topk(3).indices)
+
+
+@pytest.mark.parametrize("requested", ["/etc", "/no/such/dir", "../x", "a/b", "~/adapters/a", ".", "a\\b", ""])
+def test_an_adapter_is_a_name_never_a_path(tiny_llm, tmp_path, requested):
+    """Defect 6: a path is refused before anything on disk is looked at, in one sentence that
+    repeats no path of this machine; an absolute path to a real adapter is never loaded."""
+    mgr = AdapterManager(tiny_llm, tmp_path / "adapters")
+    with pytest.raises(ModelNotFound) as e:
+        mgr.activate(requested)
+    msg = str(e.value)
+    assert "never by a path" in msg and str(tmp_path) not in msg and msg.count(". ") == 0
+    assert mgr.loaded == {} and mgr.peft is None
+
+
+def test_an_absolute_path_to_a_real_adapter_is_not_loaded(tiny_llm, tmp_path):
+    folder = make_tiny_adapter(tiny_llm, tmp_path / "elsewhere" / "real")
+    mgr = AdapterManager(tiny_llm, tmp_path / "adapters")
+    with pytest.raises(ModelNotFound, match="never by a path"):
+        mgr.load(str(folder))
+    assert mgr.loaded == {} and mgr.peft is None
+    assert mgr.register(folder) == "real"  # the program's own folders (a fine-tune's output) still load
+
+
+def test_a_missing_adapter_names_no_server_path(tiny_llm, tmp_path):
+    make_tiny_adapter(tiny_llm, tmp_path / "adapters" / "there")
+    (tmp_path / "adapters" / "broken").mkdir()
+    mgr = AdapterManager(tiny_llm, tmp_path / "adapters")
+    for name in ("missing", "broken"):
+        with pytest.raises(ModelNotFound) as e:
+            mgr.load(name)
+        assert str(tmp_path) not in str(e.value) and repr(name) in str(e.value)
+
+
+def test_unload_frees_an_adapter_and_the_others_keep_working(tiny_llm, tmp_path):
+    make_tiny_adapter(tiny_llm, tmp_path / "a", seed=1)
+    make_tiny_adapter(tiny_llm, tmp_path / "b", seed=2)
+    make_tiny_adapter(tiny_llm, tmp_path / "c", seed=3)
+    base = logits(tiny_llm)
+    mgr = AdapterManager(tiny_llm, tmp_path)
+    mgr.activate("b")
+    with_b = logits(tiny_llm)
+    mgr.activate("a")
+    assert mgr.unload("a") and mgr.active is None  # the active one: back to the base model
+    assert torch.allclose(logits(tiny_llm), base, atol=1e-6)
+    assert list(mgr.loaded) == ["b"] and len(mgr.peft.peft_config) == 1
+    mgr.activate("b")
+    assert torch.allclose(logits(tiny_llm), with_b, atol=1e-6)
+    assert mgr.unload("b") and not mgr.unload("b")  # the last one too
+    assert torch.allclose(logits(tiny_llm), base, atol=1e-6)
+    mgr.activate("c")  # loading after everything was unloaded still works
+    assert not torch.allclose(logits(tiny_llm), base, atol=1e-4)
+    mgr.activate(None)
+    assert torch.allclose(logits(tiny_llm), base, atol=1e-6)

@@ -93,3 +93,24 @@ def test_stop_strings_cut_the_answer(tiny_service):
     cut = tiny_service.generate(prompt, max_new_tokens=12, stop_strings=[text[at]])[0]
     assert cut == text[:at]
     assert tiny_service.generate([], max_new_tokens=4) == []
+
+
+def test_a_path_is_refused_before_the_model_loads(tiny_llm, tmp_path):
+    """The API's adapter="/etc" is answered at once: the model is not loaded, no folder is read."""
+    folder = make_tiny_adapter(tiny_llm, tmp_path / "elsewhere" / "real")
+    svc = LLMService(LLMConfig(model=str(tmp_path / "no-model"), adapter_dir=str(tmp_path / "adapters")))
+    for requested in ("/etc", "/no/such/dir", "../x", str(folder)):
+        with pytest.raises(ModelNotFound, match="never by a path") as e:
+            svc.resolve_adapter(requested, "toy")
+        assert str(tmp_path) not in str(e.value)
+    assert not svc.loaded
+
+
+def test_registered_adapters_that_no_request_can_name_are_not_listed(tiny_service, tmp_path):
+    """The app registers a session's own adapters as name@session: usable by that key, never listed."""
+    folder = make_tiny_adapter(tiny_service.llm, tmp_path / "session" / "mine@abc123")
+    assert tiny_service.register_adapter(folder) == "mine@abc123"
+    assert "mine@abc123" not in tiny_service.available_adapters()
+    assert tiny_service.resolve_adapter("mine@abc123", "toy") == "mine@abc123"  # the app's own lookup
+    with pytest.raises(ModelNotFound, match="never by a path"):
+        tiny_service.resolve_adapter("other@abc123", "toy")

@@ -10,7 +10,7 @@ import pandas as pd
 from recdemo.app import events, render
 from recdemo.app.context import AppContext
 from recdemo.app.panels.picker import Picker
-from recdemo.app.panels.state import Session
+from recdemo.app.panels.state import Session, session_id
 
 LORA_RANKS = (4, 8, 16, 32)
 
@@ -89,20 +89,20 @@ def _settings(ctx: AppContext) -> tuple:
 
 
 def wire(ctx: AppContext, f: FineTune, p: Picker, s: Session) -> None:
-    def on_upload(f_inter, f_items, name, mine):
-        ok, html = events.upload_dataset(ctx, f_inter, f_items, name)
+    def on_upload(f_inter, f_items, name, request: gr.Request):
+        session = session_id(request)
+        ok, html = events.upload_dataset(ctx, f_inter, f_items, name, session)
         if not ok:
-            return html, gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        mine = list(mine or []) + [name.strip()]
-        choices = ctx.datasets(mine)
+            return html, gr.skip(), gr.skip(), gr.skip()
+        choices = ctx.datasets(session)
         return (html, gr.update(choices=choices), gr.update(choices=choices, value=name.strip()),
-                events.next_adapter_name(ctx, name.strip()), mine)
+                events.next_adapter_name(ctx, name.strip(), session))
 
-    f.up_btn.click(on_upload, [f.up_inter, f.up_items, f.up_name, s.my_uploads],
-                   [f.up_msg, p.dataset, f.dataset, f.name, s.my_uploads])
+    f.up_btn.click(on_upload, [f.up_inter, f.up_items, f.up_name], [f.up_msg, p.dataset, f.dataset, f.name])
 
-    def on_start(ds, tasks, steps, rank, lr, name, n_eval, current):
-        jid, html = events.start_finetune(ctx, ds, tasks, steps, rank, lr, name, n_eval, current=current)
+    def on_start(ds, tasks, steps, rank, lr, name, n_eval, current, request: gr.Request):
+        jid, html = events.start_finetune(ctx, ds, tasks, steps, rank, lr, name, n_eval, current=current,
+                                          session=session_id(request))
         if jid is not None and jid == current:  # refused: the running job keeps its progress and plot
             gr.Warning(events.STILL_RUNNING)
             return jid, gr.skip(), gr.skip(), gr.skip()
@@ -111,16 +111,28 @@ def wire(ctx: AppContext, f: FineTune, p: Picker, s: Session) -> None:
     f.start.click(on_start, [f.dataset, f.tasks, f.steps, f.rank, f.lr, f.name, f.eval_users, s.job_id],
                   [s.job_id, f.progress, f.plot, f.timer])
 
-    def on_tick(jid, ft_ds):
+    def on_tick(jid, ft_ds, request: gr.Request):
+        session = session_id(request)
         st = events.poll_finetune(ctx, jid)
         if not st["finished"]:
             return st["html"], loss_frame(st["losses"]), gr.skip(), gr.skip(), gr.skip()
-        ad = (gr.update(choices=events.adapter_choices(ctx), value=st["adapter"]) if st["adapter"]
-              else gr.update(choices=events.adapter_choices(ctx)))
+        ad = (gr.update(choices=events.adapter_choices(ctx, session), value=st["adapter"]) if st["adapter"]
+              else gr.update(choices=events.adapter_choices(ctx, session)))
         return (st["html"], loss_frame(st["losses"]), ad, gr.Timer(active=False),
-                events.next_adapter_name(ctx, ft_ds))
+                events.next_adapter_name(ctx, ft_ds, session))
 
     f.timer.tick(on_tick, [s.job_id, f.dataset], [f.progress, f.plot, p.adapter, f.timer, f.name],
                  show_progress="hidden")
-    f.dataset.input(lambda ds: events.next_adapter_name(ctx, ds), f.dataset, f.name, show_progress="hidden")
+    def on_dataset(ds, request: gr.Request):
+        return events.next_adapter_name(ctx, ds, session_id(request))
+
+    f.dataset.input(on_dataset, f.dataset, f.name, show_progress="hidden")
     f.cancel.click(lambda jid: events.cancel_finetune(ctx, jid), s.job_id, f.progress)
+
+
+def wire_session_end(ctx: AppContext, demo: gr.Blocks) -> None:
+    """When a tab closes (or reloads), its uploads, their adapters and their running work go."""
+    def on_unload(request: gr.Request):
+        events.end_session(ctx, session_id(request))
+
+    demo.unload(on_unload)

@@ -9,7 +9,7 @@ import gradio as gr
 from recdemo.app import events, render
 from recdemo.app.context import RANKERS, AppContext
 from recdemo.llm import rankers
-from recdemo.app.panels.state import Session, history_update
+from recdemo.app.panels.state import Session, history_update, session_id
 
 NO_MATCHES = "Matches: click to add"
 
@@ -78,8 +78,8 @@ def wire(ctx: AppContext, p: Picker, s: Session) -> None:
 
 
 def _wire_search(ctx: AppContext, p: Picker, s: Session) -> None:
-    def on_search(ds, q):
-        titles, msg = events.search(ctx, ds, q)
+    def on_search(ds, q, request: gr.Request):
+        titles, msg = events.search(ctx, ds, q, session=session_id(request))
         # The label names the query the list answers: typing fast, a list may lag a keystroke.
         label = f"Matches for “{q.strip()}”: click to add" if titles else NO_MATCHES
         return gr.update(choices=titles, value=None, label=label), render.notice_html(msg, "info") if msg else ""
@@ -96,8 +96,8 @@ def _wire_search(ctx: AppContext, p: Picker, s: Session) -> None:
     pick_outputs = [s.history, p.hist_view, p.query, p.suggestions, p.notice]
     p.suggestions.input(on_pick, [s.history, p.suggestions], pick_outputs, show_progress="hidden")
 
-    def on_submit(ds, hist, q):  # Enter in the search box adds the best match
-        titles, msg = events.search(ctx, ds, q)
+    def on_submit(ds, hist, q, request: gr.Request):  # Enter in the search box adds the best match
+        titles, msg = events.search(ctx, ds, q, session=session_id(request))
         if not titles:
             return (hist, gr.skip(), gr.skip(), gr.update(choices=[]),
                     render.notice_html(msg or "Type at least two letters.", "info"))
@@ -126,14 +126,14 @@ def _wire_history(ctx: AppContext, p: Picker, s: Session) -> None:
     p.rm_b.click(on_remove, [s.history, s.selected], moved, show_progress="hidden")
     p.clear_b.click(lambda: (*history_update([]), None), None, moved, show_progress="hidden")
 
-    def on_random(ds):
-        new, msg = events.random_user(ctx, ds)
+    def on_random(ds, request: gr.Request):
+        new, msg = events.random_user(ctx, ds, session=session_id(request))
         return (*history_update(new), None, render.notice_html(msg) if msg else "")
 
     p.random_b.click(on_random, p.dataset, [*moved, p.notice])
 
-    def on_persona(ds, name):
-        new = events.persona_history(ctx, ds, name)
+    def on_persona(ds, name, request: gr.Request):
+        new = events.persona_history(ctx, ds, name, session_id(request))
         if new is None:
             return gr.skip(), gr.skip(), gr.skip()
         return (*history_update(new), None)

@@ -10,7 +10,7 @@ import gradio as gr
 from recdemo.app import events, render
 from recdemo.app.context import AppContext
 from recdemo.app.panels.picker import Picker
-from recdemo.app.panels.state import Session
+from recdemo.app.panels.state import Session, session_id
 
 PROFILE_HINT = "Your taste profile will appear here."
 CARDS_HINT = "The LLM's top 10, with reasons."
@@ -82,27 +82,28 @@ def wire(ctx: AppContext, r: Results, p: Picker, s: Session) -> None:
     controls = [s.history, p.dataset, p.ranker, p.adapter, p.n_cand, p.n_top]
     outputs = [p.notice, *r.outputs(), r.kw_edit, r.summary_edit, s.last]
 
-    def stream(request: list, edit=None, exclude=(), baseline=None):
-        for out in events.recommend_stream(ctx, *request, profile_edit=edit, exclude=exclude, baseline=baseline):
+    def stream(request: list, session, edit=None, exclude=(), baseline=None):
+        for out in events.recommend_stream(ctx, *request, profile_edit=edit, exclude=exclude, baseline=baseline,
+                                           session=session):
             yield _shown(out, request, edit, exclude)
 
-    def on_recommend(*request):  # a fresh answer: no edit, nothing dismissed
-        yield from stream(list(request))
+    def on_recommend(hist, ds, rk, ad, nc, k, request: gr.Request):  # a fresh answer: no edit, nothing dismissed
+        yield from stream([hist, ds, rk, ad, nc, k], session_id(request))
 
-    def on_steer(hist, ds, rk, ad, nc, k, keywords, summary, last):
-        request = [hist, ds, rk, ad, nc, k]
-        same = bool(last) and last["request"] == request  # else there is nothing to compare with
-        yield from stream(request, {"keywords": list(keywords or []), "summary": summary or ""},
+    def on_steer(hist, ds, rk, ad, nc, k, keywords, summary, last, request: gr.Request):
+        shown = [hist, ds, rk, ad, nc, k]
+        same = bool(last) and last["request"] == shown  # else there is nothing to compare with
+        yield from stream(shown, session_id(request), {"keywords": list(keywords or []), "summary": summary or ""},
                           last["exclude"] if same else (), last["results"] if same else None)
 
-    def on_dismiss(hist, ds, rk, ad, nc, k, last, evt: gr.EventData):
-        request = [hist, ds, rk, ad, nc, k]
-        if not last or last["request"] != request:
+    def on_dismiss(hist, ds, rk, ad, nc, k, last, evt: gr.EventData, request: gr.Request):
+        shown = [hist, ds, rk, ad, nc, k]
+        if not last or last["request"] != shown:
             message = "The history or the settings changed since these results: press Recommend first."
-            yield _shown({"ok": False, "kind": "info", "message": message}, request, None, ())
+            yield _shown({"ok": False, "kind": "info", "message": message}, shown, None, ())
             return
         item = (getattr(evt, "_data", None) or {}).get("index")
-        yield from stream(request, last["edit"], events.dismissed(last["exclude"], item))
+        yield from stream(shown, session_id(request), last["edit"], events.dismissed(last["exclude"], item))
 
     shared = dict(concurrency_limit=2, concurrency_id="recommend")
     p.go.click(on_recommend, controls, outputs, **shared)
