@@ -380,11 +380,13 @@ class AppContext:
         if not session:
             return
         digest = session_digest(session)
-        for key, folder in self.uploads.end(session).items():
-            self._drop(key, folder)
+        # Cancel first, then drop the data: a job that finds its dataset gone has already been told
+        # to stop, so it ends as cancelled, never as failed.
         for snap in self.jobs.active():
             if snap["params"].get("session") == digest and "@" in str(snap["params"].get("key", "")):
                 self.jobs.cancel(snap["id"])
+        for key, folder in self.uploads.end(session).items():
+            self._drop(key, folder)
         if self._service is not None and hasattr(self._service, "unload_adapter"):
             for name in self.uploads.adapters(session):  # their LoRA weights leave the shared model
                 self._service.unload_adapter(private_key(name, session))
