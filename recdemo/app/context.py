@@ -32,6 +32,9 @@ from recdemo.app import cleanup
 from recdemo.app.jobs import FINISHED, FineTuneQueue, Job
 from recdemo.app.sessions import SessionStore, display_name, private_key, session_digest
 from recdemo.app.uploads import check_name, save_upload
+from recdemo.llm.service import LLMService
+from recdemo.pipeline.recommender import Recommender
+from recdemo.retrieval.checkpoint import checkpoint_problem, locate
 
 log = logging.getLogger("recdemo.app")
 
@@ -116,7 +119,6 @@ class AppContext:
     def service(self):
         with self._lock:
             if self._service is None:
-                from recdemo.llm.service import LLMService
                 self._service = LLMService(self.cfg.llm)
             return self._service
 
@@ -181,8 +183,6 @@ class AppContext:
         folder = self._folder(key)
         if self._factory is not None:
             return self._factory(key, folder)
-        from recdemo.pipeline.recommender import Recommender
-
         return Recommender.from_config(self.cfg, dataset_name=display_name(key), data_dir=folder,
                                        service=self.service)
 
@@ -252,7 +252,6 @@ class AppContext:
         if not hasattr(dataset, "content_hash"):
             return None
         try:
-            from recdemo.retrieval.checkpoint import checkpoint_problem, locate
             return checkpoint_problem(dataset, *locate(dataset, self.cfg.retrieval))
         except Exception:  # noqa: BLE001 - only used for the message
             return None

@@ -11,14 +11,14 @@ import threading
 
 from recdemo.config import Config
 from recdemo.app.context import AppContext
+from recdemo.app import render
+from recdemo.app.ui import build_ui
 
 log = logging.getLogger("recdemo.app")
 
 
 def build(cfg: Config | None = None, ctx: AppContext | None = None, warmup: bool = True):
     """(demo, ctx): the Blocks and the shared context, not yet launched."""
-    from recdemo.app.ui import build_ui
-
     cfg = cfg or Config.from_env()
     ctx = ctx or AppContext(cfg)
     ctx.start_cleanup()  # leftovers of killed runs now, then on a timer (app/cleanup.py)
@@ -32,8 +32,6 @@ def build(cfg: Config | None = None, ctx: AppContext | None = None, warmup: bool
 
 
 def launch_kwargs(cfg: Config) -> dict:
-    from recdemo.app import render
-
     return dict(server_name=cfg.app.host, server_port=cfg.app.port, share=cfg.app.share,
                 css=render.CSS, theme=_theme(), footer_links=["api", "gradio"],
                 max_file_size=f"{cfg.limits.max_upload_mb}mb", show_error=False, ssr_mode=False)

@@ -20,6 +20,7 @@ from typing import Iterator
 
 import numpy as np
 
+from recdemo.data.title_search import TitleMatcher
 from recdemo.llm.explain import Explainer
 from recdemo.errors import ModelNotFound
 from recdemo.llm.profile import ProfileGenerator, heuristic_profile
@@ -120,7 +121,6 @@ class Recommender:
         if index is not None:
             hits = index.search(query, k)
         else:
-            from recdemo.data.title_search import TitleMatcher
             scores = TitleMatcher(self.catalog.titles).scores(query)
             top = np.argsort(-scores, kind="stable")[:k]
             hits = [(int(i), float(scores[i])) for i in top if scores[i] > 0]
