@@ -4,10 +4,12 @@ Evidence for item r and each of the last 20 history items h:
 - co-occurrence: training users who have both r and h (ItemKNN counts, training sequences only);
 - similarity: cosine of the text embeddings (content) and of SASRec's item embeddings (behaviour).
 The 2-3 strongest history items are kept. The rationale for all items is ONE batched generate
-call (left padding, greedy, short), primed with the evidence titles. It is verified: every quoted
-or capitalised title-like span must belong to a history title, the target's title or an
-attribute; otherwise (or when empty) a templated sentence built from the evidence replaces it,
-and ``rationale_source`` says "template".
+call (left padding, greedy, up to ``max_new_tokens`` and stopped at the first sentence end). The
+prompt hands the model the facts (who had both, the genres they share) and primes the answer with
+the evidence titles, so the model writes the connecting clause. Every claim of the sentence is then
+checked (``claims.ClaimChecker``: titles, genres, numbers, cut-off, empty); a failing sentence is cut
+back to its last whole clause when that passes (``repair``), else the templated sentence built from
+the evidence replaces it (``rationale_source`` "template"); ``failed_checks`` names what failed.
 """
 from __future__ import annotations
 
