@@ -53,7 +53,7 @@ def generate(args) -> None:
     explainer = Explainer(service, data, retriever, stack.text_index)
     profiles = stack.profiles
     rows, started = [], time.perf_counter()
-    for n, case in enumerate(held_out_users(data, args.users)):
+    for n, case in enumerate(held_out_users(data, args.users)[: args.limit]):
         history = [int(i) for i in case.history][-20:]
         items = [i for i, _ in retriever.top_k(history, 50)][:10]
         t = time.perf_counter()
@@ -70,8 +70,7 @@ def generate(args) -> None:
                                        "rationale_source": e.rationale_source, "llm_rationale": e.llm_rationale,
                                        "failed_checks": list(getattr(e, "failed_checks", []) or [])}
                                       for e in out]})
-        if n % 10 == 0:
-            print(f"{n + 1} users, {time.perf_counter() - started:.0f} s, last explain {t_explain:.2f} s", flush=True)
+        print(f"{n + 1} users, {time.perf_counter() - started:.0f} s, last explain {t_explain:.2f} s", flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out_path = RESULTS / f"explanations-{args.dataset}-{args.label}.raw.json"
     out_path.write_text(json.dumps({"dataset": args.dataset, "label": args.label, "users": len(rows),
@@ -123,10 +122,15 @@ def report() -> None:
     from recdemo.config import Config
     from recdemo.data import load_from_config
 
-    runs = sorted(RESULTS.glob("explanations-*.raw.json"))
+    runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("explanations-*.raw.json"))]
+    common = {}  # per dataset: the users every run of it explained (runs of different lengths compare fairly)
+    for run in runs:
+        users = {r["user"] for r in run["rows"]}
+        common[run["dataset"]] = common.get(run["dataset"], users) & users
     datasets, out = {}, []
-    for path in runs:
-        run = json.loads(path.read_text())
+    for run in runs:
+        run = {**run, "rows": [r for r in run["rows"] if r["user"] in common[run["dataset"]]]}
+        run["users"] = len(run["rows"])
         if run["dataset"] not in datasets:
             cfg = Config.from_env().set("data", "dataset", run["dataset"])
             datasets[run["dataset"]] = load_from_config(cfg.data)
@@ -154,6 +158,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dataset", default="movielens-small")
     ap.add_argument("--users", type=int, default=200)
+    ap.add_argument("--limit", type=int, default=None,
+                    help="stop after the first N of the --users drawn (the same users as a longer run)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--label", default="after", help="names the run: before (main's code) or after")
     ap.add_argument("--no-profile", dest="profile", action="store_false")

@@ -168,7 +168,8 @@ class ClaimChecker:
         key = " ".join(ws)
         if key in self.forms:
             return self.forms[key]
-        if all(w in ARTICLES or w in self.extra or word_category(w, self.vocab) or w in HARMLESS for w in ws):
+        if all(w in ARTICLES or w in self.extra or w in STOPWORDS or word_category(w, self.vocab) or w in HARMLESS
+               for w in ws):
             return True  # "The Sci-Fi", "Comedy", "Movies"
         if not quoted:  # a shortened title inside running text ("Toy Story" of "Toy Story 2"), same article
             for padded in self.padded:  # the article is part of the key: "the perfect murder" is no match
