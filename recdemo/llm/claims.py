@@ -204,7 +204,7 @@ class ClaimChecker:
         plain = strip_titles(sentence)
         allowed = self.allowed_categories | category_terms(a for t in good for a in self.titled_attributes.get(t, ()))
         wrong = [w for w in re.findall(r"[A-Za-z][\w-]*", plain)
-                 for t in [category_of(w, self.vocab)] if t and not (t & allowed)]
+                 for t in [category_of(w, self.vocab)] if t - allowed]  # "comedy-drama" claims both
         if wrong:
             out["category"] = wrong
         numbers = [m.group(1) for m in NUMBER.finditer(plain) if m.group(1).replace(",", "") not in self.numbers]

@@ -47,6 +47,7 @@ TONES = {
     "magical": ("fantasy", "children"), "fastpaced": ("action", "thriller"),
     "adventurous": ("adventure",), "thoughtful": ("drama", "documentary"), "realistic": ("drama", "documentary"),
 }
+TONE_NAMES = {"lighthearted": "light-hearted", "feelgood": "feel-good", "fastpaced": "fast-paced"}  # as shown
 SUFFIXES = ("ations", "ation", "ated", "ating", "ates", "ities", "ity", "ical", "ous", "ies", "ied", "ing",
             "tic", "ers", "er", "ed", "es", "ic", "al", "ce", "s", "y", "e")
 DECADE = re.compile(r"^(?:'|19|20)?(\d)0s$")
@@ -125,7 +126,7 @@ def descriptive_keywords(catalog, history, exclude: set[str] = frozenset(), n: i
         kind, value = t.split(":", 1)
         if c < 2 or kind in kinds:
             continue
-        text = value if kind == "tone" else f"{'19' if int(value) >= 3 else '20'}{value}0s"
+        text = TONE_NAMES.get(value, value) if kind == "tone" else f"{'19' if int(value) >= 3 else '20'}{value}0s"
         if text in exclude:
             continue
         kinds.add(kind)

@@ -51,6 +51,7 @@ def test_a_genre_the_item_and_the_cited_items_lack_fails(movies):
     s = '"Intouchables" is a comedy film that blends elements of horror and comedy.'
     assert chk.problems(s)["category"] == ["horror"]
     assert "category" in chk.failures('"Intouchables" is a scary comedy.')  # a synonym claims Horror too
+    assert chk.problems('"Intouchables" is a comedy-horror about friendship.')["category"] == ["comedy-horror"]
     assert chk.failures('"Intouchables" is a comedy and a drama about an unlikely friendship.') == []
     # a genre of a history item the sentence names is fine: "thriller" is "A Perfect Murder"'s
     assert chk.failures('Like the thriller "A Perfect Murder", "Intouchables" is a drama about trust.') == []

@@ -163,6 +163,7 @@ def test_tone_and_era_keywords_are_grounded_in_the_genres_and_years(movies):
     assert ground("dark", movies, [0, 1, 2, 3, 4]) == [1, 2, 4]  # Horror, Thriller, Crime items
     assert ground("lighthearted", movies, [0, 1, 2, 3, 4]) == [0, 3]
     assert ground("futuristic", movies, [0, 3]) == []
+    assert ground("feel-good", movies, [0, 1, 2, 3, 4]) == [0, 3]
 
 
 def test_genre_only_keywords_get_era_and_tone_added(movies):
