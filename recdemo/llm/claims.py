@@ -47,7 +47,8 @@ recommend recommended recommendation choice pick option favorite favourite fan f
 someone anyone will would can could should may might has have had having be been being is are was were do does did
 something anything everything theme themes aspects aspect elements element qualities quality feel feeling vibe
 same other another others similarly likewise alike related relation connection connected genre genres story
-stories tone tones unique distinct specific blend blends combines combine combination approach narrative popular""".split())
+stories tone tones unique distinct specific blend blends combines combine combination approach narrative
+popular""".split())
 SENTENCE_END = re.compile(r"""[.!?]["'”’)]*$""")
 NUMBER = re.compile(r"(?<![\w.])(\d+(?:[.,]\d+)?)(s\b|'s\b)?")
 

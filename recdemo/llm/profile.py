@@ -43,7 +43,8 @@ TONES = {
     "lighthearted": ("comedy", "children", "animation", "musical"),
     "feelgood": ("comedy", "romance", "musical", "children"), "heartwarming": ("children", "romance", "animation"),
     "whimsical": ("fantasy", "animation", "children"), "quirky": ("comedy",), "witty": ("comedy",),
-    "epic": ("adventure", "war", "fantasy"), "emotional": ("drama", "romance"), "futuristic": ("scifi",), "supernatural": ("fantasy", "horror"),
+    "epic": ("adventure", "war", "fantasy"), "emotional": ("drama", "romance"), "futuristic": ("scifi",),
+    "supernatural": ("fantasy", "horror"),
     "magical": ("fantasy", "children"), "fastpaced": ("action", "thriller"),
     "adventurous": ("adventure",), "thoughtful": ("drama", "documentary"), "realistic": ("drama", "documentary"),
 }

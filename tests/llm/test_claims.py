@@ -42,7 +42,8 @@ def test_a_title_not_in_the_history_fails_even_when_it_differs_by_the_article(mo
     chk = checker(movies, [TOY2, MURDER], MIB, cooc(TOY2))
     assert chk.problems('Like "Toy Story 2", "Men in Black" is as tense as "The Perfect Murder".')["title"] == \
         ["The Perfect Murder"]
-    assert RationaleChecker([movies.titles[MURDER]]).problems("Fans of The Perfect Murder.") == ["Fans of The Perfect Murder"]
+    title_only = RationaleChecker([movies.titles[MURDER]])
+    assert title_only.problems("Fans of The Perfect Murder.") == ["Fans of The Perfect Murder"]
     assert "title" not in chk.failures('Like "A Perfect Murder", "Men in Black" is a tense sci-fi comedy.')
 
 
