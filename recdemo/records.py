@@ -49,8 +49,10 @@ class Explanation:
     index: int
     evidence: list[dict]  # [{"history_index": i, "title": ..., "kind": "co-occurrence"|"similar", "value": x}]
     rationale: str
-    rationale_source: str = "llm"  # "template": the LLM sentence was empty or named a non-history title
+    rationale_source: str = "llm"  # "template": the LLM's sentence failed a claim check (llm/claims.py)
     llm_rationale: str = ""  # the LLM's sentence as written (kept when it was replaced, for inspection)
+    failed_checks: list[str] = field(default_factory=list)  # the checks the LLM's sentence failed
+    repair: str = ""  # how a failing LLM sentence was made to pass ("trimmed to its last whole clause")
 
 
 @dataclass

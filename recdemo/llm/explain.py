@@ -4,10 +4,12 @@ Evidence for item r and each of the last 20 history items h:
 - co-occurrence: training users who have both r and h (ItemKNN counts, training sequences only);
 - similarity: cosine of the text embeddings (content) and of SASRec's item embeddings (behaviour).
 The 2-3 strongest history items are kept. The rationale for all items is ONE batched generate
-call (left padding, greedy, short), primed with the evidence titles. It is verified: every quoted
-or capitalised title-like span must belong to a history title, the target's title or an
-attribute; otherwise (or when empty) a templated sentence built from the evidence replaces it,
-and ``rationale_source`` says "template".
+call (left padding, greedy, up to ``max_new_tokens`` and stopped at the first sentence end). The
+prompt hands the model the facts (who had both, the genres they share) and primes the answer with
+the evidence titles, so the model writes the connecting clause. Every claim of the sentence is then
+checked (``claims.ClaimChecker``: titles, genres, numbers, cut-off, empty); a failing sentence is cut
+back to its last whole clause when that passes (``repair``), else the templated sentence built from
+the evidence replaces it (``rationale_source`` "template"); ``failed_checks`` names what failed.
 """
 from __future__ import annotations
 
@@ -16,113 +18,23 @@ import threading
 
 import numpy as np
 
-from recdemo.data.catalog import natural_title, normalize_title, title_variants
 from recdemo.records import Explanation
 from recdemo.llm import prompts as P
+from recdemo.llm.claims import ClaimChecker, RationaleChecker, capitalised_spans, short_title  # noqa: F401
 from recdemo.llm.profile import repetitive
 
-CONNECTORS = {"of", "the", "a", "an", "de", "la", "le"}  # inside a title-like span ("Lord of the Rings");
-# "and" splits spans, so "Toy Story and Shrek" is checked as two titles (each part of a title still passes)
-DANGLING = CONNECTORS | {"and", "or", "in", "to", "on", "for", "from", "with", "at", "that", "is", "are", "was",
-                         "which", "who", "its", "&"}
-HARMLESS = {"i", "they", "the", "a", "an", "this", "it", "its", "like", "both", "but", "and", "as", "if",
-            "because", "since", "while", "with", "you", "your", "user", "users", "fans", "fan"}
-SENTENCE_END = re.compile(r"(?<=[.!?])\s")
+SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"”)]))\s")
+DONE = re.compile(r"[.!?][\"”)]?\s")  # a sentence end followed by more text: generation can stop
+DANGLING = {"of", "the", "a", "an", "and", "or", "in", "to", "on", "for", "from", "with", "at", "that", "is",
+            "are", "was", "which", "who", "its", "&", "both", "by", "as"}
 META = re.compile(r"\b(sentences?|titles?|names?|listed|recommendations?|in common with them|as an ai)\b", re.I)
-
-
-def short_title(title: str, max_words: int = 8) -> str:
-    """"Toy Story (1995)" -> "Toy Story"; "Matrix, The (1999)" -> "The Matrix"; "Men in Black (a.k.a. MIB)"
-    -> "Men in Black"; a product name is cut at its first comma/dash when long or followed by a size
-    ("Herstyler Conditioner,6.4 Ounce (Pack of 2)" -> "Herstyler Conditioner"), then to ``max_words``."""
-    text = re.sub(r"\s*\(\d{4}\)\s*$", "", natural_title(title)).strip() or title
-    long = len(text.split()) > max_words
-    bare = re.sub(r"\s*\([^()]*\)", "", text).strip()
-    text = bare if len(bare) >= 2 else text
-    parts = re.split(r"\s*(?:,|\s-\s|\[|\|)\s*", text, maxsplit=1)
-    if len(parts) == 2 and len(parts[0].split()) >= 2 and (long or re.match(r"\d", parts[1])):
-        text = parts[0]
-    return " ".join(text.split()[:max_words])
-
-
-def _norm(text: str) -> str:
-    return f" {normalize_title(text)} "
-
-
-class RationaleChecker:
-    """Is every title-like span of a sentence one of the allowed titles (or an attribute)?"""
-
-    def __init__(self, titles: list[str], attributes=(), domain_words=()):
-        texts = set()
-        for t in titles:
-            texts.update([t, short_title(t), *title_variants(t)])
-        self.titles = [_norm(t) for t in texts if normalize_title(t)]
-        self.words = {normalize_title(a) for a in list(attributes) + list(domain_words) if normalize_title(a)}
-
-    def allowed(self, span: str) -> bool:
-        key = normalize_title(span)
-        words = key.split()
-        while words and (words[0] in HARMLESS or words[0] in CONNECTORS):  # "Fans of The Matrix"
-            words = words[1:]
-        if not words:
-            return True
-        key = " ".join(words)
-        if key in self.words or all(w in self.words or w in HARMLESS for w in words):
-            return True
-        return any(f" {key} " in t for t in self.titles)
-
-    def problems(self, sentence: str) -> list[str]:
-        """The spans that name something outside the allowed titles (empty list: the sentence is fine)."""
-        bad = []
-        quoted = re.findall(r'"([^"]+)"|“([^”]+)”', sentence)
-        for a, b in quoted:
-            if not self.allowed(a or b):
-                bad.append(a or b)
-        rest = re.sub(r'"[^"]*"|“[^”]*”', " | ", sentence)
-        for span, at_start in capitalised_spans(rest):
-            if at_start and len(span.split()) == 1:
-                continue  # an ordinary sentence start ("They", "Since")
-            if not self.allowed(span):
-                bad.append(span)
-        return bad
-
-
-def capitalised_spans(text: str) -> list[tuple[str, bool]]:
-    """Runs of Capitalised words (connectors like "of the" allowed inside), with whether the run
-    starts a sentence."""
-    tokens = re.findall(r"[A-Za-z0-9][\w'’:-]*|[.!?|,;()]", text)
-    spans, run, start, at_start = [], [], False, True
-    for tok in tokens + ["."]:
-        if tok in ".!?|,;()":  # punctuation (and a removed quote, "|") ends a run
-            if run:
-                spans.append((run, start))
-            run, at_start = [], tok in ".!?"
-            continue
-        if tok[0].isupper() or (run and tok[0].isdigit()):
-            if not run:
-                start = at_start
-            run.append(tok)
-        elif run and tok.lower() in CONNECTORS:
-            run.append(tok)
-        else:
-            if run:
-                spans.append((run, start))
-            run = []
-        at_start = False
-    out = []
-    for words, start in spans:
-        while words and words[-1].lower() in CONNECTORS:
-            words = words[:-1]
-        if words:
-            out.append((" ".join(words).strip(":"), start))
-    return out
 
 
 class Explainer:
     """``explain(history, items) -> list[Explanation]`` (see module doc)."""
 
     def __init__(self, service, dataset, retriever=None, text_index=None, knn=None, max_history: int = 20,
-                 n_evidence: int = 3, max_new_tokens: int = 16, use_llm: bool = True):
+                 n_evidence: int = 3, max_new_tokens: int = 32, use_llm: bool = True):
         self.service, self.dataset, self.catalog = service, dataset, dataset.catalog
         self.retriever, self.text_index, self._knn = retriever, text_index, knn
         self.domain = P.domain_for(self.catalog)
@@ -201,10 +113,24 @@ class Explainer:
             text += f', and it fits "{short_title(evidence[1]["title"])}" too'
         return text + "."
 
-    def checker(self, history, item: int) -> RationaleChecker:
-        titles = [self.catalog.titles[int(h)] for h in history] + [self.catalog.titles[int(item)]]
-        attrs = {a for h in list(history) + [item] for a in self.catalog.attributes[int(h)]}
-        return RationaleChecker(titles, attrs, (self.domain.item, self.domain.items))
+    def facts(self, item: int, evidence: list[dict]) -> list[str]:
+        """One sentence per evidence item, from the data only: who had both, the genres they share."""
+        target, verb = P.prompt_title(short_title(self.catalog.titles[int(item)])), self.domain.verb_past
+        out = []
+        for e in evidence:
+            first = P.prompt_title(short_title(e["title"]))
+            n = e["co_occurrence"]
+            text = (f'{n} user{"s" if n != 1 else ""} who {verb} "{first}" also {verb} "{target}".' if n
+                    else f'"{target}" is close in content to "{first}".')
+            shared = e.get("shared_attributes") or []
+            if shared:
+                text += f' Both are {", ".join(a.lower() for a in shared[:3])}.'
+            out.append(text)
+        return out
+
+    def checker(self, history, item: int, evidence=()) -> ClaimChecker:
+        return ClaimChecker.for_item(self.catalog, history, item, evidence,
+                                     (self.domain.item, self.domain.items))
 
     def explain(self, history, items, adapter: str | None = None, use_llm: bool | None = None) -> list[Explanation]:
         """``use_llm=False``: evidence and templated sentences only (no model call)."""
@@ -212,23 +138,41 @@ class Explainer:
         evidence = [self.evidence(history, int(i)) for i in items]
         use_llm = self.use_llm if use_llm is None else use_llm
         drafts = self._generate(items, evidence, adapter) if (use_llm and items) else [("", "")] * len(items)
-        out = []
-        for item, ev, (prefix, tail) in zip(items, evidence, drafts):
-            tail = tidy(tail)  # the primed prefix may hold "Mr." or "a.k.a.": only the tail is cut
-            sentence = (prefix + ("" if tail[:1] in ",.;:!?'" else " ") + tail).strip()
-            problems = self.checker(history, item).problems(sentence) if tail else ["empty"]
-            if len(re.findall(r"\w+", tail)) < 3:  # the model added (almost) nothing to the primed start
-                problems = problems or ["too short"]
-            if META.search(tail):  # it talks about the task ("not listed", "a product recommendation")
-                problems = problems or ["about the task, not the item"]
-            if repetitive(tail):  # "is a product that is a product that ..."
-                problems = problems or ["repetitive"]
-            if problems:
-                out.append(Explanation(int(item), ev, self.template(item, ev), rationale_source="template",
-                                       llm_rationale=sentence))
-            else:
-                out.append(Explanation(int(item), ev, sentence, rationale_source="llm", llm_rationale=sentence))
-        return out
+        return [self.judge(history, int(item), ev, prefix, tail)
+                for item, ev, (prefix, tail) in zip(items, evidence, drafts)]
+
+    def judge(self, history, item: int, evidence: list[dict], prefix: str, tail: str) -> Explanation:
+        """The model's sentence (primed ``prefix`` + its ``tail``) when every claim checks out; else
+        the same sentence cut back to its last whole clause when that passes; else the template.
+        ``failed_checks`` names what the model's sentence failed (before any repair)."""
+        checker = self.checker(history, item, evidence)
+        sentence, written = self.sentence(prefix, tail)
+        failed = checker.failures(sentence, written) if tail.strip() else ["empty"]
+        if written and (META.search(written) or repetitive(written)) and "empty" not in failed:
+            failed.append("empty")  # talks about the task ("not listed"), or loops
+        if not failed:
+            return Explanation(item, evidence, sentence, rationale_source="llm", llm_rationale=sentence)
+        for shorter, part in trimmed(prefix, written):
+            if not checker.failures(shorter, part) and not META.search(part) and not repetitive(part):
+                return Explanation(item, evidence, shorter, rationale_source="llm", llm_rationale=sentence,
+                                   failed_checks=failed, repair="trimmed to its last whole clause")
+        return Explanation(item, evidence, self.template(item, evidence), rationale_source="template",
+                           llm_rationale=sentence, failed_checks=failed)
+
+    def sentence(self, prefix: str, tail: str) -> tuple[str, str]:
+        """(the sentence, the model's part of it): the tail's first sentence after the primed start;
+        a tail that ended without a full stop but before the token limit ends here, one cut by
+        the limit stays cut (the ``cut_off`` check fails it)."""
+        text = re.sub(r"\s+", " ", tail or "").strip()
+        first = SENTENCE_END.split(text, maxsplit=1)[0].strip() if text else ""
+        if first and first[-1] not in ".!?\"”)" and self._stopped_early(tail):
+            first = first.rstrip(",;:- ") + "."
+        joined = (prefix + ("" if first[:1] in ",.;:!?'" else " ") + first).strip()
+        return joined, first
+
+    def _stopped_early(self, tail: str) -> bool:
+        tok = self.service.llm.tokenizer
+        return len(tok(tail, add_special_tokens=False)["input_ids"]) < self.max_new_tokens - 1
 
     def prompt(self, item: int, evidence: list[dict]) -> tuple[str, str]:
         """(prompt ending with the primed answer, the primed part) for one item, its titles as prompts
@@ -237,9 +181,11 @@ class Explainer:
         target = P.prompt_title(short_title(self.catalog.titles[int(item)]))
         attributes = [P.prompt_title(a) for a in self.catalog.attributes[int(item)][:3]]
         titles = [P.prompt_title(short_title(e["title"])) for e in evidence[:2]]
+        facts = self.facts(item, evidence[:2])
 
         def build(kept):  # ``kept``: evidence titles weakest first, so fitting drops the weakest
-            text, prefix = P.render_explain(llm.tokenizer, self.domain, kept[::-1], target, attributes)
+            text, prefix = P.render_explain(llm.tokenizer, self.domain, kept[::-1], target, attributes,
+                                            facts[-len(kept):])
             return text, prefix, llm.tokenizer(text)["input_ids"]
         if not titles:
             return P.render_explain(llm.tokenizer, self.domain, [], target, attributes)
@@ -255,22 +201,20 @@ class Explainer:
             prompts.append(text)
             prefixes.append(prefix)
         self.last_prompts = prompts
-        tails = self.service.generate(prompts, max_new_tokens=self.max_new_tokens, stop_strings=["\n", ". "],
-                                      adapter=adapter)
+        tails = self.service.generate(prompts, max_new_tokens=self.max_new_tokens, stop_strings=["\n"],
+                                      stop_when=lambda text: bool(DONE.search(text)), adapter=adapter)
         return list(zip(prefixes, tails))
 
 
-def tidy(sentence: str) -> str:
-    """One sentence: cut at the first sentence end; a cut-off one loses its dangling connector words."""
-    text = re.sub(r"\s+", " ", sentence or "").strip()
-    if not text:
-        return ""
-    first = SENTENCE_END.split(text, maxsplit=1)[0].strip()
-    if first[-1:] in ".!?":
-        return first
-    if "," in first and len(first.rsplit(",", 1)[0].split()) >= 4:  # cut off mid-clause: drop that clause
-        first = first.rsplit(",", 1)[0]
-    words = first.rstrip(",;:- ").split()
-    while len(words) > 1 and words[-1].lower() in DANGLING:
-        words.pop()
-    return " ".join(words).rstrip(",;:- ") + "."
+def trimmed(prefix: str, written: str):
+    """Shorter versions of a sentence (and of the model's part): cut at each comma, last first, each
+    keeping at least three of the model's words, so a bad or cut-off last clause can go."""
+    parts = written.rstrip(".!? ").split(",")
+    for n in range(len(parts) - 1, 0, -1):
+        part = ",".join(parts[:n]).rstrip(",;:- ")
+        words = part.split()
+        while len(words) > 1 and words[-1].lower() in DANGLING:
+            words.pop()
+        part = " ".join(words)
+        if len(re.findall(r"\w+", part)) >= 3:
+            yield (prefix + ("" if part[:1] in ",.;:!?'" else " ") + part + ".").strip(), part + "."

@@ -33,6 +33,22 @@ SYNONYMS = {  # keyword word -> the attribute word it means (compared after stem
     "suspense": "thriller", "suspenseful": "thriller", "love": "romance", "detective": "mystery",
     "historical": "history", "superhero": "action", "noir": "filmnoir", "doc": "documentary",
 }
+# Tone words a keyword may use, and the genres whose items back them ("dark" is backed by a Crime
+# or Thriller item in the history). Compared after ``term``.
+TONES = {
+    "dark": ("crime", "thriller", "horror", "filmnoir", "noir", "mystery"),
+    "gritty": ("crime", "war", "action", "western"), "violent": ("crime", "war", "action", "horror"),
+    "tense": ("thriller", "horror", "mystery", "war"), "intense": ("thriller", "action", "war", "horror"),
+    "suspenseful": ("thriller", "mystery", "horror"), "gripping": ("thriller", "mystery", "crime"),
+    "lighthearted": ("comedy", "children", "animation", "musical"),
+    "feelgood": ("comedy", "romance", "musical", "children"), "heartwarming": ("children", "romance", "animation"),
+    "whimsical": ("fantasy", "animation", "children"), "quirky": ("comedy",), "witty": ("comedy",),
+    "epic": ("adventure", "war", "fantasy"), "emotional": ("drama", "romance"), "futuristic": ("scifi",),
+    "supernatural": ("fantasy", "horror"),
+    "magical": ("fantasy", "children"), "fastpaced": ("action", "thriller"),
+    "adventurous": ("adventure",), "thoughtful": ("drama", "documentary"), "realistic": ("drama", "documentary"),
+}
+TONE_NAMES = {"lighthearted": "light-hearted", "feelgood": "feel-good", "fastpaced": "fast-paced"}  # as shown
 SUFFIXES = ("ations", "ation", "ated", "ating", "ates", "ities", "ity", "ical", "ous", "ies", "ied", "ing",
             "tic", "ers", "er", "ed", "es", "ic", "al", "ce", "s", "y", "e")
 DECADE = re.compile(r"^(?:'|19|20)?(\d)0s$")
@@ -72,6 +88,8 @@ def keyword_terms(keyword: str) -> set[str]:
         m = DECADE.match(w)
         if m:
             terms.add(f"decade:{m.group(1)}")
+        elif w in TONES:
+            terms.add(f"tone:{w}")
         elif w not in STOPWORDS and not w.isdigit() and len(w) > 1:
             terms.add(term(w))
     return terms
@@ -85,7 +103,38 @@ def item_terms(catalog, index: int) -> set[str]:
     year = YEAR.search(title)
     if year:
         terms.add(f"decade:{year.group(1)[2]}")
+    terms.update(f"tone:{tone}" for tone, genres in TONES.items() if any(term(g) in terms for g in genres))
     return terms
+
+
+def is_attribute_keyword(keyword: str, catalog, history) -> bool:
+    """Does ``keyword`` only repeat attribute names (genres) already shown next to each title?"""
+    wanted = keyword_terms(keyword)
+    attrs = {term(w) for i in history for a in catalog.attributes[int(i)] for w in words(a)}
+    return bool(wanted) and wanted <= attrs
+
+
+def descriptive_keywords(catalog, history, exclude: set[str] = frozenset(), n: int = 2) -> list[Keyword]:
+    """Keywords beyond the genre names, each backed by at least two history items: the decade most
+    of the history comes from ("1990s") and the tone its genres share most ("dark")."""
+    hist = list(dict.fromkeys(int(h) for h in history))
+    counts: Counter = Counter()
+    for i in hist:
+        counts.update(t for t in item_terms(catalog, i) if t.startswith(("decade:", "tone:")))
+    out, kinds = [], set()
+    order = [f"tone:{t}" for t in TONES]  # ties: decades by recency of the count, tones in TONES order
+    for t, c in sorted(counts.items(), key=lambda tc: (-tc[1], order.index(tc[0]) if tc[0] in order else -1, tc[0])):
+        kind, value = t.split(":", 1)
+        if c < 2 or kind in kinds:
+            continue
+        text = TONE_NAMES.get(value, value) if kind == "tone" else f"{'19' if int(value) >= 3 else '20'}{value}0s"
+        if text in exclude:
+            continue
+        kinds.add(kind)
+        out.append(Keyword(text=text, support=ground(text, catalog, hist), grounded=True, source="heuristic"))
+        if len(out) >= n:
+            break
+    return out
 
 
 def ground(keyword: str, catalog, history) -> list[int]:
@@ -227,6 +276,9 @@ def build_keywords(catalog, history, llm_keywords: list[str]) -> list[Keyword]:
         extra = [k for k in heuristic_keywords(catalog, history, n=6, exclude=have)
                  if tuple(k.support) not in supports]
         out.extend(extra[: max(MIN_GROUNDED + 1 - grounded, 0)])
+    if all(is_attribute_keyword(k.text, catalog, history) for k in out if k.grounded):
+        # only genre names, which the UI already shows next to each title: add era and tone
+        out.extend(descriptive_keywords(catalog, history, exclude={k.text.lower() for k in out}))
     return out
 
 

@@ -82,11 +82,13 @@ TEMPLATES: dict[str, str] = {
         "A user {verb_past} these {items}, oldest first:\n{history}\n\n"
         "Will the user enjoy the {item} \"{target}\"? Answer Yes or No."
     ),
-    # Explanation: one sentence that may cite only the given history items. Kept short (ten of them
-    # run in one batch on CPU); the answer is primed with EXPLAIN_PREFIX so it starts from the evidence.
+    # Explanation: one sentence that may cite only the given history items. The facts (who had both,
+    # shared genres) come from the data, so the model only has to write the connecting clause; the
+    # answer is primed with EXPLAIN_PREFIX so it starts from the evidence. Every claim it adds is
+    # checked (llm/claims.py).
     "explain": (
-        "The user liked {evidence}. In one sentence, say what \"{target}\"{attributes} has in common "
-        "with them."
+        "The user liked {evidence}.{facts} In one sentence, say what \"{target}\"{attributes} is about "
+        "and what it shares with them."
     ),
 }
 
@@ -127,11 +129,14 @@ EXPLAIN_SYSTEM = "You explain {item} recommendations in one sentence."
 EXPLAIN_PREFIX = "Like {evidence}, \"{target}\""  # the rationale starts here; the model finishes it
 
 
-def render_explain(tokenizer, domain: Domain, evidence: list[str], target: str, attributes=()) -> tuple[str, str]:
-    """(prompt ending with the primed answer, the primed part) for one explanation."""
+def render_explain(tokenizer, domain: Domain, evidence: list[str], target: str, attributes=(),
+                   facts: Sequence[str] = ()) -> tuple[str, str]:
+    """(prompt ending with the primed answer, the primed part) for one explanation; ``facts``:
+    sentences from the evidence ('12 users who watched "Up" also watched "Cars".')."""
     quoted = " and ".join(f'"{t}"' for t in evidence)
     attrs = f" ({', '.join(attributes)})" if attributes else ""
-    user = fill("explain", domain, evidence=quoted, target=target, attributes=attrs)
+    user = fill("explain", domain, evidence=quoted, target=target, attributes=attrs,
+                facts="".join(" " + f for f in facts))
     prefix = EXPLAIN_PREFIX.format(evidence=quoted, target=target)
     system = EXPLAIN_SYSTEM.format(item=domain.item)
     if getattr(tokenizer, "chat_template", None):

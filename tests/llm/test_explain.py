@@ -7,7 +7,8 @@ import pytest
 
 from conftest import real_data_root
 
-from recdemo.llm.explain import Explainer, RationaleChecker, capitalised_spans, short_title, tidy
+from recdemo.llm.claims import ClaimChecker
+from recdemo.llm.explain import Explainer, RationaleChecker, capitalised_spans, short_title, trimmed
 
 
 class EmbRetriever:
@@ -67,12 +68,11 @@ def test_checker_allows_only_history_titles_and_attributes():
     assert chk.problems("A movie with heart.") == []
 
 
-def test_tidy_keeps_one_sentence():
-    assert tidy('Like "A", "B" is fun. Also more.') == 'Like "A", "B" is fun.'
-    assert tidy("It is a comedy that") == "It is a comedy."
-    assert tidy("is a film that mixes action, sci-fi and thriller, with a sci") == \
-        "is a film that mixes action, sci-fi and thriller."
-    assert tidy("  ") == ""
+def test_trimmed_cuts_whole_clauses_last_first():
+    out = list(trimmed('Like "A", "B"', "is a warm drama, with a strong cast, and a twist about"))
+    assert out == [('Like "A", "B" is a warm drama, with a strong cast.', "is a warm drama, with a strong cast."),
+                   ('Like "A", "B" is a warm drama.', "is a warm drama.")]
+    assert list(trimmed('"B"', "is fun, and more")) == []  # too little left
 
 
 def brute_force_cooccurrence(dataset, a, b):
@@ -104,7 +104,7 @@ def test_faithful_sentences_are_kept_and_others_replaced(tiny_llm, toy_dataset):
 
     def tail(prompt):  # item 0: faithful, 1: names a non-history title, 2: empty, 3: too short
         target = next(i for i in items if f'"{short_title(cat.titles[i])}"' in prompt.split("Like")[-1])
-        return {0: " is a warm comedy with a strong cast. Then more text", 1: f' reminds you of "{bad_title}" too.',
+        return {0: " is a warm story with a strong cast. Then more text", 1: f' reminds you of "{bad_title}" too.',
                 2: "", 3: " is."}[items.index(target)]
 
     svc = ScriptedService(tiny_llm, tail)
@@ -112,14 +112,65 @@ def test_faithful_sentences_are_kept_and_others_replaced(tiny_llm, toy_dataset):
     assert len(svc.calls) == 1 and len(svc.calls[0][0]) == 4  # one batched generate call
     assert [e.index for e in out] == items
     assert [e.rationale_source for e in out] == ["llm", "template", "template", "template"]
-    assert out[0].rationale.endswith('" is a warm comedy with a strong cast.')  # one sentence
+    assert [e.failed_checks for e in out] == [[], ["title", "empty"], ["empty"], ["cut_off", "empty"]]
+    assert out[0].rationale.endswith('" is a warm story with a strong cast.')  # one sentence
     assert out[0].rationale.startswith('Like "')
     assert bad_title in out[1].llm_rationale and bad_title not in out[1].rationale
-    allowed = [cat.titles[h] for h in history] + [cat.titles[i] for i in items]
     for e in out:
-        chk = RationaleChecker(allowed + [cat.titles[e.index]], {a for h in history for a in cat.attributes[h]})
-        assert chk.problems(e.rationale) == []
+        assert ClaimChecker.for_item(cat, history, e.index, e.evidence).failures(e.rationale) == []
         assert e.evidence and all(x["history_index"] in history for x in e.evidence)
+
+
+def test_a_bad_last_clause_is_trimmed_and_a_cut_off_sentence_marked(tiny_llm, toy_dataset):
+    cat = toy_dataset.catalog
+    history = [int(i) for i in toy_dataset.sequences[0][:8]]
+    items = [i for i in range(toy_dataset.n_items) if i not in history][:2]
+    outside = next(i for i in range(toy_dataset.n_items) if i not in history and i not in items)
+    tails = iter([f' is a warm story with a strong cast, much like "{short_title(cat.titles[outside])}".',
+                  " is a warm story with a strong cast and a long"])
+    svc = ScriptedService(tiny_llm, lambda prompt: next(tails))
+    ex = Explainer(svc, toy_dataset, EmbRetriever(toy_dataset.n_items), max_new_tokens=8)
+    first, second = ex.explain(history, items)
+    assert first.rationale_source == "llm" and first.failed_checks == ["title"] and first.repair
+    assert first.rationale.endswith('" is a warm story with a strong cast.')
+    assert second.rationale_source == "template" and "cut_off" in second.failed_checks  # hit the token limit
+
+
+def test_templates_pass_every_check(tiny_llm, toy_dataset):
+    ex = Explainer(ScriptedService(tiny_llm, ""), toy_dataset, EmbRetriever(toy_dataset.n_items))
+    for user in range(4):
+        history = [int(i) for i in toy_dataset.sequences[user][:8]]
+        items = [i for i in range(toy_dataset.n_items) if i not in history]
+        for e in ex.explain(history, items, use_llm=False):
+            assert ClaimChecker.for_item(toy_dataset.catalog, history, e.index, e.evidence).failures(e.rationale) == []
+
+
+def test_prompt_gives_the_model_the_evidence(tiny_llm, toy_dataset):
+    cat = toy_dataset.catalog
+    history = [int(i) for i in toy_dataset.sequences[0][:8]]
+    item = next(i for i in range(toy_dataset.n_items) if i not in history)
+    ex = Explainer(ScriptedService(tiny_llm, ""), toy_dataset, EmbRetriever(toy_dataset.n_items))
+    ev = ex.evidence(history, item)
+    text, _ = ex.prompt(item, ev)
+    for e in ev[:2]:
+        if e["co_occurrence"]:
+            assert f'{e["co_occurrence"]} user' in text and f'"{short_title(e["title"])}"' in text
+        for a in e["shared_attributes"]:
+            assert a.lower() in text
+    assert all(a in text for a in cat.attributes[item])
+
+
+def test_tiny_random_llm_gibberish_is_replaced_and_marked(tiny_service, toy_dataset):
+    history = [int(i) for i in toy_dataset.sequences[2]]
+    items = [i for i in range(toy_dataset.n_items) if i not in history][:10]
+    out = Explainer(tiny_service, toy_dataset, EmbRetriever(toy_dataset.n_items), max_new_tokens=12).explain(
+        history, items)
+    templates = [e for e in out if e.rationale_source == "template"]
+    assert len(templates) >= 8  # random weights write no checkable sentence
+    for e in templates:
+        assert e.failed_checks and e.rationale != e.llm_rationale
+    for e in out:
+        assert ClaimChecker.for_item(toy_dataset.catalog, history, e.index, e.evidence).failures(e.rationale) == []
 
 
 def test_real_tiny_llm_batch_keeps_each_sentence_with_its_item(tiny_service, toy_dataset):
@@ -138,8 +189,10 @@ def test_real_tiny_llm_batch_keeps_each_sentence_with_its_item(tiny_service, toy
         assert all(f'"{short_title(x["title"])}"' in prefix for x in e.evidence[:2])
         assert e.llm_rationale.startswith(prefix)
         assert e.evidence == ex.evidence(history, e.index)
-        shown = e.llm_rationale if e.rationale_source == "llm" else ex.template(e.index, e.evidence)
-        assert e.rationale == shown
+        if e.rationale_source == "template":
+            assert e.rationale == ex.template(e.index, e.evidence) and e.failed_checks
+        else:
+            assert e.rationale == e.llm_rationale or (e.repair and e.rationale.startswith(prefix))
     # the same items in another order and batch size: the same sentence for each (padding is masked)
     alone = ex.explain(history, items[::-1][:4])
     assert [e.llm_rationale for e in alone] == [e.llm_rationale for e in out[::-1][:4]]
@@ -166,6 +219,5 @@ def test_smollm2_rationales_name_only_history_items():
     for e in out:
         assert all(x["history_index"] in history for x in e.evidence)
         assert e.evidence[0]["kind"] == "co-occurrence"  # item-kNN picked them: they co-occur
-        chk = RationaleChecker([cat.titles[h] for h in history] + [cat.titles[e.index]],
-                               {a for h in history + [e.index] for a in cat.attributes[h]})
-        assert chk.problems(e.rationale) == []
+        assert ClaimChecker.for_item(cat, history, e.index, e.evidence).failures(e.rationale) == []
+        assert e.rationale_source == "template" or not e.failed_checks or e.repair

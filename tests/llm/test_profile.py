@@ -83,7 +83,7 @@ def test_ungrounded_keywords_are_kept_and_heuristics_added_when_too_few(movies):
 
 
 def test_enough_grounded_llm_keywords_get_no_heuristics(movies):
-    kws = build_keywords(movies, [0, 1, 2, 3], ["sci-fi", "animated", "nonsense"])
+    kws = build_keywords(movies, [0, 1, 2, 3], ["sci-fi", "1990s", "nonsense"])
     assert [k.source for k in kws] == ["llm"] * 3
     assert [k.grounded for k in kws] == [True, True, False]
 
@@ -157,3 +157,21 @@ def test_smollm2_profile_is_grounded_in_the_history():
         assert k.support and set(k.support) <= set(history)
         assert ground(k.text, data.catalog, history) == k.support
     assert len(profile.summary.split()) >= 3
+
+
+def test_tone_and_era_keywords_are_grounded_in_the_genres_and_years(movies):
+    assert ground("dark", movies, [0, 1, 2, 3, 4]) == [1, 2, 4]  # Horror, Thriller, Crime items
+    assert ground("lighthearted", movies, [0, 1, 2, 3, 4]) == [0, 3]
+    assert ground("futuristic", movies, [0, 3]) == []
+    assert ground("feel-good", movies, [0, 1, 2, 3, 4]) == [0, 3]
+
+
+def test_genre_only_keywords_get_era_and_tone_added(movies):
+    history = [0, 1, 2, 3, 4]
+    kws = build_keywords(movies, history, ["sci-fi", "comedy"])
+    added = [k for k in kws if k.source == "heuristic"]
+    assert {k.text for k in added} & {"dark", "1990s"} and all(k.grounded and len(k.support) >= 2 for k in added)
+    for k in added:
+        assert k.support == ground(k.text, movies, history)
+    # a profile that already says more than the genre names gets nothing added
+    assert [k.source for k in build_keywords(movies, history, ["dark", "comedy"])] == ["llm", "llm"]

@@ -1,0 +1,294 @@
+"""Checks that every claim of an explanation sentence holds in the data.
+
+A sentence about recommended item r, for a user with history H, whose evidence cites history items E:
+- ``title``: each title it names, quoted or as a run of Capitalised words, is r's or one in H, in
+  full or shortened (no year, article moved, the part before a colon), with the SAME leading article
+  ("The Perfect Murder" is not "A Perfect Murder");
+- ``category``: each genre/category word (the catalog's attribute words, their word forms and a few
+  synonyms: "scary" ~ Horror) belongs to r or to a history item the sentence cites (E, or a
+  history title it names);
+- ``number``: each number is one the evidence holds (a co-occurrence count, a year or decade of a
+  title it cites);
+- ``cut_off``: the sentence ends with . ! or ?, its quotes are closed, it does not end on a
+  connector word;
+- ``empty``: what the model wrote (``written``: the part after the primed start) says something:
+  a category word, a number, or content words beyond stock phrases ("shares similarities with
+  both films", "a classic example of a film that has a timeless appeal").
+``failures(sentence)`` returns the failed checks in ``CHECKS`` order; ``problems`` says what failed.
+"""
+from __future__ import annotations
+
+import re
+
+from recdemo.data.catalog import natural_title, normalize_title, title_variants
+from recdemo.llm.profile import STOPWORDS, YEAR, stem, words
+
+CHECKS = ("title", "category", "number", "cut_off", "empty")
+ARTICLES = {"the", "a", "an"}
+CONNECTORS = {"of", "the", "a", "an", "de", "la", "le", "&"}  # inside a title-like span ("Lord of the Rings")
+DANGLING = CONNECTORS | {"and", "or", "in", "to", "on", "for", "from", "with", "at", "that", "is", "are", "was",
+                         "which", "who", "its", "their", "by", "as"}
+# Capitalised words that start or fill a span without naming anything ("Fans of", "Like", "Both").
+HARMLESS = {"i", "they", "this", "it", "its", "like", "both", "but", "and", "as", "if", "because", "since",
+            "while", "with", "you", "your", "user", "users", "fans", "fan", "if", "so", "also", "just", "in",
+            "when", "who", "what", "here", "there", "these", "those", "then", "for", "from", "many", "all"}
+# Category synonyms a sentence may use for an attribute word (compared after ``stem``). Words with an
+# everyday sense ("love", "family", "kids") are left out: "you will love it" claims no genre.
+SYNONYMS = {"scary": "horror", "frightening": "horror", "suspenseful": "thriller", "suspense": "thriller",
+            "romantic": "romance", "funny": "comedy", "humorous": "comedy", "hilarious": "comedy",
+            "cartoon": "animation", "animated": "animation", "science": "scifi", "scifi": "scifi",
+            "detective": "mystery", "noir": "noir", "musicals": "musical", "westerns": "western"}
+NOT_CATEGORY = {"fantastic", "animal", "animals", "no", "listed"}  # stems that collide with a genre's
+# Words of stock phrases: a sentence made only of these (and titles) says nothing.
+VAGUE = set("""similar similarity similarities share shares sharing shared common much lot lots many things thing
+classic example timeless appeal great good perfect best must watch watched see seen buy bought enjoy enjoyed enjoys
+love loved loves also both too well very really truly just one ones way kind sort fit fits fitting make makes made
+recommend recommended recommendation choice pick option favorite favourite fan fans people person everyone
+someone anyone will would can could should may might has have had having be been being is are was were do does did
+something anything everything theme themes aspects aspect elements element qualities quality feel feeling vibe
+same other another others similarly likewise alike related relation connection connected genre genres story
+stories tone tones unique distinct specific blend blends combines combine combination approach narrative
+popular""".split())
+SENTENCE_END = re.compile(r"""[.!?]["'”’)]*$""")
+NUMBER = re.compile(r"(?<![\w.])(\d+(?:[.,]\d+)?)(s\b|'s\b)?")
+
+
+def category_terms(attributes) -> set[str]:
+    """Stems of the content words of attribute names ("Sci-Fi" -> sci, fi, scifi; "Film-Noir" -> noir)."""
+    out = set()
+    for a in attributes:
+        if str(a).startswith("("):  # "(no genres listed)"
+            continue
+        for w in words(a):
+            if w not in STOPWORDS and len(w) > 1:
+                out.add(stem(w))
+    return out
+
+
+def word_category(word: str, vocab: set[str]) -> str | None:
+    """The catalog category term ``word`` claims, if any."""
+    w = word.lower()
+    if w in STOPWORDS or w in NOT_CATEGORY:
+        return None
+    t = stem(SYNONYMS.get(w, w))
+    return t if t in vocab else None
+
+
+def is_category_word(text: str, catalog) -> bool:
+    """Is a keyword only genre/category names ("Sci-Fi", "comedies", "action, drama")?"""
+    vocab = _vocab(catalog)
+    ws = [w for w in words(text) if w not in STOPWORDS]
+    return bool(ws) and all(word_category(w, vocab) for w in ws)
+
+
+_VOCABS: dict[int, set[str]] = {}
+
+
+def _vocab(catalog) -> set[str]:
+    key = id(catalog)
+    if key not in _VOCABS:
+        _VOCABS[key] = category_terms({a for attrs in catalog.attributes for a in attrs})
+    return _VOCABS[key]
+
+
+def title_forms(title: str) -> set[str]:
+    """Normalised ways a sentence may name ``title``: in full, without year or alternative titles,
+    article in front, and the part before a colon or dash ("Wallace & Gromit")."""
+    forms = {normalize_title(short_title(title))}  # as explanations write it (explain.py primes with it)
+    for t in {title, natural_title(title), *title_variants(title)}:
+        bare = YEAR.sub("", t).strip()
+        for v in (t, bare, re.sub(r"\s*\([^()]*\)", "", bare).strip()):
+            forms.add(normalize_title(v))
+            head = re.split(r"\s*(?::|\s-\s|,)\s*", v, maxsplit=1)[0]
+            if len(head.split()) >= 2 or len(v.split()) > 4:
+                forms.add(normalize_title(head))
+    return {f for f in forms if f}
+
+
+def short_title(title: str, max_words: int = 8) -> str:
+    """"Toy Story (1995)" -> "Toy Story"; "Matrix, The (1999)" -> "The Matrix"; "Men in Black (a.k.a. MIB)"
+    -> "Men in Black"; a product name is cut at its first comma/dash when long or followed by a size
+    ("Herstyler Conditioner,6.4 Ounce (Pack of 2)" -> "Herstyler Conditioner"), then to ``max_words``."""
+    text = re.sub(r"\s*\(\d{4}\)\s*$", "", natural_title(title)).strip() or title
+    long = len(text.split()) > max_words
+    bare = re.sub(r"\s*\([^()]*\)", "", text).strip()
+    text = bare if len(bare) >= 2 else text
+    parts = re.split(r"\s*(?:,|\s-\s|\[|\|)\s*", text, maxsplit=1)
+    if len(parts) == 2 and len(parts[0].split()) >= 2 and (long or re.match(r"\d", parts[1])):
+        text = parts[0]
+    return " ".join(text.split()[:max_words])
+
+
+class ClaimChecker:
+    """The checks of the module doc for one (history, item, evidence)."""
+
+    def __init__(self, titles, item_attributes=(), cited_attributes=(), vocab=(), numbers=(),
+                 titled_attributes=None, extra_words=()):
+        self.forms = {}  # normalised form -> the title it names
+        for t in titles:
+            for f in title_forms(t):
+                self.forms.setdefault(f, t)
+        self.padded = [f" {f} " for f in self.forms]
+        self.vocab = set(vocab)
+        self.allowed_categories = category_terms(list(item_attributes) + list(cited_attributes))
+        self.titled_attributes = titled_attributes or {}  # title -> its attributes (history items)
+        self.numbers = {str(n) for n in numbers}
+        self.extra = {normalize_title(w) for w in extra_words if normalize_title(w)}
+
+    @classmethod
+    def for_item(cls, catalog, history, item: int, evidence=(), domain_words=("movie", "movies", "product",
+                                                                               "products")) -> "ClaimChecker":
+        history = [int(h) for h in history]
+        cited = [int(e["history_index"]) for e in evidence]
+        titles = [catalog.titles[h] for h in history] + [catalog.titles[int(item)]]
+        numbers = set()
+        for e in evidence:
+            numbers.update({e.get("co_occurrence"), e.get("value") if e.get("kind") == "co-occurrence" else None})
+        for i in cited + [int(item)]:
+            year = YEAR.search(catalog.titles[i])
+            if year:
+                numbers.update({year.group(1), year.group(1)[:3] + "0", year.group(1)[2] + "0"})
+        numbers.discard(None)
+        return cls(titles, catalog.attributes[int(item)], [a for h in cited for a in catalog.attributes[h]],
+                   _vocab(catalog), numbers, {catalog.titles[h]: catalog.attributes[h] for h in history},
+                   domain_words)
+
+    # -- titles --
+    def title_of(self, span: str, quoted: bool) -> str | None | bool:
+        """The title ``span`` names; True when it names nothing (a category word, "Fans of"), None
+        when it names something that is neither the item nor in the history."""
+        if normalize_title(span) in self.forms:
+            return self.forms[normalize_title(span)]
+        ws = normalize_title(span).split()
+        while ws and ws[0] in HARMLESS | (CONNECTORS - ARTICLES):
+            ws = ws[1:]
+        while ws and ws[-1] in HARMLESS | CONNECTORS:
+            ws = ws[:-1]
+        if not ws:
+            return True
+        key = " ".join(ws)
+        if key in self.forms:
+            return self.forms[key]
+        if all(w in ARTICLES or w in self.extra or w in STOPWORDS or word_category(w, self.vocab) or w in HARMLESS
+               for w in ws):
+            return True  # "The Sci-Fi", "Comedy", "Movies"
+        if not quoted:  # a shortened title inside running text ("Toy Story" of "Toy Story 2"), same article
+            for padded in self.padded:  # the article is part of the key: "the perfect murder" is no match
+                if f" {key} " in padded:
+                    return self.forms[padded.strip()]
+        return None
+
+    def named_titles(self, sentence: str) -> tuple[list[str], list[str]]:
+        """(titles named that are allowed, spans naming something else)."""
+        good, bad = [], []
+        for a, b in re.findall(r'"([^"]+)"|“([^”]+)”', sentence):
+            found = self.title_of(a or b, quoted=True)
+            (bad.append(a or b) if found is None else good.append(found) if isinstance(found, str) else None)
+        rest = re.sub(r'"[^"]*"|“[^”]*”', " | ", sentence)
+        for span, at_start in capitalised_spans(rest):
+            if at_start and len(span.split()) == 1:
+                continue  # an ordinary sentence start ("They", "Since")
+            found = self.title_of(span, quoted=False)
+            (bad.append(span) if found is None else good.append(found) if isinstance(found, str) else None)
+        return good, bad
+
+    # -- the checks --
+    def problems(self, sentence: str, written: str | None = None) -> dict[str, list[str]]:
+        """{check: what failed it} for the failed checks only; ``written`` is the model's part
+        (default: the whole sentence)."""
+        sentence = re.sub(r"\s+", " ", sentence or "").strip()
+        written = sentence if written is None else re.sub(r"\s+", " ", written).strip()
+        out: dict[str, list[str]] = {}
+        good, bad = self.named_titles(sentence)
+        if bad:
+            out["title"] = bad
+        plain = strip_titles(sentence)
+        allowed = self.allowed_categories | category_terms(a for t in good for a in self.titled_attributes.get(t, ()))
+        wrong = [w for w in re.findall(r"[A-Za-z][\w-]*", plain)
+                 for t in [category_of(w, self.vocab)] if t - allowed]  # "comedy-drama" claims both
+        if wrong:
+            out["category"] = wrong
+        numbers = [m.group(1) for m in NUMBER.finditer(plain) if m.group(1).replace(",", "") not in self.numbers]
+        if numbers:
+            out["number"] = numbers
+        if cut_off(sentence):
+            out["cut_off"] = [sentence[-20:]]
+        if not self.says_something(written):
+            out["empty"] = [written]
+        return {c: out[c] for c in CHECKS if c in out}
+
+    def failures(self, sentence: str, written: str | None = None) -> list[str]:
+        return list(self.problems(sentence, written))
+
+    def says_something(self, written: str) -> bool:
+        plain = strip_titles(written)
+        if NUMBER.search(plain):
+            return True
+        tokens = re.findall(r"[A-Za-z][\w'-]*", plain)
+        if any(category_of(w, self.vocab) for w in tokens):
+            return True
+        content = [w for w in tokens if w.lower() not in STOPWORDS | VAGUE | HARMLESS | DANGLING | self.extra
+                   and len(w) > 2 and not w[0].isupper()]
+        return len(content) >= 2
+
+
+def category_of(word: str, vocab: set[str]) -> set[str]:
+    """The category terms a (possibly hyphenated) word claims: "sci-fi" -> {"scifi", ...}."""
+    return {t for w in words(word) if (t := word_category(w, vocab))}
+
+
+def strip_titles(sentence: str) -> str:
+    """The sentence without quoted spans (titles hold genre words and numbers: "Horror Express", "2")."""
+    return re.sub(r'"[^"]*"|“[^”]*”|"[^"]*$', " ", sentence)
+
+
+def cut_off(sentence: str) -> bool:
+    s = sentence.strip()
+    if not s or not SENTENCE_END.search(s):
+        return True
+    if s.count('"') % 2 or s.count("“") != s.count("”") or s.count("(") != s.count(")"):
+        return True
+    last = re.findall(r"[\w&'-]+", s)
+    return bool(last) and last[-1].lower() in DANGLING
+
+
+def capitalised_spans(text: str) -> list[tuple[str, bool]]:
+    """Runs of Capitalised words (connectors like "of the" allowed inside), with whether the run
+    starts a sentence."""
+    tokens = re.findall(r"[A-Za-z0-9][\w'’:-]*|[.!?|,;()]", text)
+    spans, run, start, at_start = [], [], False, True
+    for tok in tokens + ["."]:
+        if tok in ".!?|,;()":  # punctuation (and a removed quote, "|") ends a run
+            if run:
+                spans.append((run, start))
+            run, at_start = [], tok in ".!?"
+            continue
+        if tok[0].isupper() or (run and tok[0].isdigit()):
+            if not run:
+                start = at_start
+            run.append(tok)
+        elif run and tok.lower() in CONNECTORS:
+            run.append(tok)
+        else:
+            if run:
+                spans.append((run, start))
+            run = []
+        at_start = False
+    out = []
+    for ws, start in spans:
+        while ws and ws[-1].lower() in CONNECTORS:
+            ws = ws[:-1]
+        if ws:
+            out.append((" ".join(ws).strip(":"), start))
+    return out
+
+
+class RationaleChecker(ClaimChecker):
+    """The title check alone: ``problems(sentence)`` lists the spans naming something outside
+    ``titles`` (for callers checking only the names in a shown sentence)."""
+
+    def __init__(self, titles, attributes=(), domain_words=()):
+        super().__init__(titles, attributes, (), category_terms(attributes), extra_words=domain_words)
+
+    def problems(self, sentence: str, written: str | None = None) -> list[str]:  # type: ignore[override]
+        return self.named_titles(sentence)[1]
