@@ -20,7 +20,7 @@ import numpy as np
 
 from recdemo.records import Explanation
 from recdemo.llm import prompts as P
-from recdemo.llm.claims import ClaimChecker, RationaleChecker, capitalised_spans, short_title  # noqa: F401
+from recdemo.llm.claims import ClaimChecker, short_title
 from recdemo.llm.profile import repetitive
 
 SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"”)]))\s")

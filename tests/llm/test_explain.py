@@ -8,7 +8,8 @@ import pytest
 from conftest import real_data_root
 
 from recdemo.llm.claims import ClaimChecker
-from recdemo.llm.explain import Explainer, RationaleChecker, capitalised_spans, short_title, trimmed
+from recdemo.llm.claims import RationaleChecker, capitalised_spans, short_title
+from recdemo.llm.explain import Explainer, trimmed
 
 
 class EmbRetriever:

@@ -10,7 +10,7 @@ from conftest import PopularityRetriever, real_data_root
 
 from recdemo.config import Config
 from recdemo.cli.recommend import cli_recommend
-from recdemo.llm.explain import short_title
+from recdemo.llm.claims import short_title
 from recdemo.llm.profile import item_terms, keyword_terms
 from recdemo.pipeline.personas import build_personas
 from recdemo.pipeline.recommender import Recommender
@@ -356,7 +356,7 @@ def test_smollm2_movielens_recommend_end_to_end():
     """Real data, real SmolLM2, the real score ranker; item-kNN stands in for SASRec's retriever
     so the test does not depend on a trained checkpoint."""
     from recdemo.data import load_dataset
-    from recdemo.llm.explain import RationaleChecker
+    from recdemo.llm.claims import RationaleChecker
     from recdemo.llm.service import LLMService
     from recdemo.retrieval.baselines import ItemKNN
 
