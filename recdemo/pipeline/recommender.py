@@ -402,10 +402,11 @@ class Recommender:
         rr = r.retrieval_rank
         out = {**self.catalog.item(r.index), "rank": rank, "score": _num(r.score), "llm_score": _num(r.llm_score),
                "retrieval_rank": rr, "move": (int(rr) - rank) if rr is not None else None,
-               "evidence": [], "rationale": "", "rationale_source": ""}
-        if explanation is not None:
+               "evidence": [], "rationale": "", "rationale_source": "", "failed_checks": [], "repair": ""}
+        if explanation is not None:  # failed_checks/repair: why the LLM's sentence was trimmed or replaced
             out.update(evidence=explanation.evidence, rationale=explanation.rationale,
-                       rationale_source=explanation.rationale_source)
+                       rationale_source=explanation.rationale_source,
+                       failed_checks=list(explanation.failed_checks), repair=explanation.repair)
         if steer is not None:  # only in steered runs, so an unsteered answer keeps its shape
             out["steer"] = steer
         return out
