@@ -380,11 +380,13 @@ class AppContext:
         if not session:
             return
         digest = session_digest(session)
-        for key, folder in self.uploads.end(session).items():
-            self._drop(key, folder)
+        # cancel first: a job that finds its upload gone must already see its cancel (it then ends
+        # "cancelled", not "failed: Unknown dataset")
         for snap in self.jobs.active():
             if snap["params"].get("session") == digest and "@" in str(snap["params"].get("key", "")):
                 self.jobs.cancel(snap["id"])
+        for key, folder in self.uploads.end(session).items():
+            self._drop(key, folder)
         if self._service is not None and hasattr(self._service, "unload_adapter"):
             for name in self.uploads.adapters(session):  # their LoRA weights leave the shared model
                 self._service.unload_adapter(private_key(name, session))
