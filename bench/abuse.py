@@ -8,7 +8,9 @@ clear error in under 2 s, and keeps its memory under 4 GB.
 
 Every request goes through ``gradio_client`` to 127.0.0.1: the public ``/recommend`` endpoint, and
 the page's own events for what has no public endpoint (``/on_upload``, ``/on_start``), as a browser
-would send them. A request is judged by:
+would send them. A session's uploads exist only for that browser session (the public ``/recommend``
+has none and sees built-in datasets only), so case 4 also recommends through the page
+(``/on_submit`` fills the session's history, ``/on_recommend`` is the Recommend button). A request is judged by:
 - up: the server process is alive and ``/status`` answers afterwards;
 - error: the answer is an error (an exception from the API, or an error notice in the page's HTML);
 - fast: the answer came in under ``--max-answer-s`` (2 s);
@@ -459,6 +461,43 @@ class Attack:
                   n_candidates: int = 50, k: int = 10) -> Answer:
         return self.call(client, "/recommend", list(history), dataset, "score", adapter, n_candidates, k)
 
+    def page_endpoint(self, word: str) -> str | None:
+        """The page's own event (``/on_<word>...``), not a public API of the same word."""
+        return next((n for n in self.endpoints if n.startswith("/on_") and word in n.lower()), None)
+
+    def recommend_in_session(self, client, history, dataset: str, history_dataset: str | None = None,
+                             adapter: str = "auto", n_candidates: int = 50, k: int = 10,
+                             wait_s: float = 0.0) -> Answer:
+        """The page's Recommend button in ``client``'s browser session: the public /recommend has no
+        session and sees built-in datasets only, so a session's own uploads are reached only here.
+        The history (a State the client cannot set) is typed into the search box and added with
+        Enter (``/on_submit``) on ``history_dataset`` (default: ``dataset``). ``wait_s``: while the
+        dataset is still being prepared (an info notice), ask again until then."""
+        add, go = self.page_endpoint("submit"), self.page_endpoint("recommend")
+        if not add or not go:
+            return Answer("skipped", "the app has no page events to set a history and recommend in a session",
+                          via="(none)")
+        deadline = time.perf_counter() + wait_s
+        for title in history:
+            while True:
+                a = self.call(client, add, history_dataset or dataset, title)
+                kind, text = ("error", a.message) if a.kind != "ok" else classify_html(
+                    a.data[-1] if isinstance(a.data, (list, tuple)) and a.data else a.data)
+                if kind == "ok":
+                    break
+                if kind != "info" or time.perf_counter() >= deadline:
+                    return Answer(kind if a.kind == "ok" else a.kind, f"setting the history: {text}",
+                                  a.seconds, add)
+                time.sleep(1.0)
+        t0 = time.perf_counter()
+        while True:
+            a = self.call(client, go, dataset, "score", adapter, n_candidates, k, html=True)
+            if a.kind != "info" or time.perf_counter() >= deadline:
+                if wait_s:
+                    a.seconds = time.perf_counter() - t0  # the whole wait is what the session saw
+                return a
+            time.sleep(1.0)
+
     def judge(self, row: Row, a: Answer, **kw) -> Row:
         judge(row, a, max_s=kw.pop("max_s", self.max_answer_s), server_paths=self.server_paths, **kw)
         row.up = self.server.alive()
@@ -484,7 +523,8 @@ class Attack:
                                      "through AppContext.add_upload", via="(none)")
         t0 = time.perf_counter()
         try:
-            self.server.ctx.add_upload(str(paths[0]), str(paths[1]), name)
+            # the client's browser session: an upload belongs to one, as it does through the page
+            self.server.ctx.add_upload(str(paths[0]), str(paths[1]), name, client.session_hash)
         except Exception as e:  # noqa: BLE001 - the app's own message for the user
             return Answer("error", str(e), time.perf_counter() - t0, "AppContext.add_upload")
         return Answer("ok", "", time.perf_counter() - t0, "AppContext.add_upload")
@@ -574,23 +614,32 @@ def case_sessions(att: Attack) -> list[Row]:
     if setup.kind != "ok":
         return [Row("4", "other sessions", f"session A uploads {mine}", setup.via, setup.kind, setup.message,
                     round(setup.seconds, 3), att.server.alive(), problems=["setup: the upload was refused"])]
-    theirs = att.recommend(b, ["Song number 0", "Song number 3"], dataset=mine)
-    nosuch = att.recommend(b, ["Song number 0", "Song number 3"], dataset=missing)
-    r1 = att.judge(Row("4a", "other sessions", "session B: /recommend on session A's upload"), theirs)
-    r2 = att.judge(Row("4b", "other sessions", "session B: /recommend on a dataset that does not exist"), nosuch)
+    # B asks in its own browser session (the public /recommend has none and never sees uploads):
+    # a history of built-in titles, then A's dataset name and a name nobody uploaded
+    theirs = att.recommend_in_session(b, MOVIES[:2], mine, history_dataset="movielens-small")
+    nosuch = att.recommend_in_session(b, MOVIES[:2], missing, history_dataset="movielens-small")
+    r1 = att.judge(Row("4a", "other sessions", "session B: Recommend (its page) on session A's upload"), theirs)
+    r2 = att.judge(Row("4b", "other sessions", "session B: Recommend (its page) on a dataset that does not exist"),
+                   nosuch)
     if theirs.kind != nosuch.kind or normalized(theirs.message, mine) != normalized(nosuch.message, missing):
         r1.problems.append("B can tell A's dataset from a missing one")
+    api = att.recommend(b, MOVIES[:2], dataset=mine)
+    api_nosuch = att.recommend(b, MOVIES[:2], dataset=missing)
+    r1b = att.judge(Row("4a2", "other sessions", "any client: /recommend (API) on session A's upload"), api)
+    if api.kind != api_nosuch.kind or normalized(api.message, mine) != normalized(api_nosuch.message, missing):
+        r1b.problems.append("the API tells A's dataset from a missing one")
     taken = att.upload(b, mine, inter, items)
     fresh = att.upload(b, f"abuse-fresh-{att.token}", inter, items)
     r3 = att.judge(Row("4c", "other sessions", "session B uploads under session A's dataset name",
                        notes="must look the same as an upload under a fresh name"), taken, want="any")
     if taken.kind != fresh.kind or normalized(taken.message, mine) != normalized(fresh.message, f"abuse-fresh-{att.token}"):
         r3.problems.append(f"B learns the name is taken (a fresh name: {fresh.kind} {fresh.message[:80]!r})")
-    own = att.recommend(a, ["Song number 0", "Song number 3"], dataset=mine)
-    r4 = att.judge(Row("4d", "other sessions", "session A: /recommend on its own upload",
-                       notes="the control: an upload stays usable by the session that made it"),
+    own = att.recommend_in_session(a, ["Song number 0", "Song number 3"], mine, wait_s=att.timeout)
+    r4 = att.judge(Row("4d", "other sessions", "session A: Recommend (its page) on its own upload",
+                       notes="the control: an upload stays usable by the session that made it "
+                             "(preparing it may take until the request timeout)"),
                    own, want="ok", max_s=att.timeout)
-    return [r1, r2, r3, r4]
+    return [r1, r2, r1b, r3, r4]
 
 
 def case_adapters(att: Attack) -> list[Row]:

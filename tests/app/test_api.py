@@ -124,3 +124,26 @@ def test_abusive_requests_get_one_sentence_at_once(client, app, tmp_path, args, 
     assert expected in msg and msg.count(". ") == 0 and msg.endswith(".")
     assert "/tmp" not in msg and str(ctx.cfg.llm.adapter_dir) not in msg
     assert sum(len(r.calls) for r in ctx.recs.values()) == calls
+
+
+def test_a_second_start_in_a_session_is_refused_with_an_error_the_client_sees(app):
+    """The page's Start while the session's fine-tune runs: a clear error (not a toast only, which
+    an API client never sees), the first job tracked as before, no second job."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    url, ctx = app
+    session = Client(url, verbose=False)  # one browser session: its job id is a State on the server
+    args = ("movielens-small", ["recommend"], 300, 8, 2e-4)
+    first = session.predict(*args, "ft-first", 2, api_name="/on_start")
+    jobs = [s["id"] for s in ctx.jobs.active()]
+    assert len(jobs) == 1, first
+    try:
+        with pytest.raises(AppError, match="still running"):
+            session.predict(*args, "ft-second", 2, api_name="/on_start")
+        assert [s["id"] for s in ctx.jobs.active()] == jobs
+    finally:
+        for jid in jobs:
+            ctx.jobs.cancel(jid)
+        for jid in jobs:
+            ctx.jobs.wait(jid, timeout=10)

@@ -166,6 +166,40 @@ def test_ending_a_session_cancels_its_work_and_removes_its_files(tmp_path):
         c.close()
 
 
+def test_a_job_that_finds_its_ended_sessions_upload_gone_ends_cancelled_not_failed(tmp_path):
+    """The race of ending a session while its job starts: the job looks its dataset up just after
+    the upload was forgotten; it must already see its cancel."""
+    c = fake_context(tmp_path)
+    go = threading.Event()
+    real_recommender, real_end = c._recommender, c.uploads.end
+
+    def recommender(key):  # the job's first step waits until the session's uploads are forgotten
+        go.wait(10)
+        return real_recommender(key)
+
+    def end(session):
+        out = real_end(session)
+        go.set()
+        c.jobs.wait(jid, timeout=5)  # the job looks up its dataset now, before end_session goes on
+        return out
+
+    c._recommender, c.uploads.end = recommender, end
+    try:
+        assert events.upload_dataset(c, *pair(tmp_path), "shop", session="s1")[0]
+        jid, html = events.start_finetune(c, "shop", ["recommend"], 50, 8, 2e-4, "mine", session="s1")
+        assert jid, html
+        deadline = time.time() + 5
+        while c.jobs.snapshot(jid)["status"] != "running":
+            assert time.time() < deadline
+            time.sleep(0.01)
+        events.end_session(c, "s1")
+        snap = c.jobs.wait(jid, timeout=10)
+        assert snap["status"] == "cancelled", snap
+    finally:
+        go.set()
+        c.close()
+
+
 class TrainingRecommender(FakeRecommender):
     """Its stack trains SASRec epoch by epoch until cancelled (like train_sasrec with cancel)."""
 

@@ -35,7 +35,8 @@ class GuardedRecommender(FakeRecommender):
         super().__init__(titles=[*TITLES, "Song number 0", "Song number 3"])  # + the bench's uploads
         self.limits, self.delay = limits, 0.0
 
-    def recommend(self, history, ranker="score", n_candidates=50, k=10, adapter="auto", **kw):
+    def recommend_stages(self, history, ranker="score", n_candidates=50, k=10, adapter="auto", **kw):
+        # the app streams the stages (events.run_stages): the one call every request reaches
         from recdemo.app.uploads import check_name
 
         time.sleep(self.delay)
@@ -43,7 +44,7 @@ class GuardedRecommender(FakeRecommender):
         self.limits.check("max_results", int(k), "results")
         if adapter not in (None, "auto"):
             check_name(adapter, "Adapter")
-        return super().recommend(history, ranker, n_candidates, k, adapter, **kw)
+        yield from super().recommend_stages(history, ranker, n_candidates, k, adapter, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -188,16 +189,22 @@ def test_finetune_case_counts_what_the_server_really_queued(fake_app, rec, tmp_p
 
 
 def test_session_case_compares_another_sessions_dataset_with_a_missing_one(fake_app, rec, tmp_path):
+    rec.calls.clear()
     rows = rows_by_id(run(fake_app, tmp_path, "4"))
-    assert set(rows) == {"4a", "4b", "4c", "4d"}
+    assert set(rows) == {"4a", "4b", "4a2", "4c", "4d"}
     def norm(msg):
         return re.sub(r"abuse-(private|nosuch)-[0-9a-f]+", "NAME", msg)
 
     told_apart = (rows["4a"]["answer"] != rows["4b"]["answer"]
                   or norm(rows["4a"]["message"]) != norm(rows["4b"]["message"]))
     assert told_apart == ("B can tell A's dataset from a missing one" in rows["4a"]["problems"])
+    # B asks from its own session (the page's event), where a session's uploads would be visible
+    assert rows["4a"]["via"] == rows["4d"]["via"] == "/on_recommend" and rows["4a2"]["via"] == "/recommend"
+    assert rows["4a"]["answer"] == rows["4a2"]["answer"] == "error" and rows["4a"]["result"] == "PASS"
     assert rows["4c"]["via"] == "/on_upload" and rows["4c"]["up"]
     assert rows["4d"]["result"] == "PASS" and rows["4d"]["answer"] == "ok"  # A still uses its own upload
+    # only A's own request reached the model, with the history A typed into its page
+    assert [c["history"] for c in rec.calls] == [["Song number 0", "Song number 3"]]
 
 
 def test_uploads_fall_back_to_the_app_context_without_an_endpoint(fake_app, rec, tmp_path, monkeypatch):

@@ -103,9 +103,10 @@ def wire(ctx: AppContext, f: FineTune, p: Picker, s: Session) -> None:
     def on_start(ds, tasks, steps, rank, lr, name, n_eval, current, request: gr.Request):
         jid, html = events.start_finetune(ctx, ds, tasks, steps, rank, lr, name, n_eval, current=current,
                                           session=session_id(request))
-        if jid is not None and jid == current:  # refused: the running job keeps its progress and plot
-            gr.Warning(events.STILL_RUNNING)
-            return jid, gr.skip(), gr.skip(), gr.skip()
+        if jid is not None and jid == current:
+            # refused as an error, not a toast-only warning: an API client must learn it too (issue 18),
+            # and no output changes, so the running job keeps its progress, plot and job id
+            raise gr.Error(events.STILL_RUNNING, print_exception=False)
         return jid, html, loss_frame([]), gr.Timer(active=jid is not None)
 
     f.start.click(on_start, [f.dataset, f.tasks, f.steps, f.rank, f.lr, f.name, f.eval_users, s.job_id],
