@@ -128,7 +128,10 @@ def wire(ctx: AppContext, f: FineTune, p: Picker, s: Session) -> None:
         return events.next_adapter_name(ctx, ds, session_id(request))
 
     f.dataset.input(on_dataset, f.dataset, f.name, show_progress="hidden")
-    f.cancel.click(lambda jid: events.cancel_finetune(ctx, jid), s.job_id, f.progress)
+    def on_cancel(jid):  # a named handler: its API endpoint is /on_cancel (scripts and bench/abuse.py use it)
+        return events.cancel_finetune(ctx, jid)
+
+    f.cancel.click(on_cancel, s.job_id, f.progress)
 
 
 def wire_session_end(ctx: AppContext, demo: gr.Blocks) -> None:
