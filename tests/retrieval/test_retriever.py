@@ -219,3 +219,25 @@ def test_train_on_a_folder_named_like_a_builtin_saves_into_the_cache(tmp_path, c
     assert not (tmp_path / "shipped").exists()
     assert Retriever.for_dataset(dataset, cfg.retrieval, train_if_missing=False).meta["dataset_hash"] == \
         dataset.content_hash
+
+
+def test_recommend_on_a_folder_named_like_a_builtin_leaves_the_shipped_checkpoint(tmp_path, tiny_service):
+    """Issue 18: `recommend` (the CLI's and the app's one object) on any folder called movielens-small
+    trains into the cache; the shipped checkpoint, read-only here, stays byte-identical."""
+    from dataclasses import replace
+
+    from recdemo.pipeline.recommender import Recommender
+
+    shipped, digests = read_only_copy_of_shipped(tmp_path)
+    try:
+        folder = write_folder(tmp_path / "x" / "movielens-small", make_cycle_dataset())
+        cfg = Config()
+        cfg = replace(cfg, data=replace(cfg.data, data_dir=str(folder)), llm=tiny_service.cfg,
+                      retrieval=tiny_cfg(tmp_path, checkpoint_dir=str(shipped), text_cache_dir=str(tmp_path / "t")))
+        rec = Recommender.from_config(cfg, service=tiny_service)
+        out = rec.recommend(list(rec.catalog.titles[:3]), ranker="score", n_candidates=5, k=3, adapter="none")
+        assert len(out.results) == 3 and rec.name == "movielens-small"
+        assert {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in shipped.iterdir()} == digests
+        assert len(list((tmp_path / "cache").glob("sasrec-movielens-small-*.json"))) == 1
+    finally:
+        shipped.chmod(0o755)
