@@ -155,6 +155,7 @@ class LimitsConfig:
     max_field_chars: int = 2_000  # any other text field of an uploaded file
     max_upload_mb: int = 50  # per file uploaded through the app
     max_upload_rows: int = 2_000_000  # interactions per uploaded file
+    max_profile_keywords: int = 12  # keywords a steered (user-edited) profile may hold
     max_uploads_per_session: int = 3
     max_finetune_steps: int = 2_000
     max_finetune_minutes: float = 60.0  # wall time of one fine-tune job

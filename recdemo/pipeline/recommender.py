@@ -231,6 +231,11 @@ class Recommender:
         hist = self.resolve(history)
         excluded = self._excluded(exclude)
         edit = ProfileEdit.of(profile_edit) if profile_edit is not None else None
+        if edit is not None:  # a steered profile is bounded like every other size a request chooses
+            self.cfg.limits.check("max_field_chars", len(edit.summary), "characters in the profile sentence",
+                                  minimum=0)
+            self.cfg.limits.check("max_field_chars", sum(len(k) for k in edit.keywords),
+                                  "characters of profile keywords", minimum=0)
         run = _Run(hist=hist, ranker=ranker_name, k=k, started=started, edit=edit, excluded=excluded)
         run.adapter = self.service.resolve_adapter(adapter, self.name, ranker_name)  # a bad name fails here
         run.auto_adapter = adapter == "auto"
@@ -260,7 +265,8 @@ class Recommender:
                                 "most frequent attributes instead.")
             run.profile = heuristic_profile(self.catalog, run.hist)
         if run.edit is not None:
-            run.profile, run.steer = edit_profile(self.catalog, run.hist, run.profile, run.edit)
+            run.profile, run.steer = edit_profile(self.catalog, run.hist, run.profile, run.edit,
+                                                  self.cfg.limits.max_profile_keywords)
         run.timings["profile"] = time.perf_counter() - t
 
     def _rerank_stage(self, run: "_Run") -> None:

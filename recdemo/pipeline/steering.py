@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from recdemo.config import LimitsConfig
 from recdemo.llm.profile import clean_keyword, first_sentences, ground, item_terms, keyword_terms
 from recdemo.records import Keyword, Profile, RankedItem
-
-MAX_KEYWORDS = 12  # an edited profile holds at most this many keywords (prompts stay short)
 
 
 @dataclass
@@ -48,7 +47,8 @@ class Steer:
         return bool(self.added or self.removed or self.summary_changed)
 
 
-def edit_profile(catalog, history, base: Profile, edit: ProfileEdit) -> tuple[Profile, Steer]:
+def edit_profile(catalog, history, base: Profile, edit: ProfileEdit,
+                 max_keywords: int = LimitsConfig().max_profile_keywords) -> tuple[Profile, Steer]:
     """(the profile to send to the reranker, what changed). A kept keyword keeps its grounding; an
     added one is the user's word (``source="user"``, always sent to the ranker) with the history
     items that support it, if any. An empty sentence keeps the LLM's."""
@@ -62,7 +62,7 @@ def edit_profile(catalog, history, base: Profile, edit: ProfileEdit) -> tuple[Pr
         kept = by_text.get(text.lower())
         keywords.append(kept if kept is not None else
                         Keyword(text=text, support=ground(text, catalog, history), grounded=True, source="user"))
-        if len(keywords) >= MAX_KEYWORDS:
+        if len(keywords) >= max_keywords:  # prompts stay short
             break
     summary = first_sentences(edit.summary) if edit.summary.strip() else base.summary
     steer = Steer(added=[k.text for k in keywords if k.source == "user"],

@@ -527,3 +527,11 @@ def test_a_rerun_explains_only_the_cards_it_has_not_explained(rec, spy, toy_data
     assert all(r["rationale"] == kept[r["index"]]["rationale"] for r in after.results if r["index"] in kept)
     rec.recommend(history[:-1], ranker="spy", n_candidates=10, k=4)  # another history: explained afresh
     assert len(asked[-1]) == 4
+
+
+def test_a_huge_profile_edit_is_refused_before_any_model_work(rec, toy_dataset):
+    title = toy_dataset.catalog.titles[3]
+    with pytest.raises(ValueError, match="limits.max_field_chars"):
+        rec.recommend([title], ranker="reverse", profile_edit={"keywords": ["k" * 3000], "summary": ""})
+    with pytest.raises(ValueError, match="characters in the profile sentence"):
+        rec.recommend([title], ranker="reverse", profile_edit={"keywords": [], "summary": "x" * 5000})

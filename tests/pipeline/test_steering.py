@@ -1,7 +1,8 @@
 """Steering: the user's edit of the profile, what changed, and which candidates it moves."""
 import pytest
 
-from recdemo.pipeline.steering import MAX_KEYWORDS, ProfileEdit, Steer, edit_profile, lift
+from recdemo.config import LimitsConfig
+from recdemo.pipeline.steering import ProfileEdit, Steer, edit_profile, lift
 from recdemo.records import Keyword, Profile, RankedItem
 
 
@@ -35,7 +36,8 @@ def test_edit_of_the_sentence_alone_is_a_steer(toy_dataset, base):
 
 def test_edit_is_bounded_and_checked(toy_dataset, base):
     many = ProfileEdit([f"word{i}" for i in range(40)])
-    assert len(edit_profile(toy_dataset.catalog, [0], base, many)[0].keywords) == MAX_KEYWORDS
+    assert len(edit_profile(toy_dataset.catalog, [0], base, many)[0].keywords) == LimitsConfig().max_profile_keywords
+    assert len(edit_profile(toy_dataset.catalog, [0], base, many, max_keywords=3)[0].keywords) == 3
     with pytest.raises(ValueError, match="keywords"):
         ProfileEdit.of("horror")
 
