@@ -1,9 +1,7 @@
 """`python -m recdemo evaluate`: `--stage retrieval` (SASRec and baselines) or `--stage rerank` (an LLM ranker)."""
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 
 from recdemo.eval.core import can_batch
 from recdemo.eval.rerank_eval import evaluate_rerank
@@ -11,6 +9,7 @@ from recdemo.eval.retrieval_eval import N_SAMPLED_NEGATIVES, PROTOCOLS, evaluate
 from recdemo.llm.fusion_store import weight_key
 from recdemo.llm.stack import Stack
 from recdemo.retrieval.baselines import ItemKNN, Popularity
+from recdemo.storage import write_json_atomically
 
 COLUMNS = ("ndcg@10", "hr@10", "ndcg@5", "hr@5", "ndcg@20", "hr@20", "mrr")
 MODEL_LABELS = {"sasrec": "SASRec", "popularity": "most popular", "item_knn": "item-kNN (last 20)"}
@@ -78,10 +77,7 @@ def cli_evaluate(args, cfg) -> int:
 
 
 def write_json(path, data: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1))
-    print(f"wrote {path}")
+    print(f"wrote {write_json_atomically(path, data)}")  # a killed run never leaves half a results file
 
 
 def cli_rerank(args, cfg) -> int:
