@@ -294,7 +294,7 @@ def setup(args, tmp: str):
     """(ctx, results header): device, tokenizer, catalog, candidates, the model in an LLMService
     (adapters and fusion weights under ``tmp``), measured matmul rate and bandwidth."""
     from recdemo.config import Config
-    from recdemo.llm.models import LLM
+    from recdemo.llm.models import LLM, select_sdpa_backends
     from recdemo.llm.service import LLMService
     from recdemo.llm.stack import Stack
 
@@ -305,6 +305,7 @@ def setup(args, tmp: str):
                          "Run `python bench/gpu.py --tiny` to check the script on the CPU.")
     cfg = Config.from_env()
     dev = Dev(torch.device("cpu" if tiny else "cuda"))
+    sdpa = select_sdpa_backends(dev.device)  # the attention kernels the project's loader selects
     dtype = getattr(torch, args.dtype or ("float32" if tiny else "bfloat16"))
     tok, tok_source = load_tokenizer(args.tokenizer, cfg.llm.cache_dir)
     dataset, catalog_source = load_catalog(cfg, args.synthetic)
@@ -324,7 +325,7 @@ def setup(args, tmp: str):
     ctx.rate = matmul_rate(dev, dtype, 1024 if tiny else 8192)
     ctx.bandwidth = copy_bandwidth(dev, (64 if tiny else 1024) * 2**20)
     results = {"date": date.today().isoformat(), "device": dev.name(), "mode": "tiny-cpu" if tiny else "llama-7b",
-               "gpu_figures": not tiny, "torch": torch.__version__, "cuda": torch.version.cuda,
+               "gpu_figures": not tiny, "torch": torch.__version__, "cuda": torch.version.cuda, "sdpa_backends": sdpa,
                "model": {"name": name, "shape": TINY if tiny else LLAMA_7B, "vocab": model.config.vocab_size,
                          "dtype": dname, "attn": model.config._attn_implementation, "build_s": build_s,
                          **ctx.cost.describe()},

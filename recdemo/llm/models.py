@@ -110,6 +110,24 @@ def resolve_model_path(model: str, cache_dir: str | Path) -> str:
                         "(e.g. meta-llama/Llama-2-7b-hf, with HF_TOKEN for gated weights) or a local folder")
 
 
+# Attention kernels on CUDA. cuDNN's SDPA builds a plan for every new shape: on an H200 with torch 2.11
+# that cost 0.9-2.5 s on the first call of each prompt length, 74 ms per decode step while a KV cache
+# grows, 17 ms per layer in padded fine-tuning batches; turning it off alone took the score rerank
+# from 207 to 74 ms p50 (../shared/gpu/README.md). Flash and memory-efficient attention need no plans;
+# the math kernel stays as the fallback for shapes they refuse.
+SDPA_BACKENDS = {"cudnn": False, "flash": True, "mem_efficient": True, "math": True}
+
+
+def select_sdpa_backends(device: torch.device) -> dict[str, bool]:
+    """Switch the process's SDPA backends to ``SDPA_BACKENDS`` when ``device`` is CUDA; returns what it
+    set (nothing on CPU, where these switches do not apply)."""
+    if device.type != "cuda":
+        return {}
+    for name, on in SDPA_BACKENDS.items():
+        getattr(torch.backends.cuda, f"enable_{name}_sdp")(on)
+    return dict(SDPA_BACKENDS)
+
+
 def load_llm(cfg) -> LLM:
     """``cfg`` is an LLMConfig. Returns the model in eval mode with its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -117,6 +135,7 @@ def load_llm(cfg) -> LLM:
     start = time.perf_counter()
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
+    select_sdpa_backends(device)  # before the first forward of serving or fine-tuning
     path = resolve_model_path(cfg.model, cfg.cache_dir)
     kwargs = dict(dtype=dtype, trust_remote_code=False, use_safetensors=True, token=cfg.hf_token)
     if device.type == "cuda":

@@ -50,3 +50,25 @@ def test_cuda_request_without_gpu_is_a_clear_error(monkeypatch):
     with pytest.raises(ModelNotFound, match="--device cpu"):
         models.pick_device("cuda")
     assert models.pick_device("auto").type == "cpu"
+
+
+def test_cuda_gets_flash_and_memory_efficient_attention_never_cudnn(monkeypatch):
+    calls = {}
+    for name in ("cudnn", "flash", "mem_efficient", "math"):
+        monkeypatch.setattr(torch.backends.cuda, f"enable_{name}_sdp",
+                            lambda on, name=name: calls.__setitem__(name, on))
+    assert models.select_sdpa_backends(torch.device("cpu")) == {} and calls == {}
+    assert models.select_sdpa_backends(torch.device("cuda")) == calls
+    assert calls == {"cudnn": False, "flash": True, "mem_efficient": True, "math": True}
+
+
+def test_load_llm_selects_the_backends_for_its_device(monkeypatch, tmp_path):
+    """The loader installs the selection before the model exists (so no first call pays a plan)."""
+    from recdemo.config import LLMConfig
+
+    seen = []
+    monkeypatch.setattr(models, "select_sdpa_backends", lambda device: seen.append(device.type) or {})
+    monkeypatch.setattr(models, "resolve_model_path", lambda *a: (_ for _ in ()).throw(ModelNotFound("stop")))
+    with pytest.raises(ModelNotFound, match="stop"):
+        models.load_llm(LLMConfig(model="x", device="cpu", cache_dir=str(tmp_path)))
+    assert seen == ["cpu"]
