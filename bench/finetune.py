@@ -58,7 +58,7 @@ def main() -> None:
     from recdemo.finetune.examples import ExampleBuilder
     from recdemo.finetune.tasks import TASKS
     from recdemo.finetune.loop import FineTuneSpec, run_finetune
-    from recdemo.llm.stack import Stack
+    from recdemo.llm.stack import Stack, load_training_llm
 
     cfg = Config.from_env()
     stack = Stack.from_config(cfg, dataset_name=args.dataset, train_retriever=False, retriever_text_fallback=False)
@@ -67,7 +67,7 @@ def main() -> None:
     if not args.no_retriever:  # the bench runs without SASRec too
         retriever = stack.optional_retriever(
             lambda e: print(f"note: no SASRec checkpoint ({e}); negatives from attributes/popularity"))
-    llm = stack.training_llm()
+    llm = load_training_llm(cfg.llm)
     lengths = token_lengths(ExampleBuilder(ds, llm.tokenizer, retriever), list(TASKS))
 
     tasks = args.tasks.split(",")

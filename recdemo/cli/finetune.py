@@ -21,11 +21,6 @@ def spec_from_config(cfg: FinetuneConfig):
     return FineTuneSpec(**{**asdict(cfg), "copy_base": False})
 
 
-def load_model_for_training(cfg_llm):
-    """The base model, placed for this process (several under `accelerate launch`)."""
-    return load_training_llm(cfg_llm)
-
-
 def load_retriever(dataset, cfg):
     """SASRec for hard negatives and evaluation candidates; None (with a note) when it has no
     checkpoint yet: fine-tuning does not silently spend many minutes training SASRec first."""
@@ -46,7 +41,7 @@ def cli_finetune(args, cfg) -> int:
         raise ValueError(f"--out {spec.out!r} must name an adapter folder, e.g. checkpoints/adapters/NAME")
     dataset = load_from_config(cfg.data)
     retriever = load_retriever(dataset, cfg)
-    llm = load_model_for_training(cfg.llm)
+    llm = load_training_llm(cfg.llm)  # placed for this process (several under `accelerate launch`)
     service = SimpleNamespace(llm=llm, lock=threading.RLock())  # the CLI owns its model: no copy, no app
     print(f"fine-tuning {llm.describe()} on {dataset.name} ({dataset.content_hash}): tasks "
           f"{','.join(spec.tasks)}, {spec.steps} steps x {spec.batch_size} examples, LoRA r={spec.lora_r} "

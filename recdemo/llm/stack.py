@@ -124,10 +124,6 @@ class Stack:
                 self._rankers[key] = get_ranker(name, self.service, self.dataset, chosen, **options)
             return self._rankers[key]
 
-    def training_llm(self) -> LLM:
-        """A bare model for fine-tuning in this process (the CLI owns it: no service, no copy)."""
-        return load_training_llm(self.cfg.llm)
-
     @property
     def profiles(self) -> ProfileGenerator:
         with self._locks["profile"]:
