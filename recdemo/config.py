@@ -137,7 +137,10 @@ class FinetuneConfig:
     init_adapter: str = setting("", "adapter folder to start from (train it further); same --lora-r/--lora-targets")
     out: str = setting("", "adapter folder, e.g. checkpoints/adapters/movielens-small")
     resume: bool = setting(True, "continue from <out>.partial when it matches this run")
-    copy_base: bool = True  # train on a copy of the service's base model (see finetune/loop.py)
+    # Where the LoRA trains while the app serves (finetune/shared_base.py): "share" = one more adapter on the
+    # served model (no copy of the base, each step under the service lock), "copy" = on a copy of the base
+    # (no lock held), "auto" = share on CUDA (a 7B copy costs 13.5 GB), copy on CPU (a step takes seconds).
+    share_base: str = "auto"
     gradient_checkpointing: bool = setting(False, "recompute activations in backward: less GPU memory, ~30% "
                                                   "slower steps", flag="--grad-checkpointing")
 

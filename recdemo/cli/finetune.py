@@ -17,8 +17,8 @@ from recdemo.llm.stack import Stack, load_training_llm
 
 def spec_from_config(cfg: FinetuneConfig):
     """The run's spec: the config's fine-tune settings (CLI flags already applied), checked. The CLI
-    owns its model, so training needs no copy of it (copy_base is for the app's shared model)."""
-    return FineTuneSpec(**{**asdict(cfg), "copy_base": False})
+    owns its model, so training needs no copy of it: the LoRA goes on the model itself."""
+    return FineTuneSpec(**{**asdict(cfg), "share_base": "share"})
 
 
 def load_retriever(dataset, cfg):

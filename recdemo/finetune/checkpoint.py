@@ -122,10 +122,15 @@ def store_half(weights: str | Path) -> None:
               str(weights), metadata={"format": "pt"})
 
 
-def save_adapter(out: str | Path, peft_model, meta: dict) -> Path:
-    """``adapter_config.json`` + ``adapter_model.safetensors`` (peft, float16) + ``meta.json``, atomically."""
+def save_adapter(out: str | Path, peft_model, meta: dict, adapter: str = "default") -> Path:
+    """``adapter_config.json`` + ``adapter_model.safetensors`` (peft, float16) + ``meta.json`` of the
+    peft model's LoRA ``adapter``, atomically."""
     def write(tmp: Path) -> None:
-        peft_model.save_pretrained(str(tmp), safe_serialization=True)
+        peft_model.save_pretrained(str(tmp), safe_serialization=True, selected_adapters=[adapter])
+        if adapter != "default":  # peft writes any other adapter into a subfolder named after it
+            for f in (tmp / adapter).iterdir():
+                f.rename(tmp / f.name)
+            (tmp / adapter).rmdir()
         if not (tmp / "adapter_model.safetensors").is_file():
             raise RuntimeError(f"peft did not write adapter_model.safetensors into {tmp}")
         store_half(tmp / "adapter_model.safetensors")

@@ -1,17 +1,17 @@
 """LoRA fine-tuning of the LLM on a dataset's training sequences (the tasks of tasks.py).
 
 ``run_finetune`` is the whole recipe, top to bottom; each stage is one function below it:
-``build_data`` (examples) -> ``build_trainer`` (a trainable copy of the base model with a fresh
-LoRA, AdamW) -> ``resume`` (from ``<out>.partial``) -> ``evaluate`` the base model -> ``train``
+``build_data`` (examples) -> ``build_trainer`` (a fresh LoRA on the served base model or on a copy
+of it, AdamW) -> ``resume`` (from ``<out>.partial``) -> ``evaluate`` the base model -> ``train``
 (``train_step`` per optimizer step, ``evaluate`` and ``save_partial`` every ``eval_every`` steps)
 -> ``evaluate`` the result -> ``save_adapter`` (atomic) -> register it with the running service.
 
-Why a copy of the base model: the app keeps serving recommendations from the shared base model
-(with its adapters switched in place) while a fine-tune runs. Training on ``copy.deepcopy`` of
-the base weights never changes which adapter is active there and never needs the service lock
-except for the copy itself. For SmolLM2-135M on CPU the copy costs ~0.5 GB and a second; for a
-7B model on a GPU it costs another ~13.5 GB (bf16) of GPU memory: set ``copy_base=False`` (the
-CLI does, since it owns its model) when memory is short and nothing else uses the model.
+The app keeps serving recommendations from the shared base model while a fine-tune runs, so
+where the LoRA lives is a setting, ``share_base`` (shared_base.py): "share" trains it as one more
+adapter on the served model, each micro-batch under the service lock (no copy: a 7B model on a
+GPU saves ~13.5 GB); "copy" trains on ``copy.deepcopy`` of the base and never takes the lock
+(SmolLM2-135M on CPU: ~0.5 GB and a second, and no request waits behind a CPU step of seconds);
+"auto" (the default) shares on CUDA and copies on CPU. The CLI owns its model and trains on it.
 
 ``accelerate launch -m recdemo finetune ...`` runs the same loop on several GPUs: accelerate
 places the model, wraps it for data parallelism and syncs gradients; every process takes its
@@ -38,7 +38,8 @@ from recdemo.config import FinetuneConfig, LimitsConfig
 from recdemo.eval.core import sample_cases
 from recdemo.finetune import checkpoint as ckpt
 from recdemo.finetune.examples import ExampleBuilder
-from recdemo.finetune.lora import add_lora, load_lora_weights, make_accelerator, trainable_base
+from recdemo.finetune.lora import load_lora_weights, make_accelerator, shares_base
+from recdemo.finetune.shared_base import OwnBase, SharedBase
 from recdemo.finetune.tasks import TASKS, check_tasks
 from recdemo.finetune.validate import Cancelled, answer_loss, check_cancel, example_loss, finite, ranking_metrics
 
@@ -47,6 +48,7 @@ TRAINING_FIELDS = ("tasks", "steps", "examples", "batch_size", "micro_batch_size
                    "lora_dropout", "lora_targets", "lr", "warmup_steps", "min_lr_ratio", "weight_decay",
                    "grad_clip", "max_length", "max_history", "n_candidates", "with_attributes", "seed",
                    "init_adapter", "eval_candidates", "rank_sasrec_weight")
+SHARE_BASE = ("auto", "share", "copy")
 
 
 def _whole(value, low: int) -> bool:
@@ -109,9 +111,11 @@ class FineTuneSpec(FinetuneConfig):
             (_number(self.rank_sasrec_weight) and self.rank_sasrec_weight >= 0,
              f"the rank task's SASRec weight must be at least 0, not {self.rank_sasrec_weight!r}"),
             (isinstance(self.init_adapter, str), f"init adapter must be a folder path, not {self.init_adapter!r}"),
-            (all(isinstance(getattr(self, k), bool) for k in ("with_attributes", "rank_eval", "resume", "copy_base",
+            (all(isinstance(getattr(self, k), bool) for k in ("with_attributes", "rank_eval", "resume",
                                                              "gradient_checkpointing")),
-             "with_attributes, rank_eval, resume, copy_base and gradient_checkpointing must be true or false"),
+             "with_attributes, rank_eval, resume and gradient_checkpointing must be true or false"),
+            (self.share_base in SHARE_BASE,
+             f"share base must be one of {', '.join(SHARE_BASE)}, not {self.share_base!r}"),
             (isinstance(self.out, str) and bool(self.out),
              "say where to write the adapter (out), e.g. checkpoints/adapters/movielens-small"),
         )
@@ -165,9 +169,14 @@ class Trainer:
     accelerator: object
     pad_id: int
     llm_name: str
+    base: object  # shared_base.SharedBase or OwnBase: where the LoRA lives, ``hold`` around every use
     raw: object = None  # the peft model itself: evaluation and saving use it
     micro: int = 1  # examples per forward
     local: int = 1  # this process's examples per step
+
+    @property
+    def adapter(self) -> str:
+        return self.base.adapter  # the LoRA's key in the peft model (state dicts, saving)
 
     @property
     def main(self) -> bool:
@@ -181,8 +190,12 @@ class Trainer:
         self.local = max(1, batch_size // self.accelerator.num_processes)
 
     def release(self) -> None:
-        """Drop the model, its copy of the base and the optimizer, so their memory goes back before the
-        app carries on (references elsewhere, e.g. in a traceback, would otherwise keep them)."""
+        """Drop the model, its copy of the base (or its adapter on the served model) and the optimizer,
+        so their memory goes back before the app carries on (references elsewhere, e.g. in a
+        traceback, would otherwise keep them)."""
+        if hasattr(self.accelerator, "free_memory"):
+            self.accelerator.free_memory()  # accelerate keeps references to what it prepared
+        self.base.release()
         self.model = self.raw = self.optimizer = None
         self.params = []
 
@@ -225,8 +238,12 @@ def run_finetune(spec: FineTuneSpec, dataset, service, retriever=None, progress=
     report(0, "building examples")
     data = build_data(spec, dataset, llm.tokenizer, retriever)
     trainer = build_trainer(spec, service)
-    state = resume(spec, out, spec.fingerprint(dataset.content_hash, llm.name), trainer)
-    trainer.prepare(spec.batch_size, spec.micro_batch_size)
+    try:
+        state = resume(spec, out, spec.fingerprint(dataset.content_hash, llm.name), trainer)
+        trainer.prepare(spec.batch_size, spec.micro_batch_size)
+    except BaseException:
+        trainer.release()  # e.g. a bad init adapter: no training adapter stays on the served model
+        raise
     state.rng_state = torch.get_rng_state()
     try:
         if state.metrics_before is None and trainer.main:  # a fresh LoRA is a no-op: this is the base model
@@ -288,25 +305,37 @@ def build_data(spec: FineTuneSpec, dataset, tokenizer, retriever) -> Data:
 
 
 def build_trainer(spec: FineTuneSpec, service) -> Trainer:
-    """A fresh (or init_adapter's) LoRA on (a copy of) the base, and AdamW over its factors."""
-    torch.manual_seed(spec.seed)  # fixes the LoRA init and dropout
-    random.seed(spec.seed)
+    """A fresh (or init_adapter's) LoRA on the served base or a copy (``place_lora``), and AdamW over
+    its factors."""
     llm = service.llm
-    base = trainable_base(service, spec.copy_base)
-    if spec.gradient_checkpointing:  # a 7B model's activations at long sequences outgrow the GPU
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = add_lora(base, spec)
-    if spec.init_adapter:
-        load_lora_weights(model, spec.init_adapter, llm.name)
     accelerator = make_accelerator(llm.device)
     single = [t for t in spec.tasks if TASKS[t].one_device]
     if single and accelerator.num_processes > 1:
         raise ValueError(f"the fine-tuning task '{single[0]}' runs on one device; launch it without accelerate")
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    torch.manual_seed(spec.seed)  # fixes the LoRA init and dropout
+    random.seed(spec.seed)
+    base = place_lora(spec, service, accelerator.num_processes)
+    try:
+        if spec.init_adapter:
+            load_lora_weights(base.model, spec.init_adapter, llm.name, base.adapter)
+        optimizer = torch.optim.AdamW(base.params, lr=spec.lr, weight_decay=spec.weight_decay)
+    except BaseException:
+        base.release()
+        raise
     tok = llm.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    return Trainer(model, optimizer, params, accelerator, pad_id, llm.name)
+    return Trainer(base.model, optimizer, base.params, accelerator, pad_id, llm.name, base)
+
+
+def place_lora(spec: FineTuneSpec, service, processes: int):
+    """SharedBase when ``share_base`` resolves to sharing and the service serves adapters (the app's);
+    a service without an adapter manager (the CLI's, a bench's) or one process of several owns its
+    model: the LoRA goes on it directly; else OwnBase on a copy."""
+    if not shares_base(spec.share_base, service.llm.device):
+        return OwnBase(service, spec, copy=True)
+    if hasattr(service, "adapters") and processes == 1:
+        return SharedBase(service, spec)
+    return OwnBase(service, spec, copy=False)
 
 
 def resume(spec: FineTuneSpec, out: Path, fingerprint: str, trainer: Trainer) -> State:
@@ -320,7 +349,7 @@ def resume(spec: FineTuneSpec, out: Path, fingerprint: str, trainer: Trainer) ->
         print(f"note: {ckpt.partial_dir(out)} belongs to a different run (settings or data changed); starting over")
         return State(fingerprint)
     from peft import set_peft_model_state_dict
-    set_peft_model_state_dict(trainer.model, lora)
+    set_peft_model_state_dict(trainer.model, lora, adapter_name=trainer.adapter)
     trainer.optimizer.load_state_dict(optim_state)
     ckpt.restore_rng(rng)
     print(f"resuming {out.name} from step {state['step']}/{spec.steps} ({ckpt.partial_dir(out)})")
@@ -332,7 +361,6 @@ def train(spec: FineTuneSpec, data: Data, trainer: Trainer, state: State, report
           out: Path) -> float:
     """Optimizer steps from ``state.step`` to ``spec.steps``; every ``eval_every`` steps the validation
     loss and a partial save (what a resume continues from). Returns the seconds it took."""
-    trainer.model.train()
     bar = tqdm(total=spec.steps, initial=state.step, desc=f"finetune {out.name}", disable=not trainer.main,
                unit="step")
     state.t_loop, first_step = time.perf_counter(), state.step
@@ -358,7 +386,6 @@ def train(spec: FineTuneSpec, data: Data, trainer: Trainer, state: State, report
                 report(state.step, "evaluated", loss=loss, eta_s=eta, metrics=metrics)
                 save_partial(out, spec, trainer, state)
             trainer.accelerator.wait_for_everyone()
-            trainer.model.train()
     bar.close()
     return time.perf_counter() - state.t_loop
 
@@ -388,17 +415,18 @@ def train_step(spec: FineTuneSpec, trainer: Trainer, state: State, examples: lis
         check_cancel(cancel)  # a CPU step takes seconds: also check between micro-batches
         # Gradients sync across GPUs only on the last micro-batch (no_sync is a no-op on 1 device).
         sync = nullcontext() if m == len(parts) - 1 else accelerator.no_sync(trainer.model)
-        with sync:
+        with sync, trainer.base.hold(train=True):  # shared base: the lock, per micro-batch
             loss, n_tokens = example_loss(trainer.model, part, trainer.pad_id, accelerator.device,
                                           spec.rank_sasrec_weight)
             loss = loss * len(part) / len(examples)  # the part's share of the step's mean
             accelerator.backward(loss)
         step_loss += loss.detach().item()
         state.tokens += n_tokens
-    if spec.grad_clip:
-        accelerator.clip_grad_norm_(trainer.params, spec.grad_clip)  # LoRA on tiny batches can spike
-    trainer.optimizer.step()
-    trainer.optimizer.zero_grad(set_to_none=True)
+    with trainer.base.hold(train=True):
+        if spec.grad_clip:
+            accelerator.clip_grad_norm_(trainer.params, spec.grad_clip)  # LoRA on tiny batches can spike
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad(set_to_none=True)
     return step_loss
 
 
@@ -414,12 +442,14 @@ def evaluate(spec: FineTuneSpec, data: Data, trainer: Trainer, cancel, full: boo
     """The validation loss; with ``full`` also the score ranker's metrics (the slow part), when a task
     trains what a ranker scores."""
     device = trainer.accelerator.device
-    metrics = answer_loss(trainer.raw, data.val, trainer.pad_id, device, cancel,
-                          spec.rank_sasrec_weight) if data.val else {}
-    if full and spec.rank_eval and any(TASKS[t].ranking for t in spec.tasks):
-        metrics.update(ranking_metrics(trainer.raw, data.builder, data.val_cases, data.builder.retriever,
-                                       spec.eval_candidates, seed=spec.seed, cancel=cancel, device=device,
-                                       llm_name=trainer.llm_name))
+    # Shared base: the whole evaluation holds the lock (a GPU scores 32 users in ~2-3 s; requests wait).
+    with trainer.base.hold(train=False):
+        metrics = answer_loss(trainer.raw, data.val, trainer.pad_id, device, cancel,
+                              spec.rank_sasrec_weight) if data.val else {}
+        if full and spec.rank_eval and any(TASKS[t].ranking for t in spec.tasks):
+            metrics.update(ranking_metrics(trainer.raw, data.builder, data.val_cases, data.builder.retriever,
+                                           spec.eval_candidates, seed=spec.seed, cancel=cancel, device=device,
+                                           llm_name=trainer.llm_name))
     return finite(metrics)
 
 
@@ -427,7 +457,8 @@ def save_partial(out: Path, spec: FineTuneSpec, trainer: Trainer, state: State) 
     """``<out>.partial``, atomically (main process only): what ``resume`` continues from."""
     if trainer.main:
         from peft import get_peft_model_state_dict
-        ckpt.save_partial(out, get_peft_model_state_dict(trainer.raw), trainer.optimizer.state_dict(),
+        ckpt.save_partial(out, get_peft_model_state_dict(trainer.raw, adapter_name=trainer.adapter),
+                          trainer.optimizer.state_dict(),
                           {"step": state.step, "fingerprint": state.fingerprint, "losses": state.losses,
                            "metrics_before": state.metrics_before, "history": state.history,
                            "spec": asdict(spec)}, state.rng_state)
@@ -456,5 +487,6 @@ def adapter_meta(spec: FineTuneSpec, dataset, data: Data, state: State, llm_name
 
 def save_adapter(out: Path, trainer: Trainer, meta: dict) -> None:
     """The adapter folder, atomically (recdemo/storage.py), then the partial state it supersedes goes."""
-    ckpt.save_adapter(out, trainer.raw, meta)
+    with trainer.base.hold(train=False):
+        ckpt.save_adapter(out, trainer.raw, meta, trainer.adapter)
     ckpt.clear_partial(out)

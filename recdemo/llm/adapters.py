@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 from recdemo.data.dataset import BUILTIN_FOLDERS
@@ -47,6 +48,21 @@ def check_adapter_name(name: str) -> str:
         raise ModelNotFound("An adapter is chosen by its name (letters, digits, '-', '_' or '.', as in the "
                             "adapter list), never by a path.")
     return name
+
+
+def strip_lora_layers(model):
+    """``model`` (a PeftModel's base, or a model peft injected layers into) with every LoRA layer
+    replaced by the layer it wraps, in place: the bare base model again."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    parents = [(m, name, child) for m in model.modules() for name, child in m.named_children()]
+    for parent, name, child in parents:
+        if isinstance(child, BaseTunerLayer):
+            setattr(parent, name, child.get_base_layer())
+    for attr in ("peft_config", "_hf_peft_config_loaded"):
+        if attr in model.__dict__:
+            delattr(model, attr)
+    return model
 
 
 def is_adapter_dir(path: Path) -> bool:
@@ -226,6 +242,56 @@ class AdapterManager:
         if name not in self.metas:
             self.load(name)
         return self.metas[name]
+
+    # -- a LoRA being trained on the served base (finetune/shared_base.py) --
+    def add_training(self, config) -> str:
+        """A fresh trainable LoRA (peft ``LoraConfig``) on the served model, under a key no request
+        can name; it stays inactive for serving (``active`` never names it). Returns the key."""
+        self._versions += 1
+        internal = f"t{self._versions}_training"
+        config.base_model_name_or_path = self.llm.model.__dict__.get("name_or_path")  # as get_peft_model sets it
+        try:
+            if self.peft is None:
+                from peft import get_peft_model
+                self.peft = get_peft_model(self.llm.model, config, adapter_name=internal)
+            else:
+                self.peft.add_adapter(internal, config)
+        except Exception:  # e.g. no such target module: leave no half-injected LoRA on the served model
+            if self.peft is None:
+                strip_lora_layers(self.llm.model)
+            elif internal in self.peft.peft_config:
+                self.peft.delete_adapter(internal)
+            self._apply(self.active)
+            raise
+        self._apply(self.active)  # peft made the served adapter trainable while injecting: freeze it again
+        return internal
+
+    def training_params(self, internal: str) -> list:
+        return [p for n, p in self.peft.named_parameters() if f".{internal}." in n]
+
+    @contextmanager
+    def run_training(self, internal: str, train: bool):
+        """Within: the LoRA ``internal`` alone is active and trainable, the model in train (or eval)
+        mode; after, what was served before. The caller holds the service lock throughout."""
+        self.peft.set_adapter(internal)
+        self.peft.base_model.enable_adapter_layers()
+        self.peft.train(train)
+        try:
+            yield self.peft
+        finally:
+            self._apply(self.active)
+
+    def drop_training(self, internal: str) -> None:
+        """Remove the LoRA ``internal``; with no served adapter left the model is bare again (no peft)."""
+        if self.peft is None or internal not in self.peft.peft_config:
+            return
+        if self.loaded:
+            self.peft.delete_adapter(internal)
+        else:
+            strip_lora_layers(self.llm.model)
+            self.peft = None
+        self._apply(self.active)
+        self.llm.model.eval()
 
     # -- switching --
     def activate(self, name: str | None) -> None:

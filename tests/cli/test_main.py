@@ -26,7 +26,7 @@ def test_finetune_defaults_are_the_config_defaults():
     _, cfg = parse("finetune", "--out", "checkpoints/adapters/x")
     assert cfg.finetune == replace(FinetuneConfig(), out="checkpoints/adapters/x")
     spec = spec_from_config(cfg.finetune)
-    assert (spec.steps, spec.eval_users, spec.copy_base) == (FinetuneConfig.steps, FinetuneConfig.eval_users, False)
+    assert (spec.steps, spec.eval_users, spec.share_base) == (FinetuneConfig.steps, FinetuneConfig.eval_users, "share")
 
 
 def subparser(command: str):
@@ -132,7 +132,7 @@ def test_every_documented_fine_tune_field_is_a_flag():
     sub = subparser("finetune")
     dests = {a.dest for a in sub._actions}
     documented = {f"finetune.{f.name}" for f in fields(FinetuneConfig) if "help" in f.metadata}
-    assert documented <= dests and "finetune.copy_base" not in dests
+    assert documented <= dests and "finetune.share_base" not in dests
 
 
 def test_help_is_fast_and_loads_no_torch():
