@@ -2,13 +2,18 @@
 
     python bench/finetune.py                                 # movielens-small, 64 examples
     python bench/finetune.py --dataset amazon-beauty --examples 32 --micro-batch-size 2
+    python bench/finetune.py --micro-batch-size 4 --no-length-buckets   # before/after of length buckets
 
 Measures (reported, never asserted):
 - tokens per training example, per task (prompt + answer, heuristic profile, history without
   attributes as in training), over 400 examples;
 - a real `run_finetune` of --examples examples (steps = examples / batch size) on SmolLM2-135M:
   wall time, training tokens/s (forward + backward, all tokens of the batch), seconds per step,
-  and the time of the before/after validation (--eval-users users).
+  and the time of the before/after validation (--eval-users users);
+- padding share: padded positions / all positions the training forwards ran on (a count, the
+  same on any machine): with --micro-batch-size > 1 each micro-batch pads to its longest example;
+  length buckets (the default) put similar lengths together, --no-length-buckets keeps the sampled
+  order (the "before" of issue 16). micro-batch 1 (the CPU default) never pads.
 Prints a table and writes bench/results/finetune[-<dataset>].json.
 """
 from __future__ import annotations
@@ -45,9 +50,11 @@ def main() -> None:
     ap.add_argument("--examples", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--micro-batch-size", type=int, default=1)
+    ap.add_argument("--no-length-buckets", action="store_true", help="micro-batches in sampled order (more padding)")
     ap.add_argument("--eval-users", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-retriever", action="store_true")
+    ap.add_argument("--out", default=None, help="JSON file (default: bench/results/finetune[-<dataset>][-no-buckets].json)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -75,7 +82,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         spec = FineTuneSpec(tasks=tasks, steps=steps, examples=args.examples, batch_size=args.batch_size,
                             micro_batch_size=args.micro_batch_size, eval_users=args.eval_users,
-                            eval_every=0, out=f"{tmp}/bench", resume=False, copy_base=False)
+                            eval_every=0, out=f"{tmp}/bench", resume=False, share_base="share",
+                            length_buckets=not args.no_length_buckets)
         phases = {}
         last = {"phase": None, "t": time.perf_counter()}
 
@@ -91,7 +99,9 @@ def main() -> None:
     eval_s = phases.get("evaluating the base model", 0) + phases.get("evaluating the fine-tuned model", 0)
     report = {"dataset": ds.name, "model": llm.describe(), "threads": args.threads, "tasks": tasks,
               "examples": args.examples, "steps": steps, "batch_size": args.batch_size,
-              "micro_batch_size": args.micro_batch_size, "retriever": retriever is not None,
+              "micro_batch_size": args.micro_batch_size, "length_buckets": not args.no_length_buckets,
+              "padding_share": result["padding_share"], "padded_positions": result["padded_positions"],
+              "positions": result["positions"], "retriever": retriever is not None,
               "wall_s": round(wall, 1), "train_s": round(phases.get("training", 0.0), 1),
               "s_per_step": round(phases.get("training", 0.0) / steps, 2),
               "train_tokens_per_s": result["tokens_per_s"], "eval_s": round(eval_s, 1),
@@ -101,10 +111,12 @@ def main() -> None:
     for task, v in lengths.items():
         print(f"{task:<22}{v['mean']:>12.0f}{v['p95']:>8.0f}{v['max']:>8}{v['answer_mean']:>8.1f}")
     print(f"\n{'run':<28}{'value':>12}")
-    for key in ("examples", "steps", "micro_batch_size", "wall_s", "train_s", "s_per_step",
-                "train_tokens_per_s", "eval_s"):
+    for key in ("examples", "steps", "micro_batch_size", "length_buckets", "wall_s", "train_s", "s_per_step",
+                "train_tokens_per_s", "padding_share", "eval_s"):
         print(f"{key:<28}{report[key]:>12}")
-    out = ROOT / "bench" / "results" / ("finetune.json" if ds.name == "movielens-small" else f"finetune-{ds.name}.json")
+    name = "finetune" + ("" if ds.name == "movielens-small" else f"-{ds.name}") + (
+        "-no-buckets" if args.no_length_buckets else "")
+    out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
     print(f"wrote {out}")

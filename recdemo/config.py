@@ -112,6 +112,8 @@ class FinetuneConfig:
     examples: int | None = setting(None, "distinct training examples (default: steps x batch size, each seen once)")
     batch_size: int = setting(4, "examples per optimizer step (gradient accumulation over micro-batches)")
     micro_batch_size: int = setting(0, "examples per forward pass; 0 = 1 on CPU (no padding waste), 4 on GPU")
+    length_buckets: bool = setting(True, "micro-batches group examples of similar length (less padding); "
+                                         "--no-length-buckets keeps the sampled order")
     lora_r: int = setting(8, "LoRA rank")
     lora_alpha: int | None = setting(None, "LoRA alpha (default: 2 x rank)")
     lora_dropout: float = setting(0.05, "dropout on the LoRA path")

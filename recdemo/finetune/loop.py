@@ -112,8 +112,8 @@ class FineTuneSpec(FinetuneConfig):
              f"the rank task's SASRec weight must be at least 0, not {self.rank_sasrec_weight!r}"),
             (isinstance(self.init_adapter, str), f"init adapter must be a folder path, not {self.init_adapter!r}"),
             (all(isinstance(getattr(self, k), bool) for k in ("with_attributes", "rank_eval", "resume",
-                                                             "gradient_checkpointing")),
-             "with_attributes, rank_eval, resume and gradient_checkpointing must be true or false"),
+                                                             "gradient_checkpointing", "length_buckets")),
+             "with_attributes, rank_eval, resume, gradient_checkpointing and length_buckets must be true or false"),
             (self.share_base in SHARE_BASE,
              f"share base must be one of {', '.join(SHARE_BASE)}, not {self.share_base!r}"),
             (isinstance(self.out, str) and bool(self.out),
@@ -210,6 +210,8 @@ class State:
     history: list = field(default_factory=list)  # {"step", **metrics} per evaluation
     rng_state: torch.Tensor | None = None  # the CPU RNG at the last step boundary: what a resume restores
     tokens: int = 0
+    positions: int = 0  # token positions the training forwards ran on, padding included
+    padding: int = 0  # ... of which padding (micro-batches pad to their longest example)
     t_loop: float | None = None  # when training began; a stop after it keeps the partial state
 
 
@@ -284,7 +286,9 @@ def run_finetune(spec: FineTuneSpec, dataset, service, retriever=None, progress=
     result = {"status": "done", "adapter": out.name, "path": path, "metrics_before": state.metrics_before,
               "metrics_after": metrics_after, "steps": state.step, "examples": len(data.train),
               "examples_dropped": data.dropped, "seconds": round(time.perf_counter() - start, 1),
-              "tokens_per_s": round(state.tokens / max(train_seconds, 1e-9), 1)}
+              "tokens_per_s": round(state.tokens / max(train_seconds, 1e-9), 1),
+              "padding_share": round(state.padding / max(state.positions, 1), 4), "padded_positions": state.padding,
+              "positions": state.positions}
     report(state.step, "done", eta_s=0.0, metrics=metrics_after)
     return result
 
@@ -410,7 +414,7 @@ def train_step(spec: FineTuneSpec, trainer: Trainer, state: State, examples: lis
     for group in trainer.optimizer.param_groups:
         group["lr"] = lr
     accelerator, step_loss = trainer.accelerator, 0.0
-    parts = micro_batches(examples, trainer.micro)
+    parts = micro_batches(examples, trainer.micro, spec.length_buckets)
     for m, part in enumerate(parts):
         check_cancel(cancel)  # a CPU step takes seconds: also check between micro-batches
         # Gradients sync across GPUs only on the last micro-batch (no_sync is a no-op on 1 device).
@@ -422,6 +426,8 @@ def train_step(spec: FineTuneSpec, trainer: Trainer, state: State, examples: lis
             accelerator.backward(loss)
         step_loss += loss.detach().item()
         state.tokens += n_tokens
+        positions, padding = padded_positions(part)
+        state.positions, state.padding = state.positions + positions, state.padding + padding
     with trainer.base.hold(train=True):
         if spec.grad_clip:
             accelerator.clip_grad_norm_(trainer.params, spec.grad_clip)  # LoRA on tiny batches can spike
@@ -430,12 +436,26 @@ def train_step(spec: FineTuneSpec, trainer: Trainer, state: State, examples: lis
     return step_loss
 
 
-def micro_batches(examples: list[dict], micro: int) -> list[list[dict]]:
-    """``examples`` in micro-batches of ``micro``; several to a batch, similar lengths go together,
-    so a batch pads to less than its longest example would otherwise force on all (issue 16)."""
-    if micro > 1:
+def micro_batches(examples: list[dict], micro: int, buckets: bool = True) -> list[list[dict]]:
+    """``examples`` in micro-batches of ``micro``; several to a batch, with ``buckets`` similar lengths
+    go together, so a batch pads to less than its longest example would otherwise force on all (issue 16)."""
+    if micro > 1 and buckets:
         examples = sorted(examples, key=lambda e: len(e["input_ids"]))  # stable: ties keep their order
     return [examples[i:i + micro] for i in range(0, len(examples), micro)]
+
+
+def padded_positions(part: list[dict]) -> tuple[int, int]:
+    """(positions a micro-batch's forwards run on, of which padding): the examples of a loss that
+    pads (the answer-token tasks, tasks.py) share one forward as long as the longest; the others run
+    one at a time, unpadded."""
+    groups: dict[object, list[int]] = {}
+    for e in part:
+        groups.setdefault(TASKS[e["task"]].loss, []).append(len(e["input_ids"]))
+    positions = padding = 0
+    for loss, lengths in groups.items():
+        width = len(lengths) * max(lengths) if getattr(loss, "pads", False) else sum(lengths)
+        positions, padding = positions + width, padding + width - sum(lengths)
+    return positions, padding
 
 
 def evaluate(spec: FineTuneSpec, data: Data, trainer: Trainer, cancel, full: bool) -> dict:

@@ -40,6 +40,7 @@ class Example:
 # -- losses: a task names one; examples that share a loss share a forward where they can --
 class AnswerTokens:
     """Cross-entropy of the answer tokens; a micro-batch's examples go through one padded forward."""
+    pads = True  # loop.padded_positions: its micro-batch is padded to the longest example
 
     def train_loss(self, model, encoded: list[dict], pad_id: int, device, sasrec_weight: float = 0.0):
         """(the sum of the examples' own mean losses, tokens run)."""

@@ -145,14 +145,43 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(service, toy_data
         assert torch.allclose(a[k], b[k], atol=1e-6), k
 
 
-def test_gradient_checkpointing_trains_the_same_weights(service, toy_dataset, tmp_path):
+@pytest.mark.parametrize("micro", [1, 2])  # 2: length-bucketed padded micro-batches
+def test_gradient_checkpointing_trains_the_same_weights(service, toy_dataset, tmp_path, micro):
+    losses = {}
     for name, gc in (("plain", False), ("gc", True)):
+        losses[name] = []
         run_finetune(spec_for(tmp_path / "adapters" / name, steps=2, eval_every=0, rank_eval=False,
-                              gradient_checkpointing=gc), toy_dataset, service)
+                              gradient_checkpointing=gc, micro_batch_size=micro), toy_dataset, service,
+                     progress=lambda e: e["phase"] == "training" and losses[name].append(e["loss"]))
+    assert losses["gc"] == pytest.approx(losses["plain"], rel=1e-5) and len(losses["gc"]) == 2
     a = load_file(str(tmp_path / "adapters" / "plain" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "adapters" / "gc" / "adapter_model.safetensors"))
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5), k
+    assert not service.llm.model.is_gradient_checkpointing  # the served model was never switched
+
+
+def test_length_buckets_cut_padding_and_train_the_same_weights(service, toy_dataset, tmp_path):
+    runs = {}
+    for buckets in (False, True):
+        out = tmp_path / "adapters" / f"b{buckets}"
+        spec = spec_for(out, tasks=["recommend", "genrec", "tallrec"], steps=3, batch_size=4, micro_batch_size=2,
+                        lora_dropout=0.0, eval_every=0, rank_eval=False, length_buckets=buckets)
+        runs[buckets] = run_finetune(spec, toy_dataset, service), load_file(str(out / "adapter_model.safetensors"))
+    (plain, a), (bucketed, b) = runs[False], runs[True]
+    assert plain["padded_positions"] > bucketed["padded_positions"] >= 0
+    assert plain["positions"] - plain["padded_positions"] == bucketed["positions"] - bucketed["padded_positions"]
+    assert 0 <= bucketed["padding_share"] < plain["padding_share"] < 1
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-3), k
+
+
+def test_padded_positions_count_what_the_forwards_pad():
+    from recdemo.finetune.loop import padded_positions
+    part = [{"task": "genrec", "input_ids": [0] * 10}, {"task": "recommend", "input_ids": [0] * 4},
+            {"task": "rank", "input_ids": [0] * 7}, {"task": "rank", "input_ids": [0] * 3}]
+    assert padded_positions(part) == (2 * 10 + 7 + 3, 6)  # rank examples run one at a time, unpadded
+    assert padded_positions(part[:1]) == (10, 0)
 
 
 def test_length_bucketed_micro_batches_train_what_one_example_at_a_time_does(service, toy_dataset, tmp_path):
@@ -175,6 +204,7 @@ def test_micro_batches_group_similar_lengths():
     examples = [{"input_ids": [0] * n, "n": n} for n in (50, 7, 30, 9, 31, 8)]
     assert [[e["n"] for e in part] for part in micro_batches(examples, 2)] == [[7, 8], [9, 30], [31, 50]]
     assert micro_batches(examples, 1) == [[e] for e in examples]  # one at a time: no padding, order kept
+    assert [[e["n"] for e in part] for part in micro_batches(examples, 2, buckets=False)] == [[50, 7], [30, 9], [31, 8]]
 
 
 def test_resume_ignores_state_from_a_different_run(service, toy_dataset, tmp_path):
