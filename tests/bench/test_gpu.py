@@ -70,13 +70,31 @@ def test_tiny_run_writes_every_figure(bench, tokenizer_dir, tmp_path):
         assert positive(x["tokens_per_s"]) and positive(x["limit_tokens_per_s"]) and 0 < x["ratio"] < 5
         assert x["peak_gb"] is None  # CUDA only
     assert r["lora"][1]["trainable_params"] > r["lora"][0]["trainable_params"] > 0
-    f = r["finetune"]
-    assert f["status"] == "done" and f["steps"] == 2 and positive(f["tokens_per_s"]) and f["copy_base"] is True
+    assert [f["lora_targets"] for f in r["finetune"]] == ["q_proj,v_proj", "all-linear"]
+    for f in r["finetune"]:
+        assert f["status"] == "done" and f["steps"] == 2 and f["share_base"] == "share" and f["served"] is None
+        assert positive(f["tokens_per_s"]) and 0 <= f["padding_share"] < 1 and 0 < f["ratio"] < 5
+        assert f["limit_tokens_per_s"] > f["tokens_per_s"]
+    t = r["together"]  # the same run while a thread serves score requests from the same model
+    assert t["status"] == "done" and t["served"]["requests"] >= 1 and t["served"]["errors"] == 0
+    e = r["explain"]
+    assert e["explanations"] == 10 and e["n"] == 2 and e["p90_ms"] >= e["p50_ms"] > 0 and positive(e["limit_ms"])
+    ev = r["eval"]
+    assert (ev["users"], ev["test_users"], ev["batch_size"], ev["measured_all"]) == (8, 48, 4, False)
+    assert ev["minutes_all_users"] == pytest.approx(ev["per_user_ms"] * 48 / 6e4) and ev["ndcg@10"] is not None
+    c = r["concurrent"]
+    assert (c["users"], c["requests"], c["errors"]) == (2, 2, 0) and c["p95_ms"] >= c["p50_ms"] > 0
     assert r["memory"] == {"weights_gb": None, "inference_peak_gb": None, "inference_peak_reserved_gb": None,
                            "together_gb": None}
-    assert set(r["targets"].values()) == {None}  # tiny CPU figures are never checked against GPU targets
+    assert [t[0] for t in bench.TARGETS] == list(r["targets"])
+    assert {t["met"] for t in r["targets"].values()} == {None}  # tiny CPU figures are never judged
+    assert r["targets"]["10 explanations for one user p50 (ms)"]["value"] == e["p50_ms"]
     table = (tmp_path / "gpu-tiny-cpu.md").read_text()
     assert table.startswith("### TINY CPU SMOKE RUN (not GPU figures)") and "| score rerank" in table
+    for row in ("10 explanations", "run_finetune, shared base", "serving and fine-tuning at once", "evaluate --batch-size",
+                "2 concurrent users"):
+        assert row in table, row
+    assert "<= 300 ms (not judged)" in table
 
 
 @pytest.mark.parametrize("extra", [[], ["--grad-checkpointing"]])
@@ -166,7 +184,7 @@ def test_stop_string_criteria_are_built_once_per_tokenizer(tiny_service):
 
 
 def test_a_failing_setting_is_reported_and_the_rest_still_written(bench, tokenizer_dir, tmp_path):
-    r = bench.main(tiny_args(tmp_path, tokenizer_dir, "--skip", "rankers,profile,finetune",
+    r = bench.main(tiny_args(tmp_path, tokenizer_dir, "--skip", "rankers,profile,explain,eval,concurrent,finetune",
                              "--lora-targets", "no_such_proj", "q_proj,v_proj"))
     assert "no_such_proj" in r["errors"]["lora no_such_proj 32"]
     assert [x["targets"] for x in r["lora"]] == ["q_proj,v_proj"]
@@ -178,9 +196,40 @@ def test_a_failing_setting_is_reported_and_the_rest_still_written(bench, tokeniz
 def test_default_tiny_run_on_movielens_has_realistic_prompts(bench, tmp_path):
     """The default --tiny path: cached SmolLM2 tokenizer, movielens-small titles (RECDEMO_DATA_DIR)."""
     real_data_root()
-    r = bench.main(["--tiny", "--out", str(tmp_path), "--users", "2", "--skip", "profile,lora,finetune"])
+    r = bench.main(["--tiny", "--out", str(tmp_path), "--users", "2", "--skip",
+                    "profile,explain,eval,concurrent,lora,finetune,together"])
     assert r["catalog"]["source"] == "movielens-small" and r["tokenizer"]["size"] == 49152
     assert r["model"]["vocab"] == 49152  # max(32000, tokenizer): SmolLM2's tokenizer stands in for LLaMA's
     assert 300 < r["score"]["prompt_tokens"] < 700  # history of 20 titles + profile, no candidates
     assert r["palr"]["prompt_tokens"] > 800  # ... plus the 50 candidates
     assert r["score"]["answer_tokens"] > 10  # the candidates' branching tokens, fed in one call
+
+
+def test_targets_are_judged_on_gpu_figures_only(bench):
+    r = {"gpu_figures": True, "score": {"p50_ms": 25.0, "p90_ms": 45.0},
+         "score_batched": [{"batch": 4, "per_user_ms": 30.0}, {"batch": 16, "per_user_ms": 9.0}],
+         "finetune": [{"lora_targets": "all-linear", "ratio": 0.30}], "memory": {"together_gb": 31.0},
+         "eval": {"minutes_all_users": 12.0}}
+    met = {k: v["met"] for k, v in bench.check_targets(r).items()}
+    assert met["score rerank p50 (ms)"] is True and met["score rerank p90 (ms)"] is False
+    assert met["score batched, per user at batch 16 (ms)"] is True  # the batch-16 row, not the batch-4 one
+    assert met["run_finetune all-linear (share of the matmul limit)"] is False
+    assert met["run_finetune q_proj,v_proj (share of the matmul limit)"] is None  # not measured
+    assert met["serving and fine-tuning at once, peak (GB)"] is True
+    assert met["evaluation of all amazon-beauty test users (minutes)"] is False
+    assert {v["met"] for v in bench.check_targets({**r, "gpu_figures": False}).values()} == {None}
+
+
+def test_unknown_skip_section_is_refused(bench, tmp_path):
+    with pytest.raises(SystemExit, match="unknown section"):
+        bench.main(["--tiny", "--out", str(tmp_path), "--skip", "rankers,lunch"])
+
+
+def test_synthetic_evaluation_data_has_the_requested_size(bench):
+    import gpu_setup
+    assert gpu_setup.BEAUTY_SIZE == {"n_items": 12_101, "n_users": 22_332}
+    d = gpu_setup.synthetic_like(n_items=500, n_users=120, seed=3)
+    assert d.n_items == 500 and len(d.eval_cases("test")) == 120  # every user has a test case
+    lengths = [len(s) for s in d.sequences]
+    assert min(lengths) >= 3 and 7 < sum(lengths) / len(lengths) < 11  # amazon-beauty's ~9 a user
+    assert all(len(set(s.tolist())) == len(s) for s in d.sequences)
