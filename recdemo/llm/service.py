@@ -197,9 +197,13 @@ def left_padded(tok, prompts: list[str]) -> dict:
     follow each prompt directly), as ``tok(prompts, padding=True)`` with left padding would give.
     Padded by hand: asking the tokenizer to pad switches its padding on and off, and a prompt
     encoded meanwhile by another thread (outside the model lock) then fails or comes back padded."""
-    rows = tok(list(prompts), add_special_tokens=False)["input_ids"]
+    return pad_left(tok(list(prompts), add_special_tokens=False)["input_ids"],
+                    tok.pad_token_id if tok.pad_token_id is not None else 0)
+
+
+def pad_left(rows: list[list[int]], pad: int) -> dict:
+    """Token rows -> input_ids and attention_mask, each row right-aligned after ``pad`` tokens."""
     width = max(len(r) for r in rows)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for b, r in enumerate(rows):
