@@ -102,11 +102,11 @@ class Coalescer:
         return batch
 
     def _call(self, key, payloads: list) -> list:
-        self._inside.active = True
+        outer, self._inside.active = getattr(self._inside, "active", False), True
         try:
             results = list(self._run(key, payloads))
         finally:
-            self._inside.active = False
+            self._inside.active = outer  # a nested call must not end its outer batch's mark
         if len(results) != len(payloads):
             raise RuntimeError(f"a batch of {len(payloads)} jobs returned {len(results)} results")
         return results

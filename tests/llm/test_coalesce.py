@@ -106,15 +106,18 @@ def test_a_caller_holding_the_gate_or_inside_a_batch_runs_at_once():
 
     def run(key, payloads):
         calls.append(list(payloads))
-        if payloads == ["outer"]:
-            return [c.submit(key, "inner")]  # a batch that needs the coalescer again
+        if payloads == ["outer"]:  # a batch that needs the coalescer again, twice
+            return [c.submit(key, "inner") + c.submit(key, "again")]
         return [p.upper() for p in payloads]
 
     c = Coalescer(run, gate=gate)
     with gate:  # waiting for a leader that needs the gate would never end
         assert c.submit("k", "held") == "HELD"
-    assert c.submit("k", "outer") == "INNER"
-    assert calls == [["held"], ["outer"], ["inner"]]
+    assert c.submit("k", "outer") == "INNERAGAIN"
+    assert calls == [["held"], ["outer"], ["inner"], ["again"]]
+    gateless = Coalescer(run)  # no gate to tell: the mark alone must last the whole outer batch
+    c = gateless
+    assert c.submit("k", "outer") == "INNERAGAIN"
 
 
 def test_a_wrong_number_of_results_is_an_error_not_a_silent_mix_up():
