@@ -286,11 +286,11 @@ class Recommender:
         rk = self.ranker(run.ranker)
         if batchable(rk):
             ranked = self._reranks.submit((run.ranker, run.adapter), req)
+            run.ranker_prompt = rk.prompt(req)  # text only: no need to wait for the model lock again
         else:
             with self.service.use_adapter(run.adapter):
                 ranked = list(rk.rank(req))
-        with self.service.lock:  # the model's tokenizer is not safe to share between threads
-            run.ranker_prompt = rk.prompt(req)
+                run.ranker_prompt = rk.prompt(req)
         ranked = self._check_ranked(ranked, run.candidates, run.hist, depth, run.ranker, run.warnings,
                                     run.excluded)
         run.ranked, run.steered = (lift(self.catalog, ranked, run.steer, run.k) if run.steer
