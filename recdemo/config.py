@@ -97,6 +97,11 @@ class LLMConfig:
     max_history: int = 20
     n_results: int = setting(10, "recommendations per request", flag="--top")
     fuse: bool = True  # fuse the LLM score with SASRec's (weight chosen on validation)
+    # Concurrent requests share model calls (llm/coalesce.py); these bound one shared call's memory:
+    # prompts in one batched generate (explanations: 5 per request and stage), requests in one
+    # batched rerank (each up to limits.max_candidates candidates).
+    coalesce_rows: int = 64
+    coalesce_reranks: int = 16
     fusion_dir: str = str(PROJECT_ROOT / "checkpoints" / "fusion")  # <dataset>.json: shipped tuned weights
     fusion_cache_dir: str = str(PROJECT_ROOT / ".cache" / "fusion")  # weights tuned here, by dataset hash
     hf_token: str | None = field(default=None, repr=False)  # a secret: never in logs
@@ -195,6 +200,11 @@ class AppConfig:
     upload_hours: float = 24.0
     gradio_cache_hours: float = 6.0
     gradio_cache_dir: str = ""  # "" = gradio's own upload folder ($GRADIO_TEMP_DIR or <tmp>/gradio)
+    # Recommend requests (page and API together) the app runs at once; more wait in gradio's queue.
+    # Their model work is batched (llm.coalesce_rows / coalesce_reranks bound each batch's memory);
+    # each running request holds its own candidates, profile and explanations.
+    concurrent_requests: int = 16
+    queue_size: int = 64  # requests waiting beyond those; more are refused at once (gradio's max_size)
 
 
 @dataclass

@@ -114,6 +114,12 @@ class AppContext:
         self._closing = threading.Event()
         self._cleaner: threading.Thread | None = None
 
+    def recommend_concurrency(self) -> dict:
+        """Gradio event options shared by every Recommend event and API: one queue ("recommend"),
+        ``app.concurrent_requests`` running at once. Their model work is batched across them
+        (llm/coalesce.py), so running them together is what lets a room share the model."""
+        return dict(concurrency_limit=max(1, int(self.cfg.app.concurrent_requests)), concurrency_id="recommend")
+
     # -- shared objects --
     @property
     def service(self):

@@ -25,9 +25,10 @@ def build(cfg: Config | None = None, ctx: AppContext | None = None, warmup: bool
     if warmup:
         ctx.start_warmup()
     demo = build_ui(ctx)
-    # Recommendations are cheap next to a fine-tune, which runs on its own thread (jobs.py);
-    # the events' own concurrency limits keep 2 CPU cores from being oversubscribed.
-    demo.queue(default_concurrency_limit=4, max_size=64)
+    # A fine-tune runs on its own thread (jobs.py). Recommend events share one concurrency limit
+    # (ctx.recommend_concurrency, from the config): concurrent requests run together and their model
+    # calls are batched (llm/coalesce.py); the other events are light.
+    demo.queue(default_concurrency_limit=4, max_size=cfg.app.queue_size)
     return demo, ctx
 
 

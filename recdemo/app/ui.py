@@ -119,7 +119,7 @@ def _add_api(ctx: AppContext, default: str) -> None:
         app is doing."""
         return ctx.status(dataset)
 
-    shared = dict(concurrency_limit=2, concurrency_id="recommend")
+    shared = ctx.recommend_concurrency()
     gr.api(recommend_api, api_name="recommend", **shared)
     gr.api(recommend_stream_api, api_name="recommend_stream", **shared)
     gr.api(status_api, api_name="status", queue=False)

@@ -137,9 +137,14 @@ def batched_tree_logprobs(model, prompts: list[list[int]], trees: list[_Recorder
     return answers
 
 
+def batchable(ranker) -> bool:
+    """Whether ``score_lists`` / ``rank_batch`` serve this ranker (evaluation and concurrent requests)."""
+    return getattr(ranker, "name", None) == "score"
+
+
 def score_lists(ranker, reqs: list[RerankRequest]) -> list[ScoredList]:
     """``ranker.score_list(req)`` for every request (a ``score`` ranker), in two model calls."""
-    if getattr(ranker, "name", None) != "score":
+    if not batchable(ranker):
         raise ValueError(f"batched scoring needs the 'score' ranker, not {getattr(ranker, 'name', ranker)!r}")
     outs = [ranker.candidate_list(r) for r in reqs]
     if not reqs:

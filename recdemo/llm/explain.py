@@ -202,8 +202,14 @@ class Explainer:
             prefixes.append(prefix)
         self.last_prompts = prompts
         tails = self.service.generate(prompts, max_new_tokens=self.max_new_tokens, stop_strings=["\n"],
-                                      stop_when=lambda text: bool(DONE.search(text)), adapter=adapter)
+                                      stop_when=sentence_done, adapter=adapter)
         return list(zip(prefixes, tails))
+
+
+def sentence_done(text: str) -> bool:
+    """generate's ``stop_when``: a module-level function, so concurrent requests' explanation
+    calls compare equal and share one batch (LLMService.generate)."""
+    return bool(DONE.search(text))
 
 
 def trimmed(prefix: str, written: str):

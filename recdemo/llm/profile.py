@@ -18,6 +18,7 @@ from collections import Counter, OrderedDict
 import torch
 
 from recdemo.records import Keyword, Profile
+from recdemo.llm.coalesce import Coalescer
 from recdemo.llm import prompts as P
 
 STOPWORDS = frozenset(
@@ -296,6 +297,8 @@ class ProfileGenerator:
         self._cache: OrderedDict = OrderedDict()
         self._cache_lock = threading.Lock()
         self._cache_size = cache_size
+        # concurrent requests' profiles (same adapter) are written in one batch: see _write_batch
+        self._writes = Coalescer(self._write_batch, max_rows=service.cfg.coalesce_rows, gate=service.lock)
 
     def prompt(self, history) -> str:
         """The profile prompt for the newest history items that fit the model's context, leaving room
@@ -322,8 +325,7 @@ class ProfileGenerator:
                 self._cache.move_to_end(key)
                 return self._cache[key]
         prompt = self.prompt(hist)
-        with self.service.use_adapter(adapter) as llm:
-            raw = self._write(llm, prompt)
+        raw = self._writes.submit(adapter, prompt)
         llm_keywords, summary = parse_profile(raw)
         keywords = build_keywords(self.catalog, hist, llm_keywords)
         if len(summary.split()) < 3 or repetitive(summary) or self._copied_example(summary):
@@ -373,6 +375,52 @@ class ProfileGenerator:
         sentence = tok.decode(out2[0, ids2.shape[1]:], skip_special_tokens=True).split("\n")[0]
         sentence = sentence[: sentence.find(".") + 1] if "." in sentence else sentence
         return f"{P.PROFILE_PREFIX}{line}\n{P.PROFILE_SUMMARY_PREFIX}{sentence}"
+
+
+    def _write_batch(self, adapter: str | None, prompts: list[str]) -> list[str]:
+        """The coalescer's batch: one prompt is written exactly as alone (``_write``); several (concurrent
+        requests) share each pass's model call. Their pass 2 feeds prompt + keyword line afresh (each row
+        would need its own cut of pass 1's cache): one more prefill per row, far cheaper than decoding
+        every row on its own."""
+        with self.service.use_adapter(adapter) as llm:
+            if len(prompts) == 1:
+                return [self._write(llm, prompts[0])]
+            return self._write_many(llm, prompts)
+
+    def _write_many(self, llm, prompts: list[str]) -> list[str]:
+        from recdemo.llm.service import TextStop, stop_string_criteria
+
+        tok = llm.tokenizer
+        ids = [list(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+        firsts = _greedy(llm, ids, self.keyword_tokens, lambda width: [TextStop(tok, width, keyword_line_done)])
+        lines = [text.split("\n")[0] for text in firsts]
+        tails = [f" {', '.join(split_keywords(line))}\n{P.PROFILE_SUMMARY_PREFIX}" for line in lines]
+        rows = [row + list(tok(tail, add_special_tokens=False)["input_ids"]) for row, tail in zip(ids, tails)]
+        seconds = _greedy(llm, rows, self.summary_tokens, lambda width: [stop_string_criteria(tok, [".", "\n"])])
+        out = []
+        for line, text in zip(lines, seconds):
+            sentence = text.split("\n")[0]
+            sentence = sentence[: sentence.find(".") + 1] if "." in sentence else sentence
+            out.append(f"{P.PROFILE_PREFIX}{line}\n{P.PROFILE_SUMMARY_PREFIX}{sentence}")
+        return out
+
+
+def _greedy(llm, rows: list[list[int]], max_new_tokens: int, criteria) -> list[str]:
+    """Greedy continuations of token rows in one call (left padded); ``criteria(width)`` -> stopping
+    criteria for prompts padded to ``width``. Returns each row's new text."""
+    from transformers import StoppingCriteriaList
+
+    from recdemo.llm.service import pad_left
+
+    tok = llm.tokenizer
+    enc = pad_left(rows, tok.pad_token_id if tok.pad_token_id is not None else 0)
+    width = enc["input_ids"].shape[1]
+    with torch.inference_mode():
+        out = llm.model.generate(enc["input_ids"].to(llm.device), attention_mask=enc["attention_mask"].to(llm.device),
+                                 max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, temperature=None,
+                                 top_p=None, top_k=None, pad_token_id=tok.pad_token_id,
+                                 stopping_criteria=StoppingCriteriaList(criteria(width)))
+    return tok.batch_decode(out[:, width:], skip_special_tokens=True)
 
 
 def keyword_line_done(text: str) -> bool:

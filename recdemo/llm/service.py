@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, StopStringCriteria
 
+from recdemo.llm.coalesce import Coalescer
 from recdemo.llm.adapters import AdapterManager, check_adapter_name, finetune_hint, is_adapter_dir
 from recdemo.llm.models import LLM, load_llm
 from recdemo.errors import ModelNotFound
@@ -42,6 +43,8 @@ class LLMService:
         self.lock = threading.RLock()
         self._llm = llm
         self._adapters: AdapterManager | None = None
+        # concurrent generate calls with the same settings: one batched call (see generate)
+        self.generations = Coalescer(self._generate_merged, max_rows=cfg.coalesce_rows, gate=self.lock)
 
     # -- lazy parts --
     @property
@@ -141,20 +144,39 @@ class LLMService:
         """Greedy continuation of each prompt in one batched call (left padding). Returns only the new text.
 
         ``stop_strings`` end a sequence early (each sequence stops on its own); the returned text is cut
-        before the first stop string. ``stop_when(new_text)`` is a predicate checked after every token.
-        Holds the lock (via ``use_adapter``) for the whole call.
+        before the first stop string. ``stop_when(new_text)`` is a predicate checked after every token
+        (pass a module-level function: calls merge only when their settings compare equal).
+
+        Concurrent calls with equal settings (adapter, max_new_tokens, stop strings, stop_when, other
+        keyword arguments) that wait while the model is busy run as one batched call of at most
+        ``cfg.coalesce_rows`` prompts; each caller gets its own texts back.
         """
         if not prompts:
             return []
+        prompts = list(prompts)
+        key = _settings_key(adapter, max_new_tokens, stop_strings, stop_when, gen_kwargs)
+        if key is None:  # settings that cannot be compared (e.g. a list argument): run alone
+            return self._generate_batch(prompts, max_new_tokens, stop_strings, adapter, stop_when, **gen_kwargs)
+        return self.generations.submit(key, prompts, rows=len(prompts))
+
+    def _generate_merged(self, key, jobs: list[list[str]]) -> list[list[str]]:
+        """The coalescer's batch: every job's prompts in one call, the texts split back per job."""
+        adapter, max_new_tokens, stops, stop_when, extra = key
+        texts = self._generate_batch([p for job in jobs for p in job], max_new_tokens,
+                                     list(stops) if stops is not None else None, adapter, stop_when, **dict(extra))
+        out, at = [], 0
+        for job in jobs:
+            out.append(texts[at:at + len(job)])
+            at += len(job)
+        return out
+
+    def _generate_batch(self, prompts: list[str], max_new_tokens: int = 32, stop_strings: list[str] | None = None,
+                        adapter: str | None = None, stop_when: Callable[[str], bool] | None = None,
+                        **gen_kwargs) -> list[str]:
+        """``generate``'s one model call for ``prompts``. Holds the lock (via ``use_adapter``)."""
         with self.use_adapter(adapter) as llm:
             tok = llm.tokenizer
-            side = tok.padding_side
-            tok.padding_side = "left"  # decoder-only: new tokens must follow the prompt directly
-            try:
-                enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
-            finally:
-                tok.padding_side = side
-            enc = {k: v.to(llm.device) for k, v in enc.items()}
+            enc = {k: v.to(llm.device) for k, v in left_padded(tok, prompts).items()}
             kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
                           num_beams=1, **gen_kwargs)
             criteria = [stop_string_criteria(tok, stop_strings)] if stop_strings else []
@@ -168,6 +190,38 @@ class LLMService:
         if stop_strings:
             texts = [_cut(t, stop_strings) for t in texts]
         return texts
+
+
+def left_padded(tok, prompts: list[str]) -> dict:
+    """input_ids and attention_mask of ``prompts``, padded on the left (decoder-only: new tokens must
+    follow each prompt directly), as ``tok(prompts, padding=True)`` with left padding would give.
+    Padded by hand: asking the tokenizer to pad switches its padding on and off, and a prompt
+    encoded meanwhile by another thread (outside the model lock) then fails or comes back padded."""
+    return pad_left(tok(list(prompts), add_special_tokens=False)["input_ids"],
+                    tok.pad_token_id if tok.pad_token_id is not None else 0)
+
+
+def pad_left(rows: list[list[int]], pad: int) -> dict:
+    """Token rows -> input_ids and attention_mask, each row right-aligned after ``pad`` tokens."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, r in enumerate(rows):
+        if r:
+            ids[b, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[b, width - len(r):] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _settings_key(adapter, max_new_tokens, stop_strings, stop_when, gen_kwargs) -> tuple | None:
+    """What must be equal for two generate calls to share one batch; None when it is not hashable."""
+    key = (adapter, int(max_new_tokens), tuple(stop_strings) if stop_strings else None, stop_when,
+           tuple(sorted(gen_kwargs.items())))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 class TextStop(StoppingCriteria):

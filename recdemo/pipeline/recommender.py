@@ -6,7 +6,9 @@
 ``records.Recommendation`` (JSON-friendly via ``to_dict()``) as each stage finishes (the page and
 /recommend_stream show them as they come); ``recommend`` is its last state. Thread-safe: retrieval runs outside
 the model lock; every model call holds ``service.lock`` through ``service.use_adapter`` (the app
-serves several users from one model while a fine-tune runs).
+serves several users from one model while a fine-tune runs). Concurrent requests share model calls
+(llm/coalesce.py): their explanations through ``LLMService.generate``, their reranks (rankers with
+a batched form, ``batch_score.batchable``) through ``batch_score.rank_batch``.
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from typing import Iterator
 import numpy as np
 
 from recdemo.data.title_search import TitleMatcher
+from recdemo.llm.batch_score import batchable, rank_batch
+from recdemo.llm.coalesce import Coalescer
 from recdemo.llm.explain import Explainer
 from recdemo.errors import ModelNotFound
 from recdemo.llm.profile import ProfileGenerator, heuristic_profile
@@ -78,6 +82,9 @@ class Recommender:
         self._explain_lock = threading.RLock()
         self._explained: OrderedDict = OrderedDict()  # (history, model) + item -> Explanation
         self._personas: dict[str, list[str]] | None = None
+        # concurrent reranks with the same ranker and adapter: one batched scoring call
+        self._reranks = Coalescer(self._rank_many, max_rows=cfg.llm.coalesce_reranks,
+                                  gate=getattr(self.service, "lock", None))
 
     @classmethod
     def from_config(cls, cfg, dataset_name: str | None = None, data_dir: str | None = None,
@@ -277,14 +284,26 @@ class Recommender:
         depth = run.k if not run.steer or run.ranker == "genrec" else min(2 * run.k, len(run.candidates))
         req = RerankRequest(history=run.hist, candidates=run.candidates, profile=run.profile, k=depth)
         rk = self.ranker(run.ranker)
-        with self.service.use_adapter(run.adapter):
-            ranked = list(rk.rank(req))
-            run.ranker_prompt = rk.prompt(req)
+        if batchable(rk):
+            ranked = self._reranks.submit((run.ranker, run.adapter), req)
+            run.ranker_prompt = rk.prompt(req)  # text only: no need to wait for the model lock again
+        else:
+            with self.service.use_adapter(run.adapter):
+                ranked = list(rk.rank(req))
+                run.ranker_prompt = rk.prompt(req)
         ranked = self._check_ranked(ranked, run.candidates, run.hist, depth, run.ranker, run.warnings,
                                     run.excluded)
         run.ranked, run.steered = (lift(self.catalog, ranked, run.steer, run.k) if run.steer
                                    else (ranked[:run.k], {}))
         run.timings["rerank"] = time.perf_counter() - t
+
+    def _rank_many(self, key: tuple, reqs: list[RerankRequest]) -> list[list[RankedItem]]:
+        """The rerank coalescer's batch: one request runs exactly as alone (``rank``); several share
+        the batched scoring (the same scores up to float rounding, tests/pipeline check it)."""
+        name, adapter = key
+        rk = self.ranker(name)
+        with self.service.use_adapter(adapter):
+            return [list(rk.rank(reqs[0]))] if len(reqs) == 1 else rank_batch(rk, reqs)
 
     def _explain_stage(self, run: "_Run", items: list[int]) -> None:
         """Explanations of ``items``; those of this history written before (a steering rerun keeps

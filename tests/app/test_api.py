@@ -147,3 +147,50 @@ def test_a_second_start_in_a_session_is_refused_with_an_error_the_client_sees(ap
             ctx.jobs.cancel(jid)
         for jid in jobs:
             ctx.jobs.wait(jid, timeout=10)
+
+
+def test_two_recommend_calls_run_at_the_same_time(tmp_path):
+    """Two /recommend calls overlap in the server (else neither would pass the barrier, which
+    needs both inside recommend_stages at once): the app does not queue whole requests."""
+    import threading
+
+    from gradio_client import Client
+
+    from _app_fakes import FakeRecommender
+    from recdemo.app.main import launch
+
+    class Meeting(FakeRecommender):
+        def __init__(self):
+            super().__init__()
+            self.barrier = threading.Barrier(2, timeout=30)
+
+        def recommend_stages(self, history, **kw):
+            self.barrier.wait()  # BrokenBarrierError after 30 s alone
+            yield from super().recommend_stages(history, **kw)
+
+    rec = Meeting()
+    from recdemo.config import Config
+
+    ctx = fake_context(tmp_path, cfg=Config().set("app", "concurrent_requests", 2), recommender=rec)
+    cfg = ctx.cfg.set("app", "port", free_port())
+    demo, ctx, url = launch(cfg, ctx=ctx, block=False, warmup=False, quiet=True)
+    try:
+        out, errors = [], []
+
+        def call():
+            try:
+                out.append(Client(url, verbose=False).predict([rec.titles[0]], "movielens-small",
+                                                              api_name="/recommend"))
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+
+        threads = [threading.Thread(target=call) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(90)
+        assert errors == [] and len(out) == 2 and all(o["results"] for o in out)
+        assert not rec.barrier.broken
+    finally:
+        demo.close()
+        ctx.close()

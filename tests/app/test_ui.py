@@ -50,6 +50,17 @@ def test_sliders_end_at_the_limits_and_every_element_is_there(tmp_path):
     ctx.close()
 
 
+def test_every_recommend_event_shares_one_concurrency_limit_from_the_config(tmp_path):
+    """The page's Recommend / Rerun / Not interested and the two APIs run together (their model
+    calls are batched), up to app.concurrent_requests at once: one limit for all of them."""
+    demo, el, ctx = page(Config().set("app", "concurrent_requests", 7), tmp_path)
+    recommend = [d for d in demo.fns.values() if d.concurrency_id == "recommend"]
+    apis = {d.api_name for d in recommend}
+    assert {"recommend", "recommend_stream"} <= apis and len(recommend) >= 5  # + the page's three events
+    assert {d.concurrency_limit for d in recommend} == {7}
+    ctx.close()
+
+
 def test_closing_a_tab_ends_its_session(tmp_path):
     """The page's unload event hands the closing tab's session to AppContext.end_session."""
     from types import SimpleNamespace

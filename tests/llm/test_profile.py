@@ -124,6 +124,35 @@ def test_generator_with_tiny_llm_grounds_and_caches(tiny_service, toy_dataset, m
     assert len(calls) == 1
 
 
+def test_concurrent_profiles_are_written_in_one_batch_each_as_if_alone(tiny_service, toy_dataset):
+    import threading
+
+    histories = [[int(i) for i in toy_dataset.sequences[u]][: 3 + 2 * u] for u in range(4)]  # other lengths
+    alone = ProfileGenerator(tiny_service, toy_dataset.catalog, keyword_tokens=8, summary_tokens=8)
+    want = [alone.generate(h) for h in histories]
+    gen = ProfileGenerator(tiny_service, toy_dataset.catalog, keyword_tokens=8, summary_tokens=8)
+    model_calls = []
+    inner = tiny_service.llm.model.generate
+    tiny_service.llm.model.generate = lambda *a, **kw: model_calls.append(1) or inner(*a, **kw)
+    got = [None] * len(histories)
+
+    def run(i):
+        got[i] = gen.generate(histories[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(histories))]
+    with tiny_service.lock:  # the model is busy: the four profiles queue
+        for n, t in enumerate(threads, 1):
+            t.start()
+            while gen._writes.waiting < n:
+                threading.Event().wait(0.001)
+    for t in threads:
+        t.join(60)
+    assert len(model_calls) == 2  # keyword lines together, then summaries together (not 2 per user)
+    assert [p.raw for p in got] == [p.raw for p in want]  # the same text as written alone
+    assert [p.summary for p in got] == [p.summary for p in want]
+    assert len({p.raw for p in got}) > 1
+
+
 @pytest.mark.parametrize("raw", [
     "Keywords: comedy, drama\nSummary: The user enjoys comedy, drama, romance, comedy, drama, action",  # loops
     "Keywords: sci-fi\nSummary: The user likes action-packed science fiction about space.",  # the example's

@@ -114,3 +114,100 @@ def test_registered_adapters_that_no_request_can_name_are_not_listed(tiny_servic
     assert tiny_service.resolve_adapter("mine@abc123", "toy") == "mine@abc123"  # the app's own lookup
     with pytest.raises(ModelNotFound, match="never by a path"):
         tiny_service.resolve_adapter("other@abc123", "toy")
+
+
+# -- concurrent callers share one batched call (llm/coalesce.py) --
+def ends_sentence(text: str) -> bool:  # a module-level predicate: equal in every call, so calls merge
+    return "." in text
+
+
+def count_generate_calls(llm) -> list:
+    calls = []
+    inner = llm.model.generate
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("input_ids", args[0] if args else None).shape[0])
+        return inner(*args, **kwargs)
+
+    llm.model.generate = counted
+    return calls
+
+
+def concurrently(service, jobs: list[dict]) -> list:
+    """Each job (generate's keyword arguments) from its own thread, queued while the model is busy
+    (the lock held here), then released together; returns each call's texts or exception."""
+    out = [None] * len(jobs)
+
+    def call(i, kw):
+        try:
+            out[i] = service.generate(**kw)
+        except Exception as e:  # noqa: BLE001 - compared by the test
+            out[i] = e
+
+    threads = [threading.Thread(target=call, args=(i, kw)) for i, kw in enumerate(jobs)]
+    with service.lock:
+        for n, t in enumerate(threads, 1):
+            t.start()
+            while service.generations.waiting < n:
+                threading.Event().wait(0.001)
+    for t in threads:
+        t.join(60)
+        assert not t.is_alive()
+    return out
+
+
+def test_concurrent_generate_calls_share_one_model_call_and_get_their_own_texts(tiny_service):
+    jobs = [dict(prompts=["Keywords: Comedy", "Summary"], max_new_tokens=6, stop_strings=["\n"],
+                 stop_when=ends_sentence),
+            dict(prompts=["A user watched these movies, oldest first"], max_new_tokens=6, stop_strings=["\n"],
+                 stop_when=ends_sentence),
+            dict(prompts=["Alpha Bravo Story (1980)", "Comedy, Drama", "Yes"], max_new_tokens=6,
+                 stop_strings=["\n"], stop_when=ends_sentence)]
+    alone = [tiny_service.generate(**kw) for kw in jobs]
+    calls = count_generate_calls(tiny_service.llm)
+    together = concurrently(tiny_service, jobs)
+    assert together == alone  # greedy: each caller's rows as if it ran alone
+    assert calls == [6]  # three requests, one model call of all six prompts
+    assert any(t for texts in together for t in texts)
+
+
+def test_calls_with_other_settings_are_not_merged(tiny_service):
+    jobs = [dict(prompts=["Keywords: Comedy"], max_new_tokens=6),
+            dict(prompts=["Summary"], max_new_tokens=4),  # another length
+            dict(prompts=["Yes"], max_new_tokens=6, stop_strings=["\n"]),  # other stop strings
+            dict(prompts=["Comedy"], max_new_tokens=6, stop_when=lambda t: False),  # a fresh lambda
+            dict(prompts=["Drama"], max_new_tokens=6)]  # the first one's settings: merged with it
+    alone = [tiny_service.generate(**kw) for kw in jobs]
+    calls = count_generate_calls(tiny_service.llm)
+    assert concurrently(tiny_service, jobs) == alone
+    assert sorted(calls) == [1, 1, 1, 2]
+
+
+def test_a_failing_call_fails_alone_and_the_rows_are_bounded(tiny_service):
+    tiny_service.generations.max_rows = 3
+    jobs = [dict(prompts=["Keywords: Comedy", "Summary"], max_new_tokens=5),
+            dict(prompts=["Yes", "No"], max_new_tokens=5),  # 2 + 2 > 3: the next batch
+            dict(prompts=["Comedy"], max_new_tokens=5),
+            dict(prompts=["Drama", 7], max_new_tokens=5)]  # not text: this call's tokenizer error
+    alone = [tiny_service.generate(**kw) for kw in jobs[:3]]
+    calls = count_generate_calls(tiny_service.llm)
+    out = concurrently(tiny_service, jobs)
+    assert out[:3] == alone
+    assert isinstance(out[3], Exception)
+    assert max(calls) <= 3 and sum(calls) >= 5
+
+
+def test_left_padding_by_hand_equals_the_tokenizers(tiny_service):
+    from recdemo.llm.service import left_padded
+
+    tok = tiny_service.llm.tokenizer
+    prompts = ["Keywords: Comedy", "A user watched these movies, oldest first", "Summary"]
+    side, tok.padding_side = tok.padding_side, "left"
+    try:
+        want = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tok.padding_side = side
+    got = left_padded(tok, prompts)
+    assert torch.equal(got["input_ids"], want["input_ids"])
+    assert torch.equal(got["attention_mask"], want["attention_mask"])
+    assert got["attention_mask"][2].sum() < got["attention_mask"][1].sum()  # really padded

@@ -291,6 +291,34 @@ def test_concurrent_calls_give_the_same_answers(rec):
     assert errors == [] and got == expected
 
 
+def test_concurrent_reranks_share_one_batched_scoring_call(rec):
+    """Requests that wait while the model is busy are reranked together (batch_score.rank_batch):
+    one batch for three users, each user's order the one it gets alone."""
+    histories = [[0, 1, 2], [5, 6], [10, 11, 12, 13, 14]]  # prompts of different lengths: padded
+    kw = dict(ranker="score", n_candidates=8, k=4, with_profile=False, with_explanations=False)
+    alone = [rec.recommend(h, **kw).to_dict()["results"] for h in histories]
+    assert rec._reranks.batches == 3  # one at a time: a batch of one each (exactly the old path)
+    got = [None] * 3
+
+    def run(i):
+        got[i] = rec.recommend(histories[i], **kw).to_dict()["results"]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    with rec.service.lock:  # the model is busy: the three reranks queue
+        for n, t in enumerate(threads, 1):
+            t.start()
+            while rec._reranks.waiting < n:
+                threading.Event().wait(0.001)
+    for t in threads:
+        t.join(60)
+    assert rec._reranks.batches == 4 and rec._reranks.jobs == 6  # the three in one batch
+    for want, have in zip(alone, got):
+        assert [r["index"] for r in have] == [r["index"] for r in want]
+        assert np.allclose([r["llm_score"] for r in have], [r["llm_score"] for r in want], atol=2e-4)
+        assert np.allclose([r["score"] for r in have], [r["score"] for r in want], atol=2e-4)
+    assert len({tuple(r["index"] for r in have) for have in got}) > 1  # different users, different lists
+
+
 def test_search_random_user_and_personas(rec, toy_dataset):
     cat = toy_dataset.catalog
     hits = rec.search_titles("alpha bravo", k=3)

@@ -105,7 +105,7 @@ def wire(ctx: AppContext, r: Results, p: Picker, s: Session) -> None:
         item = (getattr(evt, "_data", None) or {}).get("index")
         yield from stream(shown, session_id(request), last["edit"], events.dismissed(last["exclude"], item))
 
-    shared = dict(concurrency_limit=2, concurrency_id="recommend")
+    shared = ctx.recommend_concurrency()
     p.go.click(on_recommend, controls, outputs, **shared)
     r.steer.click(on_steer, [*controls, r.kw_edit, r.summary_edit, s.last], outputs, **shared)
     r.cards.dismiss(on_dismiss, [*controls, s.last], outputs, **shared)

@@ -1,0 +1,135 @@
+"""Concurrent callers share one model call: ``Coalescer.submit(key, job)`` blocks for that job's result.
+
+Leader/follower, with no worker thread and no waiting window: a caller that finds nobody running
+becomes the leader. The leader takes the ``gate`` (the model lock), then the oldest waiting job and
+every other waiting job with the same key (at most ``max_rows`` rows), runs them as one batch,
+hands each caller its result, and repeats until its own job is done; then a waiting caller leads.
+While a batch runs (or the model is busy with other work), new jobs queue, so a busy server runs
+larger batches and an idle one adds no delay.
+
+A batch that raises is retried one job at a time, so a bad job fails only its own caller; every
+taken job is marked done whatever happens, so no caller waits forever.
+"""
+from __future__ import annotations
+
+import threading
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable
+
+
+@dataclass(eq=False)
+class _Job:
+    key: Hashable
+    payload: Any
+    rows: int
+    done: bool = False
+    result: Any = None
+    error: BaseException | None = None
+    answered: bool = False
+
+
+class Coalescer:
+    """``run(key, payloads) -> results`` (one per payload, in order) runs a batch of same-key jobs."""
+
+    def __init__(self, run: Callable[[Hashable, list], list], max_rows: int = 64, gate=None):
+        self._run = run
+        self.max_rows = max(1, int(max_rows))
+        self._gate = gate  # held while a batch is taken and run (e.g. the service lock)
+        self._cond = threading.Condition(threading.Lock())
+        self._waiting: list[_Job] = []
+        self._leading = False
+        self._inside = threading.local()  # a batch's own submit runs at once (no waiting on itself)
+        self.batches = 0  # batches run (retries one by one included); with ``jobs``, for tests and benches
+        self.jobs = 0
+
+    @property
+    def waiting(self) -> int:
+        """Jobs queued and not yet taken into a batch."""
+        with self._cond:
+            return len(self._waiting)
+
+    def submit(self, key: Hashable, payload: Any, rows: int = 1) -> Any:
+        """The result of ``run(key, [payload])[0]``, possibly computed in a batch with other callers'
+        jobs of the same key. Raises the job's own exception."""
+        if getattr(self._inside, "active", False) or self._holds_gate():
+            # a batch's own call, or a caller holding the model lock: waiting for a leader that
+            # needs that lock would never end, so it runs at once, alone
+            return self._call(key, [payload])[0]
+        job = _Job(key, payload, max(1, int(rows)))
+        with self._cond:
+            self._waiting.append(job)
+            while not job.done and self._leading:
+                self._cond.wait()
+            lead = not job.done
+            if lead:
+                self._leading = True
+        if lead:
+            try:
+                self._lead(job)
+            finally:
+                with self._cond:
+                    self._leading = False
+                    if not job.done:  # the leader was interrupted: nobody would read this job
+                        self._waiting = [j for j in self._waiting if j is not job]
+                    self._cond.notify_all()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _holds_gate(self) -> bool:
+        owned = getattr(self._gate, "_is_owned", None)  # RLock and Condition have it; a plain Lock not
+        return bool(owned()) if owned is not None else False
+
+    def _lead(self, own: _Job) -> None:
+        while not own.done:
+            with self._gate if self._gate is not None else nullcontext():
+                with self._cond:
+                    batch = self._take()
+                self._execute(batch)
+
+    def _take(self) -> list[_Job]:
+        """The oldest waiting job and the later ones with its key, within ``max_rows`` (the oldest
+        always goes, however many rows it has). Caller holds ``_cond``."""
+        first = self._waiting[0]
+        batch, rows = [first], first.rows
+        for job in self._waiting[1:]:
+            if job.key == first.key and rows + job.rows <= self.max_rows:
+                batch.append(job)
+                rows += job.rows
+        taken = set(map(id, batch))
+        self._waiting = [j for j in self._waiting if id(j) not in taken]
+        return batch
+
+    def _call(self, key, payloads: list) -> list:
+        outer, self._inside.active = getattr(self._inside, "active", False), True
+        try:
+            results = list(self._run(key, payloads))
+        finally:
+            self._inside.active = outer  # a nested call must not end its outer batch's mark
+        if len(results) != len(payloads):
+            raise RuntimeError(f"a batch of {len(payloads)} jobs returned {len(results)} results")
+        return results
+
+    def _execute(self, batch: list[_Job]) -> None:
+        try:
+            self.batches += 1
+            self.jobs += len(batch)
+            results = self._call(batch[0].key, [j.payload for j in batch])
+        except Exception as e:  # noqa: BLE001 - handed to the callers it belongs to
+            if len(batch) == 1:
+                batch[0].error, batch[0].answered = e, True
+            else:  # find the bad job: the others still get their answers
+                self.jobs -= len(batch)
+                for job in batch:
+                    self._execute([job])
+        else:
+            for job, result in zip(batch, results):
+                job.result, job.answered = result, True
+        finally:  # also on KeyboardInterrupt & co: a job without a result gets an error, never a hang
+            with self._cond:
+                for job in batch:
+                    if not job.answered:
+                        job.error = RuntimeError("the batch holding this request was interrupted")
+                    job.done = True
+                self._cond.notify_all()
