@@ -119,14 +119,16 @@ class Run:
         return record
 
 
-def run_reproduce(cfg: Config, dataset, retriever, llm, log=print) -> dict:
-    """Fine-tune, evaluate and write the table (see the module doc); returns the table."""
+def run_reproduce(cfg: Config, dataset, retriever, llm, log=print, setup: dict[str, float] | None = None) -> dict:
+    """Fine-tune, evaluate and write the table (see the module doc); returns the table. ``setup``: the
+    caller's own stages before this (name -> seconds, e.g. loading the data and SASRec)."""
     start = time.perf_counter()
     papers = check_papers(cfg.reproduce.papers)
     run = Run(cfg, run_folder(cfg, dataset.name), dataset, retriever, llm, papers, log)
     log(f"reproduce {', '.join(p.key for p in papers)} on {dataset.name} ({dataset.content_hash}) with "
         f"{llm.name} -> {run.folder}")
-    stages = [{"stage": "load the model", "seconds": round(float(getattr(llm, "load_seconds", 0.0) or 0.0), 1)}]
+    stages = [{"stage": name, "seconds": round(seconds, 1)} for name, seconds in (setup or {}).items()]
+    stages.append({"stage": "load the model", "seconds": round(float(getattr(llm, "load_seconds", 0.0) or 0.0), 1)})
     trained = finetune_papers(run)
     stages += [{"stage": f"fine-tune {r['paper']}", "seconds": r["seconds"], "reused": r["reused"]} for r in trained]
     rows = evaluate_rows(run, {r["paper"]: r for r in trained})
@@ -155,11 +157,14 @@ def finetune_paper(run: Run, paper: Paper) -> dict:
     name = adapter_name(run.dataset.name, paper)
     out = run.adapters / name
     spec = finetune_spec(run.cfg, paper, out)
-    fingerprint = {"spec": spec.fingerprint(run.dataset.content_hash, run.llm.name)}
+    # the precision trained in is part of the adapter (a CPU float32 one is not a GPU bfloat16 one)
+    fingerprint = {"spec": spec.fingerprint(run.dataset.content_hash, run.llm.name), "dtype": str(run.llm.dtype),
+                   "device": run.llm.device.type}
+    command = report.finetune_command(run.cfg, paper.task, str(out))
     saved = run.reusable(f"finetune-{paper.key}", fingerprint)
     if saved is not None and is_adapter_dir(out):
         run.log(f"fine-tune {paper.key}: reusing {out}")
-        return {**saved, "reused": True}
+        return {**saved, "path": str(out), "command": command, "reused": True}  # the folder may have moved
     run.log(f"fine-tune {paper.key} (task {paper.task}, {spec.steps} steps) -> {out}")
     start = time.perf_counter()
     result = run_finetune(spec, run.dataset, SimpleNamespace(llm=run.llm, lock=threading.RLock()), run.retriever)
@@ -169,7 +174,7 @@ def finetune_paper(run: Run, paper: Paper) -> dict:
               "path": str(out), "fingerprint": fingerprint, "seconds": round(time.perf_counter() - start, 1),
               "steps": result["steps"], "examples": result["examples"], "tokens_per_s": result["tokens_per_s"],
               "metrics_before": result["metrics_before"], "metrics_after": result["metrics_after"],
-              "created": read_meta(out).get("created"), "command": report.finetune_command(run.cfg, paper.task, str(out))}
+              "created": read_meta(out).get("created"), "command": command}
     return {**run.save(f"finetune-{paper.key}", record), "reused": False}
 
 
@@ -203,17 +208,17 @@ def evaluate_rows(run: Run, trained: dict[str, dict]) -> list[dict]:
         adapter_fp = [trained[row["paper"]][k] for k in ("fingerprint", "created")] if row["paper"] else None
         fingerprint = {**eval_fingerprint(run), "ranker": row["ranker"], "adapter": row["adapter"],
                        "adapter_fingerprint": adapter_fp}
+        command = None if row["ranker"] is None else report.evaluate_command(run.cfg, row["ranker"], row["adapter"],
+                                                                            str(run.adapters))
         saved = run.reusable(f"evaluate-{row['key']}", fingerprint)
         if saved is not None:
-            out.append({**saved, "reused": True})
+            out.append({**saved, "command": command, "reused": True})
             continue
         run.log(f"evaluate {row['label']} on {run.cfg.reproduce.users} test users")
         start = time.perf_counter()
         metrics, details = (sasrec_metrics(run) if row["ranker"] is None else ranker_metrics(run, service, row))
         record = {**row, "metrics": metrics, "details": details, "protocol": protocol(run, row),
-                  "fingerprint": fingerprint, "seconds": round(time.perf_counter() - start, 1),
-                  "command": None if row["ranker"] is None else report.evaluate_command(
-                      run.cfg, row["ranker"], row["adapter"], str(run.adapters))}
+                  "fingerprint": fingerprint, "seconds": round(time.perf_counter() - start, 1), "command": command}
         out.append({**run.save(f"evaluate-{row['key']}", record), "reused": False})
     return out
 

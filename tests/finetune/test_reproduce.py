@@ -47,9 +47,10 @@ def reproduced(tmp_path_factory, tiny_tokenizer):
     cfg = small_config(tmp_path)
     shipped_before = tree_digest(SHIPPED)
     lines = []
-    table = run_reproduce(cfg, dataset, retriever, make_tiny_llm(tiny_tokenizer), log=lines.append)
+    llm = make_tiny_llm(tiny_tokenizer)
+    table = run_reproduce(cfg, dataset, retriever, llm, log=lines.append)
     return dict(table=table, cfg=cfg, dataset=dataset, retriever=retriever, shipped_before=shipped_before,
-                tmp=tmp_path, log=lines)
+                tmp=tmp_path, log=lines, llm=llm)
 
 
 def test_every_paper_names_a_real_task_and_ranker():
@@ -137,6 +138,21 @@ def test_the_numbers_are_what_evaluate_gives(reproduced, tiny_tokenizer, monkeyp
         sasrec = rows["sasrec"]["metrics"]
         assert (got["baseline_ndcg@10"], got["baseline_hr@10"], got["baseline_mrr"]) == (
             sasrec["ndcg@10"], sasrec["hr@10"], sasrec["mrr"])
+
+
+def test_the_model_trained_in_place_keeps_its_base_weights(reproduced, tiny_tokenizer):
+    """Fine-tuning runs on the model itself (no copy of a 7B base): its base weights never change."""
+    import torch
+
+    fresh = make_tiny_llm(tiny_tokenizer).model.state_dict()
+    used = reproduced["llm"].model
+    base = used.get_base_model() if hasattr(used, "get_base_model") else used  # the service wrapped it for adapters
+    weights = {k.replace("base_layer.", ""): v for k, v in base.state_dict().items() if "lora_" not in k}
+    assert weights.keys() == fresh.keys()
+    assert all(torch.equal(weights[k], fresh[k]) for k in fresh)
+    # and no training LoRA is left in it: only the adapters the service loaded from the run folder
+    names = {name for m in base.modules() if hasattr(m, "lora_A") for name in m.lora_A}
+    assert names and not any(name == "default" for name in names)
 
 
 def test_shipped_adapters_are_untouched(reproduced):
