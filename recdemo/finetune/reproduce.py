@@ -1,4 +1,4 @@
-"""Reproduce the papers in one run: `python -m recdemo reproduce --dataset NAME --llm MODEL`.
+"""Reproduce the papers in one run: `python -m recdemo reproduce --dataset NAME --model MODEL [--steps N] [--users N]`.
 
 ``run_reproduce`` is the recipe, one stage per function below it:
 1. ``finetune_papers``: one LoRA adapter per paper of ``PAPERS`` (its fine-tune task from
@@ -270,15 +270,17 @@ def ranker_metrics(run: Run, service, row: dict) -> tuple[dict, dict]:
 def build_table(run: Run, trained: list[dict], rows: list[dict], stages: list[dict], seconds: float) -> dict:
     cfg, llm = run.cfg, run.llm
     return {
-        "folder": str(run.folder), "dataset": run.dataset.name, "dataset_hash": run.dataset.content_hash, "model": llm.name,
+        "folder": str(run.folder), "dataset": run.dataset.name, "dataset_hash": run.dataset.content_hash,
+        "model": llm.name,
         "device": str(llm.device), "dtype": str(llm.dtype).replace("torch.", ""),
         "steps": cfg.finetune.steps, "users": rows[0]["metrics"]["users"], "users_requested": cfg.reproduce.users,
         "eval_seed": cfg.reproduce.eval_seed, "finetune_seed": cfg.finetune.seed, "k": cfg.llm.n_results,
         "n_candidates": cfg.retrieval.n_candidates, "split": "test",
         "protocol": (f"leave-one-out, test split, full ranking: SASRec ranks the whole catalog (history excluded); "
                      f"each LLM ranker alone (no fusion) reorders SASRec's top-{cfg.retrieval.n_candidates} "
-                     f"(genrec generates from the catalog) and its list is cut at {cfg.llm.n_results}; "
-                     "a target outside the list is a miss (0 in every metric)"),
+                     + ("(genrec generates from the catalog) " if any(r["ranker"] == "genrec" for r in rows) else "")
+                     + f"and its list is cut at {cfg.llm.n_results}; a target outside the list is a miss "
+                     "(0 in every metric)"),
         "rows": [{k: r[k] for k in ("key", "label", "ranker", "paper", "adapter", "metrics", "protocol", "command",
                                     "seconds", "reused")} for r in rows],
         "adapters": [{k: a[k] for k in ("paper", "label", "task", "ranker", "adapter", "path", "steps", "examples",

@@ -65,7 +65,7 @@ def test_reproduce_on_movielens_with_the_embedded_model(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "recdemo", "reproduce", "--dataset", "movielens-small",
                            "--model", "smollm2-135m", "--steps", "1", "--users", "2", "--batch-size", "1",
                            "--eval-users", "0", "--no-rank-eval", "--eval-every", "0", "--candidates", "10",
-                           "--out", str(out)], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+                           "--out", str(out)], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
     table = json.loads((out / "results.json").read_text())
     assert [a["paper"] for a in table["adapters"]] == ["palr-v1", "palr-v2", "genrec", "tallrec"]

@@ -63,7 +63,8 @@ def test_the_evaluate_command_scores_the_same_users_and_adapter():
 def test_the_markdown_shows_every_row_with_its_protocol():
     row = {"label": "SASRec", "ranker": None, "adapter": None, "protocol": "p-sasrec",
            "metrics": {"hr@5": 0.5, "ndcg@5": 0.25, "hr@10": 0.75, "ndcg@10": 0.3, "mrr": 0.2, "users": 4}}
-    llm_row = {**row, "label": "tallrec + tallrec adapter", "ranker": "tallrec", "adapter": "repro-x", "protocol": "p-llm"}
+    llm_row = {**row, "label": "tallrec + tallrec adapter", "ranker": "tallrec", "adapter": "repro-x",
+               "protocol": "p-llm"}
     table = {"k": 10, "adapters": [{"paper": "tallrec"}], "dataset": "d", "dataset_hash": "h", "model": "m",
              "device": "cpu", "dtype": "float32", "steps": 1, "finetune_seed": 0, "users": 4, "eval_seed": 0,
              "protocol": "the protocol", "rows": [row, llm_row], "wall_seconds": 2.0,

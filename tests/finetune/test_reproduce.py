@@ -111,7 +111,8 @@ def test_commands_name_what_the_run_did(reproduced):
     assert "--steps 1" in cmd["finetune"]["palr-v2"] and "--no-rank-eval" in cmd["finetune"]["palr-v2"]
     adapters = str(Path(cfg.reproduce.out) / "adapters")
     assert cmd["evaluate"]["genrec-genrec"].startswith(f"RECDEMO_ADAPTER_DIR={adapters} python -m recdemo evaluate")
-    assert "--adapter none --no-fuse" in cmd["evaluate"]["genrec-base"] and "--candidates 8" in cmd["evaluate"]["genrec-base"]
+    base = cmd["evaluate"]["genrec-base"]
+    assert "--adapter none --no-fuse" in base and "--candidates 8" in base and "RECDEMO_ADAPTER_DIR" not in base
 
 
 def test_the_numbers_are_what_evaluate_gives(reproduced, tiny_tokenizer, monkeypatch, capsys):
