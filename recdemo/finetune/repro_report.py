@@ -106,6 +106,8 @@ def markdown(table: dict) -> str:
              f"({table['device']}, {table['dtype']})",
              f"- fine-tuning: {table['steps']} steps per adapter, seed {table['finetune_seed']}; evaluation: "
              f"{table['users']} test users (seeded sample, seed {table['eval_seed']}), the same for every row",
+             f"- SASRec checkpoint: {(table.get('sasrec_checkpoint') or {}).get('created') or 'not recorded'} "
+             "(its creation time)",
              f"- protocol: {table['protocol']}", "",
              "| row | ranker | adapter | " + " | ".join(c.upper() for c in cols) + " | users | protocol |",
              "|---|---|---|" + "---:|" * (len(cols) + 1) + "---|"]

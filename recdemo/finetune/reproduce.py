@@ -223,9 +223,16 @@ def evaluate_rows(run: Run, trained: dict[str, dict]) -> list[dict]:
     return out
 
 
+def sasrec_checkpoint(retriever) -> dict:
+    """Which SASRec checkpoint made the candidates (a retrained one makes every row stale)."""
+    meta = getattr(retriever, "meta", None) or {}
+    return {k: meta.get(k) for k in ("dataset_hash", "model", "created")}
+
+
 def eval_fingerprint(run: Run) -> dict:
     cfg = run.cfg
-    return {"dataset_hash": run.dataset.content_hash, "model": run.llm.name, "dtype": str(run.llm.dtype),
+    return {"dataset_hash": run.dataset.content_hash, "sasrec": sasrec_checkpoint(run.retriever),
+            "model": run.llm.name, "dtype": str(run.llm.dtype),
             "device": str(run.llm.device), "users": cfg.reproduce.users, "seed": cfg.reproduce.eval_seed,
             "batch_size": cfg.reproduce.eval_batch_size, "n_candidates": cfg.retrieval.n_candidates,
             "k": cfg.llm.n_results}
@@ -276,6 +283,7 @@ def build_table(run: Run, trained: list[dict], rows: list[dict], stages: list[di
         "steps": cfg.finetune.steps, "users": rows[0]["metrics"]["users"], "users_requested": cfg.reproduce.users,
         "eval_seed": cfg.reproduce.eval_seed, "finetune_seed": cfg.finetune.seed, "k": cfg.llm.n_results,
         "n_candidates": cfg.retrieval.n_candidates, "split": "test",
+        "sasrec_checkpoint": sasrec_checkpoint(run.retriever),
         "protocol": (f"leave-one-out, test split, full ranking: SASRec ranks the whole catalog (history excluded); "
                      f"each LLM ranker alone (no fusion) reorders SASRec's top-{cfg.retrieval.n_candidates} "
                      + ("(genrec generates from the catalog) " if any(r["ranker"] == "genrec" for r in rows) else "")
