@@ -153,6 +153,19 @@ class FinetuneConfig:
 
 
 @dataclass
+class ReproduceConfig:
+    """`python -m recdemo reproduce`: the papers' adapters fine-tuned and evaluated in one run (the
+    fine-tune settings are FinetuneConfig's; these are the run's own)."""
+    papers: list[str] = setting(help="comma list of papers to reproduce (recdemo.finetune.reproduce.PAPERS)",
+                                factory=lambda: ["palr-v1", "palr-v2", "genrec", "tallrec"])
+    users: int = setting(200, "held-out test users, a seeded sample shared by every row of the table")
+    eval_seed: int = setting(0, "seed of the test-user sample")
+    eval_batch_size: int = setting(1, "users per model call in evaluation (rankers that batch users)")
+    out: str = setting("", "run folder: adapters, per-stage results and the table (default: "
+                           "runs/reproduce/<dataset>-<model>)")
+
+
+@dataclass
 class LimitsConfig:
     """Every size a request (API, UI, CLI) can choose, bounded: a public app must not be run out of
     memory or time by one call. Requests beyond a limit get a one-sentence error naming it."""
@@ -247,6 +260,7 @@ class Config:
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    reproduce: ReproduceConfig = field(default_factory=ReproduceConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     app: AppConfig = field(default_factory=AppConfig)
     log: LogConfig = field(default_factory=LogConfig)

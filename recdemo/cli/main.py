@@ -13,15 +13,17 @@ import importlib
 import sys
 from dataclasses import MISSING, fields
 
-from recdemo.config import Config, FinetuneConfig, LimitsConfig, flag_name
+from recdemo.config import Config, FinetuneConfig, LimitsConfig, ReproduceConfig, flag_name
 from recdemo.errors import DataError, ModelNotFound
 from recdemo.llm.rankers import RANKERS
 
 _TYPES = {"int": int, "float": float, "str": str, "list": str}
 
 
-def config_flag(p: argparse.ArgumentParser, section: str, name: str, **overrides) -> None:
-    """Add the flag of config field ``section.name``; ``overrides`` are extra add_argument options."""
+def config_flag(p: argparse.ArgumentParser, section: str, name: str, aliases: tuple[str, ...] = (),
+                **overrides) -> None:
+    """Add the flag of config field ``section.name`` (and ``aliases``, other names for the same flag);
+    ``overrides`` are extra add_argument options."""
     f = {f.name: f for f in fields(getattr(Config(), section))}[name]
     kind = str(f.type).split("[")[0].split(" |")[0]
     default = f.default if f.default is not MISSING else f.default_factory()
@@ -36,7 +38,7 @@ def config_flag(p: argparse.ArgumentParser, section: str, name: str, **overrides
     if "choices" in overrides:  # argparse shows the choices instead
         options.pop("metavar", None)
     options.update(overrides)
-    p.add_argument(flag, **options)
+    p.add_argument(flag, *aliases, **options)
 
 
 def count(limits: LimitsConfig, limit: str, what: str):
@@ -58,12 +60,19 @@ def _dataset_flags(p: argparse.ArgumentParser) -> None:
         config_flag(p, "data", name)
 
 
-def _rerank_eval_flags(p: argparse.ArgumentParser) -> None:
+def _list_size_flags(p: argparse.ArgumentParser, limits: LimitsConfig) -> None:
+    """SASRec candidates the ranker reorders and the final list's length."""
+    config_flag(p, "retrieval", "n_candidates", type=count(limits, "max_candidates", "candidates"))
+    config_flag(p, "llm", "n_results", type=count(limits, "max_results", "results"))
+
+
+def _rerank_eval_flags(p: argparse.ArgumentParser, limits: LimitsConfig) -> None:
     p.add_argument("--no-fuse", action="store_true", help="rerank stage: LLM score alone")
     p.add_argument("--batch-size", type=int, default=1,
                    help="rerank stage: users per model call (the score ranker batches; the others run one by one)")
     p.add_argument("--profile", choices=["heuristic", "llm"], default="heuristic",
                    help="rerank stage: the profile the ranker sees (heuristic: no LLM, what recorded numbers used)")
+    _list_size_flags(p, limits)
 
 
 def _llm_flags(p: argparse.ArgumentParser, ranker: bool = True) -> None:
@@ -100,7 +109,7 @@ def _evaluate_parser(p: argparse.ArgumentParser, limits: LimitsConfig) -> None:
     p.add_argument("--split", choices=["test", "valid"], default="test")
     p.add_argument("--users", type=int, help="evaluate a seeded random sample of N users")
     p.add_argument("--seed", type=int, default=0, help="seed of the user sample")
-    _rerank_eval_flags(p)
+    _rerank_eval_flags(p, limits)
     p.add_argument("--json", help="write the metrics as JSON to this file")
 
 
@@ -108,8 +117,7 @@ def _recommend_parser(p: argparse.ArgumentParser, limits: LimitsConfig) -> None:
     _dataset_flags(p)
     _llm_flags(p)
     p.add_argument("--history", nargs="+", required=True, help="item titles, oldest first")
-    config_flag(p, "retrieval", "n_candidates", type=count(limits, "max_candidates", "candidates"))
-    config_flag(p, "llm", "n_results", type=count(limits, "max_results", "results"))
+    _list_size_flags(p, limits)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
@@ -119,6 +127,23 @@ def _finetune_parser(p: argparse.ArgumentParser, limits: LimitsConfig) -> None:
     for f in fields(FinetuneConfig):  # every documented fine-tune setting is a flag; FineTuneSpec checks them
         if "help" in f.metadata:
             config_flag(p, "finetune", f.name, **({"required": True} if f.name == "out" else {}))
+    p.add_argument("--threads", type=int, help="CPU threads for torch (on a busy shared CPU, 1 can be much faster)")
+
+
+def _reproduce_parser(p: argparse.ArgumentParser, limits: LimitsConfig) -> None:
+    p.description = ("Fine-tunes one adapter per paper into the run folder, evaluates SASRec and every ranker "
+                     "with and without its adapter on the same test users, and writes results.md/.json there. "
+                     "The fine-tune flags apply to every adapter; a rerun reuses the stages already done.")
+    _dataset_flags(p)
+    config_flag(p, "llm", "model", aliases=("--model",))
+    for name in ("device", "dtype"):
+        config_flag(p, "llm", name)
+    for f in fields(ReproduceConfig):
+        config_flag(p, "reproduce", f.name)
+    for f in fields(FinetuneConfig):  # the settings of every adapter; the run names each task and folder
+        if "help" in f.metadata and f.name not in ("tasks", "out", "init_adapter"):
+            config_flag(p, "finetune", f.name)
+    _list_size_flags(p, limits)
     p.add_argument("--threads", type=int, help="CPU threads for torch (on a busy shared CPU, 1 can be much faster)")
 
 
@@ -137,6 +162,8 @@ COMMANDS = {
     "recommend": ("run the whole pipeline for one history", _recommend_parser,
                   "recdemo.cli.recommend:cli_recommend"),
     "finetune": ("LoRA fine-tune the LLM on a dataset", _finetune_parser, "recdemo.cli.finetune:cli_finetune"),
+    "reproduce": ("fine-tune the papers' adapters and evaluate them against SASRec in one run", _reproduce_parser,
+                  "recdemo.cli.reproduce:cli_reproduce"),
     "demo": ("launch the Gradio app", _demo_parser, "recdemo.cli.demo:cli_demo"),
 }
 
