@@ -150,7 +150,7 @@ def finetune_papers(run: Run) -> list[dict]:
 def finetune_spec(cfg: Config, paper: Paper, out: Path) -> FineTuneSpec:
     """The config's fine-tune settings for this paper's task, trained on the model itself (no copy)."""
     return FineTuneSpec(**{**asdict(cfg.finetune), "tasks": [paper.task], "out": str(out), "init_adapter": "",
-                           "copy_base": False})
+                           "share_base": "share"})
 
 
 def finetune_paper(run: Run, paper: Paper) -> dict:
