@@ -15,7 +15,6 @@ import re
 import threading
 from collections import Counter, OrderedDict
 
-import torch
 
 from recdemo.records import Keyword, Profile
 from recdemo.llm import prompts as P
@@ -343,34 +342,17 @@ class ProfileGenerator:
 
     def _write(self, llm, prompt: str) -> str:
         """The answer text: PROFILE_PREFIX + keyword line + newline + PROFILE_SUMMARY_PREFIX + sentence."""
-        from transformers import StoppingCriteriaList
-
-        from recdemo.llm.service import TextStop, stop_string_criteria
-
-        tok, model = llm.tokenizer, llm.model
-        ids = tok(prompt, return_tensors="pt", add_special_tokens=False).input_ids.to(llm.device)
-        n = ids.shape[1]
-        with torch.inference_mode():
-            # Pass 1: the keyword line. A small model loops ("adventure, adventure, ..."): stop early.
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=self.keyword_tokens,
-                                 do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None,
-                                 pad_token_id=tok.pad_token_id, return_dict_in_generate=True,
-                                 stopping_criteria=StoppingCriteriaList([TextStop(tok, n, keyword_line_done)]))
-            line = tok.decode(out.sequences[0, n:], skip_special_tokens=True).split("\n")[0]
-            keywords = split_keywords(line)
-            # Pass 2: reuse the prompt's KV cache (drop pass 1's tokens), append the cleaned line.
-            cache = out.past_key_values
-            extra = cache.get_seq_length() - n if cache is not None else 0
-            if cache is not None and extra > 0:
-                cache.crop(-extra)
-            tail = f" {', '.join(keywords)}\n{P.PROFILE_SUMMARY_PREFIX}"
-            tail_ids = tok(tail, return_tensors="pt", add_special_tokens=False).input_ids.to(llm.device)
-            ids2 = torch.cat([ids, tail_ids], dim=1)
-            out2 = model.generate(ids2, attention_mask=torch.ones_like(ids2), past_key_values=cache,
-                                  max_new_tokens=self.summary_tokens, do_sample=False, num_beams=1,
-                                  temperature=None, top_p=None, top_k=None, pad_token_id=tok.pad_token_id,
-                                  stopping_criteria=StoppingCriteriaList([stop_string_criteria(tok, [".", "\n"])]))
-        sentence = tok.decode(out2[0, ids2.shape[1]:], skip_special_tokens=True).split("\n")[0]
+        tok, decoder = llm.tokenizer, self.service.decoder
+        ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        # Pass 1: the keyword line. A small model loops ("adventure, adventure, ..."): stop early.
+        new = decoder.generate(llm, [ids], self.keyword_tokens, stop_when=keyword_line_done)[0]
+        line = tok.decode(new, skip_special_tokens=True).split("\n")[0]
+        keywords = split_keywords(line)
+        # Pass 2: the prompt, then the cleaned line; the decoder's prefix cache holds pass 1's prompt KV.
+        tail = f" {', '.join(keywords)}\n{P.PROFILE_SUMMARY_PREFIX}"
+        ids2 = ids + tok(tail, add_special_tokens=False)["input_ids"]
+        new2 = decoder.generate(llm, [ids2], self.summary_tokens, stop_strings=[".", "\n"])[0]
+        sentence = tok.decode(new2, skip_special_tokens=True).split("\n")[0]
         sentence = sentence[: sentence.find(".") + 1] if "." in sentence else sentence
         return f"{P.PROFILE_PREFIX}{line}\n{P.PROFILE_SUMMARY_PREFIX}{sentence}"
 

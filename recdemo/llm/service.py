@@ -12,27 +12,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
-import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, StopStringCriteria
-
 from recdemo.llm.adapters import AdapterManager, check_adapter_name, finetune_hint, is_adapter_dir
+from recdemo.llm.decode import Decoder
 from recdemo.llm.models import LLM, load_llm
 from recdemo.errors import ModelNotFound
 
 NO_ADAPTER = {None, "", "none", "base"}
-_STOP_CRITERIA: dict = {}  # (id(tokenizer), stop strings) -> (tokenizer, StopStringCriteria)
-
-
-def stop_string_criteria(tokenizer, stops) -> StopStringCriteria:
-    """transformers' stop-string criterion, built once per tokenizer and stop strings. Building one
-    scans the whole vocabulary (~0.5-1 s of CPU for SmolLM2's 49k tokens, on every generate call
-    given ``stop_strings=``: transformers' own cache misses because a fast tokenizer's get_vocab()
-    comes back in a different order each time). It keeps no per-call state, so one serves all calls."""
-    key = (id(tokenizer), tuple(stops))
-    hit = _STOP_CRITERIA.get(key)
-    if hit is None or hit[0] is not tokenizer:
-        hit = _STOP_CRITERIA[key] = (tokenizer, StopStringCriteria(tokenizer, list(stops)))
-    return hit[1]
 
 
 class LLMService:
@@ -42,6 +27,7 @@ class LLMService:
         self.lock = threading.RLock()
         self._llm = llm
         self._adapters: AdapterManager | None = None
+        self.decoder = Decoder.from_config(cfg)  # every generation; holds the prefix-KV cache
 
     # -- lazy parts --
     @property
@@ -79,14 +65,18 @@ class LLMService:
         """Load (or reload, after a new fine-tune) an adapter folder this program wrote, without
         reloading the base (requests then name it by the folder's name)."""
         with self.lock:
-            return self.adapters.register(path)
+            name = self.adapters.register(path)
+            self.decoder.forget_adapters(self.adapters.loaded.values())  # a re-trained adapter's old KV
+            return name
 
     def unload_adapter(self, name: str) -> bool:
         """Free a loaded adapter's memory (e.g. a closed session's); False when it was not loaded."""
         if self._adapters is None:
             return False
         with self.lock:
-            return self.adapters.unload(name)
+            gone = self.adapters.unload(name)
+            self.decoder.forget_adapters(self.adapters.loaded.values())
+            return gone
 
     def resolve_adapter(self, requested: str | None, dataset_name: str | None = None,
                         ranker: str | None = None) -> str | None:
@@ -138,7 +128,8 @@ class LLMService:
     def generate(self, prompts: list[str], max_new_tokens: int = 32, stop_strings: list[str] | None = None,
                  adapter: str | None = None, stop_when: Callable[[str], bool] | None = None,
                  **gen_kwargs) -> list[str]:
-        """Greedy continuation of each prompt in one batched call (left padding). Returns only the new text.
+        """Greedy continuation of each prompt in one batched call (llm/decode.py: shared and cached prompt
+        prefixes are computed once). Returns only the new text.
 
         ``stop_strings`` end a sequence early (each sequence stops on its own); the returned text is cut
         before the first stop string. ``stop_when(new_text)`` is a predicate checked after every token.
@@ -146,39 +137,16 @@ class LLMService:
         """
         if not prompts:
             return []
+        if gen_kwargs:
+            raise TypeError(f"greedy decoding takes no other options: {', '.join(sorted(gen_kwargs))}")
         with self.use_adapter(adapter) as llm:
             tok = llm.tokenizer
-            side = tok.padding_side
-            tok.padding_side = "left"  # decoder-only: new tokens must follow the prompt directly
-            try:
-                enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
-            finally:
-                tok.padding_side = side
-            enc = {k: v.to(llm.device) for k, v in enc.items()}
-            kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
-                          num_beams=1, **gen_kwargs)
-            criteria = [stop_string_criteria(tok, stop_strings)] if stop_strings else []
-            if stop_when is not None:
-                criteria.append(TextStop(tok, enc["input_ids"].shape[1], stop_when))
-            if criteria:
-                kwargs["stopping_criteria"] = StoppingCriteriaList(criteria)
-            with torch.inference_mode():
-                out = llm.model.generate(**enc, **kwargs, temperature=None, top_p=None, top_k=None)
-        texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            rows = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+            new = self.decoder.generate(llm, rows, max_new_tokens, stop_strings=stop_strings, stop_when=stop_when)
+        texts = tok.batch_decode(new, skip_special_tokens=True)
         if stop_strings:
             texts = [_cut(t, stop_strings) for t in texts]
         return texts
-
-
-class TextStop(StoppingCriteria):
-    """Stops each sequence once ``predicate(text generated so far)`` is true."""
-
-    def __init__(self, tokenizer, prompt_len: int, predicate: Callable[[str], bool]):
-        self.tokenizer, self.prompt_len, self.predicate = tokenizer, prompt_len, predicate
-
-    def __call__(self, input_ids, scores, **kwargs):
-        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len:], skip_special_tokens=True)
-        return torch.tensor([bool(self.predicate(t)) for t in texts], device=input_ids.device)
 
 
 def _cut(text: str, stops: list[str]) -> str:

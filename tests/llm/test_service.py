@@ -95,6 +95,14 @@ def test_stop_strings_cut_the_answer(tiny_service):
     assert tiny_service.generate([], max_new_tokens=4) == []
 
 
+def test_stop_strings_and_the_predicate_end_each_row_on_its_own(tiny_service):
+    texts = tiny_service.generate(["Alpha Bravo", "Castle"], max_new_tokens=12, stop_strings=["a", "e"],
+                                  stop_when=lambda t: len(t) > 30)
+    assert len(texts) == 2 and all("a" not in t and "e" not in t for t in texts)
+    with pytest.raises(TypeError, match="no other options"):
+        tiny_service.generate(["Castle"], max_new_tokens=4, do_sample=True)
+
+
 def test_a_path_is_refused_before_the_model_loads(tiny_llm, tmp_path):
     """The API's adapter="/etc" is answered at once: the model is not loaded, no folder is read."""
     folder = make_tiny_adapter(tiny_llm, tmp_path / "elsewhere" / "real")
