@@ -283,8 +283,8 @@ class Decoder:
     def generate(self, llm, rows: list[list[int]], max_new_tokens: int, stop_strings=None,
                  stop_when: Callable[[str], bool] | None = None) -> list[list[int]]:
         """The new token ids of each row (greedy), each ending at its first stop (included)."""
-        if not rows:
-            return []
+        if not rows or max_new_tokens < 1:
+            return [[] for _ in rows]
         if any(len(r) == 0 for r in rows):
             raise ValueError("every prompt needs at least one token")
         model, device = llm.model, llm.device

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 
 import pytest
+import torch
 
 from conftest import real_data_root
 
 from recdemo.data import Catalog
 from recdemo.llm.profile import (
-    ProfileGenerator, build_keywords, ground, heuristic_profile, keyword_line_done, parse_profile, stem,
+    ProfileGenerator, build_keywords, ground, heuristic_profile, keyword_line_done, parse_profile, split_keywords,
+    stem,
 )
+from recdemo.llm import prompts as P
 
 
 @pytest.fixture
@@ -175,3 +178,26 @@ def test_genre_only_keywords_get_era_and_tone_added(movies):
         assert k.support == ground(k.text, movies, history)
     # a profile that already says more than the genre names gets nothing added
     assert [k.source for k in build_keywords(movies, history, ["dark", "comedy"])] == ["llm", "llm"]
+
+
+def test_the_summary_pass_continues_the_keyword_pass(tiny_service, toy_dataset):
+    """Pass 2 (prompt + keyword line) prefills only what pass 1 did not: the prompt's KV comes from the
+    decoder's prefix cache, and the summary equals model.generate's on the whole pass-2 prompt."""
+    gen = ProfileGenerator(tiny_service, toy_dataset.catalog, keyword_tokens=8, summary_tokens=8)
+    history = [int(i) for i in toy_dataset.sequences[0]]
+    prompt = gen.prompt(history)
+    stats = tiny_service.decoder.stats
+    profile = gen.generate(history)
+    tok = tiny_service.llm.tokenizer
+    n = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    assert stats.calls == 2 and stats.cached_tokens >= n - 1
+    assert stats.prefill_tokens < stats.prompt_tokens - (n - 1)
+    line = profile.raw.split("\n")[0][len(P.PROFILE_PREFIX):]
+    ids2 = tok(prompt, add_special_tokens=False)["input_ids"] + tok(
+        f" {', '.join(split_keywords(line))}\n{P.PROFILE_SUMMARY_PREFIX}", add_special_tokens=False)["input_ids"]
+    with torch.inference_mode():
+        t = torch.tensor([ids2])
+        out = tiny_service.llm.model.generate(t, attention_mask=torch.ones_like(t), max_new_tokens=8, do_sample=False,
+                                              pad_token_id=tok.pad_token_id)
+    reference = tok.decode(out[0, len(ids2):], skip_special_tokens=True).split("\n")[0]
+    assert profile.raw.endswith(reference[: reference.find(".") + 1] if "." in reference else reference)
