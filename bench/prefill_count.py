@@ -91,9 +91,10 @@ def main() -> None:
         profiles.generate(history)
         explainer.explain(history, items)
         after = stats.as_dict()
-        row = {"request": n + 1, "user": user, "calls": len(calls), "prompt_tokens": after["prompt_tokens"] - before["prompt_tokens"],
-               "prefill_before": sum(old_cost(calls)), "prefill_after": after["prefill_tokens"] - before["prefill_tokens"],
-               "cached": after["cached_tokens"] - before["cached_tokens"], "shared": after["shared_tokens"] - before["shared_tokens"]}
+        delta = {key: after[key] - before[key] for key in after}
+        row = {"request": n + 1, "user": user, "calls": len(calls), "prompt_tokens": delta["prompt_tokens"],
+               "prefill_before": sum(old_cost(calls)), "prefill_after": delta["prefill_tokens"],
+               "cached": delta["cached_tokens"], "shared": delta["shared_tokens"]}
         if args.compare:
             with service.base_model() as llm:
                 old = old_generate(llm, explainer.last_prompts, explainer.max_new_tokens)
