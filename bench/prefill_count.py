@@ -5,7 +5,7 @@
 
 For each of --users real users (last 20 training items, item-kNN's top 10 as the items to explain), one
 request's LLM work runs as the demo runs it: ``ProfileGenerator.generate`` (two greedy passes), then
-``Explainer.explain`` (one batched call). ``llm/decode.py`` counts what it prefilled; "before" is what
+``Explainer.explain`` (one batched call); ``per_call_*`` lists those three calls. ``llm/decode.py`` counts what it prefilled; "before" is what
 the previous decoding (``model.generate``, left-padded batch, the profile's second pass continuing the
 first one's KV) prefilled for the same calls: rows x longest prompt, or only the added tokens. Requests
 run in order on one service, so the cross-call prefix cache is warm from the second one on.
@@ -73,9 +73,15 @@ def main() -> None:
     calls: list = []
     plain = Decoder.generate
 
+    computed: list = []  # prefill tokens of each logged call
+
     def logged(self, llm, rows, *a, **k):
         calls.append([list(r) for r in rows])
-        return plain(self, llm, rows, *a, **k)
+        before = self.stats.prefill_tokens
+        try:
+            return plain(self, llm, rows, *a, **k)
+        finally:
+            computed.append(self.stats.prefill_tokens - before)
     Decoder.generate = logged
     train = data.train_sequences()
     rng = np.random.default_rng(0)
@@ -87,6 +93,7 @@ def main() -> None:
         scores[history] = -np.inf
         items = [int(i) for i in np.argsort(-scores, kind="stable")[:10]]
         calls.clear()
+        computed.clear()
         before = stats.as_dict()
         profiles.generate(history)
         explainer.explain(history, items)
@@ -94,7 +101,8 @@ def main() -> None:
         delta = {key: after[key] - before[key] for key in after}
         row = {"request": n + 1, "user": user, "calls": len(calls), "prompt_tokens": delta["prompt_tokens"],
                "prefill_before": sum(old_cost(calls)), "prefill_after": delta["prefill_tokens"],
-               "cached": delta["cached_tokens"], "shared": delta["shared_tokens"]}
+               "cached": delta["cached_tokens"], "shared": delta["shared_tokens"],
+               "per_call_before": old_cost(calls), "per_call_after": list(computed)}
         if args.compare:
             with service.base_model() as llm:
                 old = old_generate(llm, explainer.last_prompts, explainer.max_new_tokens)
