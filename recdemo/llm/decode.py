@@ -211,9 +211,9 @@ def _prefill_prefix(model, ids: torch.Tensor, start: int, kv: list | None) -> li
 
 
 def _prefill_suffixes(model, rows: list[torch.Tensor], start: int, kv: list | None, static_len: int | None,
-                      pad_id: int) -> tuple[_Batch, torch.Tensor]:
-    """Every row's tokens after the shared ``start`` in one batch, left-padded after the prefix; returns the
-    batch and each row's logits for its first new token."""
+                      pad_id: int) -> _Batch:
+    """Every row's tokens after the shared ``start`` in one batch, left-padded after the prefix; the batch
+    holds each row's first new token."""
     device = rows[0].device
     width = max(len(r) - start for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
@@ -227,7 +227,7 @@ def _prefill_suffixes(model, rows: list[torch.Tensor], start: int, kv: list | No
     positions = (mask.cumsum(1) - 1)[:, start:start + width].clamp(min=0)  # pads: any position, none is seen
     cache = _seeded_cache(model, kv, len(rows), static_len)
     logits = _forward(model, ids, mask, positions, cache)
-    return _Batch(cache, mask, start + width, list(range(len(rows))), logits.argmax(-1)), logits
+    return _Batch(cache, mask, start + width, list(range(len(rows))), logits.argmax(-1))
 
 
 class _Stopper:
@@ -292,7 +292,7 @@ class Decoder:
         ids = [torch.tensor(r, dtype=torch.long) for r in rows]
         stopper = _Stopper(llm.tokenizer, _eos_ids(model), stop_strings, stop_when, max_new_tokens)
         with torch.inference_mode():
-            batch, logits = self._prefill(model, ids, device, backend, max_new_tokens)
+            batch = self._prefill(model, ids, device, backend, max_new_tokens)
             out = self._decode(model, batch, stopper, backend, len(rows))
         self.stats.calls += 1
         self.stats.rows += len(rows)
@@ -315,15 +315,14 @@ class Decoder:
         longest = max(len(r) for r in ids)
         static_len = None if backend == "eager" else -(-(longest + max_new_tokens) // STATIC_BUCKET) * STATIC_BUCKET
         rows_on_device = [r.to(device) for r in ids]
-        batch, logits = _prefill_suffixes(model, rows_on_device, start, _to(kv, device), static_len,
-                                          _pad_id(model))
+        batch = _prefill_suffixes(model, rows_on_device, start, _to(kv, device), static_len, _pad_id(model))
         if single:  # the whole prompt's KV, for the next call that starts the same way
             self.cache.remember(scope, ids[0], _layer_kv(batch.cache, len(ids[0])))
         self.stats.prompt_tokens += sum(len(r) for r in ids)
         self.stats.prefill_tokens += len(ids) * (longest - start)
         self.stats.cached_tokens += cached * len(ids)
         self.stats.shared_tokens += (start - cached) * (len(ids) - 1)
-        return batch, logits
+        return batch
 
     def _decode(self, model, batch: _Batch, stopper: _Stopper, backend: str, n_rows: int) -> list[list[int]]:
         """One token per running row per step until every row is done."""
