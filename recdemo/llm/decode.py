@@ -60,6 +60,7 @@ class DecodeStats:
     shared_tokens: int = 0  # prompt tokens saved by prefilling a call's shared prefix once
     new_tokens: int = 0
     decode_steps: int = 0
+    decode_rows: int = 0  # rows run over all decode steps (a finished row leaves the eager batch)
 
     def as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -353,6 +354,7 @@ class Decoder:
             logits = step(model, batch.next_ids.unsqueeze(1), batch.mask, positions, batch.cache)
             batch.next_ids = logits.argmax(-1)
             self.stats.decode_steps += 1
+            self.stats.decode_rows += len(batch.rows)
 
     def _step_function(self, model, backend: str):
         """The decode step: eager/static call the model; graphs a compiled, graph-captured forward

@@ -165,6 +165,21 @@ def test_eos_ends_a_row(tiny_llm):
     assert got == want and len(got[0]) == 3 and any(len(g) > 3 for g in got)
 
 
+@pytest.mark.parametrize("backend", ["eager", "static"])
+def test_finished_rows_leave_the_eager_batch(tiny_llm, backend):
+    tok = tiny_llm.tokenizer
+    rows = shared_rows(tok)
+    first = tok.decode(alone(tiny_llm, rows[0], 1), skip_special_tokens=True)
+    dec = Decoder(backend, min_prefix_tokens=4)
+    got = dec.generate(tiny_llm, rows, 8, stop_when=lambda text: text == first)  # row 0 is done at once
+    assert len(got[0]) == 1 and any(len(g) > 1 for g in got[1:])
+    steps = dec.stats.decode_steps
+    if backend == "eager":
+        assert dec.stats.decode_rows <= steps * (len(rows) - 1)  # row 0 cost no decode step
+    else:
+        assert dec.stats.decode_rows == steps * len(rows)  # a static batch keeps its shape
+
+
 def test_the_cache_is_bounded():
     cache = PrefixCache(max_entries=2, max_tokens=10, min_tokens=2)
     kv = [(torch.zeros(1, 1, 12, 2), torch.zeros(1, 1, 12, 2))]
