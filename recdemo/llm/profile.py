@@ -15,7 +15,6 @@ import re
 import threading
 from collections import Counter, OrderedDict
 
-import torch
 
 from recdemo.records import Keyword, Profile
 from recdemo.llm.coalesce import Coalescer
@@ -343,84 +342,29 @@ class ProfileGenerator:
         copied = example.split("Summary:", 1)[-1]
         return re.sub(r"\W+", " ", summary).strip().lower() == re.sub(r"\W+", " ", copied).strip().lower()
 
-    def _write(self, llm, prompt: str) -> str:
-        """The answer text: PROFILE_PREFIX + keyword line + newline + PROFILE_SUMMARY_PREFIX + sentence."""
-        from transformers import StoppingCriteriaList
-
-        from recdemo.llm.service import TextStop, stop_string_criteria
-
-        tok, model = llm.tokenizer, llm.model
-        ids = tok(prompt, return_tensors="pt", add_special_tokens=False).input_ids.to(llm.device)
-        n = ids.shape[1]
-        with torch.inference_mode():
-            # Pass 1: the keyword line. A small model loops ("adventure, adventure, ..."): stop early.
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=self.keyword_tokens,
-                                 do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None,
-                                 pad_token_id=tok.pad_token_id, return_dict_in_generate=True,
-                                 stopping_criteria=StoppingCriteriaList([TextStop(tok, n, keyword_line_done)]))
-            line = tok.decode(out.sequences[0, n:], skip_special_tokens=True).split("\n")[0]
-            keywords = split_keywords(line)
-            # Pass 2: reuse the prompt's KV cache (drop pass 1's tokens), append the cleaned line.
-            cache = out.past_key_values
-            extra = cache.get_seq_length() - n if cache is not None else 0
-            if cache is not None and extra > 0:
-                cache.crop(-extra)
-            tail = f" {', '.join(keywords)}\n{P.PROFILE_SUMMARY_PREFIX}"
-            tail_ids = tok(tail, return_tensors="pt", add_special_tokens=False).input_ids.to(llm.device)
-            ids2 = torch.cat([ids, tail_ids], dim=1)
-            out2 = model.generate(ids2, attention_mask=torch.ones_like(ids2), past_key_values=cache,
-                                  max_new_tokens=self.summary_tokens, do_sample=False, num_beams=1,
-                                  temperature=None, top_p=None, top_k=None, pad_token_id=tok.pad_token_id,
-                                  stopping_criteria=StoppingCriteriaList([stop_string_criteria(tok, [".", "\n"])]))
-        sentence = tok.decode(out2[0, ids2.shape[1]:], skip_special_tokens=True).split("\n")[0]
-        sentence = sentence[: sentence.find(".") + 1] if "." in sentence else sentence
-        return f"{P.PROFILE_PREFIX}{line}\n{P.PROFILE_SUMMARY_PREFIX}{sentence}"
-
-
     def _write_batch(self, adapter: str | None, prompts: list[str]) -> list[str]:
-        """The coalescer's batch: one prompt is written exactly as alone (``_write``); several (concurrent
-        requests) share each pass's model call. Their pass 2 feeds prompt + keyword line afresh (each row
-        would need its own cut of pass 1's cache): one more prefill per row, far cheaper than decoding
-        every row on its own."""
+        """The coalescer's batch: several prompts (concurrent requests) share each pass's decoder call."""
         with self.service.use_adapter(adapter) as llm:
-            if len(prompts) == 1:
-                return [self._write(llm, prompts[0])]
-            return self._write_many(llm, prompts)
+            return self._write(llm, prompts)
 
-    def _write_many(self, llm, prompts: list[str]) -> list[str]:
-        from recdemo.llm.service import TextStop, stop_string_criteria
-
-        tok = llm.tokenizer
+    def _write(self, llm, prompts: list[str]) -> list[str]:
+        """Each prompt's answer text: PROFILE_PREFIX + keyword line + newline + PROFILE_SUMMARY_PREFIX +
+        sentence (one prompt is written exactly as alone)."""
+        tok, decoder = llm.tokenizer, self.service.decoder
         ids = [list(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
-        firsts = _greedy(llm, ids, self.keyword_tokens, lambda width: [TextStop(tok, width, keyword_line_done)])
-        lines = [text.split("\n")[0] for text in firsts]
+        # Pass 1: the keyword line. A small model loops ("adventure, adventure, ..."): stop early.
+        firsts = decoder.generate(llm, ids, self.keyword_tokens, stop_when=keyword_line_done)
+        lines = [tok.decode(new, skip_special_tokens=True).split("\n")[0] for new in firsts]
+        # Pass 2: the prompt, then the cleaned line; the decoder's prefix cache holds pass 1's prompt KV.
         tails = [f" {', '.join(split_keywords(line))}\n{P.PROFILE_SUMMARY_PREFIX}" for line in lines]
-        rows = [row + list(tok(tail, add_special_tokens=False)["input_ids"]) for row, tail in zip(ids, tails)]
-        seconds = _greedy(llm, rows, self.summary_tokens, lambda width: [stop_string_criteria(tok, [".", "\n"])])
+        rows = [row + tok(tail, add_special_tokens=False)["input_ids"] for row, tail in zip(ids, tails)]
+        seconds = decoder.generate(llm, rows, self.summary_tokens, stop_strings=[".", "\n"])
         out = []
-        for line, text in zip(lines, seconds):
-            sentence = text.split("\n")[0]
+        for line, new in zip(lines, seconds):
+            sentence = tok.decode(new, skip_special_tokens=True).split("\n")[0]
             sentence = sentence[: sentence.find(".") + 1] if "." in sentence else sentence
             out.append(f"{P.PROFILE_PREFIX}{line}\n{P.PROFILE_SUMMARY_PREFIX}{sentence}")
         return out
-
-
-def _greedy(llm, rows: list[list[int]], max_new_tokens: int, criteria) -> list[str]:
-    """Greedy continuations of token rows in one call (left padded); ``criteria(width)`` -> stopping
-    criteria for prompts padded to ``width``. Returns each row's new text."""
-    from transformers import StoppingCriteriaList
-
-    from recdemo.llm.service import pad_left
-
-    tok = llm.tokenizer
-    enc = pad_left(rows, tok.pad_token_id if tok.pad_token_id is not None else 0)
-    width = enc["input_ids"].shape[1]
-    with torch.inference_mode():
-        out = llm.model.generate(enc["input_ids"].to(llm.device), attention_mask=enc["attention_mask"].to(llm.device),
-                                 max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, temperature=None,
-                                 top_p=None, top_k=None, pad_token_id=tok.pad_token_id,
-                                 stopping_criteria=StoppingCriteriaList(criteria(width)))
-    return tok.batch_decode(out[:, width:], skip_special_tokens=True)
 
 
 def keyword_line_done(text: str) -> bool:

@@ -12,28 +12,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
-import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, StopStringCriteria
-
 from recdemo.llm.coalesce import Coalescer
 from recdemo.llm.adapters import AdapterManager, check_adapter_name, finetune_hint, is_adapter_dir
+from recdemo.llm.decode import Decoder
 from recdemo.llm.models import LLM, load_llm
 from recdemo.errors import ModelNotFound
 
 NO_ADAPTER = {None, "", "none", "base"}
-_STOP_CRITERIA: dict = {}  # (id(tokenizer), stop strings) -> (tokenizer, StopStringCriteria)
-
-
-def stop_string_criteria(tokenizer, stops) -> StopStringCriteria:
-    """transformers' stop-string criterion, built once per tokenizer and stop strings. Building one
-    scans the whole vocabulary (~0.5-1 s of CPU for SmolLM2's 49k tokens, on every generate call
-    given ``stop_strings=``: transformers' own cache misses because a fast tokenizer's get_vocab()
-    comes back in a different order each time). It keeps no per-call state, so one serves all calls."""
-    key = (id(tokenizer), tuple(stops))
-    hit = _STOP_CRITERIA.get(key)
-    if hit is None or hit[0] is not tokenizer:
-        hit = _STOP_CRITERIA[key] = (tokenizer, StopStringCriteria(tokenizer, list(stops)))
-    return hit[1]
 
 
 class LLMService:
@@ -45,6 +30,7 @@ class LLMService:
         self._adapters: AdapterManager | None = None
         # concurrent generate calls with the same settings: one batched call (see generate)
         self.generations = Coalescer(self._generate_merged, max_rows=cfg.coalesce_rows, gate=self.lock)
+        self.decoder = Decoder.from_config(cfg)  # every generation; holds the prefix-KV cache
 
     # -- lazy parts --
     @property
@@ -82,14 +68,18 @@ class LLMService:
         """Load (or reload, after a new fine-tune) an adapter folder this program wrote, without
         reloading the base (requests then name it by the folder's name)."""
         with self.lock:
-            return self.adapters.register(path)
+            name = self.adapters.register(path)
+            self.decoder.forget_adapters(self.adapters.loaded.values())  # a re-trained adapter's old KV
+            return name
 
     def unload_adapter(self, name: str) -> bool:
         """Free a loaded adapter's memory (e.g. a closed session's); False when it was not loaded."""
         if self._adapters is None:
             return False
         with self.lock:
-            return self.adapters.unload(name)
+            gone = self.adapters.unload(name)
+            self.decoder.forget_adapters(self.adapters.loaded.values())
+            return gone
 
     def resolve_adapter(self, requested: str | None, dataset_name: str | None = None,
                         ranker: str | None = None) -> str | None:
@@ -141,29 +131,31 @@ class LLMService:
     def generate(self, prompts: list[str], max_new_tokens: int = 32, stop_strings: list[str] | None = None,
                  adapter: str | None = None, stop_when: Callable[[str], bool] | None = None,
                  **gen_kwargs) -> list[str]:
-        """Greedy continuation of each prompt in one batched call (left padding). Returns only the new text.
+        """Greedy continuation of each prompt in one batched call (llm/decode.py: shared and cached prompt
+        prefixes are computed once). Returns only the new text.
 
         ``stop_strings`` end a sequence early (each sequence stops on its own); the returned text is cut
         before the first stop string. ``stop_when(new_text)`` is a predicate checked after every token
         (pass a module-level function: calls merge only when their settings compare equal).
 
-        Concurrent calls with equal settings (adapter, max_new_tokens, stop strings, stop_when, other
-        keyword arguments) that wait while the model is busy run as one batched call of at most
+        Concurrent calls with equal settings (adapter, max_new_tokens, stop strings, stop_when) that wait while the model is busy run as one batched call of at most
         ``cfg.coalesce_rows`` prompts; each caller gets its own texts back.
         """
         if not prompts:
             return []
+        if gen_kwargs:
+            raise TypeError(f"greedy decoding takes no other options: {', '.join(sorted(gen_kwargs))}")
         prompts = list(prompts)
-        key = _settings_key(adapter, max_new_tokens, stop_strings, stop_when, gen_kwargs)
-        if key is None:  # settings that cannot be compared (e.g. a list argument): run alone
-            return self._generate_batch(prompts, max_new_tokens, stop_strings, adapter, stop_when, **gen_kwargs)
+        key = _settings_key(adapter, max_new_tokens, stop_strings, stop_when)
+        if key is None:  # settings that cannot be compared (an unhashable predicate): run alone
+            return self._generate_batch(prompts, max_new_tokens, stop_strings, adapter, stop_when)
         return self.generations.submit(key, prompts, rows=len(prompts))
 
     def _generate_merged(self, key, jobs: list[list[str]]) -> list[list[str]]:
         """The coalescer's batch: every job's prompts in one call, the texts split back per job."""
-        adapter, max_new_tokens, stops, stop_when, extra = key
+        adapter, max_new_tokens, stops, stop_when = key
         texts = self._generate_batch([p for job in jobs for p in job], max_new_tokens,
-                                     list(stops) if stops is not None else None, adapter, stop_when, **dict(extra))
+                                     list(stops) if stops is not None else None, adapter, stop_when)
         out, at = [], 0
         for job in jobs:
             out.append(texts[at:at + len(job)])
@@ -171,68 +163,27 @@ class LLMService:
         return out
 
     def _generate_batch(self, prompts: list[str], max_new_tokens: int = 32, stop_strings: list[str] | None = None,
-                        adapter: str | None = None, stop_when: Callable[[str], bool] | None = None,
-                        **gen_kwargs) -> list[str]:
-        """``generate``'s one model call for ``prompts``. Holds the lock (via ``use_adapter``)."""
+                        adapter: str | None = None, stop_when: Callable[[str], bool] | None = None) -> list[str]:
+        """``generate``'s one decoder call for ``prompts``. Holds the lock (via ``use_adapter``). Each prompt
+        is tokenized alone (no padding: the decoder lays rows out itself)."""
         with self.use_adapter(adapter) as llm:
             tok = llm.tokenizer
-            enc = {k: v.to(llm.device) for k, v in left_padded(tok, prompts).items()}
-            kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
-                          num_beams=1, **gen_kwargs)
-            criteria = [stop_string_criteria(tok, stop_strings)] if stop_strings else []
-            if stop_when is not None:
-                criteria.append(TextStop(tok, enc["input_ids"].shape[1], stop_when))
-            if criteria:
-                kwargs["stopping_criteria"] = StoppingCriteriaList(criteria)
-            with torch.inference_mode():
-                out = llm.model.generate(**enc, **kwargs, temperature=None, top_p=None, top_k=None)
-        texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            rows = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+            new = self.decoder.generate(llm, rows, max_new_tokens, stop_strings=stop_strings, stop_when=stop_when)
+        texts = tok.batch_decode(new, skip_special_tokens=True)
         if stop_strings:
             texts = [_cut(t, stop_strings) for t in texts]
         return texts
 
 
-def left_padded(tok, prompts: list[str]) -> dict:
-    """input_ids and attention_mask of ``prompts``, padded on the left (decoder-only: new tokens must
-    follow each prompt directly), as ``tok(prompts, padding=True)`` with left padding would give.
-    Padded by hand: asking the tokenizer to pad switches its padding on and off, and a prompt
-    encoded meanwhile by another thread (outside the model lock) then fails or comes back padded."""
-    return pad_left(tok(list(prompts), add_special_tokens=False)["input_ids"],
-                    tok.pad_token_id if tok.pad_token_id is not None else 0)
-
-
-def pad_left(rows: list[list[int]], pad: int) -> dict:
-    """Token rows -> input_ids and attention_mask, each row right-aligned after ``pad`` tokens."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for b, r in enumerate(rows):
-        if r:
-            ids[b, width - len(r):] = torch.tensor(r, dtype=torch.long)
-            mask[b, width - len(r):] = 1
-    return {"input_ids": ids, "attention_mask": mask}
-
-
-def _settings_key(adapter, max_new_tokens, stop_strings, stop_when, gen_kwargs) -> tuple | None:
+def _settings_key(adapter, max_new_tokens, stop_strings, stop_when) -> tuple | None:
     """What must be equal for two generate calls to share one batch; None when it is not hashable."""
-    key = (adapter, int(max_new_tokens), tuple(stop_strings) if stop_strings else None, stop_when,
-           tuple(sorted(gen_kwargs.items())))
+    key = (adapter, int(max_new_tokens), tuple(stop_strings) if stop_strings else None, stop_when)
     try:
         hash(key)
     except TypeError:
         return None
     return key
-
-
-class TextStop(StoppingCriteria):
-    """Stops each sequence once ``predicate(text generated so far)`` is true."""
-
-    def __init__(self, tokenizer, prompt_len: int, predicate: Callable[[str], bool]):
-        self.tokenizer, self.prompt_len, self.predicate = tokenizer, prompt_len, predicate
-
-    def __call__(self, input_ids, scores, **kwargs):
-        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len:], skip_special_tokens=True)
-        return torch.tensor([bool(self.predicate(t)) for t in texts], device=input_ids.device)
 
 
 def _cut(text: str, stops: list[str]) -> str:

@@ -170,19 +170,6 @@ def test_call_log_prices_the_calls_a_model_makes(bench, tiny_llm):
     assert log.weight_bytes(cost) == (3 * cost.n_dec + cost.n_head) * 4
 
 
-def test_stop_string_criteria_are_built_once_per_tokenizer(tiny_service):
-    from recdemo.llm.service import stop_string_criteria
-
-    tok = tiny_service.llm.tokenizer
-    first = stop_string_criteria(tok, [".", "\n"])
-    assert stop_string_criteria(tok, [".", "\n"]) is first  # no vocabulary scan on the next call
-    assert stop_string_criteria(tok, ["\n"]) is not first
-    assert stop_string_criteria(make_tiny_tokenizer(), [".", "\n"]) is not first
-    texts = tiny_service.generate(["Alpha Bravo", "Castle"], max_new_tokens=12, stop_strings=["a", "e"],
-                                  stop_when=lambda t: len(t) > 30)
-    assert len(texts) == 2 and all("a" not in t and "e" not in t for t in texts)
-
-
 def test_a_failing_setting_is_reported_and_the_rest_still_written(bench, tokenizer_dir, tmp_path):
     r = bench.main(tiny_args(tmp_path, tokenizer_dir, "--skip", "rankers,profile,explain,eval,concurrent,finetune",
                              "--lora-targets", "no_such_proj", "q_proj,v_proj"))

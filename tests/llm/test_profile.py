@@ -3,13 +3,16 @@ from __future__ import annotations
 
 
 import pytest
+import torch
 
 from conftest import real_data_root
 
 from recdemo.data import Catalog
 from recdemo.llm.profile import (
-    ProfileGenerator, build_keywords, ground, heuristic_profile, keyword_line_done, parse_profile, stem,
+    ProfileGenerator, build_keywords, ground, heuristic_profile, keyword_line_done, parse_profile, split_keywords,
+    stem,
 )
+from recdemo.llm import prompts as P
 
 
 @pytest.fixture
@@ -117,7 +120,7 @@ def test_generator_with_tiny_llm_grounds_and_caches(tiny_service, toy_dataset, m
         assert k.grounded == bool(k.support)
     assert profile.summary
     calls = []
-    monkeypatch.setattr(gen, "_write", lambda *a: calls.append(a) or "")
+    monkeypatch.setattr(gen, "_write", lambda llm, prompts: calls.append(prompts) or [""] * len(prompts))
     assert gen.generate(history) is profile  # cached per (history, model, adapter)
     assert calls == []
     gen.generate(history[:-1])
@@ -132,8 +135,8 @@ def test_concurrent_profiles_are_written_in_one_batch_each_as_if_alone(tiny_serv
     want = [alone.generate(h) for h in histories]
     gen = ProfileGenerator(tiny_service, toy_dataset.catalog, keyword_tokens=8, summary_tokens=8)
     model_calls = []
-    inner = tiny_service.llm.model.generate
-    tiny_service.llm.model.generate = lambda *a, **kw: model_calls.append(1) or inner(*a, **kw)
+    inner = tiny_service.decoder.generate
+    tiny_service.decoder.generate = lambda *a, **kw: model_calls.append(1) or inner(*a, **kw)
     got = [None] * len(histories)
 
     def run(i):
@@ -160,7 +163,7 @@ def test_concurrent_profiles_are_written_in_one_batch_each_as_if_alone(tiny_serv
 ])
 def test_bad_summaries_fall_back_to_the_template(tiny_service, toy_dataset, monkeypatch, raw):
     gen = ProfileGenerator(tiny_service, toy_dataset.catalog)
-    monkeypatch.setattr(gen, "_write", lambda *a: raw)
+    monkeypatch.setattr(gen, "_write", lambda llm, prompts: [raw] * len(prompts))
     history = [int(i) for i in toy_dataset.sequences[2]]
     profile = gen.generate(history)
     assert profile.summary.startswith("The user mostly watched ")
@@ -204,3 +207,26 @@ def test_genre_only_keywords_get_era_and_tone_added(movies):
         assert k.support == ground(k.text, movies, history)
     # a profile that already says more than the genre names gets nothing added
     assert [k.source for k in build_keywords(movies, history, ["dark", "comedy"])] == ["llm", "llm"]
+
+
+def test_the_summary_pass_continues_the_keyword_pass(tiny_service, toy_dataset):
+    """Pass 2 (prompt + keyword line) prefills only what pass 1 did not: the prompt's KV comes from the
+    decoder's prefix cache, and the summary equals model.generate's on the whole pass-2 prompt."""
+    gen = ProfileGenerator(tiny_service, toy_dataset.catalog, keyword_tokens=8, summary_tokens=8)
+    history = [int(i) for i in toy_dataset.sequences[0]]
+    prompt = gen.prompt(history)
+    stats = tiny_service.decoder.stats
+    profile = gen.generate(history)
+    tok = tiny_service.llm.tokenizer
+    n = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    assert stats.calls == 2 and stats.cached_tokens >= n - 1
+    assert stats.prefill_tokens < stats.prompt_tokens - (n - 1)
+    line = profile.raw.split("\n")[0][len(P.PROFILE_PREFIX):]
+    ids2 = tok(prompt, add_special_tokens=False)["input_ids"] + tok(
+        f" {', '.join(split_keywords(line))}\n{P.PROFILE_SUMMARY_PREFIX}", add_special_tokens=False)["input_ids"]
+    with torch.inference_mode():
+        t = torch.tensor([ids2])
+        out = tiny_service.llm.model.generate(t, attention_mask=torch.ones_like(t), max_new_tokens=8, do_sample=False,
+                                              pad_token_id=tok.pad_token_id)
+    reference = tok.decode(out[0, len(ids2):], skip_special_tokens=True).split("\n")[0]
+    assert profile.raw.endswith(reference[: reference.find(".") + 1] if "." in reference else reference)

@@ -95,6 +95,14 @@ def test_stop_strings_cut_the_answer(tiny_service):
     assert tiny_service.generate([], max_new_tokens=4) == []
 
 
+def test_stop_strings_and_the_predicate_end_each_row_on_its_own(tiny_service):
+    texts = tiny_service.generate(["Alpha Bravo", "Castle"], max_new_tokens=12, stop_strings=["a", "e"],
+                                  stop_when=lambda t: len(t) > 30)
+    assert len(texts) == 2 and all("a" not in t and "e" not in t for t in texts)
+    with pytest.raises(TypeError, match="no other options"):
+        tiny_service.generate(["Castle"], max_new_tokens=4, do_sample=True)
+
+
 def test_a_path_is_refused_before_the_model_loads(tiny_llm, tmp_path):
     """The API's adapter="/etc" is answered at once: the model is not loaded, no folder is read."""
     folder = make_tiny_adapter(tiny_llm, tmp_path / "elsewhere" / "real")
@@ -121,15 +129,16 @@ def ends_sentence(text: str) -> bool:  # a module-level predicate: equal in ever
     return "." in text
 
 
-def count_generate_calls(llm) -> list:
+def count_generate_calls(service) -> list:
+    """The rows of each decoder call (one call = one batched model run)."""
     calls = []
-    inner = llm.model.generate
+    inner = service.decoder.generate
 
-    def counted(*args, **kwargs):
-        calls.append(kwargs.get("input_ids", args[0] if args else None).shape[0])
-        return inner(*args, **kwargs)
+    def counted(llm, rows, *args, **kwargs):
+        calls.append(len(rows))
+        return inner(llm, rows, *args, **kwargs)
 
-    llm.model.generate = counted
+    service.decoder.generate = counted
     return calls
 
 
@@ -164,7 +173,7 @@ def test_concurrent_generate_calls_share_one_model_call_and_get_their_own_texts(
             dict(prompts=["Alpha Bravo Story (1980)", "Comedy, Drama", "Yes"], max_new_tokens=6,
                  stop_strings=["\n"], stop_when=ends_sentence)]
     alone = [tiny_service.generate(**kw) for kw in jobs]
-    calls = count_generate_calls(tiny_service.llm)
+    calls = count_generate_calls(tiny_service)
     together = concurrently(tiny_service, jobs)
     assert together == alone  # greedy: each caller's rows as if it ran alone
     assert calls == [6]  # three requests, one model call of all six prompts
@@ -178,7 +187,7 @@ def test_calls_with_other_settings_are_not_merged(tiny_service):
             dict(prompts=["Comedy"], max_new_tokens=6, stop_when=lambda t: False),  # a fresh lambda
             dict(prompts=["Drama"], max_new_tokens=6)]  # the first one's settings: merged with it
     alone = [tiny_service.generate(**kw) for kw in jobs]
-    calls = count_generate_calls(tiny_service.llm)
+    calls = count_generate_calls(tiny_service)
     assert concurrently(tiny_service, jobs) == alone
     assert sorted(calls) == [1, 1, 1, 2]
 
@@ -190,24 +199,8 @@ def test_a_failing_call_fails_alone_and_the_rows_are_bounded(tiny_service):
             dict(prompts=["Comedy"], max_new_tokens=5),
             dict(prompts=["Drama", 7], max_new_tokens=5)]  # not text: this call's tokenizer error
     alone = [tiny_service.generate(**kw) for kw in jobs[:3]]
-    calls = count_generate_calls(tiny_service.llm)
+    calls = count_generate_calls(tiny_service)
     out = concurrently(tiny_service, jobs)
     assert out[:3] == alone
     assert isinstance(out[3], Exception)
     assert max(calls) <= 3 and sum(calls) >= 5
-
-
-def test_left_padding_by_hand_equals_the_tokenizers(tiny_service):
-    from recdemo.llm.service import left_padded
-
-    tok = tiny_service.llm.tokenizer
-    prompts = ["Keywords: Comedy", "A user watched these movies, oldest first", "Summary"]
-    side, tok.padding_side = tok.padding_side, "left"
-    try:
-        want = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    finally:
-        tok.padding_side = side
-    got = left_padded(tok, prompts)
-    assert torch.equal(got["input_ids"], want["input_ids"])
-    assert torch.equal(got["attention_mask"], want["attention_mask"])
-    assert got["attention_mask"][2].sum() < got["attention_mask"][1].sum()  # really padded

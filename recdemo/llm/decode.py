@@ -1,0 +1,391 @@
+"""Greedy decoding for every generation of the project (profiles, explanations), written out by hand.
+
+Why not ``model.generate``: the prompts of one request share long starts (the 10 explanation prompts
+share their header and the user's history; every profile prompt starts with the same instructions),
+and on 2 CPU cores prefill is the cost (~1,200-1,700 tokens/s for SmolLM2-135M). So:
+
+1. **Prefix cache** (across calls): KV of token prefixes already computed, in a bounded LRU keyed by
+   the model and its active LoRA adapter (an adapter changes every K and V). A call starts from the
+   longest cached prefix of its prompt.
+2. **Shared prefix** (within a call): the longest common token prefix of the rows is prefilled once at
+   batch 1 and its KV expanded to every row; only each row's own suffix is prefilled after it.
+3. **Suffixes** of different lengths are left-padded *inside* the sequence (prefix, pads, suffix): the
+   attention mask hides the pads and position ids come from the mask (cumsum - 1), so each row sees
+   exactly its own tokens at its own positions, as if it ran alone.
+4. **Decode**: one token per row per step (argmax); a row that is done (EOS, a stop string, the
+   ``stop_when`` predicate, the token budget) leaves the batch, so it costs nothing more.
+
+Backends (``LLMConfig.decode_backend``): ``eager`` grows a DynamicCache and drops finished rows;
+``static`` preallocates the KV (StaticCache: fixed shapes, finished rows stay in the batch); ``graphs``
+is ``static`` with the decode step under ``torch.compile(mode="reduce-overhead")`` (CUDA graphs: at
+batch 1 a GPU decode step is bound by kernel launches, not by memory). ``auto``: graphs on CUDA,
+eager on CPU. All give the same tokens (tests/llm/test_decode.py); graphs need CUDA, elsewhere they
+fall back to static.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict, deque
+from dataclasses import dataclass, fields
+from typing import Callable
+
+import torch
+
+BACKENDS = ("auto", "eager", "static", "graphs")
+STATIC_BUCKET = 64  # static caches are sized in steps of this many tokens: fewer distinct shapes to compile
+RECENT_PROMPTS = 8  # earlier prompts (token ids only) a new prompt is compared with for a common start
+
+
+def select_backend(requested: str, device: torch.device) -> str:
+    """The backend that runs: ``auto`` is graphs on CUDA and eager elsewhere; graphs without CUDA
+    run as static (the same preallocated cache, no graph capture)."""
+    if requested not in BACKENDS:
+        raise ValueError(f"decode backend must be one of {', '.join(BACKENDS)}, got {requested!r}")
+    cuda = torch.device(device).type == "cuda"
+    if requested == "auto":
+        return "graphs" if cuda else "eager"
+    if requested == "graphs" and not cuda:
+        return "static"
+    return requested
+
+
+@dataclass
+class DecodeStats:
+    """What decoding computed, counted (not timed): a script reads it to compare before/after."""
+    calls: int = 0
+    rows: int = 0
+    prompt_tokens: int = 0  # tokens of the prompts as given
+    prefill_tokens: int = 0  # positions the model ran in prefill (pads included: they cost the same)
+    cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
+    shared_tokens: int = 0  # prompt tokens saved by prefilling a call's shared prefix once
+    new_tokens: int = 0
+    decode_steps: int = 0
+    decode_rows: int = 0  # rows run over all decode steps (a finished row leaves the eager batch)
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+# -- which adapter the model runs with (part of every cache key) --
+
+def adapter_key(model) -> tuple | None:
+    """The LoRA adapters active in ``model``'s layers, None for the bare base model. Read from the
+    model itself, so no caller can forget it; peft's adapter names are versioned on reload
+    (adapters.py), so a re-trained adapter never meets the KV of its old weights."""
+    for module in model.modules():
+        if hasattr(module, "lora_A") and hasattr(module, "active_adapters"):
+            return None if getattr(module, "disable_adapters", False) else tuple(module.active_adapters)
+    return None
+
+
+# -- the cross-call prefix cache --
+
+@dataclass
+class _Entry:
+    tokens: torch.Tensor  # 1-D int64 on the CPU
+    kv: list  # per layer (keys, values), each [1, heads, len, head_dim]
+
+
+def common_length(a: torch.Tensor, b: torch.Tensor) -> int:
+    """Length of the common start of two 1-D token tensors."""
+    n = min(len(a), len(b))
+    differ = (a[:n] != b[:n]).nonzero()
+    return int(differ[0]) if len(differ) else n
+
+
+class PrefixCache:
+    """KV of token prefixes, least recently used first out, bounded in entries and total tokens.
+    ``scope`` is (model, adapter): KV is never shared across them. Thread-safe."""
+
+    def __init__(self, max_entries: int = 32, max_tokens: int = 4096, min_tokens: int = 16):
+        self.max_entries, self.max_tokens, self.min_tokens = max_entries, max_tokens, min_tokens
+        self._entries: OrderedDict = OrderedDict()  # (scope, tokens tuple) -> _Entry
+        self._recent: dict = {}  # scope -> deque of recent prompts' token tensors
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(e.tokens) for e in self._entries.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def longest(self, scope, ids: torch.Tensor, limit: int) -> tuple[int, list | None]:
+        """(n, KV of ids[:n]) for the cached entry sharing the longest start with ``ids[:limit]``."""
+        best, best_key = 0, None
+        with self._lock:
+            for key, entry in self._entries.items():
+                if key[0] == scope:
+                    n = common_length(entry.tokens, ids[:limit])
+                    if n > best:
+                        best, best_key = n, key
+            if best_key is None:
+                self.misses += 1
+                return 0, None
+            self.hits += 1
+            self._entries.move_to_end(best_key)
+            kv = self._entries[best_key].kv
+        return best, [(k[:, :, :best], v[:, :, :best]) for k, v in kv]
+
+    def remember(self, scope, ids: torch.Tensor, kv: list) -> None:
+        """Offer the KV of prompt ``ids`` (``kv``: batch 1, at least ``len(ids)`` long). Stored: the whole
+        of it (the next call may continue it: the profile's second pass), and its common start with a
+        recent prompt of the same scope (so the constant instructions of a prompt template become an
+        entry of their own after two calls, without anyone declaring them)."""
+        with self._lock:
+            recent = self._recent.setdefault(scope, deque(maxlen=RECENT_PROMPTS))
+            common = max((common_length(ids, r) for r in recent), default=0)
+            recent.append(ids)
+            for n in sorted({common, len(ids)}):
+                if self.min_tokens <= n <= self.max_tokens:
+                    self._put(scope, ids[:n], kv)
+
+    def _put(self, scope, ids: torch.Tensor, kv: list) -> None:
+        key = (scope, tuple(ids.tolist()))
+        if key not in self._entries:  # copies: the entry must not pin (or share) a larger live buffer
+            n = len(ids)
+            self._entries[key] = _Entry(ids.clone(), [(k[:, :, :n].clone(), v[:, :, :n].clone()) for k, v in kv])
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries or self.tokens > self.max_tokens:
+            self._entries.popitem(last=False)
+
+    def retain(self, keep: Callable[[object], bool]) -> int:
+        """Drop the entries whose scope ``keep`` refuses (an unloaded or re-registered adapter's);
+        returns how many went."""
+        with self._lock:
+            gone = [key for key in self._entries if not keep(key[0])]
+            for key in gone:
+                del self._entries[key]
+            for scope in [s for s in self._recent if not keep(s)]:
+                del self._recent[scope]
+        return len(gone)
+
+    def clear(self) -> None:
+        self.retain(lambda scope: False)
+
+
+# -- one call: plan, prefill, decode --
+
+@dataclass
+class _Batch:
+    """The state of a call while it decodes: the rows still running and their KV."""
+    cache: object  # a transformers Cache
+    mask: torch.Tensor  # [rows, kv positions] 1 = a real token (static: the cache's full width)
+    length: int  # kv positions filled
+    rows: list[int]  # which of the call's rows each batch row is
+    next_ids: torch.Tensor  # [rows] the token each row emits next
+
+
+def _forward(model, ids, mask, positions, cache):
+    """Logits of the last position only (the vocabulary projection of a 600-token prompt is wasted work)."""
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1, :]
+
+
+def _seeded_cache(model, kv: list | None, batch: int, static_len: int | None):
+    """A cache holding ``kv`` (batch 1) for each of ``batch`` rows; static when ``static_len`` is set."""
+    from transformers import DynamicCache, StaticCache
+
+    cache = (StaticCache(config=model.config, max_cache_len=static_len) if static_len
+             else DynamicCache(config=model.config))
+    if kv:
+        for layer, (k, v) in enumerate(kv):
+            cache.update(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1), layer)
+    return cache
+
+
+def _layer_kv(cache, length: int) -> list:
+    """The first ``length`` positions of every layer of a batch-1 cache."""
+    return [(layer.keys[:1, :, :length], layer.values[:1, :, :length]) for layer in cache.layers]
+
+
+def _prefill_prefix(model, ids: torch.Tensor, start: int, kv: list | None) -> list:
+    """KV of ``ids`` (batch 1) given the KV of ``ids[:start]``: runs only the tokens after ``start``."""
+    cache = _seeded_cache(model, kv, 1, None)
+    part = ids[start:].unsqueeze(0)
+    positions = torch.arange(start, len(ids), device=ids.device).unsqueeze(0)
+    model(input_ids=part, attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=ids.device),
+          position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return _layer_kv(cache, len(ids))
+
+
+def _prefill_suffixes(model, rows: list[torch.Tensor], start: int, kv: list | None, static_len: int | None,
+                      pad_id: int) -> _Batch:
+    """Every row's tokens after the shared ``start`` in one batch, left-padded after the prefix; the batch
+    holds each row's first new token."""
+    device = rows[0].device
+    width = max(len(r) - start for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
+    # a static cache gets a mask as wide as itself: the decode step then has one shape throughout
+    mask = torch.zeros(len(rows), static_len or start + width, dtype=torch.long, device=device)
+    mask[:, :start] = 1
+    for i, row in enumerate(rows):
+        n = len(row) - start
+        ids[i, width - n:] = row[start:]
+        mask[i, start + width - n:start + width] = 1
+    positions = (mask.cumsum(1) - 1)[:, start:start + width].clamp(min=0)  # pads: any position, none is seen
+    cache = _seeded_cache(model, kv, len(rows), static_len)
+    logits = _forward(model, ids, mask, positions, cache)
+    return _Batch(cache, mask, start + width, list(range(len(rows))), logits.argmax(-1))
+
+
+class _Stopper:
+    """Decides, after each token, which rows are done: EOS, a stop string in the new text, the
+    ``stop_when(new_text)`` predicate, or the token budget."""
+
+    def __init__(self, tokenizer, eos: set[int], stop_strings, stop_when, max_new_tokens: int):
+        self.tokenizer, self.eos, self.max_new_tokens = tokenizer, eos, max_new_tokens
+        self.stop_strings = [s for s in (stop_strings or []) if s]
+        self.stop_when = stop_when
+
+    def done(self, new: list[int]) -> bool:
+        if len(new) >= self.max_new_tokens or new[-1] in self.eos:
+            return True
+        if not self.stop_strings and self.stop_when is None:
+            return False
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        if any(s in text for s in self.stop_strings):
+            return True
+        return self.stop_when is not None and bool(self.stop_when(text))
+
+
+def _keep_rows(batch: _Batch, keep: list[int], static: bool) -> None:
+    """Drop finished rows from an eager batch (a static one keeps its shape; their tokens are ignored)."""
+    if static or len(keep) == len(batch.rows):
+        return
+    index = torch.tensor(keep, device=batch.mask.device)
+    batch.cache.batch_select_indices(index)
+    batch.mask, batch.next_ids = batch.mask[index], batch.next_ids[index]
+    batch.rows = [batch.rows[i] for i in keep]
+
+
+class Decoder:
+    """Greedy decoding with prefix reuse for one served model (``LLMService.decoder``)."""
+
+    def __init__(self, backend: str = "auto", cache_entries: int = 32, cache_tokens: int = 4096,
+                 min_prefix_tokens: int = 16):
+        select_backend(backend, torch.device("cpu"))  # a bad name fails at start, not on the first request
+        self.backend = backend
+        self.cache = PrefixCache(cache_entries, cache_tokens, min_prefix_tokens)
+        self.stats = DecodeStats()
+        self._compiled: dict = {}  # id(model) -> compiled decode step (graphs backend)
+
+    @classmethod
+    def from_config(cls, cfg) -> "Decoder":
+        return cls(cfg.decode_backend, cfg.prefix_cache_entries, cfg.prefix_cache_tokens, cfg.prefix_min_tokens)
+
+    def forget_adapters(self, alive) -> int:
+        """Drop cached KV of adapters no longer loaded under these peft names (after unload/re-register)."""
+        alive = set(alive)
+        return self.cache.retain(lambda scope: scope[1] is None or set(scope[1]) <= alive)
+
+    def generate(self, llm, rows: list[list[int]], max_new_tokens: int, stop_strings=None,
+                 stop_when: Callable[[str], bool] | None = None) -> list[list[int]]:
+        """The new token ids of each row (greedy), each ending at its first stop (included)."""
+        if not rows or max_new_tokens < 1:
+            return [[] for _ in rows]
+        if any(len(r) == 0 for r in rows):
+            raise ValueError("every prompt needs at least one token")
+        model, device = llm.model, llm.device
+        backend = select_backend(self.backend, device)
+        ids = [torch.tensor(r, dtype=torch.long) for r in rows]
+        stopper = _Stopper(llm.tokenizer, _eos_ids(model), stop_strings, stop_when, max_new_tokens)
+        with torch.inference_mode():
+            batch = self._prefill(model, ids, device, backend, max_new_tokens)
+            out = self._decode(model, batch, stopper, backend, len(rows))
+        self.stats.calls += 1
+        self.stats.rows += len(rows)
+        self.stats.new_tokens += sum(len(o) for o in out)
+        return out
+
+    def _prefill(self, model, ids: list[torch.Tensor], device, backend: str, max_new_tokens: int):
+        """Cached prefix -> shared prefix (batch 1) -> suffixes (batch n): the KV of every prompt."""
+        scope = (id(model), adapter_key(model))
+        shared = _shared_length(ids)  # < every row's length: each row keeps a token to predict from
+        single = len(ids) == 1
+        reuse_limit = len(ids[0]) - 1 if single else shared
+        cached, kv = self.cache.longest(scope, ids[0], reuse_limit)
+        start = cached
+        if not single and shared - cached >= self.cache.min_tokens:  # the call's common start, once at batch 1
+            kv = _prefill_prefix(model, ids[0][:shared].to(device), cached, _to(kv, device))
+            self.cache.remember(scope, ids[0][:shared], kv)
+            self.stats.prefill_tokens += shared - cached
+            start = shared
+        longest = max(len(r) for r in ids)
+        static_len = None if backend == "eager" else -(-(longest + max_new_tokens) // STATIC_BUCKET) * STATIC_BUCKET
+        rows_on_device = [r.to(device) for r in ids]
+        batch = _prefill_suffixes(model, rows_on_device, start, _to(kv, device), static_len, _pad_id(model))
+        if single:  # the whole prompt's KV, for the next call that starts the same way
+            self.cache.remember(scope, ids[0], _layer_kv(batch.cache, len(ids[0])))
+        self.stats.prompt_tokens += sum(len(r) for r in ids)
+        self.stats.prefill_tokens += len(ids) * (longest - start)
+        self.stats.cached_tokens += cached * len(ids)
+        self.stats.shared_tokens += (start - cached) * (len(ids) - 1)
+        return batch
+
+    def _decode(self, model, batch: _Batch, stopper: _Stopper, backend: str, n_rows: int) -> list[list[int]]:
+        """One token per running row per step until every row is done."""
+        out: list[list[int]] = [[] for _ in range(n_rows)]
+        running = set(range(n_rows))
+        static = backend != "eager"
+        step = self._step_function(model, backend)
+        while True:
+            keep = []
+            for i, (row, token) in enumerate(zip(batch.rows, batch.next_ids.tolist())):
+                if row not in running:
+                    continue
+                out[row].append(token)
+                if stopper.done(out[row]):
+                    running.discard(row)
+                else:
+                    keep.append(i)
+            if not running:
+                return out
+            _keep_rows(batch, keep, static)
+            if static:
+                batch.mask[:, batch.length] = 1
+            else:
+                ones = torch.ones(len(batch.rows), 1, dtype=batch.mask.dtype, device=batch.mask.device)
+                batch.mask = torch.cat([batch.mask, ones], dim=1)
+            batch.length += 1
+            positions = batch.mask.sum(1, keepdim=True) - 1
+            logits = step(model, batch.next_ids.unsqueeze(1), batch.mask, positions, batch.cache)
+            batch.next_ids = logits.argmax(-1)
+            self.stats.decode_steps += 1
+            self.stats.decode_rows += len(batch.rows)
+
+    def _step_function(self, model, backend: str):
+        """The decode step: eager/static call the model; graphs a compiled, graph-captured forward
+        (compiled once per model; new shapes recompile, which the static cache's buckets keep rare)."""
+        if backend != "graphs":
+            return _forward
+        key = id(model)
+        if key not in self._compiled:
+            self._compiled[key] = torch.compile(_forward, mode="reduce-overhead", fullgraph=False)
+        return self._compiled[key]
+
+
+def _shared_length(ids: list[torch.Tensor]) -> int:
+    """The longest common start of all rows, leaving every row at least one token of its own."""
+    n = min(len(r) for r in ids) - 1
+    for row in ids[1:]:
+        n = min(n, common_length(ids[0], row))
+    return max(n, 0)
+
+
+def _to(kv: list | None, device) -> list | None:
+    return None if kv is None else [(k.to(device), v.to(device)) for k, v in kv]
+
+
+def _eos_ids(model) -> set[int]:
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = getattr(model.config, "eos_token_id", None)
+    return set(eos) if isinstance(eos, (list, tuple)) else ({eos} if eos is not None else set())
+
+
+def _pad_id(model) -> int:
+    pad = getattr(model.config, "pad_token_id", None)
+    return int(pad) if pad is not None else 0

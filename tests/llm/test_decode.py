@@ -1,0 +1,213 @@
+"""llm/decode.py: the greedy decoder gives model.generate's tokens for every prompt alone, while computing
+shared and cached prompt prefixes once."""
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_tiny_adapter
+
+from recdemo.llm.decode import Decoder, PrefixCache, adapter_key, select_backend
+
+HEADER = "A user watched these movies, oldest first: Toy Story, Heat, Casino, Alien, Brazil and Fargo."
+TAILS = [" Comedy", " Summary of it all and more again", " X", " The user likes long films"]
+
+
+def ids_of(tok, text):
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def alone(llm, ids, n):
+    """model.generate, greedy, on one prompt: the reference every decoder answer must equal."""
+    with torch.inference_mode():
+        t = torch.tensor([ids])
+        out = llm.model.generate(t, attention_mask=torch.ones_like(t), max_new_tokens=n, do_sample=False,
+                                 pad_token_id=llm.tokenizer.pad_token_id)
+    return out[0, len(ids):].tolist()
+
+
+def shared_rows(tok):
+    return [ids_of(tok, HEADER + t) for t in TAILS]
+
+
+@pytest.mark.parametrize("backend", ["eager", "static"])
+def test_rows_of_different_lengths_equal_each_prompt_alone(tiny_llm, backend):
+    tok = tiny_llm.tokenizer
+    rows = [ids_of(tok, t) for t in ["Keywords: Comedy", "Castle", "A user watched these movies, oldest first"]]
+    dec = Decoder(backend)
+    assert dec.generate(tiny_llm, rows, 9) == [alone(tiny_llm, r, 9) for r in rows]
+    assert dec.stats.prefill_tokens == len(rows) * max(map(len, rows))  # nothing shared: one padded batch
+
+
+@pytest.mark.parametrize("backend", ["eager", "static"])
+def test_a_shared_prefix_is_computed_once(tiny_llm, backend):
+    rows = shared_rows(tiny_llm.tokenizer)
+    dec = Decoder(backend, min_prefix_tokens=4)
+    assert dec.generate(tiny_llm, rows, 10) == [alone(tiny_llm, r, 10) for r in rows]
+    shared = next(i for i in range(len(rows[0])) if len({r[i] for r in rows}) > 1)
+    assert shared >= len(ids_of(tiny_llm.tokenizer, HEADER)) - 1
+    stats = dec.stats
+    assert stats.shared_tokens == (len(rows) - 1) * shared
+    longest = max(map(len, rows))
+    assert stats.prefill_tokens == shared + len(rows) * (longest - shared)  # once, then the padded suffixes
+    assert stats.prefill_tokens < 0.6 * sum(map(len, rows))
+
+
+def test_a_second_call_reuses_the_cached_prefix(tiny_llm):
+    rows = shared_rows(tiny_llm.tokenizer)
+    dec = Decoder("eager", min_prefix_tokens=4)
+    first = dec.generate(tiny_llm, rows[:2], 8)
+    computed = dec.stats.prefill_tokens
+    again = dec.generate(tiny_llm, rows[2:], 8)  # other rows, the same header
+    assert first + again == [alone(tiny_llm, r, 8) for r in rows]
+    shared = len(ids_of(tiny_llm.tokenizer, HEADER))
+    per_row = dec.stats.cached_tokens // 2
+    assert per_row >= shared - 1
+    assert dec.stats.prefill_tokens - computed == 2 * (max(len(r) for r in rows[2:]) - per_row)
+    assert dec.cache.hits >= 1
+
+
+def test_a_single_prompt_is_continued_from_the_cache(tiny_llm):
+    """The profile's second pass: the first prompt plus more text prefills only the added tokens."""
+    tok = tiny_llm.tokenizer
+    prompt = ids_of(tok, HEADER)
+    longer = prompt + ids_of(tok, " Summary: The user")
+    dec = Decoder("eager")
+    dec.generate(tiny_llm, [prompt], 4)
+    before = dec.stats.prefill_tokens
+    assert dec.generate(tiny_llm, [longer], 6) == [alone(tiny_llm, longer, 6)]
+    assert dec.stats.prefill_tokens - before == len(longer) - len(prompt)
+
+
+def test_the_common_start_of_two_prompts_becomes_an_entry(tiny_llm):
+    """Nobody declares a template's constant part: after two prompts that start alike, that start is cached."""
+    tok = tiny_llm.tokenizer
+    a, b, c = (ids_of(tok, HEADER + t) for t in TAILS[1:])
+    dec = Decoder("eager", cache_entries=8, min_prefix_tokens=4)
+    dec.generate(tiny_llm, [a], 3)
+    dec.generate(tiny_llm, [b], 3)
+    n = next(i for i in range(min(len(a), len(b))) if a[i] != b[i])
+    keys = [len(key[1]) for key in dec.cache._entries]
+    assert n in keys  # the compact entry: just the common start
+    before = dec.stats.cached_tokens
+    assert dec.generate(tiny_llm, [c], 5) == [alone(tiny_llm, c, 5)]
+    assert dec.stats.cached_tokens - before >= n - 1
+
+
+def test_an_adapter_never_reuses_the_base_models_kv(tiny_service, tmp_path):
+    make_tiny_adapter(tiny_service.llm, tmp_path / "adapters" / "toy")
+    prompt = HEADER + " Keywords:"
+    base = tiny_service.generate([prompt], max_new_tokens=8)
+    stats = tiny_service.decoder.stats
+    cached = stats.cached_tokens
+    tuned = tiny_service.generate([prompt], max_new_tokens=8, adapter="toy")
+    assert stats.cached_tokens == cached  # the base model's KV of the same prompt was not used
+    with tiny_service.use_adapter("toy") as llm:
+        assert adapter_key(llm.model) is not None
+        reference = llm.tokenizer.decode(alone(llm, ids_of(llm.tokenizer, prompt), 8), skip_special_tokens=True)
+    assert tuned == [reference] and tuned != base
+    assert adapter_key(tiny_service.llm.model) is None  # the adapter is off again
+    assert tiny_service.generate([prompt], max_new_tokens=8) == base
+    assert stats.cached_tokens > cached  # the base model's own entry was
+
+
+def test_re_registering_or_unloading_an_adapter_drops_its_entries(tiny_service, tmp_path):
+    folder = make_tiny_adapter(tiny_service.llm, tmp_path / "out" / "mine")
+    tiny_service.register_adapter(folder)
+    prompt = HEADER + " Keywords:"
+    tiny_service.generate([prompt], max_new_tokens=4, adapter="mine")
+    tiny_service.generate([prompt], max_new_tokens=4)
+    scopes = {key[0][1] for key in tiny_service.decoder.cache._entries}
+    assert None in scopes and len(scopes) == 2
+    make_tiny_adapter(tiny_service.llm, folder, seed=7)  # re-trained under the same name
+    tiny_service.register_adapter(folder)
+    assert {key[0][1] for key in tiny_service.decoder.cache._entries} == {None}
+    with tiny_service.use_adapter("mine") as llm:
+        retrained = llm.tokenizer.decode(alone(llm, ids_of(llm.tokenizer, prompt), 6), skip_special_tokens=True)
+    assert tiny_service.generate([prompt], max_new_tokens=6, adapter="mine") == [retrained]
+    assert tiny_service.unload_adapter("mine")
+    assert {key[0][1] for key in tiny_service.decoder.cache._entries} == {None}
+
+
+def test_stops_end_each_row_on_its_own(tiny_llm):
+    tok = tiny_llm.tokenizer
+    rows = shared_rows(tok)
+    full = [alone(tiny_llm, r, 12) for r in rows]
+    texts = [tok.decode(f, skip_special_tokens=True) for f in full]
+    dec = Decoder("eager", min_prefix_tokens=4)
+
+    def cut_when(pred, tokens):  # the reference: the first prefix of the answer the predicate accepts
+        return next((tokens[:i] for i in range(1, len(tokens) + 1)
+                     if pred(tok.decode(tokens[:i], skip_special_tokens=True))), tokens)
+
+    def long(text):
+        return len(text) > 12
+    assert dec.generate(tiny_llm, rows, 12, stop_when=long) == [cut_when(long, f) for f in full]
+    stop = next(ch for ch in texts[0][3:] if ch.strip())  # a character the first answer writes
+    got = dec.generate(tiny_llm, rows, 12, stop_strings=[stop])
+    assert got == [cut_when(lambda t: stop in t, f) for f in full]
+    assert dec.generate(tiny_llm, rows, 3) == [f[:3] for f in full]  # max_new_tokens
+
+
+def test_eos_ends_a_row(tiny_llm):
+    tok = tiny_llm.tokenizer
+    rows = shared_rows(tok)
+    eos = tok.eos_token_id
+    tiny_llm.model.generation_config.eos_token_id = None
+    full = [alone(tiny_llm, r, 10) for r in rows]
+    # make the first row's third token the end of sequence: that row stops there, the others go on
+    tiny_llm.model.generation_config.eos_token_id = full[0][2]
+    try:
+        got = Decoder("eager", min_prefix_tokens=4).generate(tiny_llm, rows, 10)
+        want = [alone(tiny_llm, r, 10) for r in rows]
+        want = [w[:w.index(full[0][2]) + 1] if full[0][2] in w else w for w in want]
+    finally:
+        tiny_llm.model.generation_config.eos_token_id = eos
+    assert got == want and len(got[0]) == 3 and any(len(g) > 3 for g in got)
+
+
+@pytest.mark.parametrize("backend", ["eager", "static"])
+def test_finished_rows_leave_the_eager_batch(tiny_llm, backend):
+    tok = tiny_llm.tokenizer
+    rows = shared_rows(tok)
+    first = tok.decode(alone(tiny_llm, rows[0], 1), skip_special_tokens=True)
+    dec = Decoder(backend, min_prefix_tokens=4)
+    got = dec.generate(tiny_llm, rows, 8, stop_when=lambda text: text == first)  # row 0 is done at once
+    assert len(got[0]) == 1 and any(len(g) > 1 for g in got[1:])
+    steps = dec.stats.decode_steps
+    if backend == "eager":
+        assert dec.stats.decode_rows <= steps * (len(rows) - 1)  # row 0 cost no decode step
+    else:
+        assert dec.stats.decode_rows == steps * len(rows)  # a static batch keeps its shape
+
+
+def test_the_cache_is_bounded():
+    cache = PrefixCache(max_entries=2, max_tokens=10, min_tokens=2)
+    kv = [(torch.zeros(1, 1, 12, 2), torch.zeros(1, 1, 12, 2))]
+    for start in (0, 100, 200):
+        cache.remember("s", torch.arange(start, start + 4), kv)
+    assert len(cache) == 2 and cache.longest("s", torch.arange(0, 4), 4)[0] == 0  # the oldest went
+    cache.remember("s", torch.arange(300, 312), kv)  # longer than the whole budget: not kept
+    assert cache.tokens <= 10 and cache.longest("s", torch.arange(300, 312), 12)[0] == 0
+    cache.remember("s", torch.arange(400, 403), kv)
+    assert cache.tokens <= 10 and len(cache) <= 2
+    n, got = cache.longest("s", torch.tensor([400, 401, 7]), 3)
+    assert n == 2 and got[0][0].shape[2] == 2  # a partial match gives the common start's KV
+    assert cache.longest("other", torch.arange(400, 403), 3)[0] == 0  # another model/adapter: nothing
+
+
+def test_backend_selection():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert select_backend("auto", cpu) == "eager" and select_backend("auto", cuda) == "graphs"
+    assert select_backend("graphs", cpu) == "static"  # CUDA graphs need CUDA: the same static cache
+    assert select_backend("static", cuda) == "static" and select_backend("eager", cuda) == "eager"
+    with pytest.raises(ValueError, match="decode backend"):
+        select_backend("fast", cpu)
+    with pytest.raises(ValueError):
+        Decoder("fast")
+
+
+def test_graphs_on_cpu_decode_like_eager(tiny_llm):
+    rows = shared_rows(tiny_llm.tokenizer)
+    dec = Decoder("graphs", min_prefix_tokens=4)
+    assert dec.generate(tiny_llm, rows, 6) == Decoder("eager").generate(tiny_llm, rows, 6)
+    assert not dec._compiled  # nothing compiled without CUDA
