@@ -197,21 +197,9 @@ def eval_dataset(data_dir: str | None, tiny: bool):
     return synthetic_like(**size), "synthetic (amazon-beauty's size)"
 
 
-def hash_encoder(texts, dim: int = 256):
-    """Bag of hashed character trigrams, L2-normalised: a stand-in for the sentence encoder."""
-    import zlib
-
-    out = np.zeros((len(texts), dim), dtype=np.float32)
-    for row, text in enumerate(texts):
-        t = f"  {str(text).lower()} "
-        for i in range(len(t) - 2):
-            out[row, zlib.crc32(t[i:i + 3].encode()) % dim] += 1.0
-    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
-
-
 def hash_text_index(dataset, cache_dir):
-    from recdemo.retrieval.text_index import TextIndex
-    return TextIndex.for_dataset(dataset, None, cache_dir=cache_dir, encoder=hash_encoder, encoder_name="hash")
+    from recdemo.retrieval.text_index import TextIndex, hashed_trigrams
+    return TextIndex.for_dataset(dataset, None, cache_dir=cache_dir, encoder=hashed_trigrams, encoder_name="hash")
 
 
 class PopularityCandidates:

@@ -171,17 +171,28 @@ def tiny_service(tiny_llm, tmp_path):
     return LLMService(cfg, llm=tiny_llm)
 
 
-def hash_encoder(texts, dim: int = 64):
-    """A deterministic stand-in for the sentence encoder: bag of hashed character trigrams,
-    L2-normalised. Texts sharing words get similar vectors; no model, no download, microseconds."""
-    import zlib
+def queue_while_busy(lock, queue, targets) -> None:
+    """Run each of ``targets`` in its own thread, started while ``lock`` (the model) is held and each
+    after the previous one waits in ``queue`` (a Coalescer), so all of them queue for one batch; then
+    release the lock and wait for them all."""
+    import threading
 
-    out = np.zeros((len(texts), dim), dtype=np.float32)
-    for row, text in enumerate(texts):
-        t = f"  {str(text).lower()} "
-        for i in range(len(t) - 2):
-            out[row, zlib.crc32(t[i:i + 3].encode()) % dim] += 1.0
-    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+    threads = [threading.Thread(target=t) for t in targets]
+    with lock:
+        for n, t in enumerate(threads, 1):
+            t.start()
+            while queue.waiting < n:
+                threading.Event().wait(0.001)
+    for t in threads:
+        t.join(60)
+        assert not t.is_alive()
+
+
+def hash_encoder(texts, dim: int = 64):
+    """The model-free encoder (``text_index.hashed_trigrams``) at a size for toy catalogs."""
+    from recdemo.retrieval.text_index import hashed_trigrams
+
+    return hashed_trigrams(texts, dim)
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ import os
 import re
 import threading
 import time
+import zlib
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -111,6 +112,18 @@ def _cpu_busy() -> bool:
         return os.getloadavg()[0] >= (os.cpu_count() or 1)
     except OSError:  # no load average on this platform
         return False
+
+
+def hashed_trigrams(texts, dim: int = 256) -> np.ndarray:
+    """An encoder with no model: bags of hashed character trigrams, L2-normalised. Texts sharing words
+    get similar vectors; deterministic, microseconds. For machines without the sentence model (the GPU
+    bench's, which lacks sentence-transformers) and for unit tests; ``encoder_name="hash"``."""
+    out = np.zeros((len(texts), dim), dtype=np.float32)
+    for row, text in enumerate(texts):
+        t = f"  {str(text).lower()} "
+        for i in range(len(t) - 2):
+            out[row, zlib.crc32(t[i:i + 3].encode()) % dim] += 1.0
+    return _normalise(out)
 
 
 def item_text(catalog: Catalog, index: int) -> str:

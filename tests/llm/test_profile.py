@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import real_data_root
+from conftest import queue_while_busy, real_data_root
 
 from recdemo.data import Catalog
 from recdemo.llm.profile import (
@@ -128,8 +128,6 @@ def test_generator_with_tiny_llm_grounds_and_caches(tiny_service, toy_dataset, m
 
 
 def test_concurrent_profiles_are_written_in_one_batch_each_as_if_alone(tiny_service, toy_dataset):
-    import threading
-
     histories = [[int(i) for i in toy_dataset.sequences[u]][: 3 + 2 * u] for u in range(4)]  # other lengths
     alone = ProfileGenerator(tiny_service, toy_dataset.catalog, keyword_tokens=8, summary_tokens=8)
     want = [alone.generate(h) for h in histories]
@@ -142,14 +140,7 @@ def test_concurrent_profiles_are_written_in_one_batch_each_as_if_alone(tiny_serv
     def run(i):
         got[i] = gen.generate(histories[i])
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(histories))]
-    with tiny_service.lock:  # the model is busy: the four profiles queue
-        for n, t in enumerate(threads, 1):
-            t.start()
-            while gen._writes.waiting < n:
-                threading.Event().wait(0.001)
-    for t in threads:
-        t.join(60)
+    queue_while_busy(tiny_service.lock, gen._writes, [lambda i=i: run(i) for i in range(len(histories))])
     assert len(model_calls) == 2  # keyword lines together, then summaries together (not 2 per user)
     assert [p.raw for p in got] == [p.raw for p in want]  # the same text as written alone
     assert [p.summary for p in got] == [p.summary for p in want]

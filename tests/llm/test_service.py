@@ -5,7 +5,7 @@ import threading
 
 import pytest
 import torch
-from conftest import make_tiny_adapter
+from conftest import make_tiny_adapter, queue_while_busy
 
 from recdemo.config import LLMConfig
 from recdemo.errors import ModelNotFound
@@ -153,15 +153,7 @@ def concurrently(service, jobs: list[dict]) -> list:
         except Exception as e:  # noqa: BLE001 - compared by the test
             out[i] = e
 
-    threads = [threading.Thread(target=call, args=(i, kw)) for i, kw in enumerate(jobs)]
-    with service.lock:
-        for n, t in enumerate(threads, 1):
-            t.start()
-            while service.generations.waiting < n:
-                threading.Event().wait(0.001)
-    for t in threads:
-        t.join(60)
-        assert not t.is_alive()
+    queue_while_busy(service.lock, service.generations, [lambda i=i, kw=kw: call(i, kw) for i, kw in enumerate(jobs)])
     return out
 
 

@@ -6,7 +6,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import PopularityRetriever, real_data_root
+from conftest import PopularityRetriever, queue_while_busy, real_data_root
 
 from recdemo.config import Config
 from recdemo.cli.recommend import cli_recommend
@@ -303,14 +303,7 @@ def test_concurrent_reranks_share_one_batched_scoring_call(rec):
     def run(i):
         got[i] = rec.recommend(histories[i], **kw).to_dict()["results"]
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
-    with rec.service.lock:  # the model is busy: the three reranks queue
-        for n, t in enumerate(threads, 1):
-            t.start()
-            while rec._reranks.waiting < n:
-                threading.Event().wait(0.001)
-    for t in threads:
-        t.join(60)
+    queue_while_busy(rec.service.lock, rec._reranks, [lambda i=i: run(i) for i in range(3)])
     assert rec._reranks.batches == 4 and rec._reranks.jobs == 6  # the three in one batch
     for want, have in zip(alone, got):
         assert [r["index"] for r in have] == [r["index"] for r in want]

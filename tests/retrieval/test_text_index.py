@@ -180,3 +180,13 @@ def test_real_similar_stays_in_genre(real_index):
     assert len(out) == 10 and not set(hist) & {i for i, _ in out}
     animated = sum("Animation" in cat.attributes[i] for i, _ in out)
     assert animated >= 7, [cat.describe(i) for i, _ in out]
+
+
+def test_hashed_trigrams_are_unit_vectors_closer_for_shared_words():
+    from recdemo.retrieval.text_index import hashed_trigrams
+
+    texts = ["Toy Story 2", "Toy Story", "Heat"]
+    v = hashed_trigrams(texts, dim=128)
+    assert v.shape == (3, 128) and np.allclose(np.linalg.norm(v, axis=1), 1.0)
+    assert v[0] @ v[1] > v[0] @ v[2] + 0.3
+    assert np.array_equal(v, hashed_trigrams(texts, dim=128))  # deterministic: no model, no seed
