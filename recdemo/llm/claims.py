@@ -7,8 +7,11 @@ A sentence about recommended item r, for a user with history H, whose evidence c
 - ``category``: each genre/category word (the catalog's attribute words, their word forms and a few
   synonyms: "scary" ~ Horror) belongs to r or to a history item the sentence cites (E, or a
   history title it names);
+  In a catalog without categories (products), the kind of product it names plays that part: each
+  word of the catalog's title vocabulary ("eyeliner", "shampoo") belongs to r's title or a cited
+  one, or is an umbrella word one of them backs ("makeup" ~ a "Face Powder");
 - ``number``: each number is one the evidence holds (a co-occurrence count, a year or decade of a
-  title it cites);
+  title it cites), and a count said of a title ("12 fans of "Up"") is that title's count;
 - ``cut_off``: the sentence ends with . ! or ?, its quotes are closed, it does not end on a
   connector word;
 - ``empty``: what the model wrote (``written``: the part after the primed start) says something:
@@ -48,9 +51,35 @@ someone anyone will would can could should may might has have had having be been
 something anything everything theme themes aspects aspect elements element qualities quality feel feeling vibe
 same other another others similarly likewise alike related relation connection connected genre genres story
 stories tone tones unique distinct specific blend blends combines combine combination approach narrative
-popular""".split())
+popular range variety various sold sell sells selling brand brands high-end end limited edition exclusive
+available customers customer worlds world offer offers offering mix type types features feature line lines
+products product item items""".split())
+# Umbrella words a product sentence may use for a kind its titles only imply ("makeup" for a "Face
+# Powder"): umbrella -> title words (stems compared) that back it.
+UMBRELLAS = {
+    "makeup": "makeup cosmetic cosmetics powder eyeshadow shadow eyeliner liner mascara foundation concealer primer "
+              "lipstick lip lipcolor lipcolour gloss blush bronzer palette brush brushes sponge blender lash lashes "
+              "eyelashes eyebrow brow highlighter",
+    "cosmetic": "makeup cosmetics powder eyeshadow eyeliner mascara foundation concealer primer lipstick lip palette",
+    "hair": "hair shampoo conditioner curl curls curly dryer straightener flat iron curling styling comb scalp "
+            "keratin wig extensions",
+    "skin": "skin face facial moisturizer cream serum lotion cleanser mask sunscreen spf toner body",
+    "skincare": "skin face facial moisturizer cream serum lotion cleanser mask sunscreen spf toner",
+    "nail": "nail nails polish lacquer manicure cuticle",
+    "eye": "eye eyes eyeshadow eyeliner mascara lash lashes eyebrow brow",
+    "lip": "lip lips lipstick lipcolor lipcolour gloss balm",
+    "face": "face facial foundation concealer powder primer blush bronzer",
+    "fragrance": "fragrance perfume cologne parfum toilette mist spray scent",
+}
+KIND_MIN_TITLES = 5  # a title word in at least this many titles names a kind of product
 SENTENCE_END = re.compile(r"""[.!?]["'”’)]*$""")
 NUMBER = re.compile(r"(?<![\w.])(\d+(?:[.,]\d+)?)(s\b|'s\b)?")
+# '"Up" is an animated comedy, and ...': the title and the phrase saying what it is.
+IS_A = re.compile(r'[\"“]([^\"”]+)[\"”]\s+(?:is|was)\s+(?:a|an|the)\s+([^,.;:"“]+?)(?=\s+(?:and|that|which|with|'
+                  r'made|from|for|like|by|in|to)\b|[,.;:]|$)')
+# "12 fans of "Up"", "12 users who watched "Up"", "12 buyers of "Up"": a count said of one title.
+COUNT_OF = re.compile(r"(?<![\w.])(\d+)\s+(?:\w+\s+){0,1}(?:users?|fans|viewers|buyers|people|customers)\s+"
+                      r"(?:of|who\s+(?:also\s+)?\w+)\s+[\"“]([^\"”]+)[\"”]")
 
 
 def category_terms(attributes) -> set[str]:
@@ -91,6 +120,28 @@ def _vocab(catalog) -> set[str]:
     return _VOCABS[key]
 
 
+_KINDS: dict[int, set[str]] = {}
+
+
+def _kind_vocab(catalog) -> set[str]:
+    """Stems of the title words that at least ``KIND_MIN_TITLES`` titles hold (a catalog's words for
+    kinds of products: "shampoo", "eyeliner"), stock words left out."""
+    key = id(catalog)
+    if key not in _KINDS:
+        seen: dict[str, int] = {}
+        for t in catalog.titles:
+            for w in title_stems(t):
+                seen[w] = seen.get(w, 0) + 1
+        skip = {stem(w) for w in STOPWORDS | VAGUE | HARMLESS | DANGLING}
+        _KINDS[key] = {w for w, n in seen.items() if n >= KIND_MIN_TITLES and w not in skip}
+    return _KINDS[key]
+
+
+def title_stems(title: str) -> set[str]:
+    """Stems of a title's alphabetic words of 3+ letters (parts of hyphenated words too)."""
+    return {stem(w) for w in words(YEAR.sub("", title)) if len(w) >= 3 and w.isalpha()}
+
+
 def title_forms(title: str) -> set[str]:
     """Normalised ways a sentence may name ``title``: in full, without year or alternative titles,
     article in front, and the part before a colon or dash ("Wallace & Gromit")."""
@@ -123,7 +174,8 @@ class ClaimChecker:
     """The checks of the module doc for one (history, item, evidence)."""
 
     def __init__(self, titles, item_attributes=(), cited_attributes=(), vocab=(), numbers=(),
-                 titled_attributes=None, extra_words=()):
+                 titled_attributes=None, extra_words=(), counts=None, kind_vocab=(), kind_titles=(),
+                 item_title: str | None = None):
         self.forms = {}  # normalised form -> the title it names
         for t in titles:
             for f in title_forms(t):
@@ -134,6 +186,15 @@ class ClaimChecker:
         self.titled_attributes = titled_attributes or {}  # title -> its attributes (history items)
         self.numbers = {str(n) for n in numbers}
         self.extra = {normalize_title(w) for w in extra_words if normalize_title(w)}
+        self.counts = {normalize_title(short_title(t)): int(n) for t, n in (counts or {}).items()}
+        for t, n in (counts or {}).items():  # the count of a title, under each form a sentence may use
+            for f in title_forms(t):
+                self.counts.setdefault(f, int(n))
+        self.kind_vocab = set(kind_vocab)  # products: title-word stems that name a kind of product
+        self.kind_allowed = set().union(*(title_stems(t) for t in kind_titles)) if kind_titles else set()
+        # products: what the sentence says the item IS ("... "Concealer" is a lip gloss") must come
+        # from the item's own title, not from a cited one
+        self.item_title = item_title if self.kind_vocab else None
 
     @classmethod
     def for_item(cls, catalog, history, item: int, evidence=(), domain_words=("movie", "movies", "product",
@@ -149,9 +210,13 @@ class ClaimChecker:
             if year:
                 numbers.update({year.group(1), year.group(1)[:3] + "0", year.group(1)[2] + "0"})
         numbers.discard(None)
+        counts = {e["title"] if "title" in e else catalog.titles[int(e["history_index"])]: e.get("co_occurrence")
+                  for e in evidence if e.get("co_occurrence") is not None}
+        vocab = _vocab(catalog)
         return cls(titles, catalog.attributes[int(item)], [a for h in cited for a in catalog.attributes[h]],
-                   _vocab(catalog), numbers, {catalog.titles[h]: catalog.attributes[h] for h in history},
-                   domain_words)
+                   vocab, numbers, {catalog.titles[h]: catalog.attributes[h] for h in history},
+                   domain_words, counts, () if vocab else _kind_vocab(catalog),
+                   () if vocab else [catalog.titles[i] for i in cited + [int(item)]], catalog.titles[int(item)])
 
     # -- titles --
     def title_of(self, span: str, quoted: bool) -> str | None | bool:
@@ -206,9 +271,13 @@ class ClaimChecker:
         allowed = self.allowed_categories | category_terms(a for t in good for a in self.titled_attributes.get(t, ()))
         wrong = [w for w in re.findall(r"[A-Za-z][\w-]*", plain)
                  for t in [category_of(w, self.vocab)] if t - allowed]  # "comedy-drama" claims both
+        wrong += self.wrong_kinds(plain, good)
+        wrong += [w for w in self.wrong_item_kind(sentence) if w not in wrong]
         if wrong:
             out["category"] = wrong
         numbers = [m.group(1) for m in NUMBER.finditer(plain) if m.group(1).replace(",", "") not in self.numbers]
+        numbers += [f'{n} of "{t}"' for n, t in COUNT_OF.findall(sentence)
+                    if self.counts.get(normalize_title(t)) not in (None, int(n)) and n not in numbers]
         if numbers:
             out["number"] = numbers
         if cut_off(sentence):
@@ -216,6 +285,49 @@ class ClaimChecker:
         if not self.says_something(written):
             out["empty"] = [written]
         return {c: out[c] for c in CHECKS if c in out}
+
+    def corrected_counts(self, sentence: str) -> str:
+        """``sentence`` with each count said of a title ("17 fans of "Taken"") replaced by that title's
+        count in the evidence (when it has one)."""
+        def fix(m):
+            n = self.counts.get(normalize_title(m.group(2)))
+            return m.group(0) if not n else str(n) + m.group(0)[len(m.group(1)):]
+        return COUNT_OF.sub(fix, sentence)
+
+    def wrong_kinds(self, plain: str, named=()) -> list[str]:
+        """Product-kind words (catalogs without categories) that neither the item's title, a cited
+        title nor a history title the sentence names backs ("a hair product" for a makeup brush)."""
+        if not self.kind_vocab:
+            return []
+        allowed = self.kind_allowed.union(*(title_stems(t) for t in named))
+        return self._unbacked(re.findall(r"[A-Za-z][\w'-]*", plain), allowed)
+
+    def wrong_item_kind(self, sentence: str) -> list[str]:
+        """Kind words of the phrase saying what the item is ("X" is a lip gloss) that its own title
+        does not back."""
+        if not self.item_title:
+            return []
+        forms = {f for f in title_forms(self.item_title)}
+        out = []
+        for m in IS_A.finditer(sentence):
+            if normalize_title(m.group(1)) in forms:
+                out += self._unbacked(re.findall(r"[A-Za-z][\w'-]*", m.group(2)), title_stems(self.item_title))
+        return out
+
+    def _unbacked(self, tokens, allowed: set[str]) -> list[str]:
+        out = []
+        for w in tokens:
+            lw = w.lower()
+            if lw in STOPWORDS | VAGUE | HARMLESS | DANGLING | self.extra or len(lw) < 3:
+                continue
+            stems = {stem(p) for p in words(lw)}
+            if stems & allowed:
+                continue
+            if lw in UMBRELLAS and {stem(x) for x in UMBRELLAS[lw].split()} & allowed:
+                continue
+            if stems & self.kind_vocab:
+                out.append(w)
+        return out
 
     def failures(self, sentence: str, written: str | None = None) -> list[str]:
         return list(self.problems(sentence, written))
@@ -227,6 +339,9 @@ class ClaimChecker:
         tokens = re.findall(r"[A-Za-z][\w'-]*", plain)
         if any(category_of(w, self.vocab) for w in tokens):
             return True
+        if self.kind_vocab and any({stem(p) for p in words(w)} & self.kind_vocab for w in tokens
+                                   if w.lower() not in STOPWORDS | VAGUE):
+            return True  # a product kind ("is a lipstick"): the kind check has vouched for it
         content = [w for w in tokens if w.lower() not in STOPWORDS | VAGUE | HARMLESS | DANGLING | self.extra
                    and len(w) > 2 and not w[0].isupper()]
         return len(content) >= 2
