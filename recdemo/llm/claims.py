@@ -71,7 +71,10 @@ UMBRELLAS = {
     "face": "face facial foundation concealer powder primer blush bronzer",
     "fragrance": "fragrance perfume cologne parfum toilette mist spray scent",
 }
-KIND_MIN_TITLES = 5  # a title word in at least this many titles names a kind of product
+# Words that end product names without naming a kind (shades, sizes, parts).
+NOT_KIND = set("""gram grams fair light dark medium large long regular mini handle art deep clear full natural
+red pink green blue brown blond blonde gold silver purple orange ivory beige plus pro premium""".split())
+KIND_MIN_TITLES = 5  # a word ending at least this many short titles names a kind of product
 SENTENCE_END = re.compile(r"""[.!?]["'”’)]*$""")
 NUMBER = re.compile(r"(?<![\w.])(\d+(?:[.,]\d+)?)(s\b|'s\b)?")
 # '"Up" is an animated comedy, and ...': the title and the phrase saying what it is.
@@ -124,17 +127,32 @@ _KINDS: dict[int, set[str]] = {}
 
 
 def _kind_vocab(catalog) -> set[str]:
-    """Stems of the title words that at least ``KIND_MIN_TITLES`` titles hold (a catalog's words for
-    kinds of products: "shampoo", "eyeliner"), stock words left out."""
+    """Stems of the words that end at least ``KIND_MIN_TITLES`` short titles: a product name ends on
+    its kind ("... Detangling Comb", "... Repair Shampoo"), so these are the catalog's words for kinds
+    of products; stock words left out."""
     key = id(catalog)
     if key not in _KINDS:
         seen: dict[str, int] = {}
         for t in catalog.titles:
-            for w in title_stems(t):
-                seen[w] = seen.get(w, 0) + 1
+            last = re.findall(r"[A-Za-z]+", short_title(t))[-1:]
+            if last and len(last[0]) >= 3:
+                seen[stem(last[0])] = seen.get(stem(last[0]), 0) + 1
         skip = {stem(w) for w in STOPWORDS | VAGUE | HARMLESS | DANGLING}
         _KINDS[key] = {w for w, n in seen.items() if n >= KIND_MIN_TITLES and w not in skip}
     return _KINDS[key]
+
+
+def product_kind(catalog, item: int) -> str | None:
+    """The kind of product a title names, for catalogs without categories: its last kind word (see
+    ``_kind_vocab``) before the first comma, dash or bracket ("... Caffeine Hair Growth Shampoo, 8 oz"
+    -> "shampoo"); None when it names none (or the catalog has categories)."""
+    if _vocab(catalog):
+        return None
+    head = re.split(r"\s*(?:,|\s-\s|\(|\[|:)\s*", natural_title(catalog.titles[int(item)]), maxsplit=1)[0]
+    kinds = _kind_vocab(catalog)
+    found = [w for w in re.findall(r"[A-Za-z]+", head) if len(w) >= 3 and stem(w) in kinds
+             and w.lower() not in NOT_KIND]
+    return found[-1].lower() if found else None
 
 
 def title_stems(title: str) -> set[str]:

@@ -21,7 +21,7 @@ import numpy as np
 from recdemo.config import LLMConfig
 from recdemo.records import Explanation
 from recdemo.llm import prompts as P
-from recdemo.llm.claims import ClaimChecker, short_title
+from recdemo.llm.claims import ClaimChecker, product_kind, short_title
 from recdemo.llm.profile import STOPWORDS, repetitive
 
 DONE = re.compile(r"[.!?][\"”)]?\s")  # a sentence end followed by more text: generation can stop
@@ -194,7 +194,8 @@ class Explainer:
         show them; the weakest evidence goes first when the prompt would not fit the context."""
         llm = self.service.llm
         target = P.prompt_title(short_title(self.catalog.titles[int(item)]))
-        attributes = [P.prompt_title(a) for a in self.catalog.attributes[int(item)][:3]]
+        kind = product_kind(self.catalog, item)  # products: what the item is, from its title
+        attributes = [P.prompt_title(a) for a in self.catalog.attributes[int(item)][:3]] or ([kind] if kind else [])
         titles = [P.prompt_title(short_title(e["title"])) for e in evidence[:2]]
         facts = self.facts(item, evidence[:2])
 

@@ -133,7 +133,7 @@ EXPLAIN_EXAMPLES = {
                '- "Robot Wars" (shares: sci-fi, thriller): 12 users watched both',
                'Like "Star Pilots" and "Robot Wars", "Moon Base" is a sci-fi thriller, and 35 fans of '
                '"Star Pilots" watched it too.'),
-    "products": ('Recommended: "Silk Protein Hair Conditioner"\n'
+    "products": ('Recommended: "Silk Protein Hair Conditioner" (conditioner)\n'
                  '- "Argan Oil Repair Shampoo" (shares: hair): 12 users bought both\n'
                  '- "Keratin Hair Mask" (shares: hair): 3 users bought both',
                  'Like "Argan Oil Repair Shampoo" and "Keratin Hair Mask", "Silk Protein Hair Conditioner" is '

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from recdemo.data import Catalog
-from recdemo.llm.claims import CHECKS, ClaimChecker, RationaleChecker, is_category_word
+from recdemo.llm.claims import CHECKS, ClaimChecker, RationaleChecker, is_category_word, product_kind
 
 TOY2, WALLACE, MIB, MURDER, INTOUCHABLES, MATRIX, SCREAM = range(7)
 
@@ -151,9 +151,9 @@ def test_what_a_product_is_said_to_be_comes_from_its_own_title(products):
     assert chk.failures(f"{start} is a concealer, and 3 users bought both.") == []
     assert chk.failures(f"{start} is a makeup product, and 3 users bought both.") == []  # umbrella word
     # a kind the cited item has, said of the recommended one: false
-    assert chk.problems(f"{start} is a lip gloss, and 3 users bought both.")["category"] == ["lip", "gloss"]
+    assert chk.problems(f"{start} is a lip gloss, and 3 users bought both.")["category"] == ["gloss"]
     # a kind no title backs
-    assert chk.problems(f"{start} is a hair conditioner.")["category"] == ["hair", "conditioner"]
+    assert chk.problems(f"{start} is a hair conditioner.")["category"] == ["conditioner"]
     assert "category" in chk.failures(f"{start} is a concealer that works like a nail polish.")
     # a kind word says something: a one-word true kind is not empty
     assert chk.failures(f"{start} is a concealer.") == []
@@ -168,3 +168,10 @@ def test_stock_product_phrases_are_empty(products):
     for written in ("is a product that combines a range of products.", "is sold in a limited edition.",
                     "is a product that offers a variety of products to customers."):
         assert "empty" in chk.failures(f"{start} {written}", written), written
+
+
+def test_product_kind_is_the_last_kind_word_before_the_details(products, movies):
+    assert product_kind(products, CONCEALER) == "concealer"
+    assert product_kind(products, POLISH) == "polish"  # "Red" is a shade, not a kind
+    assert product_kind(products, GLOSS) == "gloss"
+    assert product_kind(movies, TOY2) is None  # categories say what a movie is
