@@ -201,7 +201,7 @@ class Explainer:
 
         def build(kept, example=True):  # ``kept``: evidence titles weakest first, so fitting drops the weakest
             text, prefix = P.render_explain(llm.tokenizer, self.domain, kept[::-1], target, attributes,
-                                            facts[:len(kept)], example)
+                                            facts[:len(kept)], example, kind)
             return text, prefix, llm.tokenizer(text)["input_ids"]
         limit = P.context_limit(llm) - self.max_new_tokens
         if not titles:

@@ -137,7 +137,7 @@ EXPLAIN_EXAMPLES = {
                  '- "Argan Oil Repair Shampoo" (shares: hair): 12 users bought both\n'
                  '- "Keratin Hair Mask" (shares: hair): 3 users bought both',
                  'Like "Argan Oil Repair Shampoo" and "Keratin Hair Mask", "Silk Protein Hair Conditioner" is '
-                 'a hair conditioner, and 12 buyers of "Argan Oil Repair Shampoo" bought it too.'),
+                 'a conditioner, and 12 buyers of "Argan Oil Repair Shampoo" bought it too.'),
 }
 
 
@@ -148,15 +148,18 @@ def explain_fact(domain: Domain, title: str, shared=(), n_both: int = 0) -> str:
 
 
 def render_explain(tokenizer, domain: Domain, evidence: list[str], target: str, attributes=(),
-                   facts: Sequence[str] = (), example: bool = True) -> tuple[str, str]:
+                   facts: Sequence[str] = (), example: bool = True, kind: str | None = None) -> tuple[str, str]:
     """(prompt ending with the primed answer, the primed part) for one explanation; ``evidence``: the
     titles the answer starts from, ``facts``: ``explain_fact`` lines. The text before the item's
     "Recommended" line is the same for every item and user (system, worked example); ``example=False``
-    leaves the worked example out (a context too small for it)."""
+    leaves the worked example out (a context too small for it). ``kind``: what a product is, from its
+    title ("shampoo"); the answer is primed with it (a 135M model names the example's kind instead)."""
     quoted = " and ".join(f'"{t}"' for t in evidence)
     attrs = f" ({', '.join(attributes)})" if attributes else ""
     user = fill("explain", domain, target=target, attributes=attrs, facts="\n".join(facts)).rstrip()
     prefix = EXPLAIN_PREFIX.format(evidence=quoted, target=target) if evidence else f'"{target}"'
+    if kind:
+        prefix += f" is {'an' if kind[:1].lower() in 'aeio' else 'a'} {kind}"
     example_user, example_answer = EXPLAIN_EXAMPLES[domain.items if domain.items in EXPLAIN_EXAMPLES
                                                     else "products"]
     system = EXPLAIN_SYSTEM.format(item=domain.item, items=domain.items)

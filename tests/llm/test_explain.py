@@ -310,3 +310,25 @@ def test_a_count_given_to_the_wrong_title_is_corrected_and_an_article_fixed(tiny
     assert out.repair == "count corrected from the evidence"
     assert f'{ev[0]["co_occurrence"]} fans of "{first}"' in out.rationale and str(wrong) in out.llm_rationale
     assert "an odd story" in out.rationale
+
+
+def test_a_products_answer_is_primed_with_the_kind_its_title_names(tiny_llm):
+    from recdemo.data import Catalog
+
+    titles = ["Argan Oil Repair Shampoo, 8 oz", "Silk Protein Hair Conditioner"] + \
+        [f"Brand{i} {kind}" for i in range(5) for kind in ("Shampoo", "Conditioner")]
+    cat = Catalog(ids=[str(i) for i in range(len(titles))], titles=titles, attributes=[()] * len(titles),
+                  attribute_name="categories")
+
+    class Data:
+        catalog = cat
+
+    ex = Explainer(ScriptedService(tiny_llm, ""), Data(), None)
+    ev = [{"history_index": 0, "title": titles[0], "kind": "co-occurrence", "value": 4, "co_occurrence": 4,
+           "shared_attributes": []}]
+    text, prefix = ex.prompt(1, ev)
+    assert prefix == 'Like "Argan Oil Repair Shampoo", "Silk Protein Hair Conditioner" is a conditioner'
+    assert text.endswith(prefix) and '"Silk Protein Hair Conditioner" (conditioner)' in text
+    out = ex.judge([0], 1, ev, prefix, ", and 4 users bought both.")
+    assert out.rationale_source == "llm" and out.failed_checks == []
+    assert out.rationale == prefix + ", and 4 users bought both."
