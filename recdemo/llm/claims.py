@@ -77,6 +77,9 @@ red pink green blue brown blond blonde gold silver purple orange ivory beige plu
 KIND_MIN_TITLES = 5  # a word ending at least this many short titles names a kind of product
 SENTENCE_END = re.compile(r"""[.!?]["'”’)]*$""")
 NUMBER = re.compile(r"(?<![\w.])(\d+(?:[.,]\d+)?)(s\b|'s\b)?")
+# "12 users bought it too", "12 users watched both": a count said of no title.
+BARE_COUNT = re.compile(r"(?<![\w.])(\d+)\s+(?:users?|fans|viewers|buyers|people|customers)\s+(?:also\s+)?"
+                        r"(?:bought|watched|liked|had|enjoyed)\s+(?:it|both|them)\b")
 # '"Up" is an animated comedy, and ...': the title and the phrase saying what it is.
 IS_A = re.compile(r'[\"“]([^\"”]+)[\"”]\s+(?:is|was)\s+(?:a|an|the)\s+([^,.;:"“]+?)(?=\s+(?:and|that|which|with|'
                   r'made|from|for|like|by|in|to)\b|[,.;:]|$)')
@@ -304,13 +307,19 @@ class ClaimChecker:
             out["empty"] = [written]
         return {c: out[c] for c in CHECKS if c in out}
 
-    def corrected_counts(self, sentence: str) -> str:
+    def corrected_counts(self, sentence: str, first_count: int | None = None) -> str:
         """``sentence`` with each count said of a title ("17 fans of "Taken"") replaced by that title's
-        count in the evidence (when it has one)."""
+        count in the evidence (when it has one), and a count said of no title ("12 users bought it
+        too") that the evidence lacks by ``first_count``: the count of the evidence item the primed
+        start names first."""
         def fix(m):
             n = self.counts.get(normalize_title(m.group(2)))
             return m.group(0) if not n else str(n) + m.group(0)[len(m.group(1)):]
-        return COUNT_OF.sub(fix, sentence)
+
+        def fix_bare(m):
+            keep = not first_count or m.group(1) in self.numbers
+            return m.group(0) if keep else str(first_count) + m.group(0)[len(m.group(1)):]
+        return BARE_COUNT.sub(fix_bare, COUNT_OF.sub(fix, sentence))
 
     def wrong_kinds(self, plain: str, named=()) -> list[str]:
         """Product-kind words (catalogs without categories) that neither the item's title, a cited

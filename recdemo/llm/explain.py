@@ -162,7 +162,8 @@ class Explainer:
         if not failed:
             return Explanation(item, evidence, sentence, rationale_source="llm", llm_rationale=sentence)
         if failed == ["number"]:  # a count given to the wrong title ("17 fans of "Taken""): the data's count
-            fixed, part = checker.corrected_counts(sentence), checker.corrected_counts(written)
+            first = next((int(e["co_occurrence"]) for e in evidence[:1] if e.get("co_occurrence")), None)
+            fixed, part = checker.corrected_counts(sentence, first), checker.corrected_counts(written, first)
             if fixed != sentence and not checker.failures(fixed, part):
                 return Explanation(item, evidence, fixed, rationale_source="llm", llm_rationale=sentence,
                                    failed_checks=failed, repair="count corrected from the evidence")

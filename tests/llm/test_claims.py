@@ -123,6 +123,10 @@ def test_a_count_said_of_a_title_is_that_titles_count(movies):
     assert chk.corrected_counts(wrong).endswith('and 7 fans of "The Matrix" watched it too.')
     assert chk.failures(chk.corrected_counts(wrong)) == []
     assert chk.failures('"Men in Black" is a comedy, and 7 users who watched "The Matrix" also watched it.') == []
+    bare = 'Like "Toy Story 2", "Men in Black" is a comedy, and 12 users watched both.'  # 12: no one's count
+    assert chk.corrected_counts(bare, 30).endswith("and 30 users watched both.")
+    assert chk.corrected_counts(bare) == bare  # no count to put in
+    assert chk.corrected_counts(bare.replace("12", "7"), 30) == bare.replace("12", "7")  # 7 is a true count
 
 
 @pytest.fixture
