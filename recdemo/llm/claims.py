@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 
 from recdemo.data.catalog import natural_title, normalize_title, title_variants
-from recdemo.llm.profile import STOPWORDS, YEAR, stem, words
+from recdemo.llm.profile import STOPWORDS, YEAR, catalog_key, stem, words
 
 CHECKS = ("title", "category", "number", "cut_off", "empty")
 ARTICLES = {"the", "a", "an"}
@@ -116,24 +116,24 @@ def is_category_word(text: str, catalog) -> bool:
     return bool(ws) and all(word_category(w, vocab) for w in ws)
 
 
-_VOCABS: dict[int, set[str]] = {}
+_VOCABS: dict[tuple, set[str]] = {}
 
 
 def _vocab(catalog) -> set[str]:
-    key = id(catalog)
+    key = catalog_key(catalog)
     if key not in _VOCABS:
         _VOCABS[key] = category_terms({a for attrs in catalog.attributes for a in attrs})
     return _VOCABS[key]
 
 
-_KINDS: dict[int, set[str]] = {}
+_KINDS: dict[tuple, set[str]] = {}
 
 
 def _kind_vocab(catalog) -> set[str]:
     """Stems of the words that end at least ``KIND_MIN_TITLES`` short titles: a product name ends on
     its kind ("... Detangling Comb", "... Repair Shampoo"), so these are the catalog's words for kinds
     of products; stock words left out."""
-    key = id(catalog)
+    key = catalog_key(catalog)
     if key not in _KINDS:
         seen: dict[str, int] = {}
         for t in catalog.titles:

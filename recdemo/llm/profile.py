@@ -297,12 +297,19 @@ def build_keywords(catalog, history, llm_keywords: list[str]) -> list[Keyword]:
     return out
 
 
-_COMMON: dict[int, set[str]] = {}
+def catalog_key(catalog) -> tuple:
+    """A cache key for a catalog: its id plus what tells two catalogs apart when a freed one's id is
+    reused (tests build many)."""
+    titles = catalog.titles
+    return id(catalog), len(titles), titles[0] if len(titles) else None, titles[-1] if len(titles) else None
+
+
+_COMMON: dict[tuple, set[str]] = {}
 
 
 def _common_title_terms(catalog) -> set[str]:
     """Title words in more than 1 of 500 titles: everyday words ("Good", "Man"), not a theme."""
-    key = id(catalog)
+    key = catalog_key(catalog)
     if key not in _COMMON:
         df: Counter = Counter()
         for t in catalog.titles:
