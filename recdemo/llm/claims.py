@@ -180,7 +180,8 @@ def title_forms(title: str) -> set[str]:
 def short_title(title: str, max_words: int = 8) -> str:
     """"Toy Story (1995)" -> "Toy Story"; "Matrix, The (1999)" -> "The Matrix"; "Men in Black (a.k.a. MIB)"
     -> "Men in Black"; a product name is cut at its first comma/dash when long or followed by a size
-    ("Herstyler Conditioner,6.4 Ounce (Pack of 2)" -> "Herstyler Conditioner"), then to ``max_words``."""
+    ("Herstyler Conditioner,6.4 Ounce (Pack of 2)" -> "Herstyler Conditioner"), then to ``max_words``;
+    a double quote in it becomes a double prime ('Iron 1"' -> 'Iron 1″')."""
     text = re.sub(r"\s*\(\d{4}\)\s*$", "", natural_title(title)).strip() or title
     long = len(text.split()) > max_words
     bare = re.sub(r"\s*\([^()]*\)", "", text).strip()
@@ -188,7 +189,8 @@ def short_title(title: str, max_words: int = 8) -> str:
     parts = re.split(r"\s*(?:,|\s-\s|\[|\|)\s*", text, maxsplit=1)
     if len(parts) == 2 and len(parts[0].split()) >= 2 and (long or re.match(r"\d", parts[1])):
         text = parts[0]
-    return " ".join(text.split()[:max_words])
+    # a quote inside a title (inches: 'Iron 1"', '"Set of 2"') would end the quoted title early
+    return " ".join(text.split()[:max_words]).replace('"', "″")
 
 
 class ClaimChecker:
@@ -207,10 +209,10 @@ class ClaimChecker:
         self.titled_attributes = titled_attributes or {}  # title -> its attributes (history items)
         self.numbers = {str(n) for n in numbers}
         self.extra = {normalize_title(w) for w in extra_words if normalize_title(w)}
-        self.counts = {normalize_title(short_title(t)): int(n) for t, n in (counts or {}).items()}
+        self.counts: dict[str, set[int]] = {}  # form -> the counts of the titles it names (short forms collide)
         for t, n in (counts or {}).items():  # the count of a title, under each form a sentence may use
-            for f in title_forms(t):
-                self.counts.setdefault(f, int(n))
+            for f in {normalize_title(short_title(t))} | title_forms(t):
+                self.counts.setdefault(f, set()).add(int(n))
         self.kind_vocab = set(kind_vocab)  # products: title-word stems that name a kind of product
         self.kind_allowed = set().union(*(title_stems(t) for t in kind_titles)) if kind_titles else set()
         # products: what the sentence says the item IS ("... "Concealer" is a lip gloss") must come
@@ -298,7 +300,8 @@ class ClaimChecker:
             out["category"] = wrong
         numbers = [m.group(1) for m in NUMBER.finditer(plain) if m.group(1).replace(",", "") not in self.numbers]
         numbers += [f'{n} of "{t}"' for n, t in COUNT_OF.findall(sentence)
-                    if self.counts.get(normalize_title(t)) not in (None, int(n)) and n not in numbers]
+                    if normalize_title(t) in self.counts and int(n) not in self.counts[normalize_title(t)]
+                    and n not in numbers]
         if numbers:
             out["number"] = numbers
         if cut_off(sentence):
@@ -313,8 +316,10 @@ class ClaimChecker:
         too") that the evidence lacks by ``first_count``: the count of the evidence item the primed
         start names first."""
         def fix(m):
-            n = self.counts.get(normalize_title(m.group(2)))
-            return m.group(0) if not n else str(n) + m.group(0)[len(m.group(1)):]
+            found = self.counts.get(normalize_title(m.group(2)), set())
+            if len(found) != 1 or int(m.group(1)) in found or not min(found):  # unknown, ambiguous, or true
+                return m.group(0)
+            return str(min(found)) + m.group(0)[len(m.group(1)):]
 
         def fix_bare(m):
             keep = not first_count or m.group(1) in self.numbers

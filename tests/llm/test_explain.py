@@ -36,6 +36,23 @@ def test_short_title():
     assert short_title("One Two Three Four Five Six Seven Eight Nine Ten") == "One Two Three Four Five Six Seven Eight"
 
 
+def test_a_quote_inside_a_title_cannot_end_the_quoted_title():
+    from recdemo.data import Catalog
+    from recdemo.llm.claims import ClaimChecker
+
+    cat = Catalog(ids=["0", "1"], titles=['CHI Ceramic Hairstyling Iron 1" Black', 'Gel Top Coat "Set of 2"'],
+                  attributes=[(), ()], attribute_name="categories")
+    assert '"' not in short_title(cat.titles[0]) + short_title(cat.titles[1])
+
+    class Data:
+        catalog = cat
+
+    ev = [{"history_index": 0, "title": cat.titles[0], "kind": "co-occurrence", "value": 2, "co_occurrence": 2,
+           "shared_attributes": []}]
+    sentence = Explainer(None, Data(), None, use_llm=False).template(1, ev)
+    assert ClaimChecker.for_item(cat, [0], 1, ev).failures(sentence) == []
+
+
 def test_short_title_for_products_and_alternative_titles():
     assert short_title("Men in Black (a.k.a. MIB) (1997)") == "Men in Black"
     assert short_title("Herstyler Nourishing and Moisturizing Conditioner,6.4 Ounce (Pack of 2) extra words") == \
