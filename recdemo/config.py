@@ -95,6 +95,9 @@ class LLMConfig:
     adapter_dir: str = str(PROJECT_ROOT / "checkpoints" / "adapters")
     ranker: str = setting("score", "the LLM ranker (recdemo.llm.rankers.RANKERS)")
     max_history: int = 20
+    # New tokens an explanation may generate: the worked example's sentence after the primed start
+    # is ~20 tokens; a sentence stops at its full stop, so only a runaway one reaches the limit.
+    explain_new_tokens: int = 32
     n_results: int = setting(10, "recommendations per request", flag="--top")
     fuse: bool = True  # fuse the LLM score with SASRec's (weight chosen on validation)
     # Concurrent requests share model calls (llm/coalesce.py); these bound one shared call's memory:

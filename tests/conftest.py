@@ -32,7 +32,8 @@ def make_tiny_tokenizer():
 
     from recdemo.llm import prompts as P
 
-    corpus = list(P.TEMPLATES.values()) + [P.SYSTEM] + toy_titles(60) + TOY_GENRES * 3 + [
+    corpus = list(P.TEMPLATES.values()) + [P.SYSTEM, P.EXPLAIN_SYSTEM] + \
+        [text for pair in P.EXPLAIN_EXAMPLES.values() for text in pair] + toy_titles(60) + TOY_GENRES * 3 + [
         "Keywords: Summary: Yes No movies products watched bought (no profile) (none)"]
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

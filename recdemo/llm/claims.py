@@ -7,8 +7,11 @@ A sentence about recommended item r, for a user with history H, whose evidence c
 - ``category``: each genre/category word (the catalog's attribute words, their word forms and a few
   synonyms: "scary" ~ Horror) belongs to r or to a history item the sentence cites (E, or a
   history title it names);
+  In a catalog without categories (products), the kind of product it names plays that part: each
+  word of the catalog's title vocabulary ("eyeliner", "shampoo") belongs to r's title or a cited
+  one, or is an umbrella word one of them backs ("makeup" ~ a "Face Powder");
 - ``number``: each number is one the evidence holds (a co-occurrence count, a year or decade of a
-  title it cites);
+  title it cites), and a count said of a title ("12 fans of "Up"") is that title's count;
 - ``cut_off``: the sentence ends with . ! or ?, its quotes are closed, it does not end on a
   connector word;
 - ``empty``: what the model wrote (``written``: the part after the primed start) says something:
@@ -21,7 +24,7 @@ from __future__ import annotations
 import re
 
 from recdemo.data.catalog import natural_title, normalize_title, title_variants
-from recdemo.llm.profile import STOPWORDS, YEAR, stem, words
+from recdemo.llm.profile import STOPWORDS, YEAR, catalog_key, stem, words
 
 CHECKS = ("title", "category", "number", "cut_off", "empty")
 ARTICLES = {"the", "a", "an"}
@@ -48,9 +51,41 @@ someone anyone will would can could should may might has have had having be been
 something anything everything theme themes aspects aspect elements element qualities quality feel feeling vibe
 same other another others similarly likewise alike related relation connection connected genre genres story
 stories tone tones unique distinct specific blend blends combines combine combination approach narrative
-popular""".split())
+popular range variety various sold sell sells selling brand brands high-end end limited edition exclusive
+available customers customer worlds world offer offers offering mix type types features feature line lines
+products product item items""".split())
+# Umbrella words a product sentence may use for a kind its titles only imply ("makeup" for a "Face
+# Powder"): umbrella -> title words (stems compared) that back it.
+UMBRELLAS = {
+    "makeup": "makeup cosmetic cosmetics powder eyeshadow shadow eyeliner liner mascara foundation concealer primer "
+              "lipstick lip lipcolor lipcolour gloss blush bronzer palette brush brushes sponge blender lash lashes "
+              "eyelashes eyebrow brow highlighter",
+    "cosmetic": "makeup cosmetics powder eyeshadow eyeliner mascara foundation concealer primer lipstick lip palette",
+    "hair": "hair shampoo conditioner curl curls curly dryer straightener flat iron curling styling comb scalp "
+            "keratin wig extensions",
+    "skin": "skin face facial moisturizer cream serum lotion cleanser mask sunscreen spf toner body",
+    "skincare": "skin face facial moisturizer cream serum lotion cleanser mask sunscreen spf toner",
+    "nail": "nail nails polish lacquer manicure cuticle",
+    "eye": "eye eyes eyeshadow eyeliner mascara lash lashes eyebrow brow",
+    "lip": "lip lips lipstick lipcolor lipcolour gloss balm",
+    "face": "face facial foundation concealer powder primer blush bronzer",
+    "fragrance": "fragrance perfume cologne parfum toilette mist spray scent",
+}
+# Words that end product names without naming a kind (shades, sizes, parts).
+NOT_KIND = set("""gram grams fair light dark medium large long regular mini handle art deep clear full natural
+red pink green blue brown blond blonde gold silver purple orange ivory beige plus pro premium""".split())
+KIND_MIN_TITLES = 5  # a word ending at least this many short titles names a kind of product
 SENTENCE_END = re.compile(r"""[.!?]["'”’)]*$""")
 NUMBER = re.compile(r"(?<![\w.])(\d+(?:[.,]\d+)?)(s\b|'s\b)?")
+# "12 users bought it too", "12 users watched both": a count said of no title.
+BARE_COUNT = re.compile(r"(?<![\w.])(\d+)\s+(?:users?|fans|viewers|buyers|people|customers)\s+(?:also\s+)?"
+                        r"(?:bought|watched|liked|had|enjoyed)\s+(?:it|both|them)\b")
+# '"Up" is an animated comedy, and ...': the title and the phrase saying what it is.
+IS_A = re.compile(r'[\"“]([^\"”]+)[\"”]\s+(?:is|was)\s+(?:a|an|the)\s+([^,.;:"“]+?)(?=\s+(?:and|that|which|with|'
+                  r'made|from|for|like|by|in|to)\b|[,.;:]|$)')
+# "12 fans of "Up"", "12 users who watched "Up"", "12 buyers of "Up"": a count said of one title.
+COUNT_OF = re.compile(r"(?<![\w.])(\d+)\s+(?:\w+\s+){0,1}(?:users?|fans|viewers|buyers|people|customers)\s+"
+                      r"(?:of|who\s+(?:also\s+)?\w+)\s+[\"“]([^\"”]+)[\"”]")
 
 
 def category_terms(attributes) -> set[str]:
@@ -81,14 +116,51 @@ def is_category_word(text: str, catalog) -> bool:
     return bool(ws) and all(word_category(w, vocab) for w in ws)
 
 
-_VOCABS: dict[int, set[str]] = {}
+_VOCABS: dict[tuple, set[str]] = {}
 
 
 def _vocab(catalog) -> set[str]:
-    key = id(catalog)
+    key = catalog_key(catalog)
     if key not in _VOCABS:
         _VOCABS[key] = category_terms({a for attrs in catalog.attributes for a in attrs})
     return _VOCABS[key]
+
+
+_KINDS: dict[tuple, set[str]] = {}
+
+
+def _kind_vocab(catalog) -> set[str]:
+    """Stems of the words that end at least ``KIND_MIN_TITLES`` short titles: a product name ends on
+    its kind ("... Detangling Comb", "... Repair Shampoo"), so these are the catalog's words for kinds
+    of products; stock words left out."""
+    key = catalog_key(catalog)
+    if key not in _KINDS:
+        seen: dict[str, int] = {}
+        for t in catalog.titles:
+            last = re.findall(r"[A-Za-z]+", short_title(t))[-1:]
+            if last and len(last[0]) >= 3:
+                seen[stem(last[0])] = seen.get(stem(last[0]), 0) + 1
+        skip = {stem(w) for w in STOPWORDS | VAGUE | HARMLESS | DANGLING}
+        _KINDS[key] = {w for w, n in seen.items() if n >= KIND_MIN_TITLES and w not in skip}
+    return _KINDS[key]
+
+
+def product_kind(catalog, item: int) -> str | None:
+    """The kind of product a title names, for catalogs without categories: its last kind word (see
+    ``_kind_vocab``) before the first comma, dash or bracket ("... Caffeine Hair Growth Shampoo, 8 oz"
+    -> "shampoo"); None when it names none (or the catalog has categories)."""
+    if _vocab(catalog):
+        return None
+    head = re.split(r"\s*(?:,|\s-\s|\(|\[|:)\s*", natural_title(catalog.titles[int(item)]), maxsplit=1)[0]
+    kinds = _kind_vocab(catalog)
+    found = [w for w in re.findall(r"[A-Za-z]+", head) if len(w) >= 3 and stem(w) in kinds
+             and w.lower() not in NOT_KIND]
+    return found[-1].lower() if found else None
+
+
+def title_stems(title: str) -> set[str]:
+    """Stems of a title's alphabetic words of 3+ letters (parts of hyphenated words too)."""
+    return {stem(w) for w in words(YEAR.sub("", title)) if len(w) >= 3 and w.isalpha()}
 
 
 def title_forms(title: str) -> set[str]:
@@ -108,7 +180,8 @@ def title_forms(title: str) -> set[str]:
 def short_title(title: str, max_words: int = 8) -> str:
     """"Toy Story (1995)" -> "Toy Story"; "Matrix, The (1999)" -> "The Matrix"; "Men in Black (a.k.a. MIB)"
     -> "Men in Black"; a product name is cut at its first comma/dash when long or followed by a size
-    ("Herstyler Conditioner,6.4 Ounce (Pack of 2)" -> "Herstyler Conditioner"), then to ``max_words``."""
+    ("Herstyler Conditioner,6.4 Ounce (Pack of 2)" -> "Herstyler Conditioner"), then to ``max_words``;
+    a double quote in it becomes a double prime ('Iron 1"' -> 'Iron 1″')."""
     text = re.sub(r"\s*\(\d{4}\)\s*$", "", natural_title(title)).strip() or title
     long = len(text.split()) > max_words
     bare = re.sub(r"\s*\([^()]*\)", "", text).strip()
@@ -116,14 +189,16 @@ def short_title(title: str, max_words: int = 8) -> str:
     parts = re.split(r"\s*(?:,|\s-\s|\[|\|)\s*", text, maxsplit=1)
     if len(parts) == 2 and len(parts[0].split()) >= 2 and (long or re.match(r"\d", parts[1])):
         text = parts[0]
-    return " ".join(text.split()[:max_words])
+    # a quote inside a title (inches: 'Iron 1"', '"Set of 2"') would end the quoted title early
+    return " ".join(text.split()[:max_words]).replace('"', "″")
 
 
 class ClaimChecker:
     """The checks of the module doc for one (history, item, evidence)."""
 
     def __init__(self, titles, item_attributes=(), cited_attributes=(), vocab=(), numbers=(),
-                 titled_attributes=None, extra_words=()):
+                 titled_attributes=None, extra_words=(), counts=None, kind_vocab=(), kind_titles=(),
+                 item_title: str | None = None):
         self.forms = {}  # normalised form -> the title it names
         for t in titles:
             for f in title_forms(t):
@@ -134,6 +209,15 @@ class ClaimChecker:
         self.titled_attributes = titled_attributes or {}  # title -> its attributes (history items)
         self.numbers = {str(n) for n in numbers}
         self.extra = {normalize_title(w) for w in extra_words if normalize_title(w)}
+        self.counts: dict[str, set[int]] = {}  # form -> the counts of the titles it names (short forms collide)
+        for t, n in (counts or {}).items():  # the count of a title, under each form a sentence may use
+            for f in {normalize_title(short_title(t))} | title_forms(t):
+                self.counts.setdefault(f, set()).add(int(n))
+        self.kind_vocab = set(kind_vocab)  # products: title-word stems that name a kind of product
+        self.kind_allowed = set().union(*(title_stems(t) for t in kind_titles)) if kind_titles else set()
+        # products: what the sentence says the item IS ("... "Concealer" is a lip gloss") must come
+        # from the item's own title, not from a cited one
+        self.item_title = item_title if self.kind_vocab else None
 
     @classmethod
     def for_item(cls, catalog, history, item: int, evidence=(), domain_words=("movie", "movies", "product",
@@ -149,9 +233,13 @@ class ClaimChecker:
             if year:
                 numbers.update({year.group(1), year.group(1)[:3] + "0", year.group(1)[2] + "0"})
         numbers.discard(None)
+        counts = {e["title"] if "title" in e else catalog.titles[int(e["history_index"])]: e.get("co_occurrence")
+                  for e in evidence if e.get("co_occurrence") is not None}
+        vocab = _vocab(catalog)
         return cls(titles, catalog.attributes[int(item)], [a for h in cited for a in catalog.attributes[h]],
-                   _vocab(catalog), numbers, {catalog.titles[h]: catalog.attributes[h] for h in history},
-                   domain_words)
+                   vocab, numbers, {catalog.titles[h]: catalog.attributes[h] for h in history},
+                   domain_words, counts, () if vocab else _kind_vocab(catalog),
+                   () if vocab else [catalog.titles[i] for i in cited + [int(item)]], catalog.titles[int(item)])
 
     # -- titles --
     def title_of(self, span: str, quoted: bool) -> str | None | bool:
@@ -206,9 +294,14 @@ class ClaimChecker:
         allowed = self.allowed_categories | category_terms(a for t in good for a in self.titled_attributes.get(t, ()))
         wrong = [w for w in re.findall(r"[A-Za-z][\w-]*", plain)
                  for t in [category_of(w, self.vocab)] if t - allowed]  # "comedy-drama" claims both
+        wrong += self.wrong_kinds(plain, good)
+        wrong += [w for w in self.wrong_item_kind(sentence) if w not in wrong]
         if wrong:
             out["category"] = wrong
         numbers = [m.group(1) for m in NUMBER.finditer(plain) if m.group(1).replace(",", "") not in self.numbers]
+        numbers += [f'{n} of "{t}"' for n, t in COUNT_OF.findall(sentence)
+                    if normalize_title(t) in self.counts and int(n) not in self.counts[normalize_title(t)]
+                    and n not in numbers]
         if numbers:
             out["number"] = numbers
         if cut_off(sentence):
@@ -216,6 +309,57 @@ class ClaimChecker:
         if not self.says_something(written):
             out["empty"] = [written]
         return {c: out[c] for c in CHECKS if c in out}
+
+    def corrected_counts(self, sentence: str, first_count: int | None = None) -> str:
+        """``sentence`` with each count said of a title ("17 fans of "Taken"") replaced by that title's
+        count in the evidence (when it has one), and a count said of no title ("12 users bought it
+        too") that the evidence lacks by ``first_count``: the count of the evidence item the primed
+        start names first."""
+        def fix(m):
+            found = self.counts.get(normalize_title(m.group(2)), set())
+            if len(found) != 1 or int(m.group(1)) in found or not min(found):  # unknown, ambiguous, or true
+                return m.group(0)
+            return str(min(found)) + m.group(0)[len(m.group(1)):]
+
+        def fix_bare(m):
+            keep = not first_count or m.group(1) in self.numbers
+            return m.group(0) if keep else str(first_count) + m.group(0)[len(m.group(1)):]
+        return BARE_COUNT.sub(fix_bare, COUNT_OF.sub(fix, sentence))
+
+    def wrong_kinds(self, plain: str, named=()) -> list[str]:
+        """Product-kind words (catalogs without categories) that neither the item's title, a cited
+        title nor a history title the sentence names backs ("a hair product" for a makeup brush)."""
+        if not self.kind_vocab:
+            return []
+        allowed = self.kind_allowed.union(*(title_stems(t) for t in named))
+        return self._unbacked(re.findall(r"[A-Za-z][\w'-]*", plain), allowed)
+
+    def wrong_item_kind(self, sentence: str) -> list[str]:
+        """Kind words of the phrase saying what the item is ("X" is a lip gloss) that its own title
+        does not back."""
+        if not self.item_title:
+            return []
+        forms = {f for f in title_forms(self.item_title)}
+        out = []
+        for m in IS_A.finditer(sentence):
+            if normalize_title(m.group(1)) in forms:
+                out += self._unbacked(re.findall(r"[A-Za-z][\w'-]*", m.group(2)), title_stems(self.item_title))
+        return out
+
+    def _unbacked(self, tokens, allowed: set[str]) -> list[str]:
+        out = []
+        for w in tokens:
+            lw = w.lower()
+            if lw in STOPWORDS | VAGUE | HARMLESS | DANGLING | self.extra or len(lw) < 3:
+                continue
+            stems = {stem(p) for p in words(lw)}
+            if stems & allowed:
+                continue
+            if lw in UMBRELLAS and {stem(x) for x in UMBRELLAS[lw].split()} & allowed:
+                continue
+            if stems & self.kind_vocab:
+                out.append(w)
+        return out
 
     def failures(self, sentence: str, written: str | None = None) -> list[str]:
         return list(self.problems(sentence, written))
@@ -227,6 +371,9 @@ class ClaimChecker:
         tokens = re.findall(r"[A-Za-z][\w'-]*", plain)
         if any(category_of(w, self.vocab) for w in tokens):
             return True
+        if self.kind_vocab and any({stem(p) for p in words(w)} & self.kind_vocab for w in tokens
+                                   if w.lower() not in STOPWORDS | VAGUE):
+            return True  # a product kind ("is a lipstick"): the kind check has vouched for it
         content = [w for w in tokens if w.lower() not in STOPWORDS | VAGUE | HARMLESS | DANGLING | self.extra
                    and len(w) > 2 and not w[0].isupper()]
         return len(content) >= 2

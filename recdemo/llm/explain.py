@@ -18,13 +18,14 @@ import threading
 
 import numpy as np
 
+from recdemo.config import LLMConfig
 from recdemo.records import Explanation
 from recdemo.llm import prompts as P
-from recdemo.llm.claims import ClaimChecker, short_title
-from recdemo.llm.profile import repetitive
+from recdemo.llm.claims import ClaimChecker, product_kind, short_title
+from recdemo.llm.profile import STOPWORDS, repetitive
 
-SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"”)]))\s")
 DONE = re.compile(r"[.!?][\"”)]?\s")  # a sentence end followed by more text: generation can stop
+AN = re.compile(r"\b([Aa]) (?=[AEIOaeio](?!ne\b|nce\b)\w)")  # "a action" -> "an action" ("a one-off" stays)
 DANGLING = {"of", "the", "a", "an", "and", "or", "in", "to", "on", "for", "from", "with", "at", "that", "is",
             "are", "was", "which", "who", "its", "&", "both", "by", "as"}
 META = re.compile(r"\b(sentences?|titles?|names?|listed|recommendations?|in common with them|as an ai)\b", re.I)
@@ -34,7 +35,7 @@ class Explainer:
     """``explain(history, items) -> list[Explanation]`` (see module doc)."""
 
     def __init__(self, service, dataset, retriever=None, text_index=None, knn=None, max_history: int = 20,
-                 n_evidence: int = 3, max_new_tokens: int = 32, use_llm: bool = True):
+                 n_evidence: int = 3, max_new_tokens: int = LLMConfig().explain_new_tokens, use_llm: bool = True):
         self.service, self.dataset, self.catalog = service, dataset, dataset.catalog
         self.retriever, self.text_index, self._knn = retriever, text_index, knn
         self.domain = P.domain_for(self.catalog)
@@ -43,6 +44,7 @@ class Explainer:
         self._sasrec = None
         self._lock = threading.Lock()
         self.last_prompts: list[str] = []  # of the latest call (for the bench and the UI's prompt view)
+        self.last_tails: list[str] = []  # what the model wrote after each primed start (the bench counts them)
 
     # -- evidence --
     @property
@@ -114,19 +116,19 @@ class Explainer:
         return text + "."
 
     def facts(self, item: int, evidence: list[dict]) -> list[str]:
-        """One sentence per evidence item, from the data only: who had both, the genres they share."""
-        target, verb = P.prompt_title(short_title(self.catalog.titles[int(item)])), self.domain.verb_past
-        out = []
-        for e in evidence:
-            first = P.prompt_title(short_title(e["title"]))
-            n = e["co_occurrence"]
-            text = (f'{n} user{"s" if n != 1 else ""} who {verb} "{first}" also {verb} "{target}".' if n
-                    else f'"{target}" is close in content to "{first}".')
-            shared = e.get("shared_attributes") or []
-            if shared:
-                text += f' Both are {", ".join(a.lower() for a in shared[:3])}.'
-            out.append(text)
-        return out
+        """One prompt line per evidence item, from the data only: what it shares with ``item`` (genres,
+        or for a catalog without them the words both titles hold) and the users who had both."""
+        return [P.explain_fact(self.domain, P.prompt_title(short_title(e["title"])), self.shared(item, e)[:3],
+                               int(e["co_occurrence"])) for e in evidence]
+
+    def shared(self, item: int, e: dict) -> list[str]:
+        """What ``item`` and evidence item ``e`` have in common: their shared attributes (lower case),
+        else (a catalog without attributes: products) the content words both short titles hold."""
+        if self.catalog.attributes[int(item)] or e.get("shared_attributes"):
+            return [a.lower() for a in e.get("shared_attributes") or []]
+        mine = {w.lower(): w for w in re.findall(r"[A-Za-z][A-Za-z'-]+", short_title(self.catalog.titles[int(item)]))}
+        theirs = {w.lower() for w in re.findall(r"[A-Za-z][A-Za-z'-]+", short_title(e["title"]))}
+        return [w.lower() for k, w in mine.items() if k in theirs and k not in STOPWORDS and len(k) > 2]
 
     def checker(self, history, item: int, evidence=()) -> ClaimChecker:
         return ClaimChecker.for_item(self.catalog, history, item, evidence,
@@ -134,12 +136,19 @@ class Explainer:
 
     def explain(self, history, items, adapter: str | None = None, use_llm: bool | None = None) -> list[Explanation]:
         """``use_llm=False``: evidence and templated sentences only (no model call)."""
-        history = [int(h) for h in history]
-        evidence = [self.evidence(history, int(i)) for i in items]
+        return self.explain_many([(history, items)], adapter, use_llm)[0]
+
+    def explain_many(self, requests, adapter: str | None = None, use_llm: bool | None = None) -> list[list[Explanation]]:
+        """``explain`` for several (history, items) pairs (users) at once: ONE batched generate call for
+        every row of every pair, so the rows share the model's work and the prompts' common prefix."""
+        requests = [([int(h) for h in history], [int(i) for i in items]) for history, items in requests]
+        evidence = [[self.evidence(history, i) for i in items] for history, items in requests]
         use_llm = self.use_llm if use_llm is None else use_llm
-        drafts = self._generate(items, evidence, adapter) if (use_llm and items) else [("", "")] * len(items)
-        return [self.judge(history, int(item), ev, prefix, tail)
-                for item, ev, (prefix, tail) in zip(items, evidence, drafts)]
+        rows = [(i, ev) for (_, items), evs in zip(requests, evidence) for i, ev in zip(items, evs)]
+        drafts = iter(self._generate([i for i, _ in rows], [ev for _, ev in rows], adapter)
+                      if (use_llm and rows) else [("", "")] * len(rows))
+        return [[self.judge(history, item, ev, *next(drafts)) for item, ev in zip(items, evs)]
+                for (history, items), evs in zip(requests, evidence)]
 
     def judge(self, history, item: int, evidence: list[dict], prefix: str, tail: str) -> Explanation:
         """The model's sentence (primed ``prefix`` + its ``tail``) when every claim checks out; else
@@ -152,6 +161,12 @@ class Explainer:
             failed.append("empty")  # talks about the task ("not listed"), or loops
         if not failed:
             return Explanation(item, evidence, sentence, rationale_source="llm", llm_rationale=sentence)
+        if failed == ["number"]:  # a count given to the wrong title ("17 fans of "Taken""): the data's count
+            first = next((int(e["co_occurrence"]) for e in evidence[:1] if e.get("co_occurrence")), None)
+            fixed, part = checker.corrected_counts(sentence, first), checker.corrected_counts(written, first)
+            if fixed != sentence and not checker.failures(fixed, part):
+                return Explanation(item, evidence, fixed, rationale_source="llm", llm_rationale=sentence,
+                                   failed_checks=failed, repair="count corrected from the evidence")
         for shorter, part in trimmed(prefix, written):
             if not checker.failures(shorter, part) and not META.search(part) and not repetitive(part):
                 return Explanation(item, evidence, shorter, rationale_source="llm", llm_rationale=sentence,
@@ -164,7 +179,8 @@ class Explainer:
         a tail that ended without a full stop but before the token limit ends here, one cut by
         the limit stays cut (the ``cut_off`` check fails it)."""
         text = re.sub(r"\s+", " ", tail or "").strip()
-        first = SENTENCE_END.split(text, maxsplit=1)[0].strip() if text else ""
+        end = sentence_end(text + " ")
+        first = AN.sub(r"\1n ", text[:end].strip() if end else text)
         if first and first[-1] not in ".!?\"”)" and self._stopped_early(tail):
             first = first.rstrip(",;:- ") + "."
         joined = (prefix + ("" if first[:1] in ",.;:!?'" else " ") + first).strip()
@@ -179,18 +195,25 @@ class Explainer:
         show them; the weakest evidence goes first when the prompt would not fit the context."""
         llm = self.service.llm
         target = P.prompt_title(short_title(self.catalog.titles[int(item)]))
-        attributes = [P.prompt_title(a) for a in self.catalog.attributes[int(item)][:3]]
+        kind = product_kind(self.catalog, item)  # products: what the item is, from its title
+        attributes = [P.prompt_title(a) for a in self.catalog.attributes[int(item)][:3]] or ([kind] if kind else [])
         titles = [P.prompt_title(short_title(e["title"])) for e in evidence[:2]]
         facts = self.facts(item, evidence[:2])
 
-        def build(kept):  # ``kept``: evidence titles weakest first, so fitting drops the weakest
+        def build(kept, example=True):  # ``kept``: evidence titles weakest first, so fitting drops the weakest
             text, prefix = P.render_explain(llm.tokenizer, self.domain, kept[::-1], target, attributes,
-                                            facts[-len(kept):])
+                                            facts[:len(kept)], example, kind)
             return text, prefix, llm.tokenizer(text)["input_ids"]
+        limit = P.context_limit(llm) - self.max_new_tokens
         if not titles:
-            return P.render_explain(llm.tokenizer, self.domain, [], target, attributes)
-        _, (text, prefix, _) = P.fit_to_context(build, titles[::-1], P.context_limit(llm) - self.max_new_tokens,
-                                                size=lambda built: len(built[2]), what="evidence title")
+            text, prefix, ids = build([])
+            return (text, prefix) if len(ids) <= limit else build([], example=False)[:2]
+        try:
+            _, (text, prefix, _) = P.fit_to_context(build, titles[::-1], limit, size=lambda built: len(built[2]),
+                                                    what="evidence title")
+        except ValueError:  # a context too small for the worked example: go without it
+            _, (text, prefix, _) = P.fit_to_context(lambda kept: build(kept, example=False), titles[::-1], limit,
+                                                    size=lambda built: len(built[2]), what="evidence title")
         return text, prefix
 
     def _generate(self, items, evidence, adapter) -> list[tuple[str, str]]:
@@ -201,15 +224,25 @@ class Explainer:
             prompts.append(text)
             prefixes.append(prefix)
         self.last_prompts = prompts
-        tails = self.service.generate(prompts, max_new_tokens=self.max_new_tokens, stop_strings=["\n"],
-                                      stop_when=sentence_done, adapter=adapter)
+        self.last_tails = tails = self.service.generate(prompts, max_new_tokens=self.max_new_tokens,
+                                                        stop_strings=["\n"], stop_when=sentence_done, adapter=adapter)
         return list(zip(prefixes, tails))
 
 
 def sentence_done(text: str) -> bool:
     """generate's ``stop_when``: a module-level function, so concurrent requests' explanation
     calls compare equal and share one batch (LLMService.generate)."""
-    return bool(DONE.search(text))
+    return sentence_end(text) is not None
+
+
+def sentence_end(text: str) -> int | None:
+    """Where the first sentence of ``text`` ends (after its full stop and closing quote), counting only
+    full stops outside quotes ("E.T. the Extra-Terrestrial" goes on) and followed by more text."""
+    for m in DONE.finditer(text):
+        before = text[: m.start() + 1]
+        if before.count('"') % 2 == 0 and before.count("“") == before.count("”"):
+            return m.end()
+    return None
 
 
 def trimmed(prefix: str, written: str):

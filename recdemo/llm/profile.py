@@ -16,6 +16,7 @@ import threading
 from collections import Counter, OrderedDict
 
 
+from recdemo.data.catalog import natural_title
 from recdemo.records import Keyword, Profile
 from recdemo.llm.coalesce import Coalescer
 from recdemo.llm import prompts as P
@@ -54,6 +55,12 @@ SUFFIXES = ("ations", "ation", "ated", "ating", "ates", "ities", "ity", "ical", 
 DECADE = re.compile(r"^(?:'|19|20)?(\d)0s$")
 YEAR = re.compile(r"\((\d{4})\)\s*$")
 MIN_GROUNDED = 2
+MAX_GENRE_KEYWORDS = 3  # genre names the profile keeps (the UI shows them next to each title anyway)
+MIN_DESCRIPTIVE = 2  # grounded keywords beyond genre names (era, tone, theme) a profile should hold
+MAX_LLM_KEYWORDS = 4  # the keyword pass stops after this many (fewer tokens; genres come first)
+# Title words that name no theme ("Part II", "Returns", "Collection").
+THEME_STOPWORDS = frozenset("part episode chapter volume edition collection series returns return begins "
+                            "rises".split())
 
 
 def stem(word: str) -> str:
@@ -267,7 +274,10 @@ def template_summary(catalog, history, keywords: list[Keyword]) -> str:
 
 
 def build_keywords(catalog, history, llm_keywords: list[str]) -> list[Keyword]:
-    """Ground the LLM's keywords; top up with heuristic ones when fewer than 2 are grounded."""
+    """Ground the LLM's keywords; top up with heuristic ones when fewer than 2 are grounded. Genre
+    names (shown next to each title already) are kept to ``MAX_GENRE_KEYWORDS``; when fewer than
+    ``MIN_DESCRIPTIVE`` grounded keywords say more than that, the history's era, tone and a theme
+    its titles share are added, each backed by at least two history items."""
     out = [Keyword(text=k, support=(s := ground(k, catalog, history)), grounded=bool(s)) for k in llm_keywords]
     grounded = sum(k.grounded for k in out)
     if grounded < MIN_GROUNDED:
@@ -276,9 +286,64 @@ def build_keywords(catalog, history, llm_keywords: list[str]) -> list[Keyword]:
         extra = [k for k in heuristic_keywords(catalog, history, n=6, exclude=have)
                  if tuple(k.support) not in supports]
         out.extend(extra[: max(MIN_GROUNDED + 1 - grounded, 0)])
-    if all(is_attribute_keyword(k.text, catalog, history) for k in out if k.grounded):
-        # only genre names, which the UI already shows next to each title: add era and tone
-        out.extend(descriptive_keywords(catalog, history, exclude={k.text.lower() for k in out}))
+    genre = [k for k in out if k.grounded and is_attribute_keyword(k.text, catalog, history)]
+    out = [k for k in out if k not in genre[MAX_GENRE_KEYWORDS:]]
+    descriptive = [k for k in out if k.grounded and k not in genre]
+    if len(descriptive) < MIN_DESCRIPTIVE:
+        have = {k.text.lower() for k in out}
+        more = descriptive_keywords(catalog, history, exclude=have)
+        more += theme_keywords(catalog, history, exclude=have | {k.text.lower() for k in more})
+        out.extend(more[: MIN_DESCRIPTIVE + 1 - len(descriptive)])
+    return out
+
+
+def catalog_key(catalog) -> tuple:
+    """A cache key for a catalog: its id plus what tells two catalogs apart when a freed one's id is
+    reused (tests build many)."""
+    titles = catalog.titles
+    return id(catalog), len(titles), titles[0] if len(titles) else None, titles[-1] if len(titles) else None
+
+
+_COMMON: dict[tuple, set[str]] = {}
+
+
+def _common_title_terms(catalog) -> set[str]:
+    """Title words in more than 1 of 500 titles: everyday words ("Good", "Man"), not a theme."""
+    key = catalog_key(catalog)
+    if key not in _COMMON:
+        df: Counter = Counter()
+        for t in catalog.titles:
+            df.update({term(w.lower()) for w in re.findall(r"[A-Za-z][A-Za-z'-]{3,}", t)})
+        _COMMON[key] = {t for t, n in df.items() if n > max(5, len(catalog.titles) // 500)}
+    return _COMMON[key]
+
+
+def theme_keywords(catalog, history, exclude: set[str] = frozenset(), n: int = 1) -> list[Keyword]:
+    """Title words at least two history items share, beyond genre names and stock words (a franchise,
+    a brand, a subject: "Potter", "Maybelline", "vampire"), most shared first."""
+    hist = list(dict.fromkeys(int(h) for h in history))
+    genre_terms = {term(w) for i in hist for a in catalog.attributes[i] for w in words(a)}
+    counts: Counter = Counter()
+    shown: dict[str, str] = {}
+    for i in hist:
+        found = {}
+        for w in re.findall(r"[A-Za-z][A-Za-z'-]{3,}", YEAR.sub("", natural_title(catalog.titles[i]))):
+            t = term(w.lower())
+            if w.lower() not in STOPWORDS | THEME_STOPWORDS and t not in genre_terms:
+                found.setdefault(t, w)
+        counts.update(found.keys())
+        for t, w in found.items():
+            shown.setdefault(t, w)
+    out = []
+    common = _common_title_terms(catalog)
+    for t, c in counts.most_common():
+        if c < 2 or shown[t].lower() in exclude or t in common:
+            continue
+        support = ground(shown[t], catalog, hist)
+        if len(support) >= 2:
+            out.append(Keyword(text=shown[t], support=support, grounded=True, source="heuristic"))
+        if len(out) >= n:
+            break
     return out
 
 
@@ -368,8 +433,9 @@ class ProfileGenerator:
 
 
 def keyword_line_done(text: str) -> bool:
-    """Stop the keyword pass at a newline, after 6 items, at a repeated item, or when it runs long."""
+    """Stop the keyword pass at a newline, after ``MAX_LLM_KEYWORDS`` items, at a repeated item, or
+    when it runs long."""
     if "\n" in text.strip() or len(text) > 160:
         return True
     done = [x.strip().lower() for x in text.split(",")[:-1]]
-    return len(done) >= 6 or len(set(done)) < len(done)
+    return len(done) >= MAX_LLM_KEYWORDS or len(set(done)) < len(done)

@@ -82,14 +82,12 @@ TEMPLATES: dict[str, str] = {
         "A user {verb_past} these {items}, oldest first:\n{history}\n\n"
         "Will the user enjoy the {item} \"{target}\"? Answer Yes or No."
     ),
-    # Explanation: one sentence that may cite only the given history items. The facts (who had both,
-    # shared genres) come from the data, so the model only has to write the connecting clause; the
-    # answer is primed with EXPLAIN_PREFIX so it starts from the evidence. Every claim it adds is
-    # checked (llm/claims.py).
-    "explain": (
-        "The user liked {evidence}.{facts} In one sentence, say what \"{target}\"{attributes} is about "
-        "and what it shares with them."
-    ),
+    # Explanation: the facts about one recommended item (its genres; per evidence item, the genres they
+    # share and the users who had both), all from the data. Rendered after one worked example turn
+    # (EXPLAIN_EXAMPLES) and answered from a primed start (EXPLAIN_PREFIX), so the model only writes
+    # the connecting clause. Everything before "Recommended" is constant: the rows of one call, and
+    # every call, share that token prefix. Every claim the model adds is checked (llm/claims.py).
+    "explain": "Recommended: \"{target}\"{attributes}\n{facts}",
 }
 
 # Worked example shown before the real profile question (one user turn + the answer), per domain.
@@ -125,26 +123,63 @@ def render_profile(tokenizer, domain: Domain, history: str) -> str:
     return text + PROFILE_PREFIX
 
 
-EXPLAIN_SYSTEM = "You explain {item} recommendations in one sentence."
+EXPLAIN_SYSTEM = "In one sentence, say what the recommended {item} is and what links it to the user's {items}."
 EXPLAIN_PREFIX = "Like {evidence}, \"{target}\""  # the rationale starts here; the model finishes it
+# Worked example per domain (invented items, user turn facts + the answer). Its answer names the
+# item's kind from its genres or its title, then one connecting fact (the users who had both).
+EXPLAIN_EXAMPLES = {
+    "movies": ('Recommended: "Moon Base" (Sci-Fi, Thriller)\n'
+               '- "Star Pilots" (shares: sci-fi): 35 users watched both\n'
+               '- "Robot Wars" (shares: sci-fi, thriller): 12 users watched both',
+               'Like "Star Pilots" and "Robot Wars", "Moon Base" is a sci-fi thriller, and 35 fans of '
+               '"Star Pilots" watched it too.'),
+    "products": ('Recommended: "Silk Protein Hair Conditioner" (conditioner)\n'
+                 '- "Argan Oil Repair Shampoo" (shares: hair): 12 users bought both\n'
+                 '- "Keratin Hair Mask" (shares: hair): 3 users bought both',
+                 'Like "Argan Oil Repair Shampoo" and "Keratin Hair Mask", "Silk Protein Hair Conditioner" is '
+                 'a conditioner, and 12 buyers of "Argan Oil Repair Shampoo" bought it too.'),
+}
+
+
+def explain_fact(domain: Domain, title: str, shared=(), n_both: int = 0) -> str:
+    """One evidence line of the explain prompt: '- "Up" (shares: comedy): 12 users watched both'."""
+    line = f'- "{title}"' + (f" (shares: {', '.join(shared)})" if shared else "")
+    return line + (f": {n_both} user{'s' if n_both != 1 else ''} {domain.verb_past} both" if n_both else "")
 
 
 def render_explain(tokenizer, domain: Domain, evidence: list[str], target: str, attributes=(),
-                   facts: Sequence[str] = ()) -> tuple[str, str]:
-    """(prompt ending with the primed answer, the primed part) for one explanation; ``facts``:
-    sentences from the evidence ('12 users who watched "Up" also watched "Cars".')."""
+                   facts: Sequence[str] = (), example: bool = True, kind: str | None = None) -> tuple[str, str]:
+    """(prompt ending with the primed answer, the primed part) for one explanation; ``evidence``: the
+    titles the answer starts from, ``facts``: ``explain_fact`` lines. The text before the item's
+    "Recommended" line is the same for every item and user (system, worked example); ``example=False``
+    leaves the worked example out (a context too small for it). ``kind``: what a product is, from its
+    title ("shampoo"); the answer is primed with it (a 135M model names the example's kind instead)."""
     quoted = " and ".join(f'"{t}"' for t in evidence)
     attrs = f" ({', '.join(attributes)})" if attributes else ""
-    user = fill("explain", domain, evidence=quoted, target=target, attributes=attrs,
-                facts="".join(" " + f for f in facts))
-    prefix = EXPLAIN_PREFIX.format(evidence=quoted, target=target)
-    system = EXPLAIN_SYSTEM.format(item=domain.item)
+    user = fill("explain", domain, target=target, attributes=attrs, facts="\n".join(facts)).rstrip()
+    prefix = EXPLAIN_PREFIX.format(evidence=quoted, target=target) if evidence else f'"{target}"'
+    if kind:
+        prefix += f" is {'an' if kind[:1].lower() in 'aeio' else 'a'} {kind}"
+    example_user, example_answer = EXPLAIN_EXAMPLES[domain.items if domain.items in EXPLAIN_EXAMPLES
+                                                    else "products"]
+    system = EXPLAIN_SYSTEM.format(item=domain.item, items=domain.items)
+    turns = [(example_user, example_answer)] if example else []
     if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        messages = [{"role": "system", "content": system}]
+        for asked, answered in turns:
+            messages += [{"role": "user", "content": asked}, {"role": "assistant", "content": answered}]
+        messages.append({"role": "user", "content": user})
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     else:
-        text = f"{system}\n\n### Instruction:\n{user}\n\n### Response:\n"
+        text = system + "\n\n" + "".join(f"### Instruction:\n{a}\n\n### Response:\n{b}\n\n" for a, b in turns)
+        text += f"### Instruction:\n{user}\n\n### Response:\n"
     return text + prefix, prefix
+
+
+def explain_shared_prefix(tokenizer, domain: Domain) -> str:
+    """The text every explain prompt starts with (up to the item's "Recommended" line)."""
+    text, _ = render_explain(tokenizer, domain, [], "\x00")
+    return text[: text.index('Recommended: "\x00"')]
 
 
 # Answers (the text after the prompt) for fine-tuning and for verbalizers.

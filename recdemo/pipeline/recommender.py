@@ -115,7 +115,8 @@ class Recommender:
         with self._explain_lock:
             if self._explainer is None:
                 self._explainer = Explainer(self.service, self.dataset, self.stack.built_retriever, self.text_index,
-                                            max_history=self.cfg.llm.max_history)
+                                            max_history=self.cfg.llm.max_history,
+                                            max_new_tokens=self.cfg.llm.explain_new_tokens)
             return self._explainer
 
     # -- titles --

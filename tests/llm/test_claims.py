@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from recdemo.data import Catalog
-from recdemo.llm.claims import CHECKS, ClaimChecker, RationaleChecker, is_category_word
+from recdemo.llm.claims import CHECKS, ClaimChecker, RationaleChecker, is_category_word, product_kind
 
 TOY2, WALLACE, MIB, MURDER, INTOUCHABLES, MATRIX, SCREAM = range(7)
 
@@ -107,3 +107,75 @@ def test_is_category_word(movies):
     assert is_category_word("action, thriller", movies)
     assert not is_category_word("1990s", movies) and not is_category_word("dark humor", movies)
     assert not is_category_word("space", movies)
+
+
+# -- counts said of a title, and products (no categories: the kind of product plays that part) --
+def test_a_count_said_of_a_title_is_that_titles_count(movies):
+    ev = [{"history_index": TOY2, "title": movies.titles[TOY2], "kind": "co-occurrence", "value": 30,
+           "co_occurrence": 30},
+          {"history_index": MATRIX, "title": movies.titles[MATRIX], "kind": "co-occurrence", "value": 7,
+           "co_occurrence": 7}]
+    chk = checker(movies, [TOY2, MATRIX], MIB, ev)
+    assert chk.failures('Like "Toy Story 2", "Men in Black" is a comedy, and 30 fans of "Toy Story 2" watched it too.') \
+        == []
+    wrong = 'Like "Toy Story 2", "Men in Black" is a comedy, and 30 fans of "The Matrix" watched it too.'
+    assert chk.problems(wrong)["number"] == ['30 of "The Matrix"']  # 30 is a count, but Toy Story 2's
+    assert chk.corrected_counts(wrong).endswith('and 7 fans of "The Matrix" watched it too.')
+    assert chk.failures(chk.corrected_counts(wrong)) == []
+    assert chk.failures('"Men in Black" is a comedy, and 7 users who watched "The Matrix" also watched it.') == []
+    bare = 'Like "Toy Story 2", "Men in Black" is a comedy, and 12 users watched both.'  # 12: no one's count
+    assert chk.corrected_counts(bare, 30).endswith("and 30 users watched both.")
+    assert chk.corrected_counts(bare) == bare  # no count to put in
+    assert chk.corrected_counts(bare.replace("12", "7"), 30) == bare.replace("12", "7")  # 7 is a true count
+
+
+@pytest.fixture
+def products():
+    named = ["Maybelline Shinesensational Lip Gloss", "Maybelline Mineral Power Concealer", "Olay Face Cream",
+             "Kleancolor Nail Polish Red"]
+    fillers = [f"Brand{i} {kind}" for i in range(6) for kind in
+               ("Lip Gloss", "Concealer", "Mascara", "Hair Conditioner", "Nail Polish", "Face Cream")]
+    titles = named + fillers
+    return Catalog(ids=[str(i) for i in range(len(titles))], titles=titles, attributes=[()] * len(titles),
+                   attribute_name="categories")
+
+
+GLOSS, CONCEALER, CREAM, POLISH = range(4)
+
+
+def product_checker(products, item=CONCEALER, cited=GLOSS, n=3):
+    ev = [{"history_index": cited, "title": products.titles[cited], "kind": "co-occurrence", "value": n,
+           "co_occurrence": n}]
+    return ClaimChecker.for_item(products, [cited, CREAM], item, ev)
+
+
+def test_what_a_product_is_said_to_be_comes_from_its_own_title(products):
+    chk = product_checker(products)
+    start = 'Like "Maybelline Shinesensational Lip Gloss", "Maybelline Mineral Power Concealer"'
+    assert chk.failures(f"{start} is a concealer, and 3 users bought both.") == []
+    assert chk.failures(f"{start} is a makeup product, and 3 users bought both.") == []  # umbrella word
+    # a kind the cited item has, said of the recommended one: false
+    assert chk.problems(f"{start} is a lip gloss, and 3 users bought both.")["category"] == ["gloss"]
+    # a kind no title backs
+    assert chk.problems(f"{start} is a hair conditioner.")["category"] == ["conditioner"]
+    assert "category" in chk.failures(f"{start} is a concealer that works like a nail polish.")
+    # a kind word says something: a one-word true kind is not empty
+    assert chk.failures(f"{start} is a concealer.") == []
+    # a movie catalog has categories: no kind check there
+    assert ClaimChecker.for_item(Catalog(ids=["0"], titles=["Up (2009)"], attributes=[("Comedy",)],
+                                         attribute_name="genres"), [], 0).kind_vocab == set()
+
+
+def test_stock_product_phrases_are_empty(products):
+    chk = product_checker(products)
+    start = 'Like "Maybelline Shinesensational Lip Gloss", "Maybelline Mineral Power Concealer"'
+    for written in ("is a product that combines a range of products.", "is sold in a limited edition.",
+                    "is a product that offers a variety of products to customers."):
+        assert "empty" in chk.failures(f"{start} {written}", written), written
+
+
+def test_product_kind_is_the_last_kind_word_before_the_details(products, movies):
+    assert product_kind(products, CONCEALER) == "concealer"
+    assert product_kind(products, POLISH) == "polish"  # "Red" is a shade, not a kind
+    assert product_kind(products, GLOSS) == "gloss"
+    assert product_kind(movies, TOY2) is None  # categories say what a movie is

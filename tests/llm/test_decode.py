@@ -154,15 +154,18 @@ def test_eos_ends_a_row(tiny_llm):
     eos = tok.eos_token_id
     tiny_llm.model.generation_config.eos_token_id = None
     full = [alone(tiny_llm, r, 10) for r in rows]
-    # make the first row's third token the end of sequence: that row stops there, the others go on
-    tiny_llm.model.generation_config.eos_token_id = full[0][2]
+    # make a token of the first row (the first one after its first that it has not produced before) the
+    # end of sequence: that row stops there, the others go on
+    at = next(j for j in range(1, len(full[0])) if full[0][j] not in full[0][:j])
+    stop = full[0][at]
+    tiny_llm.model.generation_config.eos_token_id = stop
     try:
         got = Decoder("eager", min_prefix_tokens=4).generate(tiny_llm, rows, 10)
         want = [alone(tiny_llm, r, 10) for r in rows]
-        want = [w[:w.index(full[0][2]) + 1] if full[0][2] in w else w for w in want]
+        want = [w[:w.index(stop) + 1] if stop in w else w for w in want]
     finally:
         tiny_llm.model.generation_config.eos_token_id = eos
-    assert got == want and len(got[0]) == 3 and any(len(g) > 3 for g in got)
+    assert got == want and len(got[0]) == at + 1 and any(len(g) > at + 1 for g in got)
 
 
 @pytest.mark.parametrize("backend", ["eager", "static"])

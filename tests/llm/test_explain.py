@@ -36,6 +36,23 @@ def test_short_title():
     assert short_title("One Two Three Four Five Six Seven Eight Nine Ten") == "One Two Three Four Five Six Seven Eight"
 
 
+def test_a_quote_inside_a_title_cannot_end_the_quoted_title():
+    from recdemo.data import Catalog
+    from recdemo.llm.claims import ClaimChecker
+
+    cat = Catalog(ids=["0", "1"], titles=['CHI Ceramic Hairstyling Iron 1" Black', 'Gel Top Coat "Set of 2"'],
+                  attributes=[(), ()], attribute_name="categories")
+    assert '"' not in short_title(cat.titles[0]) + short_title(cat.titles[1])
+
+    class Data:
+        catalog = cat
+
+    ev = [{"history_index": 0, "title": cat.titles[0], "kind": "co-occurrence", "value": 2, "co_occurrence": 2,
+           "shared_attributes": []}]
+    sentence = Explainer(None, Data(), None, use_llm=False).template(1, ev)
+    assert ClaimChecker.for_item(cat, [0], 1, ev).failures(sentence) == []
+
+
 def test_short_title_for_products_and_alternative_titles():
     assert short_title("Men in Black (a.k.a. MIB) (1997)") == "Men in Black"
     assert short_title("Herstyler Nourishing and Moisturizing Conditioner,6.4 Ounce (Pack of 2) extra words") == \
@@ -222,3 +239,113 @@ def test_smollm2_rationales_name_only_history_items():
         assert e.evidence[0]["kind"] == "co-occurrence"  # item-kNN picked them: they co-occur
         assert ClaimChecker.for_item(cat, history, e.index, e.evidence).failures(e.rationale) == []
         assert e.rationale_source == "template" or not e.failed_checks or e.repair
+
+
+# -- batching users, the shared prompt prefix, sentence ends, repairs --
+def user_requests(dataset, n_users=2):
+    out = []
+    for u in range(n_users):
+        history = [int(i) for i in dataset.sequences[u][:8]]
+        out.append((history, [i for i in range(dataset.n_items) if i not in history][:3]))
+    return out
+
+
+def test_explain_many_is_one_call_for_every_user_and_matches_explain(tiny_llm, toy_dataset):
+    svc = ScriptedService(tiny_llm, " is a warm story with a strong cast.")
+    ex = Explainer(svc, toy_dataset, EmbRetriever(toy_dataset.n_items))
+    requests = user_requests(toy_dataset)
+    many = ex.explain_many(requests)
+    assert len(svc.calls) == 1 and len(svc.calls[0][0]) == 6
+    assert [[e.index for e in out] for out in many] == [items for _, items in requests]
+    one_by_one = [ex.explain(history, items) for history, items in requests]
+    assert [[e.rationale for e in out] for out in many] == [[e.rationale for e in out] for out in one_by_one]
+    assert ex.explain_many([(requests[0][0], [])]) == [[]]
+
+
+def test_prompts_share_their_prefix_token_for_token(tiny_llm, toy_dataset):
+    """Every row of a call (and of every call: other users) starts with the same tokens up to the
+    item's "Recommended" line, so a shared-prefix decoder prefills it once."""
+    from recdemo.llm import prompts as P
+
+    ex = Explainer(ScriptedService(tiny_llm, ""), toy_dataset, EmbRetriever(toy_dataset.n_items))
+    tok = tiny_llm.tokenizer
+    prompts = [ex.prompt(i, ex.evidence(history, i))[0] for history, items in user_requests(toy_dataset)
+               for i in items]
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    shared = tok(P.explain_shared_prefix(tok, ex.domain), add_special_tokens=False)["input_ids"]
+    assert len(shared) > 20 and all(row[: len(shared)] == shared for row in ids)
+    assert all(p.startswith(P.explain_shared_prefix(tok, ex.domain)) for p in prompts)
+    assert len({tuple(row[len(shared):]) for row in ids}) == len(ids)  # the item part differs
+    assert P.EXPLAIN_EXAMPLES["movies"][1] in P.explain_shared_prefix(tok, ex.domain)  # the worked example
+
+
+def test_facts_say_what_the_item_shares_and_who_had_both(tiny_llm, toy_dataset):
+    ex = Explainer(ScriptedService(tiny_llm, ""), toy_dataset, EmbRetriever(toy_dataset.n_items))
+    history, items = user_requests(toy_dataset, 1)[0]
+    ev = ex.evidence(history, items[0])
+    for line, e in zip(ex.facts(items[0], ev), ev):
+        assert line.startswith(f'- "{short_title(e["title"])}"')
+        assert (f"{e['co_occurrence']} user" in line) == bool(e["co_occurrence"])
+        assert all(a.lower() in line for a in e["shared_attributes"][:3])
+
+
+def test_products_share_the_words_both_titles_hold(tiny_llm):
+    from recdemo.data import Catalog
+
+    cat = Catalog(ids=["a", "b", "c"], titles=["Argan Oil Repair Shampoo 8 oz", "Argan Oil Hair Mask", "Nail Polish"],
+                  attributes=[(), (), ()], attribute_name="categories")
+
+    class Data:
+        catalog = cat
+
+    ex = Explainer(ScriptedService(tiny_llm, ""), Data(), None, use_llm=False)
+    assert ex.shared(1, {"title": cat.titles[0], "shared_attributes": []}) == ["argan", "oil"]
+    assert ex.shared(2, {"title": cat.titles[0], "shared_attributes": []}) == []
+
+
+def test_a_full_stop_inside_a_quoted_title_does_not_end_the_sentence():
+    from recdemo.llm.explain import sentence_end
+
+    text = 'is sci-fi, and 94 fans of "E.T. the Extra-Terrestrial" watched it too. More'
+    assert text[: sentence_end(text)].strip().endswith("watched it too.")
+    assert sentence_end('is sci-fi, and 94 fans of "E.T. the') is None
+    assert sentence_end("is fun. ") == len("is fun. ")
+
+
+def test_a_count_given_to_the_wrong_title_is_corrected_and_an_article_fixed(tiny_llm, toy_dataset):
+    cat = toy_dataset.catalog
+    svc = ScriptedService(tiny_llm, "")
+    ex = Explainer(svc, toy_dataset, EmbRetriever(toy_dataset.n_items))
+    history, items = user_requests(toy_dataset, 1)[0]
+    item = next(i for i in items if sum(e["co_occurrence"] > 0 for e in ex.evidence(history, i)) >= 1)
+    ev = [e for e in ex.evidence(history, item) if e["co_occurrence"]]
+    first = short_title(ev[0]["title"])
+    wrong = ev[0]["co_occurrence"] + 1000
+    prefix = f'Like "{first}", "{short_title(cat.titles[item])}"'
+    out = ex.judge(history, item, ev, prefix, f' is a odd story, and {wrong} fans of "{first}" watched it too.')
+    assert out.failed_checks == ["number"] and out.rationale_source == "llm"
+    assert out.repair == "count corrected from the evidence"
+    assert f'{ev[0]["co_occurrence"]} fans of "{first}"' in out.rationale and str(wrong) in out.llm_rationale
+    assert "an odd story" in out.rationale
+
+
+def test_a_products_answer_is_primed_with_the_kind_its_title_names(tiny_llm):
+    from recdemo.data import Catalog
+
+    titles = ["Argan Oil Repair Shampoo, 8 oz", "Silk Protein Hair Conditioner"] + \
+        [f"Brand{i} {kind}" for i in range(5) for kind in ("Shampoo", "Conditioner")]
+    cat = Catalog(ids=[str(i) for i in range(len(titles))], titles=titles, attributes=[()] * len(titles),
+                  attribute_name="categories")
+
+    class Data:
+        catalog = cat
+
+    ex = Explainer(ScriptedService(tiny_llm, ""), Data(), None)
+    ev = [{"history_index": 0, "title": titles[0], "kind": "co-occurrence", "value": 4, "co_occurrence": 4,
+           "shared_attributes": []}]
+    text, prefix = ex.prompt(1, ev)
+    assert prefix == 'Like "Argan Oil Repair Shampoo", "Silk Protein Hair Conditioner" is a conditioner'
+    assert text.endswith(prefix) and '"Silk Protein Hair Conditioner" (conditioner)' in text
+    out = ex.judge([0], 1, ev, prefix, ", and 4 users bought both.")
+    assert out.rationale_source == "llm" and out.failed_checks == []
+    assert out.rationale == prefix + ", and 4 users bought both."

@@ -86,9 +86,9 @@ def test_ungrounded_keywords_are_kept_and_heuristics_added_when_too_few(movies):
 
 
 def test_enough_grounded_llm_keywords_get_no_heuristics(movies):
-    kws = build_keywords(movies, [0, 1, 2, 3], ["sci-fi", "1990s", "nonsense"])
-    assert [k.source for k in kws] == ["llm"] * 3
-    assert [k.grounded for k in kws] == [True, True, False]
+    kws = build_keywords(movies, [0, 1, 2, 3], ["sci-fi", "1990s", "dark", "nonsense"])
+    assert [k.source for k in kws] == ["llm"] * 4
+    assert [k.grounded for k in kws] == [True, True, True, False]
 
 
 def test_heuristic_profile_most_frequent_attributes(movies):
@@ -196,8 +196,31 @@ def test_genre_only_keywords_get_era_and_tone_added(movies):
     assert {k.text for k in added} & {"dark", "1990s"} and all(k.grounded and len(k.support) >= 2 for k in added)
     for k in added:
         assert k.support == ground(k.text, movies, history)
-    # a profile that already says more than the genre names gets nothing added
-    assert [k.source for k in build_keywords(movies, history, ["dark", "comedy"])] == ["llm", "llm"]
+    # a profile that already says more than the genre names (two grounded keywords) gets nothing added
+    assert [k.source for k in build_keywords(movies, history, ["dark", "1990s", "comedy"])] == ["llm"] * 3
+    # one that says little more gets topped up to two such keywords, plus one
+    assert [k.source for k in build_keywords(movies, history, ["dark", "comedy"])][:2] == ["llm", "llm"]
+    assert len(build_keywords(movies, history, ["dark", "comedy"])) > 2
+
+
+def test_genre_keywords_beyond_three_are_dropped(movies):
+    history = [0, 1, 2, 3, 4]
+    kws = build_keywords(movies, history, ["sci-fi", "comedy", "animation", "horror", "action"])
+    llm = [k.text for k in kws if k.source == "llm"]
+    assert llm == ["sci-fi", "comedy", "animation"]
+    assert any(k.source == "heuristic" and k.grounded for k in kws)  # era / tone instead
+
+
+def test_theme_keywords_are_title_words_two_history_items_share():
+    from recdemo.llm.profile import theme_keywords
+
+    titles = ["Batman (1989)", "Batman Returns (1992)", "Heat (1995)", "Good Will Hunting (1997)",
+              "Good Night (2001)"] + [f"Good Filler {i} (2000)" for i in range(8)]
+    cat = Catalog(ids=[str(i) for i in range(len(titles))], titles=titles,
+                  attributes=[("Action",)] * len(titles), attribute_name="genres")
+    kws = theme_keywords(cat, [0, 1, 2, 3, 4], n=3)
+    assert [(k.text, k.support) for k in kws] == [("Batman", [0, 1])]  # "Good" is in too many titles
+    assert theme_keywords(cat, [0, 1], exclude={"batman"}) == []
 
 
 def test_the_summary_pass_continues_the_keyword_pass(tiny_service, toy_dataset):
