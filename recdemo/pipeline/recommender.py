@@ -37,9 +37,6 @@ from recdemo.llm.stack import Stack
 from recdemo.records import Candidate, Explanation, Profile, RankedItem, RerankRequest, Recommendation
 
 log = logging.getLogger(__name__)
-# Cards explained per streamed state: the first sentences show early, and a batch still shares the
-# model's work (one batched call per group).
-EXPLAIN_GROUP = 5
 EXPLAIN_CACHE = 2048  # explanations kept for reruns of the same history (steering, "not interested")
 STAGES = ("retrieval", "profile", "rerank", "explain")
 
@@ -202,7 +199,7 @@ class Recommender:
 
     def recommend_stages(self, history, ranker: str | None = None, n_candidates: int = 50, k: int = 10,
                          adapter: str | None = "auto", with_profile: bool = True, with_explanations: bool = True,
-                         profile_edit=None, exclude=(), explain_group: int = EXPLAIN_GROUP
+                         profile_edit=None, exclude=(), explain_group: int | None = None
                          ) -> Iterator[Recommendation]:
         """Yields the answer as it grows, one ``Recommendation`` per finished stage (``.stage``):
         "retrieval" (SASRec's top-k, provisional; no model call, so it is not held up by other
@@ -221,8 +218,9 @@ class Recommender:
         yield self._state(run, "rerank")
         if with_explanations and run.ranked:
             items = [r.index for r in run.ranked]
-            for at in range(0, len(items), max(int(explain_group), 1)):
-                self._explain_stage(run, items[at:at + max(int(explain_group), 1)])
+            group = max(int(explain_group or self.cfg.llm.explain_group), 1)
+            for at in range(0, len(items), group):
+                self._explain_stage(run, items[at:at + group])
                 yield self._state(run, "explain")
         # every stage is timed in the final answer (0 when skipped), in pipeline order
         run.timings = {**{s: run.timings.get(s, 0.0) for s in STAGES}, "total": time.perf_counter() - run.started}
