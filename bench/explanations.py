@@ -186,7 +186,7 @@ def report() -> None:
              "`after`: the 2026-12-05 explanation branch (worked example, constant prompt prefix, stricter checks, "
              "repairs); `final`: the same after the fix for double quotes inside titles (amazon-beauty only); "
              "`merged`: main after that branch met the new decoder and the batching of concurrent calls "
-             "(movielens-small). "
+             "(both datasets). "
              "Held-out users (test case), SASRec's top 10, SmolLM2-135M on a shared 2-core CPU (busy: quality "
              "figures, not timings).", "",
              "Shares are of the LLM's sentences as written (before any fallback or repair) and of the "
