@@ -34,9 +34,8 @@ from recdemo.config import PROJECT_ROOT, Config
 from recdemo.eval.core import retriever_candidates, sample_cases
 from recdemo.eval.rerank_eval import evaluate_rerank
 from recdemo.finetune import repro_report as report
-from recdemo.finetune.lora import trainable_base
 from recdemo.finetune.loop import FineTuneSpec, run_finetune
-from recdemo.llm.adapters import is_adapter_dir, read_meta
+from recdemo.llm.adapters import is_adapter_dir, read_meta, strip_lora_layers
 from recdemo.llm.rankers import get_ranker
 from recdemo.llm.service import LLMService
 from recdemo.metrics import MISS, metrics_from_ranks
@@ -181,7 +180,7 @@ def finetune_paper(run: Run, paper: Paper) -> dict:
 def strip_lora(llm) -> None:
     """Take the training LoRA layers out of the model (run_finetune trained it in place), so the
     evaluation's bare-model rows run the base weights and the service can load the adapters."""
-    trainable_base(SimpleNamespace(llm=llm, lock=threading.RLock()), copy_base=False)
+    strip_lora_layers(llm.model)
     llm.model.eval()
 
 
