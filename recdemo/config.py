@@ -109,6 +109,10 @@ class LLMConfig:
     # batched rerank (each up to limits.max_candidates candidates).
     coalesce_rows: int = 64
     coalesce_reranks: int = 16
+    # Batched rerank scoring (llm/rankers/batch_tree.py: evaluate --batch-size, coalesced reranks): rows x
+    # tree nodes fed in one forward call; bigger requests go in slices. Bounds the [rows, 1, nodes, cache + nodes]
+    # attention mask and the activations (4,096 nodes of a 7B model: ~32 MB of hidden states in bf16).
+    batch_tree_nodes: int = 4_096
     fusion_dir: str = str(PROJECT_ROOT / "checkpoints" / "fusion")  # <dataset>.json: shipped tuned weights
     fusion_cache_dir: str = str(PROJECT_ROOT / ".cache" / "fusion")  # weights tuned here, by dataset hash
     hf_token: str | None = field(default=None, repr=False)  # a secret: never in logs

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from recdemo.llm.batch_score import score_lists
+from recdemo.llm.batch_score import batchable, score_lists
 from recdemo.llm.rankers import ScoredList, finish
 from recdemo.metrics import MISS
 from recdemo.records import Candidate, RerankRequest
@@ -60,8 +60,9 @@ def retriever_candidates(retriever, n: int) -> Callable:
 
 
 def can_batch(ranker) -> bool:
-    """Whether ``score_users`` can stack several users into one model call for this ranker."""
-    return getattr(ranker, "name", None) == "score"
+    """Whether ``score_users`` can stack several users into one model call for this ranker (every
+    ranker with a batched form: ``batch_score.batchable``)."""
+    return batchable(ranker)
 
 
 def score_users(ranker, cases, candidates: Callable, profile_fn: Callable | None = None, k: int = 10,

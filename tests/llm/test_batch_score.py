@@ -63,9 +63,14 @@ def test_batched_scores_run_through_the_active_adapter(tiny_service, toy_dataset
     assert not np.allclose(got[0].llm, score_lists(bare, reqs)[0].llm, atol=1e-3)  # the LoRA changes scores
 
 
-def test_only_the_score_ranker_can_be_batched(tiny_llm, toy_dataset, pop_retriever, tmp_path):
-    palr = get_ranker("palr", tiny_llm, toy_dataset, pop_retriever, fusion_dir=str(tmp_path))
-    with pytest.raises(ValueError, match="score"):
-        score_lists(palr, requests(toy_dataset, pop_retriever, 1))
+def test_a_ranker_without_a_batched_form_is_refused(tiny_llm, toy_dataset, pop_retriever, tmp_path):
+    from recdemo.llm.rankers.base import Ranker
+
+    class OneByOne(Ranker):
+        name = "one_by_one"
+
+    plain = OneByOne(tiny_llm, toy_dataset, pop_retriever, fusion_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="no batched scoring"):
+        score_lists(plain, requests(toy_dataset, pop_retriever, 1))
     score = get_ranker("score", tiny_llm, toy_dataset, pop_retriever, fusion_dir=str(tmp_path))
     assert score_lists(score, []) == []

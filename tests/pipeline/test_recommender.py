@@ -291,11 +291,12 @@ def test_concurrent_calls_give_the_same_answers(rec):
     assert errors == [] and got == expected
 
 
-def test_concurrent_reranks_share_one_batched_scoring_call(rec):
+@pytest.mark.parametrize("ranker", ["score", "tallrec", "palr", "genrec"])
+def test_concurrent_reranks_share_one_batched_scoring_call(rec, ranker):
     """Requests that wait while the model is busy are reranked together (batch_score.rank_batch):
     one batch for three users, each user's order the one it gets alone."""
     histories = [[0, 1, 2], [5, 6], [10, 11, 12, 13, 14]]  # prompts of different lengths: padded
-    kw = dict(ranker="score", n_candidates=8, k=4, with_profile=False, with_explanations=False)
+    kw = dict(ranker=ranker, n_candidates=8, k=4, with_profile=False, with_explanations=False)
     alone = [rec.recommend(h, **kw).to_dict()["results"] for h in histories]
     assert rec._reranks.batches == 3  # one at a time: a batch of one each (exactly the old path)
     got = [None] * 3

@@ -12,6 +12,10 @@ generated items (see ``score_list``), so weight 0 gives SASRec's own top k, as f
 All beams share the prompt's KV cache: each step feeds every surviving beam's next token (plus the
 tokens the trie forces after it) packed into one forward call (``TreeDecoder``). A beam's score is
 its constrained log-probability (renormalised over the tokens the trie allows at each branch).
+
+The beam search is written once (``beam_steps``, a program of read/extend requests, batch_tree.py):
+``score_list`` drives it with a ``TreeDecoder``, ``score_many`` runs several users' searches in lock
+step on a ``BatchTreeDecoder`` (one forward per step for all of them; evaluation batches).
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from recdemo.records import RerankRequest
 from recdemo.llm import prompts as P
 from recdemo.llm.token_trie import TokenTrie
 from recdemo.llm.rankers.base import Ranker, ScoredList
+from recdemo.llm.rankers.batch_tree import BatchTreeDecoder, pad_id, run_lockstep, run_steps
 from recdemo.llm.rankers.decoding import ROOT, TreeDecoder
 
 
@@ -74,6 +79,31 @@ class GenRecRanker(Ranker):
         info = {"adapter": adapter, "prompt_tokens": len(prompt_ids), "tree_tokens": len(decoder.tokens),
                 "forwards": decoder.forwards, "generated": [i for i, _ in found],
                 "llm_seconds": time.perf_counter() - start}
+        return self.fused_list(req, found, info)
+
+    def score_many(self, reqs: list[RerankRequest]) -> list[ScoredList]:
+        """``score_list`` for several users at once: their beam searches in lock step, every step one
+        forward call for all of them (batch_tree.py). The users share the catalog trie: each one's
+        history is out of it exactly while its own search runs (``without_items``)."""
+        if not reqs:
+            return []
+        start = time.perf_counter()
+        with self.session() as (llm, adapter):
+            trie = self.catalog_trie()
+            prompts = [self.fitted(r)[1] for r in reqs]
+            programs = [without_items(trie, r.history, beam_steps(trie, r.k)) for r in reqs]
+            decoder = BatchTreeDecoder(llm.model, prompts, device=llm.device, pad_id=pad_id(llm.tokenizer),
+                                       max_nodes=self.cfg.batch_tree_nodes)
+            found = run_lockstep(decoder, programs)
+        seconds = time.perf_counter() - start
+        return [self.fused_list(req, f, {"adapter": adapter, "prompt_tokens": len(prompt),
+                                         "tree_tokens": len(decoder.tokens[b]), "forwards": decoder.forwards,
+                                         "generated": [i for i, _ in f], "batch": len(reqs),
+                                         "llm_seconds": seconds})
+                for b, (req, f, prompt) in enumerate(zip(reqs, found, prompts))]
+
+    def fused_list(self, req: RerankRequest, found: list[tuple[int, float]], info: dict) -> ScoredList:
+        """The generated items as a ScoredList, with SASRec's candidates to fuse with when it can."""
         if self.retriever is None or not found:  # nothing to fuse with: the generated list alone
             items = [i for i, _ in found]
             return ScoredList(items, np.array([s for _, s in found], dtype=np.float64), None,
@@ -91,19 +121,42 @@ class GenRecRanker(Ranker):
                           [rank_of.get(i) for i in items], info)
 
 
+def without_items(trie: TokenTrie, items, program):
+    """``program`` run with ``items`` out of the shared ``trie``, put back whenever it pauses (so
+    programs of several users can take turns on one trie)."""
+    answer = None
+    while True:
+        seen = {int(h): trie.path(int(h)) for h in items if int(h) in trie}
+        for h in seen:
+            trie.remove(h)
+        try:
+            request = program.send(answer)
+        except StopIteration as stop:
+            return stop.value
+        finally:
+            for h, path in seen.items():
+                trie.add(path, h)
+        answer = yield request
+
+
 def beam_titles(decoder: TreeDecoder, trie: TokenTrie, k: int) -> list[tuple[int, float]]:
     """k distinct items by beam search over the trie: [(item, constrained log-prob)], best first."""
+    return run_steps(decoder, beam_steps(trie, k, len(decoder.tokens)))
+
+
+def beam_steps(trie: TokenTrie, k: int, n_nodes: int = 0):
+    """The program of ``beam_titles`` (requests as in batch_tree.py) on a decoder holding ``n_nodes``
+    nodes; returns [(item, constrained log-prob)], best first."""
     beams = [((), ROOT, 0.0)]  # (token prefix, node holding its last token, log-prob)
     finished: list[tuple[int, float]] = []
     while beams and len(finished) < k:
+        allowed = [trie.allowed(prefix) for prefix, _, _ in beams]
+        asked = [(node, a) for (_, node, _), a in zip(beams, allowed) if len(a) > 1]
+        answers = iter((yield ("read", asked)) if asked else [])
         expansions = []
-        for prefix, node, score in beams:
-            allowed = trie.allowed(prefix)
-            if len(allowed) > 1:
-                lps = decoder.log_softmax_over(node, allowed).tolist()
-            else:
-                lps = [0.0] * len(allowed)
-            expansions.extend((score + lp, prefix, node, t) for t, lp in zip(allowed, lps))
+        for (prefix, node, score), toks in zip(beams, allowed):
+            lps = next(answers).tolist() if len(toks) > 1 else [0.0] * len(toks)
+            expansions.extend((score + lp, prefix, node, t) for t, lp in zip(toks, lps))
         expansions.sort(key=lambda e: -e[0])
         tokens, parents, survivors = [], [], []
         for score, prefix, node, t in expansions:
@@ -115,11 +168,13 @@ def beam_titles(decoder: TreeDecoder, trie: TokenTrie, k: int) -> list[tuple[int
             if done:  # a whole title: it leaves the beam (its tokens never need a forward)
                 finished.extend((v, score) for v in done[: k - len(finished)])
                 continue
-            first = len(decoder.tokens) + len(tokens)
+            first = n_nodes + len(tokens)
             tokens.extend(chunk)
             parents.extend([node] + list(range(first, first + len(chunk) - 1)))
             survivors.append((full, first + len(chunk) - 1, score))
-        decoder.extend(tokens, parents)
+        if tokens:  # (nothing to feed: every expansion finished, and the search ends)
+            yield ("extend", tokens, parents)
+            n_nodes += len(tokens)
         beams = survivors
     finished.sort(key=lambda f: -f[1])
     return finished[:k]

@@ -14,6 +14,10 @@ as soon as k titles are out.
 Scores: the LLM score of an emitted title is its list position (k for the first, k-1 for the
 next, ...; candidates not emitted get 0); the constrained log-probability of each title is kept in
 ``last_info["logprobs"]`` for display and tie analysis.
+
+The greedy loop is written once (``greedy_steps``, a program of read/extend requests, batch_tree.py):
+``score_list`` drives it with a ``TreeDecoder``, ``score_many`` runs several users' programs in
+lock step on a ``BatchTreeDecoder`` (one forward per step for all of them; evaluation batches).
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from recdemo.records import RerankRequest
 from recdemo.llm import prompts as P
 from recdemo.llm.token_trie import TokenTrie
 from recdemo.llm.rankers.base import Ranker, ScoredList
+from recdemo.llm.rankers.batch_tree import BatchTreeDecoder, pad_id, run_lockstep, run_steps
 from recdemo.llm.rankers.decoding import ROOT, TreeDecoder
 
 
@@ -54,16 +59,47 @@ class PALRRanker(Ranker):
             trie = TokenTrie(self.answer_tokens(out.items, P.TITLE_SEPARATOR))
             decoder = TreeDecoder(llm.model, prompt_ids, device=llm.device)
             emitted = greedy_titles(decoder, trie, req.k)
-        position = {item: len(emitted) - p for p, (item, _) in enumerate(emitted)}
-        out.llm = np.array([float(position.get(i, 0)) for i in out.items])
-        out.info = {"adapter": adapter, "prompt_tokens": len(prompt_ids), "generated_tokens": len(decoder.tokens),
-                    "forwards": decoder.forwards, "logprobs": {int(i): lp for i, lp in emitted},
-                    "llm_seconds": time.perf_counter() - start}
-        return out
+        return _scored(out, emitted, {"adapter": adapter, "prompt_tokens": len(prompt_ids),
+                                      "generated_tokens": len(decoder.tokens), "forwards": decoder.forwards},
+                       time.perf_counter() - start)
+
+    def score_many(self, reqs: list[RerankRequest]) -> list[ScoredList]:
+        """``score_list`` for several users at once: their greedy decodings in lock step, every step
+        one forward call for all of them (batch_tree.py); the same lists as one by one."""
+        outs = [self.candidate_list(r) for r in reqs]
+        if not reqs:
+            return outs
+        start = time.perf_counter()
+        with self.session() as (llm, adapter):
+            prompts = [self.fitted(r, o.items)[1] for r, o in zip(reqs, outs)]
+            programs = [greedy_steps(TokenTrie(self.answer_tokens(o.items, P.TITLE_SEPARATOR)), r.k)
+                        for r, o in zip(reqs, outs)]
+            decoder = BatchTreeDecoder(llm.model, prompts, device=llm.device, pad_id=pad_id(llm.tokenizer),
+                                       max_nodes=self.cfg.batch_tree_nodes)
+            found = run_lockstep(decoder, programs)
+        seconds = time.perf_counter() - start
+        return [_scored(out, emitted, {"adapter": adapter, "prompt_tokens": len(prompt),
+                                       "generated_tokens": len(decoder.tokens[b]), "forwards": decoder.forwards,
+                                       "batch": len(reqs)}, seconds)
+                for b, (out, emitted, prompt) in enumerate(zip(outs, found, prompts))]
+
+
+def _scored(out: ScoredList, emitted: list[tuple[int, float]], info: dict, seconds: float) -> ScoredList:
+    """The list's LLM scores from the emitted titles: k - position for the emitted, 0 for the rest."""
+    position = {item: len(emitted) - p for p, (item, _) in enumerate(emitted)}
+    out.llm = np.array([float(position.get(i, 0)) for i in out.items])
+    out.info = {**info, "logprobs": {int(i): lp for i, lp in emitted}, "llm_seconds": seconds}
+    return out
 
 
 def greedy_titles(decoder: TreeDecoder, trie: TokenTrie, k: int) -> list[tuple[int, float]]:
     """Greedy constrained decoding of up to k distinct items: [(item, constrained log-prob)]."""
+    return run_steps(decoder, greedy_steps(trie, k, len(decoder.tokens)))
+
+
+def greedy_steps(trie: TokenTrie, k: int, n_nodes: int = 0):
+    """The program of ``greedy_titles`` (requests as in batch_tree.py) on a decoder holding
+    ``n_nodes`` nodes; returns [(item, constrained log-prob)]."""
     emitted: list[tuple[int, float]] = []
     parent = ROOT  # the node whose hidden state predicts the next token
     prefix: list[int] = []  # tokens of the title being written
@@ -73,7 +109,7 @@ def greedy_titles(decoder: TreeDecoder, trie: TokenTrie, k: int) -> list[tuple[i
         if not allowed:
             break
         if len(allowed) > 1:  # a real choice: ask the model (renormalised over allowed tokens)
-            lps = decoder.log_softmax_over(parent, allowed)
+            (lps,) = yield ("read", [(parent, allowed)])
             best = int(lps.argmax())
             token, logp = allowed[best], logp + float(lps[best])
         else:
@@ -87,6 +123,7 @@ def greedy_titles(decoder: TreeDecoder, trie: TokenTrie, k: int) -> list[tuple[i
             prefix, logp = [], 0.0
             if len(emitted) == k or not len(trie):
                 break  # the last title's tokens never need to go through the model
-        new = decoder.extend(chunk, [parent] + list(range(len(decoder.tokens), len(decoder.tokens) + len(chunk) - 1)))
+        new = yield ("extend", chunk, [parent] + list(range(n_nodes, n_nodes + len(chunk) - 1)))
+        n_nodes += len(chunk)
         parent = new[-1]
     return emitted

@@ -10,6 +10,9 @@ common token prefix (the system text and the whole history) is encoded once; the
 sharing a start share nodes) and run packed on top of the prefix's KV cache, a few candidates'
 worth per forward call. Because the split point is found on the token ids, every tail is scored
 on exactly the tokens the full prompt would have: the result equals N separate forward passes.
+
+``score_many`` does the same for several users at once (batch_tree.py): one forward for every user's
+shared prefix, then each forward feeds every user's next group of tails.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from recdemo.records import RerankRequest
 from recdemo.llm import prompts as P
 from recdemo.llm.token_trie import TokenTrie
 from recdemo.llm.rankers.base import Ranker, ScoredList
+from recdemo.llm.rankers.batch_tree import BatchTreeDecoder, pad_id
 from recdemo.llm.rankers.decoding import ROOT, TreeDecoder
 
 MAX_NODES_PER_CALL = 512  # bounds the attention matrix of one packed call (nodes x (prefix + nodes))
@@ -80,6 +84,45 @@ class TALLRecRanker(Ranker):
         return out
 
 
+    def score_many(self, reqs: list[RerankRequest]) -> list[ScoredList]:
+        """``score_list`` for several users at once (batch_tree.py): one forward for every user's shared
+        prefix, then each round one forward feeding every user's next group of tails (a trie per user and
+        group, rows x nodes within ``batch_tree_nodes``), P(Yes) read at each tail's last node."""
+        outs = [self.candidate_list(r) for r in reqs]
+        rows = [b for b, o in enumerate(outs) if o.items]  # (no candidates: nothing to ask the model)
+        if not rows:
+            return outs
+        start = time.perf_counter()
+        with self.session() as (llm, adapter):
+            yes, no = self.answer_ids()
+            prompts = [self.fit_prompts(reqs[b], outs[b].items)[1] for b in rows]
+            shared = [shared_prefix_length(p) for p in prompts]
+            budget = max(1, min(MAX_NODES_PER_CALL, self.cfg.batch_tree_nodes // len(rows)))
+            groups = [_groups([p[n:] for p in ps], budget) for ps, n in zip(prompts, shared)]
+            decoder = BatchTreeDecoder(llm.model, [p[0][:n] for p, n in zip(prompts, shared)], device=llm.device,
+                                       pad_id=pad_id(llm.tokenizer), max_nodes=self.cfg.batch_tree_nodes)
+            p_yes = [dict() for _ in rows]
+            tree_tokens = [0] * len(rows)
+            for r in range(max(map(len, groups))):
+                decoder.reset()
+                decoder.leave([i for i, g in enumerate(groups) if r >= len(g)])
+                feeds = {i: trie_nodes(TokenTrie((prompts[i][j][shared[i]:], j) for j in g[r]))
+                         for i, g in enumerate(groups) if r < len(g)}
+                decoder.extend_rows({i: (tokens, parents) for i, (tokens, parents, _) in feeds.items()})
+                asked = [(i, j) for i in feeds for j in groups[i][r]]
+                reads = [(i, feeds[i][2][j], (yes, no)) for i, j in asked]
+                for (i, j), lps in zip(asked, decoder.log_softmax_many(reads)):
+                    p_yes[i][j] = float(lps[0].exp())
+                for i, (tokens, _, _) in feeds.items():
+                    tree_tokens[i] += len(tokens)
+        seconds = time.perf_counter() - start
+        for i, b in enumerate(rows):
+            outs[b].llm = np.array([p_yes[i][j] for j in range(len(outs[b].items))], dtype=np.float64)
+            outs[b].info = {"adapter": adapter, "prompt_tokens": shared[i], "tree_tokens": tree_tokens[i],
+                            "forwards": decoder.forwards, "batch": len(reqs), "llm_seconds": seconds}
+        return outs
+
+
 def shared_prefix_length(seqs: list[list[int]]) -> int:
     """Length of the longest common prefix, leaving at least one token of every sequence after it."""
     if not seqs:
@@ -96,9 +139,16 @@ def shared_prefix_length(seqs: list[list[int]]) -> int:
 
 def feed_trie(decoder: TreeDecoder, trie: TokenTrie) -> dict[int, int]:
     """Run every node of ``trie`` in one packed call; returns item -> the node of its last token."""
+    tokens, parents, leaf = trie_nodes(trie, len(decoder.tokens))
+    decoder.extend(tokens, parents)
+    return leaf
+
+
+def trie_nodes(trie: TokenTrie, base: int = 0) -> tuple[list[int], list[int], dict[int, int]]:
+    """(tokens, parents, item -> node of its last token): every node of ``trie`` as new nodes of a
+    decoder that holds ``base`` nodes (parents first)."""
     tokens, parents, leaf = [], [], {}
     stack = [(trie.root, ROOT)]
-    base = len(decoder.tokens)
     while stack:
         node, parent = stack.pop()
         for t, child in node.children.items():
@@ -108,8 +158,7 @@ def feed_trie(decoder: TreeDecoder, trie: TokenTrie) -> dict[int, int]:
             for v in child.values:
                 leaf[v] = me
             stack.append((child, me))
-    decoder.extend(tokens, parents)
-    return leaf
+    return tokens, parents, leaf
 
 
 def _groups(tails: list[list[int]], budget: int) -> list[list[int]]:
