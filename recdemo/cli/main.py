@@ -69,7 +69,7 @@ def _list_size_flags(p: argparse.ArgumentParser, limits: LimitsConfig) -> None:
 def _rerank_eval_flags(p: argparse.ArgumentParser, limits: LimitsConfig) -> None:
     p.add_argument("--no-fuse", action="store_true", help="rerank stage: LLM score alone")
     p.add_argument("--batch-size", type=int, default=1,
-                   help="rerank stage: users per model call (the score ranker batches; the others run one by one)")
+                   help="rerank stage: users per model call (every ranker batches; the same metrics as 1)")
     p.add_argument("--profile", choices=["heuristic", "llm"], default="heuristic",
                    help="rerank stage: the profile the ranker sees (heuristic: no LLM, what recorded numbers used)")
     _list_size_flags(p, limits)

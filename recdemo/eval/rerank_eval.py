@@ -27,7 +27,8 @@ microseconds), ``candidate_recall`` (targets inside SASRec's top-N: the ceiling 
 Profiles are the heuristic profile (``llm.stack.heuristic_profile_of``; every recorded number used
 it), as in fine-tuning examples; ``profile_fn`` (``evaluate --profile llm``) swaps in the LLM's.
 Users are scored by the evaluation core (eval/core.py); ``batch_size`` > 1 stacks users into one
-model call for the ``score`` ranker (the same metrics; latency is then the batch's time per user).
+model call for every ranker (``batch_score.batchable``: score, tallrec, palr, genrec; the same
+metrics; latency is then the batch's time per user).
 """
 from __future__ import annotations
 
