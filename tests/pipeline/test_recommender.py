@@ -586,3 +586,23 @@ def test_a_huge_profile_edit_is_refused_before_any_model_work(rec, toy_dataset):
         rec.recommend([title], ranker="reverse", profile_edit={"keywords": ["k" * 3000], "summary": ""})
     with pytest.raises(ValueError, match="characters in the profile sentence"):
         rec.recommend([title], ranker="reverse", profile_edit={"keywords": [], "summary": "x" * 5000})
+
+
+def test_a_failing_shared_call_falls_back_for_the_cards_and_still_writes_the_profile(rec, toy_dataset):
+    """The explanations' call (with the profile's keyword line in it) fails: templated cards with a
+    warning; the profile is then written alone."""
+    inner = rec.service.decoder.generate
+
+    def fails_when_shared(llm, rows, *a, **kw):
+        if len(rows) > 1:
+            raise RuntimeError("out of memory")
+        return inner(llm, rows, *a, **kw)
+
+    rec.service.decoder.generate = fails_when_shared
+    history = [toy_dataset.catalog.titles[i] for i in toy_dataset.sequences[1][:5]]
+    states = list(rec.recommend_stages(history, ranker="reverse", n_candidates=10, k=4))
+    assert [s.stage for s in states] == ["retrieval", "rerank", "explain", "profile", "done"]
+    out = states[-1]
+    assert all(r["rationale_source"] == "template" and r["rationale"] for r in out.results)
+    assert any("LLM explanations failed (RuntimeError)" in w for w in out.warnings)
+    assert out.profile is not None and out.profile.raw and not any("profile failed" in w for w in out.warnings)
