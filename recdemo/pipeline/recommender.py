@@ -2,9 +2,11 @@
 
     titles -> catalog indices -> SASRec top-N -> LLM profile -> LLM ranker (fused) -> explanations
 
-``Recommender.recommend_stages`` runs the stages in that order, times each, and yields a
-``records.Recommendation`` (JSON-friendly via ``to_dict()``) as each stage finishes (the page and
-/recommend_stream show them as they come); ``recommend`` is its last state. Thread-safe: retrieval runs outside
+``Recommender.recommend_stages`` runs the stages, times each, and yields a ``records.Recommendation``
+(JSON-friendly via ``to_dict()``) as each stage finishes and as each explanation is checked (the page
+and /recommend_stream show them as they come); ``recommend`` is its last state. A ranker that does
+not read the profile (score) ranks right after retrieval, and the profile's keyword line shares the
+explanations' decoder call (the profile is shown last). Thread-safe: retrieval runs outside
 the model lock; every model call holds ``service.lock`` through ``service.use_adapter`` (the app
 serves several users from one model while a fine-tune runs). Concurrent requests share model calls
 (llm/coalesce.py): their explanations through ``LLMService.generate``, their reranks (rankers with
@@ -206,8 +208,11 @@ class Recommender:
                          ) -> Iterator[Recommendation]:
         """Yields the answer as it grows, one ``Recommendation`` per finished stage (``.stage``):
         "retrieval" (SASRec's top-k, provisional; no model call, so it is not held up by other
-        requests' model work), "profile", "rerank", "explain" (per group of ``explain_group`` cards),
-        and "done" (with the total time). Everything is checked before any state is yielded.
+        requests' model work), "profile", "rerank", "explain" (as each card's sentence is checked;
+        at most ``explain_group`` rows per decoder call), and "done" (with the total time). For a
+        ranker whose prompt has no profile the profile comes after the explanations (its keyword
+        line is written in their call); palr and steered reruns get it before the rerank.
+        Everything is checked before any state is yielded.
 
         ``profile_edit`` (``steering.ProfileEdit`` or its dict): the user's edit of the profile, sent
         to the reranker instead of the LLM's; results it moved carry ``"steer"``. ``exclude``: items
