@@ -246,3 +246,20 @@ def test_a_failing_call_fails_alone_and_the_rows_are_bounded(tiny_service):
     assert out[:3] == alone
     assert isinstance(out[3], Exception)
     assert max(calls) <= 3 and sum(calls) >= 5
+
+
+def test_a_coalesced_batch_reports_each_callers_rows_to_that_caller_only(tiny_service):
+    gens = [[tiny_service.generation(["Keywords: Comedy", "Castle"], max_new_tokens=3)],
+            [tiny_service.generation(["Summary"], max_new_tokens=5),
+             tiny_service.generation(["A user watched these movies"], max_new_tokens=2, stop_strings=["\n"])]]
+    alone = [tiny_service.run(g) for g in gens]
+    calls = count_generate_calls(tiny_service)
+    seen, got = [[], []], [None, None]
+
+    def call(n):
+        got[n] = tiny_service.run(gens[n], on_row=lambda g, i, text: seen[n].append((g, i, text)))
+
+    queue_while_busy(tiny_service.lock, tiny_service.generations, [lambda n=n: call(n) for n in range(2)])
+    assert calls == [4] and got == alone
+    for n in range(2):
+        assert sorted(seen[n]) == sorted((g, i, t) for g, texts in enumerate(alone[n]) for i, t in enumerate(texts))
