@@ -9,7 +9,7 @@ not read the profile (score) ranks right after retrieval, and the profile's keyw
 explanations' decoder call (the profile is shown last). Thread-safe: retrieval runs outside
 the model lock; every model call holds ``service.lock`` through ``service.use_adapter`` (the app
 serves several users from one model while a fine-tune runs). Concurrent requests share model calls
-(llm/coalesce.py): their explanations through ``LLMService.generate``, their reranks (rankers with
+(llm/coalesce.py): their profiles and explanations through ``LLMService`` (``run``/``stream``), their reranks (rankers with
 a batched form, ``batch_score.batchable``) through ``batch_score.rank_batch``.
 """
 from __future__ import annotations
