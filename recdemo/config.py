@@ -98,14 +98,15 @@ class LLMConfig:
     # New tokens an explanation may generate: the worked example's sentence after the primed start
     # is ~20 tokens; a sentence stops at its full stop, so only a runaway one reaches the limit.
     explain_new_tokens: int = 32
-    # Cards explained per streamed state. One group of all ten: one batch decodes ten rows in ~1.3x the
-    # time of five (a CPU decode step is bound by reading the weights), so the answer ends ~0.4 s
-    # sooner than with two groups of five (bench/stages.py); the LLM's order is on the page before.
+    # Cards explained per decoder call (each card still streams as its row finishes). One call of all
+    # ten: one batch decodes ten rows in ~1.3x the time of five (a CPU decode step is bound by reading
+    # the weights), so the answer ends ~0.4 s sooner than with two calls of five (bench/stages.py).
     explain_group: int = 10
     n_results: int = setting(10, "recommendations per request", flag="--top")
     fuse: bool = True  # fuse the LLM score with SASRec's (weight chosen on validation)
     # Concurrent requests share model calls (llm/coalesce.py); these bound one shared call's memory:
-    # prompts in one batched generate (explanations: explain_group per request and stage), requests in one
+    # prompts in one batched generate (explanations: explain_group per request and call, + the profile's
+    # keyword line for rankers that do not read the profile; any stop settings, one adapter), requests in one
     # batched rerank (each up to limits.max_candidates candidates).
     coalesce_rows: int = 64
     coalesce_reranks: int = 16

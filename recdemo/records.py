@@ -70,7 +70,8 @@ class Recommendation:
     adapter: str | None
     warnings: list[str] = field(default_factory=list)
     # Which stage this state ends (``Recommender.recommend_stages``): "retrieval" (SASRec's order,
-    # provisional), "profile", "rerank", "explain" (some cards explained), "done" (the final answer).
+    # provisional), "profile", "rerank", "explain" (more cards explained), "done" (the final answer);
+    # the profile comes before "rerank" only for rankers that read it (palr) and steered reruns.
     stage: str = "done"
 
     def to_dict(self) -> dict:

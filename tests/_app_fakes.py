@@ -58,8 +58,10 @@ class FakeRecommender:
 
     def recommend_stages(self, history, ranker="score", n_candidates=50, k=10, adapter="auto",
                          with_profile=True, with_explanations=True, **steering):
-        """The real stages' shapes: SASRec's list (provisional), + profile, + the ranker's order,
-        + half the explanations, the final answer. ``steering``: profile_edit / exclude, recorded."""
+        """The real stages' shapes: SASRec's list (provisional), the ranker's order, the explanations as
+        they come (half, then all), the profile, the final answer; for palr (whose prompt reads the
+        profile) the profile comes before the ranker. Each state's timings hold the stages done so far.
+        ``steering``: profile_edit / exclude, recorded."""
         self.calls.append(dict(history=list(history), ranker=ranker, n_candidates=n_candidates, k=k,
                                adapter=adapter, **steering))
         if self.fail_with is not None:
@@ -71,10 +73,20 @@ class FakeRecommender:
                  for c in final.candidates[:k]]
         bare = [{**r, "evidence": [], "rationale": ""} for r in final.results]
         half = final.results[:len(final.results) // 2] + bare[len(final.results) // 2:]
-        for stage, profile, results in (("retrieval", None, first), ("profile", final.profile, first),
-                                        ("rerank", final.profile, bare), ("explain", final.profile, half),
-                                        ("done", final.profile, final.results)):
-            yield Recommendation(**{**final.__dict__, "stage": stage, "profile": profile, "results": results})
+        if ranker == "palr" or steering.get("profile_edit") is not None:
+            order = (("retrieval", first, False), ("profile", first, True), ("rerank", bare, True),
+                     ("explain", half, True), ("done", final.results, True))
+        else:
+            order = (("retrieval", first, False), ("rerank", bare, False), ("explain", half, False),
+                     ("explain", final.results, False), ("profile", final.results, True),
+                     ("done", final.results, True))
+        done: list[str] = []
+        for stage, results, with_profile in order:
+            done.append(stage)
+            timings = {s: t for s, t in final.timings.items() if s in done or stage == "done"}
+            yield Recommendation(**{**final.__dict__, "stage": stage, "results": results, "timings": timings,
+                                    "profile": final.profile if with_profile else None,
+                                    "prompt": final.prompt if stage != "retrieval" else ""})
 
     def _final(self, history, ranker, n_candidates, k, adapter, profile_edit=None, exclude=()):
         hist = [self._find(h) for h in history]

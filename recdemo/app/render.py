@@ -9,8 +9,8 @@ from html import escape
 from recdemo.app.context import TASKS
 
 STAGES = ("retrieval", "profile", "rerank", "explain")
-NEXT_STEP = {"retrieval": "writing the profile…", "profile": "the LLM is ranking…",
-             "rerank": "explaining…", "explain": "explaining…"}  # what the page waits for after a stage
+# The stages' order depends on the ranker (palr reads the profile, so it comes first; for the others
+# it is written last, its keyword line in the explanations' call): the page reads what a state holds.
 # Clicks on a card's "Not interested" button become the cards' "dismiss" event (event delegation:
 # the cards are re-rendered on every streamed state, the listener on their root stays).
 DISMISS_JS = ("element.addEventListener('click', (e) => { const b = e.target.closest('.rd-dismiss');"
@@ -44,7 +44,7 @@ def _titles_of(history: list[dict]) -> dict[int, str]:
 
 def profile_html(rec: dict) -> str:
     profile = rec.get("profile")
-    if not profile and rec.get("stage") == "retrieval":
+    if not profile and rec.get("stage", "done") != "done":
         return '<div class="rd-panel rd-muted rd-pending">Writing your taste profile…</div>'
     if not profile:
         return '<div class="rd-panel rd-muted">No profile for this run.</div>'
@@ -124,13 +124,29 @@ def _steer(r: dict, baseline: list[dict] | None) -> str:
     return f'<div class="rd-steer">{"".join(parts)}</div>' if parts else ""
 
 
-def _card(r: dict, stage: str, baseline: list[dict] | None) -> str:
-    provisional = stage in ("retrieval", "profile")
+def ranked(rec: dict) -> bool:
+    """Whether the LLM has ranked this state's results (before that they are SASRec's, provisional)."""
+    return "rerank" in (rec.get("timings") or {})
+
+
+def waiting_for(rec: dict) -> str:
+    """What the page still waits for in a streamed state ('' when it is the final answer)."""
+    if rec.get("stage", "done") == "done":
+        return ""
+    todo = [] if ranked(rec) else ["ranking"]
+    if any(not r.get("rationale") for r in rec.get("results") or []):
+        todo.append("explaining")
+    if not rec.get("profile"):
+        todo.append("writing the profile")
+    return ("the LLM is " + ", ".join(todo) + "…") if todo else ""
+
+
+def _card(r: dict, stage: str, baseline: list[dict] | None, provisional: bool = False) -> str:
     label, cls = ("SASRec order", "provisional") if provisional else move_badge(r.get("rank", 0),
                                                                                r.get("retrieval_rank"))
     sasrec = f'SASRec #{r["retrieval_rank"]}' if r.get("retrieval_rank") else "outside SASRec top-N"
     rationale = r.get("rationale") or ""
-    pending = not rationale and not r.get("evidence") and stage not in ("done", "retrieval", "profile")
+    pending = not rationale and not r.get("evidence") and not provisional and stage != "done"
     dismiss = (f'<button class="rd-dismiss" data-index="{int(r["index"])}" title="Remove it and refill the list">'
                '✕ Not interested</button>' if stage == "done" and "index" in r else "")
     return (f'<div class="rd-card{" rd-provisional" if provisional else ""}"><div class="rd-card-top">'
@@ -152,10 +168,10 @@ def cards_html(rec: dict, baseline: list[dict] | None = None) -> str:
     results = rec.get("results") or []
     if not results:
         return '<div class="rd-panel rd-muted">No recommendations.</div>'
-    stage = rec.get("stage", "done")
+    stage, provisional = rec.get("stage", "done"), not ranked(rec) and rec.get("stage", "done") != "done"
     head = ('<div class="rd-provisional-note">Provisional: SASRec\'s top list. The LLM is reranking…</div>'
-            if stage in ("retrieval", "profile") else "")
-    cards = "".join(_card(r, stage, baseline) for r in results)
+            if provisional else "")
+    cards = "".join(_card(r, stage, baseline, provisional) for r in results)
     return f'{head}<div class="rd-cards rd-stage-{_e(stage)}">{cards}</div>'
 
 
@@ -181,7 +197,7 @@ def meta_html(rec: dict) -> str:
     total = f'<b>total {t["total"]:.2f} s</b>' if t.get("total") is not None else ""
     adapter = rec.get("adapter") or "none (base model)"
     warn = "".join(f'<div class="rd-warn">{_e(w)}</div>' for w in rec.get("warnings") or [])
-    working = NEXT_STEP.get(rec.get("stage", "done"), "")
+    working = waiting_for(rec)
     working = f' · <span class="rd-working">{_e(working)}</span>' if working else ""
     return (f'<div class="rd-meta">Timing: {_e(" · ".join(parts))} {("· " + total) if parts else total}{working}'
             f' &nbsp;|&nbsp; {_e(rec.get("model", ""))} · adapter: {_e(adapter)} · ranker: '
@@ -331,7 +347,7 @@ CSS = """
   margin-bottom: 8px}
 .rd-card.rd-provisional {opacity: .75; border-style: dashed}
 .rd-move.provisional {background: #fef9c3; color: #854d0e}
-.rd-stage-rerank .rd-card, .rd-stage-explain .rd-card {animation: rd-in .35s ease-out}
+.rd-stage-rerank .rd-card {animation: rd-in .35s ease-out}
 @keyframes rd-in {from {transform: translateY(6px); opacity: .4} to {transform: none; opacity: 1}}
 .rd-pending {color: var(--body-text-color-subdued); font-style: italic}
 .rd-working {color: #4f46e5}

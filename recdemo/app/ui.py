@@ -109,8 +109,9 @@ def _add_api(ctx: AppContext, default: str) -> None:
     def recommend_stream_api(history: list[str], dataset: str = default, ranker: str = "score",
                              adapter: str = "auto", n_candidates: int = 50, k: int = 10,
                              profile_edit: dict | None = None, exclude: list[int] | None = None) -> dict:
-        """/recommend as it grows: one answer per finished stage ("stage": retrieval, profile,
-        rerank, explain..., done); the last one is /recommend's answer."""
+        """/recommend as it grows: one answer per finished stage ("stage": retrieval, rerank,
+        explain... (one per batch of cards explained), profile, done; palr: profile before rerank);
+        the last one is /recommend's answer."""
         # a generator: gradio reads the return annotation as the type of each yielded value
         yield from answers(history, dataset, ranker, adapter, n_candidates, k, profile_edit, exclude)
 

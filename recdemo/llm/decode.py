@@ -7,13 +7,17 @@ and on 2 CPU cores prefill is the cost (~1,200-1,700 tokens/s for SmolLM2-135M).
 1. **Prefix cache** (across calls): KV of token prefixes already computed, in a bounded LRU keyed by
    the model and its active LoRA adapter (an adapter changes every K and V). A call starts from the
    longest cached prefix of its prompt.
-2. **Shared prefix** (within a call): the longest common token prefix of the rows is prefilled once at
-   batch 1 and its KV expanded to every row; only each row's own suffix is prefilled after it.
-3. **Suffixes** of different lengths are left-padded *inside* the sequence (prefix, pads, suffix): the
-   attention mask hides the pads and position ids come from the mask (cumsum - 1), so each row sees
-   exactly its own tokens at its own positions, as if it ran alone.
+2. **Shared prefixes** (within a call): the rows are grouped by common start (``_groups``: one request's
+   10 explanation prompts share header and history; the profile's prompt, merged into the same call,
+   is a group of its own); each group's common prefix is prefilled once at batch 1 and its KV copied
+   to the group's rows; only each row's own suffix is prefilled after it.
+3. **Suffixes** of different lengths are left-padded *inside* the sequence (pads, prefix, pads, suffix):
+   the attention mask hides the pads and position ids come from the mask (cumsum - 1), so each row
+   sees exactly its own tokens at its own positions, as if it ran alone.
 4. **Decode**: one token per row per step (argmax); a row that is done (EOS, a stop string, the
-   ``stop_when`` predicate, the token budget) leaves the batch, so it costs nothing more.
+   ``stop_when`` predicate, the token budget: each row its own, ``RowStop``) leaves the batch, so it
+   costs nothing more, and is handed to ``on_row`` at once (the page shows each explanation as its
+   row finishes, not when the slowest one does).
 
 Backends (``LLMConfig.decode_backend``): ``eager`` grows a DynamicCache and drops finished rows;
 ``static`` preallocates the KV (StaticCache: fixed shapes, finished rows stay in the batch); ``graphs``
@@ -211,34 +215,62 @@ def _prefill_prefix(model, ids: torch.Tensor, start: int, kv: list | None) -> li
     return _layer_kv(cache, len(ids))
 
 
-def _prefill_suffixes(model, rows: list[torch.Tensor], start: int, kv: list | None, static_len: int | None,
+def _seed_rows(kvs: list, starts: list[int], width: int) -> list:
+    """Per layer (keys, values) [rows, heads, width, dim]: each row's prefix KV right-aligned (the
+    positions before it are pads, hidden by the mask). Rows sharing one prefix share its KV object."""
+    if len({id(kv) for kv in kvs}) == 1 and len(set(starts)) == 1:  # one group: a view, no copy
+        return [(k.expand(len(kvs), -1, -1, -1), v.expand(len(kvs), -1, -1, -1)) for k, v in kvs[0]]
+    out = []
+    for layer in range(len(next(kv for kv in kvs if kv))):
+        k0, v0 = next(kv for kv in kvs if kv)[layer]
+        keys = k0.new_zeros((len(kvs), k0.shape[1], width, k0.shape[3]))
+        values = v0.new_zeros((len(kvs), v0.shape[1], width, v0.shape[3]))
+        for i, (kv, start) in enumerate(zip(kvs, starts)):
+            if start:
+                keys[i, :, width - start:] = kv[layer][0][0, :, :start]
+                values[i, :, width - start:] = kv[layer][1][0, :, :start]
+        out.append((keys, values))
+    return out
+
+
+def _prefill_suffixes(model, rows: list[torch.Tensor], starts: list[int], kvs: list, static_len: int | None,
                       pad_id: int) -> _Batch:
-    """Every row's tokens after the shared ``start`` in one batch, left-padded after the prefix; the batch
-    holds each row's first new token."""
+    """Every row's tokens after its prefix (``starts[i]`` tokens whose KV is ``kvs[i]``) in one batch:
+    prefixes right-aligned to the longest, then the suffixes left-padded; the batch holds each row's
+    first new token."""
     device = rows[0].device
-    width = max(len(r) - start for r in rows)
+    prefix = max(starts)
+    width = max(len(r) - s for r, s in zip(rows, starts))
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
     # a static cache gets a mask as wide as itself: the decode step then has one shape throughout
-    mask = torch.zeros(len(rows), static_len or start + width, dtype=torch.long, device=device)
-    mask[:, :start] = 1
-    for i, row in enumerate(rows):
+    mask = torch.zeros(len(rows), static_len or prefix + width, dtype=torch.long, device=device)
+    for i, (row, start) in enumerate(zip(rows, starts)):
         n = len(row) - start
         ids[i, width - n:] = row[start:]
-        mask[i, start + width - n:start + width] = 1
-    positions = (mask.cumsum(1) - 1)[:, start:start + width].clamp(min=0)  # pads: any position, none is seen
-    cache = _seeded_cache(model, kv, len(rows), static_len)
+        mask[i, prefix - start:prefix] = 1
+        mask[i, prefix + width - n:prefix + width] = 1
+    positions = (mask.cumsum(1) - 1)[:, prefix:prefix + width].clamp(min=0)  # pads: any position, none is seen
+    cache = _seeded_cache(model, _seed_rows(kvs, starts, prefix) if prefix else None, len(rows), static_len)
     logits = _forward(model, ids, mask, positions, cache)
-    return _Batch(cache, mask, start + width, list(range(len(rows))), logits.argmax(-1))
+    return _Batch(cache, mask, prefix + width, list(range(len(rows))), logits.argmax(-1))
+
+
+@dataclass(frozen=True)
+class RowStop:
+    """When one row is done: after ``max_new_tokens`` new tokens, at EOS, at a stop string in its new
+    text, or when ``stop_when(new_text)`` is true. Rows of one call may each have their own."""
+    max_new_tokens: int
+    stop_strings: tuple[str, ...] | None = None
+    stop_when: Callable[[str], bool] | None = None
 
 
 class _Stopper:
-    """Decides, after each token, which rows are done: EOS, a stop string in the new text, the
-    ``stop_when(new_text)`` predicate, or the token budget."""
+    """Decides, after each token, whether a row is done (its ``RowStop``)."""
 
-    def __init__(self, tokenizer, eos: set[int], stop_strings, stop_when, max_new_tokens: int):
-        self.tokenizer, self.eos, self.max_new_tokens = tokenizer, eos, max_new_tokens
-        self.stop_strings = [s for s in (stop_strings or []) if s]
-        self.stop_when = stop_when
+    def __init__(self, tokenizer, eos: set[int], stop: RowStop):
+        self.tokenizer, self.eos, self.max_new_tokens = tokenizer, eos, stop.max_new_tokens
+        self.stop_strings = [s for s in (stop.stop_strings or []) if s]
+        self.stop_when = stop.stop_when
 
     def done(self, new: list[int]) -> bool:
         if len(new) >= self.max_new_tokens or new[-1] in self.eos:
@@ -281,54 +313,77 @@ class Decoder:
         alive = set(alive)
         return self.cache.retain(lambda scope: scope[1] is None or set(scope[1]) <= alive)
 
-    def generate(self, llm, rows: list[list[int]], max_new_tokens: int, stop_strings=None,
-                 stop_when: Callable[[str], bool] | None = None) -> list[list[int]]:
-        """The new token ids of each row (greedy), each ending at its first stop (included)."""
-        if not rows or max_new_tokens < 1:
+    def generate(self, llm, rows: list[list[int]], max_new_tokens: int | None = None, stop_strings=None,
+                 stop_when: Callable[[str], bool] | None = None, *, stops: list[RowStop] | None = None,
+                 on_row: Callable[[int, list[int]], None] | None = None) -> list[list[int]]:
+        """The new token ids of each row (greedy), each ending at its first stop (included).
+
+        The stop settings apply to every row, or ``stops`` gives each row its own (a call may then
+        mix the profile's keyword line with ten explanation sentences). ``on_row(row, tokens)`` is
+        called as each row finishes (in this thread, between decode steps: keep it quick)."""
+        if stops is None:
+            if max_new_tokens is None:
+                raise TypeError("generate needs max_new_tokens or one RowStop per row")
+            stops = [RowStop(int(max_new_tokens), tuple(stop_strings) if stop_strings else None, stop_when)] * len(rows)
+        if len(stops) != len(rows):
+            raise ValueError(f"{len(stops)} stop settings for {len(rows)} rows")
+        if not rows or all(s.max_new_tokens < 1 for s in stops):
+            for row in range(len(rows)):
+                if on_row is not None:
+                    on_row(row, [])
             return [[] for _ in rows]
         if any(len(r) == 0 for r in rows):
             raise ValueError("every prompt needs at least one token")
         model, device = llm.model, llm.device
         backend = select_backend(self.backend, device)
         ids = [torch.tensor(r, dtype=torch.long) for r in rows]
-        stopper = _Stopper(llm.tokenizer, _eos_ids(model), stop_strings, stop_when, max_new_tokens)
+        eos = _eos_ids(model)
+        stoppers = [_Stopper(llm.tokenizer, eos, stop) for stop in stops]
         with torch.inference_mode():
-            batch = self._prefill(model, ids, device, backend, max_new_tokens)
-            out = self._decode(model, batch, stopper, backend, len(rows))
+            batch = self._prefill(model, ids, device, backend, max(s.max_new_tokens for s in stops))
+            out = self._decode(model, batch, stoppers, backend, on_row)
         self.stats.calls += 1
         self.stats.rows += len(rows)
         self.stats.new_tokens += sum(len(o) for o in out)
         return out
 
     def _prefill(self, model, ids: list[torch.Tensor], device, backend: str, max_new_tokens: int):
-        """Cached prefix -> shared prefix (batch 1) -> suffixes (batch n): the KV of every prompt."""
+        """Per group of rows: cached prefix -> shared prefix (batch 1); then every row's suffix (batch n)."""
         scope = (id(model), adapter_key(model))
-        shared = _shared_length(ids)  # < every row's length: each row keeps a token to predict from
         single = len(ids) == 1
-        reuse_limit = len(ids[0]) - 1 if single else shared
-        cached, kv = self.cache.longest(scope, ids[0], reuse_limit)
-        start = cached
-        if not single and shared - cached >= self.cache.min_tokens:  # the call's common start, once at batch 1
-            kv = _prefill_prefix(model, ids[0][:shared].to(device), cached, _to(kv, device))
-            self.cache.remember(scope, ids[0][:shared], kv)
-            self.stats.prefill_tokens += shared - cached
-            start = shared
+        starts, kvs = [0] * len(ids), [None] * len(ids)
+        for members, shared in ([([0], 0)] if single else _groups(ids, self.cache.min_tokens)):
+            rep = ids[members[0]]
+            # ``shared`` < every member's length: each row keeps a token to predict from
+            cached, kv = self.cache.longest(scope, rep, len(rep) - 1 if single else shared)
+            start = cached
+            if not single and shared - cached >= self.cache.min_tokens:  # the group's start, once at batch 1
+                kv = _prefill_prefix(model, rep[:shared].to(device), cached, _to(kv, device))
+                self.cache.remember(scope, rep[:shared], kv)
+                self.stats.prefill_tokens += shared - cached
+                start = shared
+            kv = _to(kv, device)
+            for row in members:
+                starts[row], kvs[row] = start, kv
+            self.stats.cached_tokens += cached * len(members)
+            self.stats.shared_tokens += (start - cached) * (len(members) - 1)
         longest = max(len(r) for r in ids)
         static_len = None if backend == "eager" else -(-(longest + max_new_tokens) // STATIC_BUCKET) * STATIC_BUCKET
         rows_on_device = [r.to(device) for r in ids]
-        batch = _prefill_suffixes(model, rows_on_device, start, _to(kv, device), static_len, _pad_id(model))
+        batch = _prefill_suffixes(model, rows_on_device, starts, kvs, static_len, _pad_id(model))
         if single:  # the whole prompt's KV, for the next call that starts the same way
             self.cache.remember(scope, ids[0], _layer_kv(batch.cache, len(ids[0])))
         self.stats.prompt_tokens += sum(len(r) for r in ids)
-        self.stats.prefill_tokens += len(ids) * (longest - start)
-        self.stats.cached_tokens += cached * len(ids)
-        self.stats.shared_tokens += (start - cached) * (len(ids) - 1)
+        self.stats.prefill_tokens += len(ids) * max(len(r) - s for r, s in zip(ids, starts))
         return batch
 
-    def _decode(self, model, batch: _Batch, stopper: _Stopper, backend: str, n_rows: int) -> list[list[int]]:
-        """One token per running row per step until every row is done."""
-        out: list[list[int]] = [[] for _ in range(n_rows)]
-        running = set(range(n_rows))
+    def _decode(self, model, batch: _Batch, stoppers: list[_Stopper], backend: str, on_row=None) -> list[list[int]]:
+        """One token per running row per step until every row is done; each done row goes to ``on_row``."""
+        out: list[list[int]] = [[] for _ in stoppers]
+        running = {row for row, stopper in enumerate(stoppers) if stopper.max_new_tokens >= 1}
+        for row in sorted(set(range(len(stoppers))) - running):  # a budget of 0: done before it starts
+            if on_row is not None:
+                on_row(row, [])
         static = backend != "eager"
         step = self._step_function(model, backend)
         while True:
@@ -337,8 +392,10 @@ class Decoder:
                 if row not in running:
                     continue
                 out[row].append(token)
-                if stopper.done(out[row]):
+                if stoppers[row].done(out[row]):
                     running.discard(row)
+                    if on_row is not None:
+                        on_row(row, out[row])
                 else:
                     keep.append(i)
             if not running:
@@ -367,12 +424,32 @@ class Decoder:
         return self._compiled[key]
 
 
-def _shared_length(ids: list[torch.Tensor]) -> int:
-    """The longest common start of all rows, leaving every row at least one token of its own."""
-    n = min(len(r) for r in ids) - 1
-    for row in ids[1:]:
-        n = min(n, common_length(ids[0], row))
-    return max(n, 0)
+def _groups(ids: list[torch.Tensor], min_tokens: int) -> list[tuple[list[int], int]]:
+    """The rows as groups that share a prefix: (row indices, the group's common start, leaving each row
+    a token of its own). Rows sorted by their tokens (rows alike are neighbours), then neighbouring
+    groups merged while that saves prefill: a group costs its prefix once plus each row's rest, and
+    merging shortens the prefix to what both share (one user's explanation prompts stay one group
+    around their shared history; a merged profile prompt does not shorten it)."""
+    order = sorted(range(len(ids)), key=lambda i: ids[i].tolist())
+    groups = [([i], len(ids[i]) - 1) for i in order]
+    lengths = [len(r) for r in ids]
+
+    def cost(members, shared):
+        return shared + sum(lengths[m] - shared for m in members)
+
+    while len(groups) > 1:
+        best, gain = None, 0
+        for j in range(len(groups) - 1):
+            (a, sa), (b, sb) = groups[j], groups[j + 1]
+            shared = min(sa, sb, common_length(ids[a[-1]], ids[b[0]]))
+            saved = cost(a, sa) + cost(b, sb) - cost(a + b, shared)
+            if shared >= min_tokens and saved > gain:
+                best, gain = (j, shared), saved
+        if best is None:
+            break
+        j, shared = best
+        groups[j:j + 2] = [(groups[j][0] + groups[j + 1][0], shared)]
+    return [(sorted(members), shared if len(members) > 1 else lengths[members[0]] - 1) for members, shared in groups]
 
 
 def _to(kv: list | None, device) -> list | None:

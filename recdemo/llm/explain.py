@@ -4,7 +4,9 @@ Evidence for item r and each of the last 20 history items h:
 - co-occurrence: training users who have both r and h (ItemKNN counts, training sequences only);
 - similarity: cosine of the text embeddings (content) and of SASRec's item embeddings (behaviour).
 The 2-3 strongest history items are kept. The rationale for all items is ONE batched generate
-call (left padding, greedy, up to ``max_new_tokens`` and stopped at the first sentence end). The
+call (greedy, up to ``max_new_tokens`` and stopped at the first sentence end); ``plan`` splits it
+so the pipeline can share that call (with the profile's keyword line) and judge each row the
+moment it finishes (``ExplainPlan.judge``), streaming the cards one by one. The
 prompt hands the model the facts (who had both, the genres they share) and primes the answer with
 the evidence titles, so the model writes the connecting clause. Every claim of the sentence is then
 checked (``claims.ClaimChecker``: titles, genres, numbers, cut-off, empty); a failing sentence is cut
@@ -141,14 +143,34 @@ class Explainer:
     def explain_many(self, requests, adapter: str | None = None, use_llm: bool | None = None) -> list[list[Explanation]]:
         """``explain`` for several (history, items) pairs (users) at once: ONE batched generate call for
         every row of every pair, so the rows share the model's work and the prompts' common prefix."""
+        plan = self.plan(requests, use_llm)
+        tails = [""] * len(plan.rows)
+        if plan.prompts:
+            tails = self.service.generate(plan.prompts, max_new_tokens=self.max_new_tokens, stop_strings=["\n"],
+                                          stop_when=sentence_done, adapter=adapter)
+        found = [plan.judge(row, tail) for row, tail in enumerate(tails)]
+        out, at = [], 0
+        for _, items in plan.requests:
+            out.append(found[at:at + len(items)])
+            at += len(items)
+        return out
+
+    def plan(self, requests, use_llm: bool | None = None) -> "ExplainPlan":
+        """Evidence and prompts of every (history, item) row (no prompts without the LLM):
+        ``.generation()`` for the model, ``.judge(row, tail)`` the checked explanation of one row once
+        its tail is written (the pipeline judges each row as it finishes, in a call it may share)."""
         requests = [([int(h) for h in history], [int(i) for i in items]) for history, items in requests]
-        evidence = [[self.evidence(history, i) for i in items] for history, items in requests]
+        rows = [(history, item, self.evidence(history, item)) for history, items in requests for item in items]
         use_llm = self.use_llm if use_llm is None else use_llm
-        rows = [(i, ev) for (_, items), evs in zip(requests, evidence) for i, ev in zip(items, evs)]
-        drafts = iter(self._generate([i for i, _ in rows], [ev for _, ev in rows], adapter)
-                      if (use_llm and rows) else [("", "")] * len(rows))
-        return [[self.judge(history, item, ev, *next(drafts)) for item, ev in zip(items, evs)]
-                for (history, items), evs in zip(requests, evidence)]
+        prompts, prefixes = [], [""] * len(rows)
+        if use_llm and rows:
+            prefixes = []
+            for _, item, ev in rows:
+                text, prefix = self.prompt(item, ev)
+                prompts.append(text)
+                prefixes.append(prefix)
+            self.last_prompts, self.last_tails = prompts, [""] * len(rows)
+        return ExplainPlan(self, requests, rows, prompts, prefixes)
 
     def judge(self, history, item: int, evidence: list[dict], prefix: str, tail: str) -> Explanation:
         """The model's sentence (primed ``prefix`` + its ``tail``) when every claim checks out; else
@@ -216,17 +238,28 @@ class Explainer:
                                                     size=lambda built: len(built[2]), what="evidence title")
         return text, prefix
 
-    def _generate(self, items, evidence, adapter) -> list[tuple[str, str]]:
-        """One batched greedy call for every item: prompt + primed prefix -> the sentence's end."""
-        prompts, prefixes = [], []
-        for item, ev in zip(items, evidence):
-            text, prefix = self.prompt(item, ev)
-            prompts.append(text)
-            prefixes.append(prefix)
-        self.last_prompts = prompts
-        self.last_tails = tails = self.service.generate(prompts, max_new_tokens=self.max_new_tokens,
-                                                        stop_strings=["\n"], stop_when=sentence_done, adapter=adapter)
-        return list(zip(prefixes, tails))
+class ExplainPlan:
+    """One explain call's rows (``Explainer.plan``): each is judged as soon as the model's tail of it
+    is there, so a row that finishes early is shown early."""
+
+    def __init__(self, explainer: Explainer, requests, rows, prompts, prefixes):
+        self.explainer, self.requests, self.rows = explainer, requests, rows
+        self.prompts, self.prefixes = prompts, prefixes  # no prompts: templates only
+
+    def generation(self):
+        """The rows for ``LLMService.run`` / ``stream`` (one ``Generation``), as ``explain_many`` sends them."""
+        return self.explainer.service.generation(self.prompts, max_new_tokens=self.explainer.max_new_tokens,
+                                                 stop_strings=["\n"], stop_when=sentence_done)
+
+    def item(self, row: int) -> int:
+        return self.rows[row][1]
+
+    def judge(self, row: int, tail: str) -> Explanation:
+        """The checked (or repaired, or templated) explanation of ``row`` given the model's ``tail``."""
+        history, item, evidence = self.rows[row]
+        if self.prompts:
+            self.explainer.last_tails[row] = tail
+        return self.explainer.judge(history, item, evidence, self.prefixes[row], tail)
 
 
 def sentence_done(text: str) -> bool:

@@ -14,11 +14,13 @@ from __future__ import annotations
 import re
 import threading
 from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
 
 
 from recdemo.data.catalog import natural_title
 from recdemo.records import Keyword, Profile
 from recdemo.llm.coalesce import Coalescer
+from recdemo.llm.service import Generation
 from recdemo.llm import prompts as P
 
 STOPWORDS = frozenset(
@@ -380,26 +382,71 @@ class ProfileGenerator:
         return text(kept)
 
     def generate(self, history, adapter: str | None = None) -> Profile:
+        draft = self.draft(history, adapter)
+        if draft.profile is not None:
+            return draft.profile
+        return self._build(draft, self._writes.submit(adapter, draft.prompt))
+
+    def draft(self, history, adapter: str | None = None) -> "ProfileDraft":
+        """A profile to be written: ``.profile`` when there is nothing to write (cached, no history),
+        else ``.keywords``, the keyword pass as a ``Generation`` a caller may run in a call it shares
+        (the pipeline merges it into the explanations' batch), then ``finish`` writes the summary."""
         hist = [int(h) for h in history][-self.max_history:]
         if not hist:
-            return Profile(keywords=[], summary="")
+            return ProfileDraft(hist, None, profile=Profile(keywords=[], summary=""))
         key = (tuple(hist), self.service.llm.name, adapter)
         with self._cache_lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
-                return self._cache[key]
+                return ProfileDraft(hist, key, profile=self._cache[key])
         prompt = self.prompt(hist)
-        raw = self._writes.submit(adapter, prompt)
+        ids = list(self.service.llm.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        return ProfileDraft(hist, key, prompt, ids, keywords=self.keyword_pass([ids]))
+
+    def finish(self, draft: "ProfileDraft", keyword_text: str | None, adapter: str | None = None) -> Profile:
+        """The profile from the keyword pass's text (``draft.keywords`` run elsewhere): the summary pass
+        (its own small call, continuing the cached KV of the prompt), then parsed and grounded.
+        Without that text (the shared call failed) the profile is written as ``generate`` writes it."""
+        if draft.profile is not None:
+            return draft.profile
+        if keyword_text is None:
+            return self._build(draft, self._writes.submit(adapter, draft.prompt))
+        line = keyword_text.split("\n")[0]
+        tok = self.service.llm.tokenizer
+        summary = self.service.run([self.summary_pass(tok, [draft.ids], [line])], adapter)[0][0]
+        return self._build(draft, self._answer(line, summary))
+
+    def _build(self, draft: "ProfileDraft", raw: str) -> Profile:
+        """Parse, ground and cache the model's answer."""
+        hist = draft.history
         llm_keywords, summary = parse_profile(raw)
         keywords = build_keywords(self.catalog, hist, llm_keywords)
         if len(summary.split()) < 3 or repetitive(summary) or self._copied_example(summary):
             summary = template_summary(self.catalog, hist, [k for k in keywords if k.grounded])
-        profile = Profile(keywords=keywords, summary=summary, prompt=prompt, raw=raw)
+        profile = Profile(keywords=keywords, summary=summary, prompt=draft.prompt, raw=raw)
         with self._cache_lock:
-            self._cache[key] = profile
+            self._cache[draft.key] = profile
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return profile
+
+    # -- the two passes (one definition for ``_write`` and for a caller's shared call) --
+    def keyword_pass(self, ids: list[list[int]]) -> Generation:
+        """Pass 1: the keyword line. A small model loops ("adventure, adventure, ..."): stop early."""
+        return Generation(ids, self.keyword_tokens, stop_when=keyword_line_done)
+
+    def summary_pass(self, tok, ids: list[list[int]], lines: list[str]) -> Generation:
+        """Pass 2: the prompt, then the cleaned keyword line and the summary's start; the decoder's
+        prefix cache holds pass 1's prompt KV, so only the added tokens are prefilled."""
+        tails = [f" {', '.join(split_keywords(line))}\n{P.PROFILE_SUMMARY_PREFIX}" for line in lines]
+        rows = [row + tok(tail, add_special_tokens=False)["input_ids"] for row, tail in zip(ids, tails)]
+        return Generation(rows, self.summary_tokens, stop_when=summary_done)
+
+    @staticmethod
+    def _answer(line: str, summary_text: str) -> str:
+        sentence = summary_text.split("\n")[0]
+        sentence = sentence[: sentence.find(".") + 1] if "." in sentence else sentence
+        return f"{P.PROFILE_PREFIX}{line}\n{P.PROFILE_SUMMARY_PREFIX}{sentence}"
 
     def _copied_example(self, summary: str) -> bool:
         """The worked example's summary repeated word for word says nothing about this user."""
@@ -417,19 +464,27 @@ class ProfileGenerator:
         sentence (one prompt is written exactly as alone)."""
         tok, decoder = llm.tokenizer, self.service.decoder
         ids = [list(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
-        # Pass 1: the keyword line. A small model loops ("adventure, adventure, ..."): stop early.
-        firsts = decoder.generate(llm, ids, self.keyword_tokens, stop_when=keyword_line_done)
+        firsts = decoder.generate(llm, ids, stops=[self.keyword_pass(ids).stop] * len(ids))
         lines = [tok.decode(new, skip_special_tokens=True).split("\n")[0] for new in firsts]
-        # Pass 2: the prompt, then the cleaned line; the decoder's prefix cache holds pass 1's prompt KV.
-        tails = [f" {', '.join(split_keywords(line))}\n{P.PROFILE_SUMMARY_PREFIX}" for line in lines]
-        rows = [row + tok(tail, add_special_tokens=False)["input_ids"] for row, tail in zip(ids, tails)]
-        seconds = decoder.generate(llm, rows, self.summary_tokens, stop_strings=[".", "\n"])
-        out = []
-        for line, new in zip(lines, seconds):
-            sentence = tok.decode(new, skip_special_tokens=True).split("\n")[0]
-            sentence = sentence[: sentence.find(".") + 1] if "." in sentence else sentence
-            out.append(f"{P.PROFILE_PREFIX}{line}\n{P.PROFILE_SUMMARY_PREFIX}{sentence}")
-        return out
+        second = self.summary_pass(tok, ids, lines)
+        seconds = decoder.generate(llm, second.rows, stops=[second.stop] * len(ids))
+        return [self._answer(line, tok.decode(new, skip_special_tokens=True)) for line, new in zip(lines, seconds)]
+
+
+@dataclass
+class ProfileDraft:
+    """``ProfileGenerator.draft``: a finished ``profile``, or what writing one needs."""
+    history: list[int]
+    key: tuple | None
+    prompt: str = ""
+    ids: list[int] = field(default_factory=list)
+    keywords: Generation | None = None  # the keyword pass, for the caller to run
+    profile: Profile | None = None
+
+
+def summary_done(text: str) -> bool:
+    """Stop the summary pass at its first full stop or newline."""
+    return "." in text or "\n" in text
 
 
 def keyword_line_done(text: str) -> bool:

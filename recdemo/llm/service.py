@@ -7,14 +7,16 @@ adapter is global state of the one model.
 """
 from __future__ import annotations
 
+import queue
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from recdemo.llm.coalesce import Coalescer
 from recdemo.llm.adapters import AdapterManager, check_adapter_name, finetune_hint, is_adapter_dir
-from recdemo.llm.decode import Decoder
+from recdemo.llm.decode import Decoder, RowStop
 from recdemo.llm.models import LLM, load_llm
 from recdemo.errors import ModelNotFound
 
@@ -28,7 +30,7 @@ class LLMService:
         self.lock = threading.RLock()
         self._llm = llm
         self._adapters: AdapterManager | None = None
-        # concurrent generate calls with the same settings: one batched call (see generate)
+        # concurrent generate calls with the same adapter: one batched decoder call (see run)
         self.generations = Coalescer(self._generate_merged, max_rows=cfg.coalesce_rows, gate=self.lock)
         self.decoder = Decoder.from_config(cfg)  # every generation; holds the prefix-KV cache
 
@@ -128,6 +130,13 @@ class LLMService:
         return self.use_adapter(None)
 
     # -- generation --
+    def generation(self, prompts: list[str], max_new_tokens: int = 32, stop_strings: list[str] | None = None,
+                   stop_when: Callable[[str], bool] | None = None) -> "Generation":
+        """A ``Generation`` of text prompts (each tokenized alone: the decoder lays rows out itself)."""
+        tok = self.llm.tokenizer
+        return Generation([list(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts], max_new_tokens,
+                          tuple(stop_strings) if stop_strings else None, stop_when)
+
     def generate(self, prompts: list[str], max_new_tokens: int = 32, stop_strings: list[str] | None = None,
                  adapter: str | None = None, stop_when: Callable[[str], bool] | None = None,
                  **gen_kwargs) -> list[str]:
@@ -135,55 +144,122 @@ class LLMService:
         prefixes are computed once). Returns only the new text.
 
         ``stop_strings`` end a sequence early (each sequence stops on its own); the returned text is cut
-        before the first stop string. ``stop_when(new_text)`` is a predicate checked after every token
-        (pass a module-level function: calls merge only when their settings compare equal).
-
-        Concurrent calls with equal settings (adapter, max_new_tokens, stop strings, stop_when) that wait while the model is busy run as one batched call of at most
-        ``cfg.coalesce_rows`` prompts; each caller gets its own texts back.
+        before the first stop string. ``stop_when(new_text)`` is a predicate checked after every token.
+        Concurrent calls (``generate`` or ``run``) with the same adapter share one batched decoder call
+        (``run``): each row keeps its own stops, each caller gets its own texts back.
         """
         if not prompts:
             return []
         if gen_kwargs:
             raise TypeError(f"greedy decoding takes no other options: {', '.join(sorted(gen_kwargs))}")
-        prompts = list(prompts)
-        key = _settings_key(adapter, max_new_tokens, stop_strings, stop_when)
-        if key is None:  # settings that cannot be compared (an unhashable predicate): run alone
-            return self._generate_batch(prompts, max_new_tokens, stop_strings, adapter, stop_when)
-        return self.generations.submit(key, prompts, rows=len(prompts))
+        return self.run([self.generation(list(prompts), max_new_tokens, stop_strings, stop_when)], adapter)[0]
 
-    def _generate_merged(self, key, jobs: list[list[str]]) -> list[list[str]]:
-        """The coalescer's batch: every job's prompts in one call, the texts split back per job."""
-        adapter, max_new_tokens, stops, stop_when = key
-        texts = self._generate_batch([p for job in jobs for p in job], max_new_tokens,
-                                     list(stops) if stops is not None else None, adapter, stop_when)
-        out, at = [], 0
-        for job in jobs:
-            out.append(texts[at:at + len(job)])
-            at += len(job)
-        return out
+    def run(self, generations: list["Generation"], adapter: str | None = None,
+            on_row: Callable[[int, int, str], None] | None = None) -> list[list[str]]:
+        """Every row of ``generations`` in ONE decoder call (a pipeline stage submits its profile's keyword
+        line with its explanations), shared with concurrent callers of the same adapter that wait while
+        the model is busy (``llm/coalesce.py``, at most ``cfg.coalesce_rows`` rows a batch). Returns the
+        texts per generation. ``on_row(generation, row, text)`` is called (from the decoding thread) as
+        each row finishes; a row may be reported again when a failed batch is retried job by job."""
+        generations = list(generations)
+        rows = sum(len(g.rows) for g in generations)
+        if not rows:
+            return [[] for _ in generations]
+        return self.generations.submit(adapter, _Job(generations, on_row), rows=rows)
 
-    def _generate_batch(self, prompts: list[str], max_new_tokens: int = 32, stop_strings: list[str] | None = None,
-                        adapter: str | None = None, stop_when: Callable[[str], bool] | None = None) -> list[str]:
-        """``generate``'s one decoder call for ``prompts``. Holds the lock (via ``use_adapter``). Each prompt
-        is tokenized alone (no padding: the decoder lays rows out itself)."""
+    def stream(self, generations: list["Generation"], adapter: str | None = None
+               ) -> Iterator[list[tuple[int, int, str]]]:
+        """``run`` as it goes: yields the rows finished since the last yield, [(generation, row, text)],
+        as they finish (rows finishing in the same decode step come together); then ends, or raises the
+        call's error. The call runs in a thread of its own, so the caller may yield (a page update)
+        while the model decodes (a caller holding ``lock`` gets every row at the end instead); every
+        row is reported once."""
+        if self.lock._is_owned():  # the caller holds the model: a thread would wait for it forever
+            done: list = []
+            self.run(generations, adapter, on_row=lambda g, i, text: done.append((g, i, text)))
+            if done:
+                yield list({(g, i): (g, i, t) for g, i, t in done}.values())
+            return
+        finished: queue.Queue = queue.Queue()
+        end = object()
+
+        def work():
+            try:
+                texts = self.run(generations, adapter, on_row=lambda g, i, text: finished.put((g, i, text)))
+                finished.put((end, texts))
+            except BaseException as e:  # noqa: BLE001 - raised in the caller's thread
+                finished.put((end, e))
+
+        threading.Thread(target=work, name="llm-stream", daemon=True).start()
+        seen: set = set()
+        while True:
+            got = [finished.get()]
+            while not finished.empty():
+                got.append(finished.get())
+            rows = [r for r in got if r[0] is not end and (r[0], r[1]) not in seen]
+            seen.update((g, i) for g, i, _ in rows)
+            if rows:
+                yield rows
+            done = next((r[1] for r in got if r[0] is end), None)
+            if done is None:
+                continue
+            if isinstance(done, BaseException):
+                raise done
+            rest = [(g, i, text) for g, texts in enumerate(done) for i, text in enumerate(texts) if (g, i) not in seen]
+            if rest:  # reported by no callback (cannot happen unless a row was lost): the final texts
+                yield rest
+            return
+
+    def _generate_merged(self, adapter, jobs: list["_Job"]) -> list[list[list[str]]]:
+        """The coalescer's batch: every row of every job in one decoder call, each row with its own
+        stops; the texts split back per job and generation, each reported as its row finishes."""
+        where = [(job, g, i) for job in jobs for g, gen in enumerate(job.generations) for i in range(len(gen.rows))]
+        rows = [job.generations[g].rows[i] for job, g, i in where]
+        stops = [job.generations[g].stop for job, g, i in where]
         with self.use_adapter(adapter) as llm:
             tok = llm.tokenizer
-            rows = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-            new = self.decoder.generate(llm, rows, max_new_tokens, stop_strings=stop_strings, stop_when=stop_when)
-        texts = tok.batch_decode(new, skip_special_tokens=True)
-        if stop_strings:
-            texts = [_cut(t, stop_strings) for t in texts]
-        return texts
+
+            def finished(row: int, new: list[int]) -> None:
+                job, g, i = where[row]
+                if job.on_row is not None:
+                    job.on_row(g, i, _text(tok, new, stops[row].stop_strings))
+            new = self.decoder.generate(llm, rows, stops=stops, on_row=finished)
+        texts = [_text(tok, n, stop.stop_strings) for n, stop in zip(new, stops)]
+        out, at = [], 0
+        for job in jobs:
+            mine = []
+            for gen in job.generations:
+                mine.append(texts[at:at + len(gen.rows)])
+                at += len(gen.rows)
+            out.append(mine)
+        return out
 
 
-def _settings_key(adapter, max_new_tokens, stop_strings, stop_when) -> tuple | None:
-    """What must be equal for two generate calls to share one batch; None when it is not hashable."""
-    key = (adapter, int(max_new_tokens), tuple(stop_strings) if stop_strings else None, stop_when)
-    try:
-        hash(key)
-    except TypeError:
-        return None
-    return key
+@dataclass(eq=False)
+class Generation:
+    """One caller's prompts (token ids) and when each of its rows stops (``decode.RowStop``)."""
+    rows: list[list[int]]
+    max_new_tokens: int = 32
+    stop_strings: tuple[str, ...] | None = None
+    stop_when: Callable[[str], bool] | None = None
+
+    @property
+    def stop(self) -> RowStop:
+        return RowStop(int(self.max_new_tokens), tuple(self.stop_strings) if self.stop_strings else None,
+                       self.stop_when)
+
+
+@dataclass(eq=False)
+class _Job:
+    """What one ``run`` submits to the coalescer."""
+    generations: list[Generation]
+    on_row: Callable[[int, int, str], None] | None = None
+
+
+def _text(tok, new: list[int], stops) -> str:
+    """A row's new text, cut before its first stop string."""
+    text = tok.decode(new, skip_special_tokens=True)
+    return _cut(text, list(stops)) if stops else text
 
 
 def _cut(text: str, stops: list[str]) -> str:

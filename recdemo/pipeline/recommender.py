@@ -2,12 +2,14 @@
 
     titles -> catalog indices -> SASRec top-N -> LLM profile -> LLM ranker (fused) -> explanations
 
-``Recommender.recommend_stages`` runs the stages in that order, times each, and yields a
-``records.Recommendation`` (JSON-friendly via ``to_dict()``) as each stage finishes (the page and
-/recommend_stream show them as they come); ``recommend`` is its last state. Thread-safe: retrieval runs outside
+``Recommender.recommend_stages`` runs the stages, times each, and yields a ``records.Recommendation``
+(JSON-friendly via ``to_dict()``) as each stage finishes and as each explanation is checked (the page
+and /recommend_stream show them as they come); ``recommend`` is its last state. A ranker that does
+not read the profile (score) ranks right after retrieval, and the profile's keyword line shares the
+explanations' decoder call (the profile is shown last). Thread-safe: retrieval runs outside
 the model lock; every model call holds ``service.lock`` through ``service.use_adapter`` (the app
 serves several users from one model while a fine-tune runs). Concurrent requests share model calls
-(llm/coalesce.py): their explanations through ``LLMService.generate``, their reranks (rankers with
+(llm/coalesce.py): their profiles and explanations through ``LLMService`` (``run``/``stream``), their reranks (rankers with
 a batched form, ``batch_score.batchable``) through ``batch_score.rank_batch``.
 """
 from __future__ import annotations
@@ -34,7 +36,7 @@ from recdemo.pipeline.steering import ProfileEdit, Steer, edit_profile, lift
 from recdemo.llm.prompts import domain_for
 from recdemo.llm.service import LLMService
 from recdemo.llm.stack import Stack
-from recdemo.records import Candidate, Explanation, Profile, RankedItem, RerankRequest, Recommendation
+from recdemo.records import Candidate, Explanation, Keyword, Profile, RankedItem, RerankRequest, Recommendation
 
 log = logging.getLogger(__name__)
 EXPLAIN_CACHE = 2048  # explanations kept for reruns of the same history (steering, "not interested")
@@ -60,6 +62,8 @@ class _Run:
     ranker_prompt: str = ""
     explanations: dict[int, Explanation] = field(default_factory=dict)
     explain_failed: bool = False
+    keyword_line: str | None = None  # the profile's keyword pass, when written in the explanations' call
+    profile_draft_s: float = 0.0  # time spent on that profile before the call (its prompt)
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -79,6 +83,7 @@ class Recommender:
         self._explain_lock = threading.RLock()
         self._explained: OrderedDict = OrderedDict()  # (history, model) + item -> Explanation
         self._personas: dict[str, list[str]] | None = None
+        self._profile_readers: dict[str, bool] = {}  # ranker -> whether its prompt shows the profile
         # concurrent reranks with the same ranker and adapter: one batched scoring call
         self._reranks = Coalescer(self._rank_many, max_rows=cfg.llm.coalesce_reranks,
                                   gate=getattr(self.service, "lock", None))
@@ -203,28 +208,52 @@ class Recommender:
                          ) -> Iterator[Recommendation]:
         """Yields the answer as it grows, one ``Recommendation`` per finished stage (``.stage``):
         "retrieval" (SASRec's top-k, provisional; no model call, so it is not held up by other
-        requests' model work), "profile", "rerank", "explain" (per group of ``explain_group`` cards),
-        and "done" (with the total time). Everything is checked before any state is yielded.
+        requests' model work), "profile", "rerank", "explain" (as each card's sentence is checked;
+        at most ``explain_group`` rows per decoder call), and "done" (with the total time). For a
+        ranker whose prompt has no profile the profile comes after the explanations (its keyword
+        line is written in their call); palr and steered reruns get it before the rerank.
+        Everything is checked before any state is yielded.
 
         ``profile_edit`` (``steering.ProfileEdit`` or its dict): the user's edit of the profile, sent
         to the reranker instead of the LLM's; results it moved carry ``"steer"``. ``exclude``: items
         the user is not interested in, left out of the candidates (the top-k refills from the rest)."""
         run = self._start(history, ranker, n_candidates, k, adapter, exclude, profile_edit)
         yield self._state(run, "retrieval")
-        if with_profile or run.edit is not None:
+        # The profile's keyword pass rides in the explanations' decoder call when the ranker does not
+        # read the profile (score): rerank, then explanations + keyword line, then the summary.
+        merged = with_profile and run.edit is None and with_explanations and not self._reads_profile(run)
+        if (with_profile or run.edit is not None) and not merged:
             self._profile_stage(run)
             yield self._state(run, "profile")
         self._rerank_stage(run)
         yield self._state(run, "rerank")
+        draft = self._profile_draft(run) if merged else None
         if with_explanations and run.ranked:
             items = [r.index for r in run.ranked]
             group = max(int(explain_group or self.cfg.llm.explain_group), 1)
             for at in range(0, len(items), group):
-                self._explain_stage(run, items[at:at + group])
-                yield self._state(run, "explain")
+                yield from self._explain_stage(run, items[at:at + group], draft if at == 0 else None)
+        if merged:
+            self._profile_stage(run, draft)
+            yield self._state(run, "profile")
         # every stage is timed in the final answer (0 when skipped), in pipeline order
         run.timings = {**{s: run.timings.get(s, 0.0) for s in STAGES}, "total": time.perf_counter() - run.started}
         yield self._state(run, "done")
+
+    def _reads_profile(self, run: "_Run") -> bool:
+        """Whether ``run.ranker`` reads the profile (its prompt shows it: palr), found once per ranker by
+        rendering its prompt with a marked profile; when that cannot be told, it does."""
+        if run.ranker not in self._profile_readers:
+            marker = "zqxjprofilemarker"
+            req = RerankRequest(history=run.hist, candidates=run.candidates, k=run.k,
+                                profile=Profile(keywords=[Keyword(marker, list(run.hist[:1]), True)], summary=marker))
+            try:
+                reads = marker in self.ranker(run.ranker).prompt(req)
+            except Exception:  # noqa: BLE001 - unknown: keep the profile first
+                log.warning("could not tell whether ranker %s reads the profile", run.ranker, exc_info=True)
+                reads = True
+            self._profile_readers[run.ranker] = reads
+        return self._profile_readers[run.ranker]
 
     def _start(self, history, ranker, n_candidates, k, adapter, exclude, profile_edit) -> "_Run":
         """Checks (sizes, titles, ranker, adapter name) before any model work, then retrieval."""
@@ -261,10 +290,25 @@ class Recommender:
         self.cfg.limits.check("max_candidates", len(exclude), "items marked not interested", minimum=0)
         return set(self.resolve(exclude)) if exclude else set()
 
-    def _profile_stage(self, run: "_Run") -> None:
+    def _profile_draft(self, run: "_Run"):
+        """The profile to write in the explanations' call (None when even its prompt failed: the
+        profile stage then writes it alone, or falls back)."""
         t = time.perf_counter()
         try:
-            run.profile = self.profiles.generate(run.hist)
+            return self.profiles.draft(run.hist)
+        except Exception:  # noqa: BLE001 - reported by the profile stage, which tries again
+            log.warning("profile prompt failed", exc_info=True)
+            return None
+        finally:
+            run.profile_draft_s = time.perf_counter() - t  # counted when the profile is there
+
+    def _profile_stage(self, run: "_Run", draft=None) -> None:
+        """The profile (``draft``: its keyword line was written in the explanations' call, in
+        ``run.keyword_line``; only the summary is left)."""
+        t = time.perf_counter()
+        try:
+            run.profile = (self.profiles.finish(draft, run.keyword_line) if draft is not None
+                           else self.profiles.generate(run.hist))
         except Exception as e:  # noqa: BLE001 - a profile is helpful, not essential
             log.warning("profile generation failed", exc_info=True)
             run.warnings.append(f"The LLM profile failed ({type(e).__name__}: {e}); showing the history's "
@@ -273,7 +317,7 @@ class Recommender:
         if run.edit is not None:
             run.profile, run.steer = edit_profile(self.catalog, run.hist, run.profile, run.edit,
                                                   self.cfg.limits.max_profile_keywords)
-        run.timings["profile"] = time.perf_counter() - t
+        run.timings["profile"] = run.profile_draft_s + time.perf_counter() - t
 
     def _rerank_stage(self, run: "_Run") -> None:
         t = time.perf_counter()
@@ -304,28 +348,43 @@ class Recommender:
         with self.service.use_adapter(adapter):
             return [list(rk.rank(reqs[0]))] if len(reqs) == 1 else rank_batch(rk, reqs)
 
-    def _explain_stage(self, run: "_Run", items: list[int]) -> None:
-        """Explanations of ``items``; those of this history written before (a steering rerun keeps
-        most cards) come from the cache, only the new ones cost model time."""
+    def _explain_stage(self, run: "_Run", items: list[int], draft=None) -> Iterator[Recommendation]:
+        """Explanations of ``items``, an "explain" state as each card's sentence is checked (cards whose
+        rows finish in the same decode step come together). Those of this history written before (a
+        steering rerun keeps most cards) come from the cache; only the new ones cost model time.
+        ``draft``: a profile whose keyword pass joins this call (its line lands in ``run.keyword_line``)."""
         t = time.perf_counter()
         key = (tuple(run.hist), self.service.llm.name)
         with self._explain_lock:
             cached = {i: self._explained[(key, i)] for i in items if (key, i) in self._explained}
+        run.explanations.update(cached)
         todo = [i for i in items if i not in cached]
-        found = []
-        if todo and not run.explain_failed:
+        extra = [draft.keywords] if draft is not None and draft.keywords is not None else []
+        if (todo and not run.explain_failed) or extra:
             try:
-                found = self.explainer.explain(run.hist, todo, use_llm=True)
-                self._remember(key, found)
+                plan = self.explainer.plan([(run.hist, todo if not run.explain_failed else [])])
+                generations = ([plan.generation()] if plan.prompts else []) + extra
+                for rows in self.service.stream(generations):
+                    found = [plan.judge(i, text) for g, i, text in rows if g == 0 and plan.prompts]
+                    run.keyword_line = next((text for g, _, text in rows if g == len(generations) - 1 and extra),
+                                            run.keyword_line)
+                    self._remember(key, found)
+                    run.explanations.update({e.index: e for e in found})
+                    if found:
+                        run.timings["explain"] = run.timings.get("explain", 0.0) + time.perf_counter() - t
+                        yield self._state(run, "explain")
+                        t = time.perf_counter()
             except Exception as e:  # noqa: BLE001 - fall back to evidence-only sentences
                 log.warning("LLM explanations failed", exc_info=True)
                 run.warnings.append(f"The LLM explanations failed ({type(e).__name__}); showing evidence-based "
                                     "sentences instead.")
                 run.explain_failed = True
-        if todo and run.explain_failed:
-            found = self.explainer.explain(run.hist, todo, use_llm=False)
-        run.explanations.update({**cached, **{e.index: e for e in found}})
+        left = [i for i in todo if i not in run.explanations]
+        if left:
+            run.explanations.update({e.index: e for e in self.explainer.explain(run.hist, left, use_llm=False)})
         run.timings["explain"] = run.timings.get("explain", 0.0) + time.perf_counter() - t
+        if left or not todo:  # the fallback's sentences, or cards that were all cached
+            yield self._state(run, "explain")
 
     def _remember(self, key, explanations) -> None:
         with self._explain_lock:

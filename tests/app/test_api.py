@@ -63,10 +63,12 @@ def test_recommend_stream_api_yields_the_stages_in_order(client):
     job = client.submit(history, "movielens-small", "score", api_name="/recommend_stream")
     job.result(timeout=60)
     states = job.outputs()
-    assert [s["stage"] for s in states] == ["retrieval", "profile", "rerank", "explain", "done"]
+    assert [s["stage"] for s in states] == ["retrieval", "rerank", "explain", "explain", "profile", "done"]
     assert states[0]["profile"] is None and [r["index"] for r in states[0]["results"]] == [
         c["index"] for c in states[0]["candidates"][:10]]
-    assert not any(r["rationale"] for r in states[2]["results"]) and all(r["rationale"] for r in states[-1]["results"])
+    explained = [sum(bool(r["rationale"]) for r in s["results"]) for s in states]
+    assert explained[:2] == [0, 0] and 0 < explained[2] < explained[3] == explained[-1] == 10  # as they come
+    assert states[3]["profile"] is None and states[4]["profile"] is not None
     assert states[-1] == client.predict(history, "movielens-small", "score", api_name="/recommend")
 
 

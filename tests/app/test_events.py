@@ -114,21 +114,32 @@ def test_recommend_renders_profile_cards_table_and_timings(ctx):
 
 
 def test_the_page_streams_each_stage_as_it_comes(ctx):
+    """score: SASRec's list, the LLM's order, the explanations as they come, then the profile."""
     pages = list(events.recommend_stream(ctx, ["Toy Story (1995)", "Heat (1995)"], "movielens-small", "score",
                                          "auto", 50, 10))
-    assert [p["stage"] for p in pages] == ["retrieval", "profile", "rerank", "explain", "done"]
+    assert [p["stage"] for p in pages] == ["retrieval", "rerank", "explain", "explain", "profile", "done"]
     first = pages[0]
     assert "Provisional" in first["cards_html"] and first["cards_html"].count("rd-card rd-provisional") == 10
-    assert "Writing your taste profile" in first["profile_html"] and "writing the profile" in first["meta_html"]
+    assert "Writing your taste profile" in first["profile_html"] and "ranking" in first["meta_html"]
     assert first["candidates_html"].count("<tr") == 51  # the candidate table comes with the first state
-    assert "rd-kw grounded" in pages[1]["profile_html"] and "Provisional" in pages[1]["cards_html"]
-    assert "Provisional" not in pages[2]["cards_html"] and pages[2]["cards_html"].count("explaining…") == 10
-    assert pages[3]["cards_html"].count("explaining…") == 5
+    assert "Provisional" not in pages[1]["cards_html"] and pages[1]["cards_html"].count("explaining…") == 10
+    assert "Writing your taste profile" in pages[1]["profile_html"] and "ranking" not in pages[1]["meta_html"]
+    assert pages[2]["cards_html"].count("explaining…") == 5 and "explaining" in pages[2]["meta_html"]
+    assert "explaining…" not in pages[3]["cards_html"] and "writing the profile" in pages[3]["meta_html"]
+    assert "rd-kw grounded" in pages[4]["profile_html"] and "Provisional" not in pages[4]["cards_html"]
     final = pages[-1]
     assert "explaining…" not in final["cards_html"] and "rd-working" not in final["meta_html"]
     assert final["cards_html"].count('class="rd-dismiss"') == 10 and "rd-dismiss" not in pages[3]["cards_html"]
     assert final == events.recommend(ctx, ["Toy Story (1995)", "Heat (1995)"], "movielens-small", "score",
                                      "auto", 50, 10)
+
+
+def test_a_ranker_that_reads_the_profile_streams_it_before_the_llms_order(ctx):
+    pages = list(events.recommend_stream(ctx, ["Toy Story (1995)", "Heat (1995)"], "movielens-small", "palr",
+                                         "auto", 50, 10))
+    assert [p["stage"] for p in pages] == ["retrieval", "profile", "rerank", "explain", "done"]
+    assert "rd-kw grounded" in pages[1]["profile_html"] and "Provisional" in pages[1]["cards_html"]
+    assert "Provisional" not in pages[2]["cards_html"] and pages[2]["cards_html"].count("explaining…") == 10
 
 
 def test_a_failure_mid_stream_ends_it_with_a_message(tmp_path):

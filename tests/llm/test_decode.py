@@ -214,3 +214,53 @@ def test_graphs_on_cpu_decode_like_eager(tiny_llm):
     dec = Decoder("graphs", min_prefix_tokens=4)
     assert dec.generate(tiny_llm, rows, 6) == Decoder("eager").generate(tiny_llm, rows, 6)
     assert not dec._compiled  # nothing compiled without CUDA
+
+
+# -- per-row stops and groups (issue 17: the profile's keyword line shares the explanations' call) --
+def test_rows_with_their_own_stops_each_get_what_they_get_alone(tiny_llm):
+    from recdemo.llm.decode import RowStop
+
+    tok = tiny_llm.tokenizer
+    rows = shared_rows(tok) + [ids_of(tok, "Keywords: Comedy, Drama")]
+    text = lambda ids: tok.decode(ids, skip_special_tokens=True)  # noqa: E731
+    first = text(alone(tiny_llm, rows[1], 12))
+    cut = next((c for c in first[2:] if c.strip()), None)  # a character the second row writes early on
+    stops = [RowStop(10), RowStop(12, (cut,) if cut else None), RowStop(3), RowStop(12, None, lambda t: len(t) >= 4),
+             RowStop(7)]
+    want = [Decoder("eager").generate(tiny_llm, [r], stops=[s])[0] for r, s in zip(rows, stops)]
+    assert want[2] == alone(tiny_llm, rows[2], 3) and want[0] == alone(tiny_llm, rows[0], 10)
+    for backend in ("eager", "static"):
+        dec, seen = Decoder(backend, min_prefix_tokens=4), []
+        got = dec.generate(tiny_llm, rows, stops=stops, on_row=lambda row, new: seen.append((row, list(new))))
+        assert got == want
+        assert sorted(seen) == sorted(enumerate(want))  # each row reported once, with its tokens
+        lengths = [len(new) for _, new in seen]
+        assert lengths == sorted(lengths)  # reported the step it finishes: shorter rows first
+
+
+def test_rows_are_grouped_by_common_start_each_prefix_prefilled_once(tiny_llm):
+    """One user's explanation rows keep their long shared prefix when an unrelated long prompt joins them."""
+    tok = tiny_llm.tokenizer
+    rows = shared_rows(tok)
+    other = ids_of(tok, "Zebra crossing notes: " + "quiet rivers and old bridges, " * 3)
+    dec = Decoder("eager", min_prefix_tokens=4)
+    got = dec.generate(tiny_llm, rows + [other], 6)
+    assert got == [alone(tiny_llm, r, 6) for r in rows + [other]]
+    shared = next(i for i in range(len(rows[0])) if len({r[i] for r in rows}) > 1)
+    stats = dec.stats
+    assert stats.shared_tokens == (len(rows) - 1) * shared  # the explanation rows' prefix, once
+    width = max(max(len(r) for r in rows) - shared, 1)
+    assert stats.prefill_tokens == shared + (len(other) - 1) + (len(rows) + 1) * width
+    before = dec.stats.prefill_tokens
+    assert dec.generate(tiny_llm, [other + ids_of(tok, " Summary:")], 4)  # the profile's second pass
+    assert dec.stats.prefill_tokens - before == len(ids_of(tok, " Summary:")) + 1  # its prompt's KV was cached
+
+
+def test_a_zero_budget_row_is_reported_empty(tiny_llm):
+    from recdemo.llm.decode import RowStop
+
+    tok = tiny_llm.tokenizer
+    rows = [ids_of(tok, "Castle"), ids_of(tok, "Keywords: Comedy")]
+    seen = []
+    got = Decoder("eager").generate(tiny_llm, rows, stops=[RowStop(0), RowStop(3)], on_row=lambda r, n: seen.append(r))
+    assert got == [[], alone(tiny_llm, rows[1], 3)] and seen == [0, 1]

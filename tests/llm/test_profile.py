@@ -244,3 +244,32 @@ def test_the_summary_pass_continues_the_keyword_pass(tiny_service, toy_dataset):
                                               pad_token_id=tok.pad_token_id)
     reference = tok.decode(out[0, len(ids2):], skip_special_tokens=True).split("\n")[0]
     assert profile.raw.endswith(reference[: reference.find(".") + 1] if "." in reference else reference)
+
+
+def test_a_draft_finished_from_a_shared_call_equals_the_profile_written_alone(tiny_service, toy_dataset):
+    """Issue 17: the keyword pass may run in another caller's decoder call (the explanations'); the
+    profile is the same, and the summary pass reuses the prompt's KV cached by that call."""
+    history = [int(i) for i in toy_dataset.sequences[1]]
+    alone = ProfileGenerator(tiny_service, toy_dataset.catalog, keyword_tokens=8, summary_tokens=8).generate(history)
+    gen = ProfileGenerator(tiny_service, toy_dataset.catalog, keyword_tokens=8, summary_tokens=8)
+    draft = gen.draft(history)
+    assert draft.profile is None and draft.prompt == alone.prompt
+    others = tiny_service.generation(["Castle", "A user watched these movies, oldest first"], max_new_tokens=5)
+    tiny_service.decoder.cache.clear()
+    others_text, line = tiny_service.run([others, draft.keywords])
+    stats = tiny_service.decoder.stats
+    before = stats.prefill_tokens
+    profile = gen.finish(draft, line[0])
+    assert profile.raw == alone.raw and profile.keywords == alone.keywords and profile.summary == alone.summary
+    added = stats.prefill_tokens - before
+    assert added < len(draft.ids) // 2  # the summary pass continued the cached prompt
+    assert gen.draft(history).profile is profile  # cached like generate's
+    assert gen.finish(gen.draft(history), None) is profile
+
+
+def test_a_draft_without_its_keyword_line_is_written_as_generate_writes_it(tiny_service, toy_dataset):
+    history = [int(i) for i in toy_dataset.sequences[2]]
+    alone = ProfileGenerator(tiny_service, toy_dataset.catalog, keyword_tokens=8, summary_tokens=8).generate(history)
+    gen = ProfileGenerator(tiny_service, toy_dataset.catalog, keyword_tokens=8, summary_tokens=8)
+    assert gen.finish(gen.draft(history), None).raw == alone.raw  # the shared call failed: written alone
+    assert gen.draft([]).profile.keywords == []

@@ -172,16 +172,66 @@ def test_concurrent_generate_calls_share_one_model_call_and_get_their_own_texts(
     assert any(t for texts in together for t in texts)
 
 
-def test_calls_with_other_settings_are_not_merged(tiny_service):
+def test_calls_with_other_stop_settings_share_one_batch_each_row_with_its_own_stops(tiny_service):
+    """Issue 17: only the adapter must be equal; each row keeps its own budget, stop strings and predicate."""
     jobs = [dict(prompts=["Keywords: Comedy"], max_new_tokens=6),
             dict(prompts=["Summary"], max_new_tokens=4),  # another length
             dict(prompts=["Yes"], max_new_tokens=6, stop_strings=["\n"]),  # other stop strings
-            dict(prompts=["Comedy"], max_new_tokens=6, stop_when=lambda t: False),  # a fresh lambda
-            dict(prompts=["Drama"], max_new_tokens=6)]  # the first one's settings: merged with it
+            dict(prompts=["Comedy"], max_new_tokens=6, stop_when=lambda t: len(t) > 3),  # a fresh lambda
+            dict(prompts=["Drama"], max_new_tokens=6)]
     alone = [tiny_service.generate(**kw) for kw in jobs]
     calls = count_generate_calls(tiny_service)
     assert concurrently(tiny_service, jobs) == alone
-    assert sorted(calls) == [1, 1, 1, 2]
+    assert calls == [5]
+
+
+def test_calls_with_another_adapter_are_not_merged(tiny_service, tmp_path):
+    make_tiny_adapter(tiny_service.llm, tmp_path / "adapters" / "toy")
+    jobs = [dict(prompts=["Keywords: Comedy"], max_new_tokens=5), dict(prompts=["Yes"], max_new_tokens=5, adapter="toy"),
+            dict(prompts=["Drama"], max_new_tokens=5)]
+    alone = [tiny_service.generate(**kw) for kw in jobs]
+    calls = count_generate_calls(tiny_service)
+    assert concurrently(tiny_service, jobs) == alone
+    assert sorted(calls) == [1, 2]
+
+
+def test_run_shares_one_call_between_generations_and_reports_each_row_as_it_finishes(tiny_service):
+    from recdemo.llm.service import Generation
+
+    tok = tiny_service.llm.tokenizer
+    short = tiny_service.generation(["Keywords: Comedy", "Castle"], max_new_tokens=2)
+    long = Generation([tok("A user watched these movies", add_special_tokens=False)["input_ids"]], 9,
+                      stop_strings=("\n",))
+    alone = [tiny_service.run([g])[0] for g in (short, long)]
+    calls, seen = count_generate_calls(tiny_service), []
+    texts = tiny_service.run([short, long], on_row=lambda g, i, text: seen.append((g, i, text)))
+    assert texts == alone and calls == [3]
+    assert sorted(seen) == [(0, 0, alone[0][0]), (0, 1, alone[0][1]), (1, 0, alone[1][0])]
+    assert [g for g, _, _ in seen][-1] == 1 or len(alone[1][0]) <= 2  # the 2-token rows come first
+
+
+def test_stream_yields_rows_as_they_finish_then_ends(tiny_service):
+    short = tiny_service.generation(["Keywords: Comedy"], max_new_tokens=1)
+    long = tiny_service.generation(["Castle", "Summary"], max_new_tokens=8)
+    want = tiny_service.run([short, long])
+    parts = list(tiny_service.stream([short, long]))
+    assert len(parts) >= 2 and parts[0] == [(0, 0, want[0][0])]  # the 1-token row, before the others
+    got = sorted(r for part in parts for r in part)
+    assert got == sorted([(0, 0, want[0][0])] + [(1, i, t) for i, t in enumerate(want[1])])
+
+
+def test_stream_raises_the_calls_error_and_runs_at_once_under_the_lock(tiny_service, monkeypatch):
+    gen = tiny_service.generation(["Castle", "Summary"], max_new_tokens=3)
+    want = tiny_service.run([gen])
+    with tiny_service.lock:  # a caller holding the model: no thread could lead, so it runs here
+        assert sorted(r for part in tiny_service.stream([gen]) for r in part) == [(0, i, t) for i, t in enumerate(want[0])]
+
+    def boom(*a, **kw):
+        raise RuntimeError("model broke")
+
+    monkeypatch.setattr(tiny_service.decoder, "generate", boom)
+    with pytest.raises(RuntimeError, match="model broke"):
+        list(tiny_service.stream([gen]))
 
 
 def test_a_failing_call_fails_alone_and_the_rows_are_bounded(tiny_service):
@@ -189,10 +239,27 @@ def test_a_failing_call_fails_alone_and_the_rows_are_bounded(tiny_service):
     jobs = [dict(prompts=["Keywords: Comedy", "Summary"], max_new_tokens=5),
             dict(prompts=["Yes", "No"], max_new_tokens=5),  # 2 + 2 > 3: the next batch
             dict(prompts=["Comedy"], max_new_tokens=5),
-            dict(prompts=["Drama", 7], max_new_tokens=5)]  # not text: this call's tokenizer error
+            dict(prompts=["Drama", ""], max_new_tokens=5)]  # an empty prompt: this call fails inside the batch
     alone = [tiny_service.generate(**kw) for kw in jobs[:3]]
     calls = count_generate_calls(tiny_service)
     out = concurrently(tiny_service, jobs)
     assert out[:3] == alone
     assert isinstance(out[3], Exception)
     assert max(calls) <= 3 and sum(calls) >= 5
+
+
+def test_a_coalesced_batch_reports_each_callers_rows_to_that_caller_only(tiny_service):
+    gens = [[tiny_service.generation(["Keywords: Comedy", "Castle"], max_new_tokens=3)],
+            [tiny_service.generation(["Summary"], max_new_tokens=5),
+             tiny_service.generation(["A user watched these movies"], max_new_tokens=2, stop_strings=["\n"])]]
+    alone = [tiny_service.run(g) for g in gens]
+    calls = count_generate_calls(tiny_service)
+    seen, got = [[], []], [None, None]
+
+    def call(n):
+        got[n] = tiny_service.run(gens[n], on_row=lambda g, i, text: seen[n].append((g, i, text)))
+
+    queue_while_busy(tiny_service.lock, tiny_service.generations, [lambda n=n: call(n) for n in range(2)])
+    assert calls == [4] and got == alone
+    for n in range(2):
+        assert sorted(seen[n]) == sorted((g, i, t) for g, texts in enumerate(alone[n]) for i, t in enumerate(texts))

@@ -415,25 +415,55 @@ def test_smollm2_movielens_recommend_end_to_end():
 
 
 # -- streaming (issue 17): the stages in order, the last one is recommend's answer --
-def test_stages_come_in_order_and_the_last_is_recommends_answer(rec, toy_dataset):
+def test_stages_come_in_order_and_the_last_is_recommends_answer(rec, toy_dataset, monkeypatch):
+    """A ranker whose prompt has no profile (score, this one): rerank first, then the explanations (the
+    profile's keyword line shares their decoder call), each card as its row finishes, then the profile."""
+    import recdemo.llm.explain as explain
+
+    monkeypatch.setattr(explain, "sentence_done", lambda text: len(text) > 8)  # rows end at different steps
+    rec.explainer.max_new_tokens = 12
     history = [toy_dataset.catalog.titles[i] for i in toy_dataset.sequences[0][:6]]
-    states = list(rec.recommend_stages(history, ranker="reverse", n_candidates=12, k=5, explain_group=2))
-    assert [s.stage for s in states] == ["retrieval", "profile", "rerank", "explain", "explain", "explain", "done"]
-    first, profiled, reranked = states[:3]
+    calls = []
+    inner = rec.service.decoder.generate
+    rec.service.decoder.generate = lambda llm, rows, *a, **kw: calls.append(len(rows)) or inner(llm, rows, *a, **kw)
+    states = list(rec.recommend_stages(history, ranker="reverse", n_candidates=12, k=5))
+    names = [s.stage for s in states]
+    assert names[:2] == ["retrieval", "rerank"] and names[-2:] == ["profile", "done"]
+    assert set(names[2:-2]) == {"explain"} and len(names) - 4 >= 2  # several explain states
+    assert calls[:2] == [6, 1]  # 5 explanation rows + the keyword line in one call, then the summary
+    first, reranked = states[:2]
     cand_idx = [c["index"] for c in first.candidates]
     # provisional: SASRec's own top-k, nothing from the model yet
     assert [r["index"] for r in first.results] == cand_idx[:5] and all(r["move"] == 0 for r in first.results)
     assert first.profile is None and first.prompt == "" and set(first.timings) == {"retrieval"}
-    assert profiled.profile is not None and [r["index"] for r in profiled.results] == cand_idx[:5]
     assert [r["index"] for r in reranked.results] == list(reversed(cand_idx))[:5]
     assert all(r["rationale"] == "" for r in reranked.results) and "REVERSE PROMPT" in reranked.prompt
-    explained = [sum(bool(r["rationale"]) for r in s.results) for s in states[3:]]
-    assert explained == [2, 4, 5, 5]  # each group adds its cards' sentences, in rank order
-    assert states[3].results[0]["rationale"] and not states[3].results[2]["rationale"]
+    explained = [sum(bool(r["rationale"]) for r in s.results) for s in states[2:]]
+    assert explained == sorted(explained) and len(set(explained[:-2])) == len(explained) - 2  # growing
+    assert explained[0] < 5 and explained[-3:] == [5, 5, 5]
+    assert all(s.profile is None for s in states[:-2]) and states[-2].profile is not None
     final = rec.recommend(history, ranker="reverse", n_candidates=12, k=5)
     strip = lambda d: {k: v for k, v in d.items() if k != "timings"}  # noqa: E731
     assert strip(states[-1].to_dict()) == strip(final.to_dict())
     assert set(states[-1].timings) == {"retrieval", "profile", "rerank", "explain", "total"}
+
+
+class ProfileReadingRanker(ReverseRanker):
+    """A ranker whose prompt shows the profile (as palr's does): the profile must come first."""
+
+    def prompt(self, req):
+        return super().prompt(req) + (f" for {req.profile.summary}" if req.profile else "")
+
+
+def test_a_ranker_that_reads_the_profile_gets_it_first(rec, toy_dataset):
+    rec.stack._rankers["reads"] = reads = ProfileReadingRanker(rec.service)
+    history = [toy_dataset.catalog.titles[i] for i in toy_dataset.sequences[0][:6]]
+    states = list(rec.recommend_stages(history, ranker="reads", n_candidates=12, k=5, explain_group=2))
+    assert [s.stage for s in states][:3] == ["retrieval", "profile", "rerank"]
+    assert reads.seen[-1].profile is states[1].profile is not None
+    explained = [sum(bool(r["rationale"]) for r in s.results) for s in states[3:-1]]
+    assert explained == sorted(explained) and explained[-1] == 5 and states[-1].stage == "done"
+    assert len(explained) >= 3  # at least one state per group of 2 rows (explain_group caps a call)
 
 
 def test_the_first_state_does_not_wait_for_the_model(rec, toy_dataset):
@@ -533,13 +563,13 @@ def test_not_interested_refills_the_top_k_from_the_candidates(rec, spy, toy_data
 
 def test_a_rerun_explains_only_the_cards_it_has_not_explained(rec, spy, toy_dataset):
     history = list(toy_dataset.sequences[0][:6])
-    asked, explain = [], rec.explainer.explain
+    asked, plan = [], rec.explainer.plan
 
-    def counting(hist, items, **kw):
-        asked.append(list(items))
-        return explain(hist, items, **kw)
+    def counting(requests, *a, **kw):
+        asked.append([i for _, items in requests for i in items])
+        return plan(requests, *a, **kw)
 
-    rec.explainer.explain = counting
+    rec.explainer.plan = counting
     before = rec.recommend(history, ranker="spy", n_candidates=10, k=4)
     gone = before.results[0]["index"]
     after = rec.recommend(history, ranker="spy", n_candidates=10, k=4, exclude=[gone])
@@ -557,3 +587,23 @@ def test_a_huge_profile_edit_is_refused_before_any_model_work(rec, toy_dataset):
         rec.recommend([title], ranker="reverse", profile_edit={"keywords": ["k" * 3000], "summary": ""})
     with pytest.raises(ValueError, match="characters in the profile sentence"):
         rec.recommend([title], ranker="reverse", profile_edit={"keywords": [], "summary": "x" * 5000})
+
+
+def test_a_failing_shared_call_falls_back_for_the_cards_and_still_writes_the_profile(rec, toy_dataset):
+    """The explanations' call (with the profile's keyword line in it) fails: templated cards with a
+    warning; the profile is then written alone."""
+    inner = rec.service.decoder.generate
+
+    def fails_when_shared(llm, rows, *a, **kw):
+        if len(rows) > 1:
+            raise RuntimeError("out of memory")
+        return inner(llm, rows, *a, **kw)
+
+    rec.service.decoder.generate = fails_when_shared
+    history = [toy_dataset.catalog.titles[i] for i in toy_dataset.sequences[1][:5]]
+    states = list(rec.recommend_stages(history, ranker="reverse", n_candidates=10, k=4))
+    assert [s.stage for s in states] == ["retrieval", "rerank", "explain", "profile", "done"]
+    out = states[-1]
+    assert all(r["rationale_source"] == "template" and r["rationale"] for r in out.results)
+    assert any("LLM explanations failed (RuntimeError)" in w for w in out.warnings)
+    assert out.profile is not None and out.profile.raw and not any("profile failed" in w for w in out.warnings)

@@ -1,6 +1,7 @@
 """The right column: the taste profile (editable: steering), the LLM's top-k with reasons, SASRec's
 candidates and the prompt. Filled as the stages finish (a generator event per button): SASRec's
-list first, then the profile, the LLM's order, the explanations."""
+list first, then the LLM's order, each explanation as it is written, the profile (for palr, whose
+prompt reads it, the profile comes before the LLM's order)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
