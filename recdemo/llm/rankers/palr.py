@@ -52,7 +52,8 @@ class PALRRanker(Ranker):
         with self.session() as (llm, adapter):
             prompt_ids = self.fitted(req, out.items)[1]
             trie = TokenTrie(self.answer_tokens(out.items, P.TITLE_SEPARATOR))
-            decoder = TreeDecoder(llm.model, prompt_ids, device=llm.device)
+            decoder = TreeDecoder(llm.model, prompt_ids, device=llm.device,
+                                  backend=self.cfg.decode_backend)
             emitted = greedy_titles(decoder, trie, req.k)
         position = {item: len(emitted) - p for p, (item, _) in enumerate(emitted)}
         out.llm = np.array([float(position.get(i, 0)) for i in out.items])
