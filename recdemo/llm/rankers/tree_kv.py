@@ -8,14 +8,22 @@ of 64), so calls repeat a few shapes. Padding nodes sit after the real ones: the
 write position is rewound to the real length after each call). ``graphs`` is ``static`` with the
 packed call under ``torch.compile(mode="reduce-overhead")``: CUDA graphs replay a call's ~30
 kernels per layer with one launch (a 7B model at batch 1 is bound by launches, not by the chip).
-The prompt's own forward stays eager in every backend: it initialises the static buffers (their
-addresses must be fixed before any capture) and a long prompt is compute-bound anyway.
+Each (width, capacity) bucket is compiled and captured once per model, on its first call (a warm-up
+cost; up to ``GRAPH_SHAPES`` of them, beyond that a shape runs uncompiled). Static caches are pooled
+per model (``_CachePool``, a few idle ones): a new decoder takes a dropped one's buffers, so their
+addresses stay fixed and captured graphs replay instead of re-recording (a graph re-records when a
+static buffer moves, and gives up after a limit). The prompt's own forward stays eager in every
+backend: it initialises the static buffers (their addresses must be fixed before any capture) and a
+long prompt is compute-bound anyway.
 
 The backend is chosen like the generation decoder's (``llm/decode.select_backend``: ``auto`` is
 graphs on CUDA, eager elsewhere; graphs without CUDA run as static). All give the same
 log-probabilities up to float rounding (tests/llm/rankers/test_tree_kv.py).
 """
 from __future__ import annotations
+
+import threading
+import weakref
 
 import torch
 
@@ -24,6 +32,8 @@ from recdemo.llm.decode import select_backend
 CAPACITY_BUCKET = 256  # static KV length steps: few distinct shapes to capture across prompts
 DEFAULT_RESERVE = 128  # nodes a static cache holds beyond the prompt when the caller gives no estimate
 WIDTH_BUCKET = 64  # packed calls wider than this are padded to a multiple of it (narrower: a power of two)
+GRAPH_SHAPES = 64  # compiled (width, capacity) buckets per model (torch's default recompile limit is 8)
+POOLED_CACHES = 4  # idle static caches kept per model for the next decoders (a 7B's at 1,536 positions: 0.8 GB)
 
 
 def width_bucket(n: int) -> int:
@@ -99,19 +109,22 @@ class StaticKV(EagerKV):
         self.backend = "graphs" if graphs else "static"
         self.reserve = int(reserve) if reserve > 0 else DEFAULT_RESERVE
         self.capacity = 0
+        self._finalizer = None
         self._step = _compiled_step() if graphs else _step
 
     def _new_cache(self, capacity: int):
-        from transformers import StaticCache
-
-        model_config = getattr(self.decoder, "config", None)
+        """A cache of ``capacity`` positions from the pool (its buffers keep their addresses, so captured
+        graphs replay instead of re-recording), handed back when this store is dropped or grows."""
         self.capacity = capacity
-        return StaticCache(config=model_config, max_cache_len=capacity)
+        cache = _POOL.take(self.decoder, capacity, self.device)
+        self._finalizer = weakref.finalize(self, _POOL.give, self.decoder, capacity, cache)
+        return cache
 
     def prefill(self, prompt: list[int]) -> torch.Tensor:
         n = len(prompt)
         dtype = next(self.decoder.parameters()).dtype
         self.cache = self._new_cache(capacity_bucket(n + self.reserve))
+        self._seek(0)  # a pooled cache: written from the start (what follows is masked until overwritten)
         low = torch.finfo(dtype).min
         mask = torch.full((n, self.capacity), low, dtype=dtype)
         mask[:, :n] = torch.triu(torch.full((n, n), low, dtype=dtype), diagonal=1)
@@ -127,9 +140,13 @@ class StaticKV(EagerKV):
         if need <= self.capacity:
             return
         old = self.cache
+        self._finalizer.detach()  # the old cache goes back to the pool after the copy, not before
+        self.cache = None
         self.cache = self._new_cache(capacity_bucket(need + self.reserve))
+        self._seek(0)
         for i, layer in enumerate(old.layers):
             self.cache.update(layer.keys[:, :, :self.length], layer.values[:, :, :self.length], i)
+        _POOL.give(self.decoder, old.layers[0].max_cache_len, old)
 
     def extend(self, tokens: list[int], positions: list[int], anc_rows, anc_cols, dtype) -> torch.Tensor:
         n = len(tokens)
@@ -146,12 +163,54 @@ class StaticKV(EagerKV):
         return hidden[0, :n].clone()  # a captured graph's output buffer is reused by its next replay
 
     def _seek(self, length: int) -> None:
-        for layer in self.cache.layers:  # the static layers write at this counter (in place: a fixed address)
+        for layer in self.cache.layers:
+            if not layer.is_initialized:  # a fresh cache: its first write sets it up
+                continue  # the static layers write at this counter (in place: a fixed address)
             layer.cumulative_length.fill_(length)
 
     def rewind(self, length: int) -> None:
         self.length = min(length, self.length)
         self._seek(self.length)
+
+
+class _CachePool:
+    """Idle static caches per model (weakly keyed: they go with the model), at most ``POOLED_CACHES``
+    each, the least recently returned dropped first. Thread-safe."""
+
+    def __init__(self):
+        self._idle: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # decoder -> [(capacity, cache)]
+        self._lock = threading.Lock()
+
+    def take(self, decoder, capacity: int, device):
+        with self._lock:
+            idle = self._idle.get(decoder, [])
+            for i, (cap, cache) in enumerate(idle):
+                layer = cache.layers[0]
+                if cap == capacity and (not layer.is_initialized or _same_device(layer.device, device)):
+                    return idle.pop(i)[1]
+        from transformers import StaticCache
+
+        return StaticCache(config=decoder.config, max_cache_len=capacity)
+
+    def give(self, decoder, capacity: int, cache) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(decoder, [])
+            if not any(c is cache for _, c in idle):
+                idle.append((capacity, cache))
+            del idle[:-POOLED_CACHES]
+
+    def idle(self, decoder) -> int:
+        with self._lock:
+            return len(self._idle.get(decoder, []))
+
+
+_POOL = _CachePool()
+
+
+def _same_device(a, b) -> bool:
+    """``cuda`` and ``cuda:0`` are one device when either leaves the index out."""
+    a, b = torch.device(a), torch.device(b)
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 
 def _step(decoder, ids, mask, positions, cache) -> torch.Tensor:
@@ -163,6 +222,14 @@ _COMPILED = []  # the one compiled step (torch.compile keeps a graph per model a
 
 
 def _compiled_step():
+    """``_step`` compiled for CUDA graphs, one graph per shape bucket (``dynamic=False``: a captured
+    graph has fixed shapes anyway), with room for ``GRAPH_SHAPES`` buckets."""
     if not _COMPILED:
-        _COMPILED.append(torch.compile(_step, mode="reduce-overhead", dynamic=False, fullgraph=False))
+        compiled = torch.compile(_step, mode="reduce-overhead", dynamic=False, fullgraph=False)
+
+        def step(*args):
+            with torch._dynamo.config.patch(recompile_limit=GRAPH_SHAPES):
+                return compiled(*args)
+
+        _COMPILED.append(step)
     return _COMPILED[0]

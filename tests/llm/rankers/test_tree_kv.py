@@ -89,3 +89,32 @@ def test_padding_slots_are_never_seen(tiny_llm):
         for node in range(4):
             ref = tiny_llm.model.model(input_ids=torch.tensor([p + d.path_tokens(node)])).last_hidden_state[0, -1]
             assert torch.allclose(d.hidden_of(node), ref, atol=1e-5)
+
+
+def test_static_caches_are_pooled_so_buffers_keep_their_addresses(tiny_llm, monkeypatch):
+    """A captured graph replays only while its KV buffers stay where they were: the next decoder of the
+    same model reuses a dropped decoder's cache (and still gives eager's numbers), growth hands the
+    smaller cache back, and the pool is bounded."""
+    monkeypatch.setattr(tree_kv, "_POOL", tree_kv._CachePool())
+    tok = tiny_llm.tokenizer
+    trie = TokenTrie(answers(tok))
+    with torch.inference_mode():
+        eager = trie_logprobs(TreeDecoder(tiny_llm.model, prompt(tok)), trie)
+        first = TreeDecoder(tiny_llm.model, prompt(tok), backend="static")
+        address = first.cache.layers[0].keys.data_ptr()
+        del first  # dropped: its cache goes back to the pool
+        assert tree_kv._POOL.idle(tiny_llm.model.model) == 1
+        second = TreeDecoder(tiny_llm.model, prompt(tok), backend="static")
+        assert second.cache.layers[0].keys.data_ptr() == address and tree_kv._POOL.idle(tiny_llm.model.model) == 0
+        again = trie_logprobs(second, trie)
+        assert np.allclose([again[i] for i in range(30)], [eager[i] for i in range(30)], atol=1e-5)
+        second.kv._ensure_capacity(second.kv.capacity + 1)  # grows: the old cache is idle again
+        assert tree_kv._POOL.idle(tiny_llm.model.model) == 1
+        grown = [TreeDecoder(tiny_llm.model, prompt(tok), backend="static", reserve=300 * k) for k in range(1, 7)]
+        del grown
+        assert tree_kv._POOL.idle(tiny_llm.model.model) == tree_kv.POOLED_CACHES
+
+
+def test_same_device_ignores_a_missing_index():
+    assert tree_kv._same_device("cuda", "cuda:0") and tree_kv._same_device("cpu", torch.device("cpu"))
+    assert not tree_kv._same_device("cuda:0", "cuda:1") and not tree_kv._same_device("cpu", "cuda")
