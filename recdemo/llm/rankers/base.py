@@ -9,8 +9,11 @@ The model: ``service`` is an ``LLMService`` (``.llm``, ``.lock``, ``.use_adapter
 ``LLM`` (tests, notebooks). By default a ranker runs with whatever adapter is active in the service
 (the pipeline wraps the call in ``service.use_adapter(name)``); ``adapter=`` pins one instead.
 
-Settings (fuse, max_history, fusion_dir) come from an ``LLMConfig``: ``cfg=``, else the service's,
-else the dataclass defaults; keyword overrides replace single fields of it.
+Settings (fuse, max_history, fusion_dir, decode_backend) come from an ``LLMConfig``: ``cfg=``, else the
+service's, else the dataclass defaults; keyword overrides replace single fields of it.
+
+Tokens: a ranker keeps the ids of the short texts it encodes on every call (title lines, list numbers,
+a prompt's head) in its ``TokenCache``, so a catalog's lines are tokenized once per process.
 """
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ from typing import Sequence
 
 import torch
 
-from recdemo.llm.rankers.tree_kv import make_kv
+from recdemo.llm.rankers.tree_kv import make_kv, to_device
 
 ROOT = -1  # parent id of a token that directly follows the prompt
 
@@ -147,9 +147,9 @@ class TreeDecoder:
         width = max(len(toks) for _, toks in reads)
         cols = [[col[int(t)] for t in toks] + [0] * (width - len(toks)) for _, toks in reads]
         valid = [[True] * len(toks) + [False] * (width - len(toks)) for _, toks in reads]
-        logits = self._project(h, torch.tensor(union, device=h.device, dtype=torch.long))
-        picked = logits.gather(1, torch.tensor(cols, device=h.device))
-        picked = picked.masked_fill(~torch.tensor(valid, device=h.device), float("-inf"))
+        logits = self._project(h, to_device(union, h.device))
+        picked = logits.gather(1, to_device(cols, h.device))
+        picked = picked.masked_fill(~to_device(valid, h.device, torch.bool), float("-inf"))
         return torch.log_softmax(picked, dim=-1)
 
 

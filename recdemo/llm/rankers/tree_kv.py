@@ -56,6 +56,13 @@ def make_kv(decoder, device, backend: str = "eager", reserve: int = 0):
     return StaticKV(decoder, device, reserve, graphs=chosen == "graphs")
 
 
+def to_device(values, device, dtype=torch.long) -> torch.Tensor:
+    """A host list or tensor on ``device`` without waiting for the work queued there (a plain copy
+    to a GPU waits for the stream: a host -> device copy must not cost a sync)."""
+    t = values if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=dtype)
+    return t.to(device, non_blocking=True)
+
+
 def _mask(rows: int, width: int, n_prompt: int, anc_rows, anc_cols, dtype) -> torch.Tensor:
     """[1, 1, rows, width] additive mask: every row sees the prompt and the node columns
     ``anc_cols`` (absolute KV positions) on ``anc_rows``; everything else is hidden."""
@@ -87,9 +94,9 @@ class EagerKV:
         pairs; returns their last hidden states [len(tokens), d]."""
         n = len(tokens)
         mask = _mask(n, self.length + n, self.n_prompt, anc_rows, anc_cols, dtype)
-        out = self.decoder(input_ids=torch.tensor([tokens], device=self.device),
-                           attention_mask=mask.to(self.device), position_ids=torch.tensor([positions], device=self.device),
-                           past_key_values=self.cache, use_cache=True)
+        out = self.decoder(input_ids=to_device([tokens], self.device), attention_mask=to_device(mask, self.device),
+                           position_ids=to_device([positions], self.device), past_key_values=self.cache,
+                           use_cache=True)
         self.cache = out.past_key_values
         self.length += n
         return out.last_hidden_state[0]
@@ -154,10 +161,10 @@ class StaticKV(EagerKV):
         self._ensure_capacity(self.length + width)
         pad = width - n
         mask = _mask(width, self.capacity, self.n_prompt, anc_rows, anc_cols, dtype)
-        ids = torch.tensor([tokens + [tokens[-1]] * pad], device=self.device)
-        pos = torch.tensor([positions + [positions[-1]] * pad], device=self.device)
+        ids = to_device([tokens + [tokens[-1]] * pad], self.device)
+        pos = to_device([positions + [positions[-1]] * pad], self.device)
         self._seek(self.length)
-        hidden = self._step(self.decoder, ids, mask.to(self.device), pos, self.cache)
+        hidden = self._step(self.decoder, ids, to_device(mask, self.device), pos, self.cache)
         self.length += n
         self._seek(self.length)  # the padding's slots are free again: the next call writes over them
         return hidden[0, :n].clone()  # a captured graph's output buffer is reused by its next replay
