@@ -148,7 +148,6 @@ class StaticKV(EagerKV):
             return
         old = self.cache
         self._finalizer.detach()  # the old cache goes back to the pool after the copy, not before
-        self.cache = None
         self.cache = self._new_cache(capacity_bucket(need + self.reserve))
         self._seek(0)
         for i, layer in enumerate(old.layers):
@@ -170,10 +169,10 @@ class StaticKV(EagerKV):
         return hidden[0, :n].clone()  # a captured graph's output buffer is reused by its next replay
 
     def _seek(self, length: int) -> None:
+        """Set where the next call writes: each static layer's counter, in place (a fixed address)."""
         for layer in self.cache.layers:
-            if not layer.is_initialized:  # a fresh cache: its first write sets it up
-                continue  # the static layers write at this counter (in place: a fixed address)
-            layer.cumulative_length.fill_(length)
+            if layer.is_initialized:  # a fresh cache's first write sets it up at 0
+                layer.cumulative_length.fill_(length)
 
     def rewind(self, length: int) -> None:
         self.length = min(length, self.length)
