@@ -117,7 +117,8 @@ class LLMConfig:
     fusion_dir: str = str(PROJECT_ROOT / "checkpoints" / "fusion")  # <dataset>.json: shipped tuned weights
     fusion_cache_dir: str = str(PROJECT_ROOT / ".cache" / "fusion")  # weights tuned here, by dataset hash
     hf_token: str | None = field(default=None, repr=False)  # a secret: never in logs
-    decode_backend: str = setting("auto", "greedy decoding (llm/decode.py): auto (graphs on CUDA, eager on CPU) | "
+    decode_backend: str = setting("auto", "greedy decoding (llm/decode.py) and the rankers' tree decoding "
+                                          "(llm/rankers/tree_kv.py): auto (graphs on CUDA, eager on CPU) | "
                                           "eager | static (preallocated KV cache) | graphs (static + CUDA graphs)")
     # The prefix-KV cache of llm/decode.py (one per served model): a prefix shorter than prefix_min_tokens
     # is not worth an entry; 4,096 tokens of SmolLM2-135M's KV in bf16 are ~94 MB (a 7B model: ~2 GB).

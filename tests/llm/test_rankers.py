@@ -247,3 +247,46 @@ def test_scores_run_through_an_active_lora_adapter(tiny_tokenizer, toy_dataset, 
     assert not np.allclose(base, with_lora, atol=1e-4)
     with peft_model.disable_adapter():
         assert np.allclose(r.score_list(req).llm, base, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(RANKERS))
+def test_static_decode_backend_ranks_as_eager(name, tiny_llm, toy_dataset, pop_retriever, tmp_path):
+    req = request_for(toy_dataset, pop_retriever, user=2, n=20, k=6)
+    runs = {}
+    for backend in ("auto", "static"):  # auto: eager on CPU
+        r = ranker(name, tiny_llm, toy_dataset, pop_retriever, tmp_path, fuse=False, decode_backend=backend)
+        runs[backend] = r.score_list(req)
+    eager, static = runs["auto"], runs["static"]
+    assert static.items == eager.items
+    assert np.allclose(static.llm, eager.llm, atol=1e-5)
+    assert np.array_equal(np.argsort(-static.llm, kind="stable"), np.argsort(-eager.llm, kind="stable"))
+    if name == "score":
+        assert (eager.info["backend"], static.info["backend"]) == ("eager", "static")
+
+
+def test_token_cache_gives_the_tokenizers_ids_once(tiny_tokenizer, tiny_llm, toy_dataset, pop_retriever, tmp_path,
+                                                    monkeypatch):
+    from transformers import PreTrainedTokenizerFast
+
+    from recdemo.llm.rankers.base import TokenCache
+
+    cache = TokenCache(max_texts=4)
+    texts = [" Alpha Bravo Story (1981)\n", "1.", " Alpha Bravo Story (1981)\n", "12."]
+    fresh = tiny_tokenizer(texts, add_special_tokens=False)["input_ids"]
+    assert cache.encode(tiny_tokenizer, texts) == [tuple(t) for t in fresh]
+    assert len(cache) == 3  # one entry per distinct text
+    head = "<|im_start|>system\nhello"
+    assert cache.encode(tiny_tokenizer, [head], special=True) == [tuple(tiny_tokenizer(head)["input_ids"])]
+    cache.encode(tiny_tokenizer, ["a", "b", "c"])
+    assert len(cache) == 4  # bounded: least recently used out
+    cache.encode(PreTrainedTokenizerFast(tokenizer_object=tiny_tokenizer.backend_tokenizer), ["a"])
+    assert len(cache) == 1  # another tokenizer's ids never mix with these
+    # the score ranker's prompt: the cached pieces give exactly prompts.encode_pieces' ids
+    r = ranker("score", tiny_llm, toy_dataset, pop_retriever, tmp_path)
+    req = request_for(toy_dataset, pop_retriever, user=4, n=15)
+    assert r.prompt_ids(req) == P.encode_pieces(tiny_tokenizer, *r.pieces(req))[0]
+    calls = []
+    tok_call = type(tiny_tokenizer).__call__
+    monkeypatch.setattr(type(tiny_tokenizer), "__call__", lambda self, *a, **k: calls.append(a) or tok_call(self, *a, **k))
+    r.score_list(req)
+    assert calls == []  # a second call for the same user tokenizes nothing

@@ -9,13 +9,17 @@ The model: ``service`` is an ``LLMService`` (``.llm``, ``.lock``, ``.use_adapter
 ``LLM`` (tests, notebooks). By default a ranker runs with whatever adapter is active in the service
 (the pipeline wraps the call in ``service.use_adapter(name)``); ``adapter=`` pins one instead.
 
-Settings (fuse, max_history, fusion_dir) come from an ``LLMConfig``: ``cfg=``, else the service's,
-else the dataclass defaults; keyword overrides replace single fields of it.
+Settings (fuse, max_history, fusion_dir, decode_backend) come from an ``LLMConfig``: ``cfg=``, else the
+service's, else the dataclass defaults; keyword overrides replace single fields of it.
+
+Tokens: a ranker keeps the ids of the short texts it encodes on every call (title lines, list numbers,
+a prompt's head) in its ``TokenCache``, so a catalog's lines are tokenized once per process.
 """
 from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
@@ -30,6 +34,42 @@ from recdemo.llm.fusion_store import FusionStore, lookup_weight
 from recdemo.llm.models import LLM
 
 ACTIVE = "<active>"  # adapter sentinel: use the service's active adapter as it is
+MAX_CACHED_TEXTS = 1 << 16  # token ids of short texts (title lines, list numbers) a ranker keeps: ~5 MB
+
+
+class TokenCache:
+    """Token ids (no special tokens) of short texts a ranker encodes again and again: candidate
+    lines, history lines, list numbers. Bound to one tokenizer (a different one empties it: the ids
+    belong to it) and bounded, least recently used out. Each text is tokenized on its own, exactly as
+    a batch call tokenizes it, so cached and fresh ids are the same; misses go in one batch call."""
+
+    def __init__(self, max_texts: int = MAX_CACHED_TEXTS):
+        self.max_texts = max_texts
+        self.tokenizer = None  # held, so its identity cannot be reused by another object
+        self._ids: OrderedDict[tuple[bool, str], tuple[int, ...]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def encode(self, tokenizer, texts: list[str], special: bool = False) -> list[tuple[int, ...]]:
+        """Token ids of each text; ``special``: with the special tokens the tokenizer adds (a prompt's head)."""
+        keys = [(special, t) for t in texts]
+        with self._lock:
+            if tokenizer is not self.tokenizer:
+                self.tokenizer, self._ids = tokenizer, OrderedDict()
+            missing = list(dict.fromkeys(k for k in keys if k not in self._ids))
+            if missing:
+                encoded = tokenizer([t for _, t in missing], add_special_tokens=special)["input_ids"]
+                for key, ids in zip(missing, encoded):
+                    self._ids[key] = tuple(ids)
+            out = []
+            for key in keys:
+                self._ids.move_to_end(key)
+                out.append(self._ids[key])
+            while len(self._ids) > self.max_texts:
+                self._ids.popitem(last=False)
+            return out
 
 
 @dataclass
@@ -73,6 +113,7 @@ class Ranker:
         self.store = FusionStore(self.cfg.fusion_dir,
                                  None if "fusion_dir" in overrides else self.cfg.fusion_cache_dir)
         self.last_info: dict = {}
+        self.token_cache = TokenCache()
 
     # -- the model --
     @contextmanager
@@ -108,10 +149,19 @@ class Ranker:
         return self.line_tokens(items, lambda title: title + end)
 
     def line_tokens(self, items, line) -> list[tuple[list[int], int]]:
-        """(token ids of ``line(title)``, item) per item, with the title as prompts show it."""
-        texts = [line(P.prompt_title(self.catalog.titles[int(i)])) for i in items]
-        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-        return [(list(t), int(i)) for t, i in zip(ids, items)]
+        """(token ids of ``line(title)``, item) per item, with the title as prompts show it
+        (from the ranker's ``token_cache``: a catalog's lines are tokenized once)."""
+        items = [int(i) for i in items]
+        texts = [line(P.prompt_title(self.catalog.titles[i])) for i in items]
+        return [(list(t), i) for t, i in zip(self.token_cache.encode(self.tokenizer, texts), items)]
+
+    def encode_pieces(self, head: str, pieces) -> list[int]:
+        """``prompts.encode_pieces(tokenizer, head, pieces)[0]`` with the pieces' ids from the cache
+        (every piece is tokenized on its own there too, so the ids are the same)."""
+        ids = list(self.token_cache.encode(self.tokenizer, [head], special=True)[0])
+        for toks in self.token_cache.encode(self.tokenizer, [text for text, _ in pieces]):
+            ids.extend(toks)
+        return ids
 
     def fit(self, build, history, reserve: int = 0, size=len):
         """(history kept, ``build(history kept)``): the newest <= ``max_history`` items whose prompt

@@ -6,17 +6,25 @@ encodes the prompt once and keeps its KV cache; continuation tokens are then app
 tree (each new token names its parent). One forward call takes any number of new nodes packed into
 one row: a 4-D attention mask lets each node see the prompt and its own ancestors only, and its
 position id is its depth, so the result equals running each root-to-node path on its own after the
-prompt (tests/llm/test_rankers.py checks this against plain full forwards).
+prompt (tests/llm/test_rankers.py checks this against plain full forwards). Where the KV lives and
+how a packed call runs is the backend's (``tree_kv``: eager DynamicCache, or a static preallocated
+cache with padded calls, captured as CUDA graphs on a GPU); ``backend=`` takes the values of
+``LLMConfig.decode_backend``.
 
 Logits are computed only for the tokens a caller asks about (``logits(rows, token_ids)``):
 constrained decoding renormalises over the allowed tokens, so the 49k-way output projection
 of every position (the largest single cost for short continuations) is never needed.
+``log_softmax_many`` reads many constrained distributions with one matmul (over the union of
+their tokens) and leaves them on the device; ``trie_logprobs`` uses it, so scoring a trie costs one
+read and one device -> host transfer however many branching points it has.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
+
+from recdemo.llm.rankers.tree_kv import make_kv, to_device
 
 ROOT = -1  # parent id of a token that directly follows the prompt
 
@@ -29,7 +37,9 @@ def model_parts(model):
 
 
 class TreeDecoder:
-    def __init__(self, model, prompt_ids: Sequence[int], device=None):
+    def __init__(self, model, prompt_ids: Sequence[int], device=None, backend: str = "eager", reserve: int = 0):
+        """``backend``: eager | static | graphs | auto (``tree_kv``); ``reserve``: about how many nodes
+        the caller will add (a static cache is sized for them; it grows if the guess is short)."""
         self.decoder, self.head = model_parts(model)
         self.device = device or next(model.parameters()).device
         self.prompt = [int(t) for t in prompt_ids]
@@ -40,17 +50,26 @@ class TreeDecoder:
         self.depth: list[int] = []
         self.paths: list[list[int]] = []  # node id -> node ids from the root down to itself
         self.forwards = 0  # model calls, for benchmarks
-        ids = torch.tensor([self.prompt], device=self.device)
-        out = self.decoder(input_ids=ids, use_cache=True)
+        self.kv = make_kv(self.decoder, self.device, backend, reserve)
+        prompt_hidden = self.kv.prefill(self.prompt)
         self.forwards += 1
-        self.cache = out.past_key_values
-        self.root_hidden = out.last_hidden_state[0, -1]  # predicts the first answer token
+        self.root_hidden = prompt_hidden[-1]  # predicts the first answer token
         self.dtype = self.root_hidden.dtype
         self.hidden: list[torch.Tensor | None] = []  # node id -> last hidden state (predicts its child)
 
     @property
     def n_prompt(self) -> int:
         return len(self.prompt)
+
+    @property
+    def cache(self):
+        """The backend's transformers Cache (prompt + every node fed so far, in node-id order)."""
+        return self.kv.cache
+
+    @property
+    def backend(self) -> str:
+        """The backend that runs (``auto`` resolved; graphs without CUDA run as static)."""
+        return self.kv.backend
 
     def path_tokens(self, node: int) -> list[int]:
         return [] if node == ROOT else [self.tokens[i] for i in self.paths[node]]
@@ -81,26 +100,20 @@ class TreeDecoder:
         return new
 
     def _forward(self, new: list[int]) -> None:
-        n_past = self.cache.get_seq_length()  # prompt + every node fed so far, in node-id order
         P, first = self.n_prompt, new[0]
-        mask = torch.full((len(new), n_past + len(new)), torch.finfo(self.dtype).min, dtype=self.dtype)
-        mask[:, :P] = 0.0  # every node sees the whole prompt ...
-        for row, node in enumerate(new):
-            mask[row, [P + a for a in self.paths[node]]] = 0.0  # ... and its ancestors (itself included)
-        ids = torch.tensor([[self.tokens[i] for i in new]], device=self.device)
-        pos = torch.tensor([[P + self.depth[i] for i in new]], device=self.device)
-        assert n_past == P + first, "the cache and the node list are out of step"
-        out = self.decoder(input_ids=ids, attention_mask=mask[None, None].to(self.device), position_ids=pos,
-                           past_key_values=self.cache, use_cache=True)
+        assert self.kv.length == P + first, "the cache and the node list are out of step"
+        # (row, KV column) of every ancestor of every new node, itself included: one indexed write
+        rows = [row for row, node in enumerate(new) for _ in self.paths[node]]
+        cols = [P + a for node in new for a in self.paths[node]]
+        hidden = self.kv.extend([self.tokens[i] for i in new], [P + self.depth[i] for i in new], rows, cols,
+                                self.dtype)
         self.forwards += 1
-        self.cache = out.past_key_values
         for row, node in enumerate(new):
-            self.hidden[node] = out.last_hidden_state[0, row]
+            self.hidden[node] = hidden[row]
 
     def reset(self) -> None:
         """Drop every answer node and keep the prompt (its cache is reused as is)."""
-        if self.tokens:
-            self.cache.crop(-len(self.tokens))
+        self.kv.rewind(self.n_prompt)
         self.tokens, self.parents, self.depth, self.paths, self.hidden = [], [], [], [], []
 
     # -- reading scores --
@@ -109,7 +122,10 @@ class TreeDecoder:
         h = torch.stack([self.hidden_of(n) for n in nodes])
         if token_ids is None:
             return self.head(h).float()
-        ids = torch.as_tensor(list(token_ids), device=h.device, dtype=torch.long)
+        return self._project(h, torch.as_tensor(list(token_ids), device=h.device, dtype=torch.long))
+
+    def _project(self, h: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """``h``'s logits for the vocabulary entries ``ids`` only, in float32."""
         if type(self.head) is torch.nn.Linear:  # only the rows we need of the 49k x d projection
             out = h @ self.head.weight[ids].T
             if self.head.bias is not None:
@@ -121,6 +137,21 @@ class TreeDecoder:
         """Log-probabilities renormalised over ``token_ids`` (the constrained distribution)."""
         return torch.log_softmax(self.logits([node], token_ids)[0], dim=-1)
 
+    def log_softmax_many(self, reads: Sequence[tuple[int, Sequence[int]]]) -> torch.Tensor:
+        """``log_softmax_over(node, token_ids)`` for every (node, token_ids) in ``reads`` at once: one
+        gather of hidden states, one matmul over the union of the tokens, no host transfer.
+        Returns [len(reads), longest] on the device; row r holds read r's values first, -inf after."""
+        h = torch.stack([self.hidden_of(n) for n, _ in reads])
+        union = sorted({int(t) for _, toks in reads for t in toks})
+        col = {t: j for j, t in enumerate(union)}
+        width = max(len(toks) for _, toks in reads)
+        cols = [[col[int(t)] for t in toks] + [0] * (width - len(toks)) for _, toks in reads]
+        valid = [[True] * len(toks) + [False] * (width - len(toks)) for _, toks in reads]
+        logits = self._project(h, to_device(union, h.device))
+        picked = logits.gather(1, to_device(cols, h.device))
+        picked = picked.masked_fill(~to_device(valid, h.device, torch.bool), float("-inf"))
+        return torch.log_softmax(picked, dim=-1)
+
 
 def trie_logprobs(decoder: TreeDecoder, trie, max_nodes: int = 2048, as_tensors: bool = False) -> dict:
     """Constrained log-probability of every item in ``trie`` as the answer after the prompt:
@@ -129,40 +160,60 @@ def trie_logprobs(decoder: TreeDecoder, trie, max_nodes: int = 2048, as_tensors:
 
     Only the branching points need the model: a title is fed up to its last branch (where it
     becomes unique); what follows is forced (probability 1 under the constraint) and never run.
-    All needed nodes go through the model packed in ``ceil(nodes / max_nodes)`` forward calls."""
-    feed, index = trie_feed(trie)
-    # 2. run them (parents always come before children in ``feed``)
+    All needed nodes go through the model packed in ``ceil(nodes / max_nodes)`` forward calls; every
+    branching point's distribution is then read at once (``log_softmax_many``, one host transfer)
+    when the decoder offers it, else one ``log_softmax_over`` per branching point, in walk order."""
+    feed, index, nodes = _walk(trie)
+    # 1. run the nodes (parents always come before children in ``feed``)
     base = len(decoder.tokens)  # node ids are handed out in order: feed[j] becomes node base + j
     node_of = {ROOT: ROOT, **{j: base + j for j in range(len(feed))}}
     for start in range(0, len(feed), max_nodes):
         chunk = feed[start:start + max_nodes]
         decoder.extend([p[-1] for p, _ in chunk], [node_of[parent] for _, parent in chunk])
-    # 3. one constrained softmax per branching node, shared by every item below it
-    logp: dict[tuple[int, ...], object] = {(): 0.0}
+    # 2. one constrained softmax per branching node (every one is fed: it is in ``nodes``), shared
+    # by every item below it
+    branches = [(j, node, list(node.children)) for j, node in [(ROOT, trie.root)] + list(enumerate(nodes))
+                if len(node.children) > 1 or (node.children and node.values)]
+    lps = _read(decoder, [(node_of[j], tokens) for j, _, tokens in branches], as_tensors)
+    at = {id(node): dict(zip(tokens, row)) for (_, node, tokens), row in zip(branches, lps)}
+    # 3. every item's log-probability: the sum of the choices on its path, from the root down
     out: dict[int, object] = {}
-    stack = [((), trie.root)]
+    stack = [(trie.root, 0.0)]
     while stack:
-        path, node = stack.pop()
-        tokens = list(node.children)
-        if len(tokens) > 1 or (tokens and node.values):
-            lps = decoder.log_softmax_over(node_of[index[path]], tokens)
-            lps = lps.unbind(0) if as_tensors else lps.tolist()
-        else:
-            lps = [0.0] * len(tokens)
+        node, logp = stack.pop()
         for v in node.values:
-            out[v] = logp[path]
-        for t, lp in zip(tokens, lps):
-            cpath = path + (t,)
-            logp[cpath] = logp[path] + lp
-            stack.append((cpath, node.children[t]))
+            out[v] = logp
+        choices = at.get(id(node))
+        for t, child in node.children.items():
+            stack.append((child, logp + choices[t] if choices else logp))
     return out
+
+
+def _read(decoder, reads: list[tuple[int, list[int]]], as_tensors: bool) -> list[list]:
+    """Each read's log-probabilities: floats (one host transfer), or tensors that keep the graph."""
+    if not reads:
+        return []
+    if hasattr(decoder, "log_softmax_many"):
+        rows = decoder.log_softmax_many(reads)
+        if as_tensors:
+            return [rows[r, :len(toks)].unbind(0) for r, (_, toks) in enumerate(reads)]
+        values = rows.tolist()  # the one device -> host transfer
+        return [values[r][:len(toks)] for r, (_, toks) in enumerate(reads)]
+    rows = [decoder.log_softmax_over(node, toks) for node, toks in reads]  # a stand-in decoder (batch_score)
+    return [row.unbind(0) if as_tensors else row.tolist() for row in rows]
 
 
 def trie_feed(trie) -> tuple[list[tuple[tuple[int, ...], int]], dict[tuple[int, ...], int]]:
     """The nodes ``trie_logprobs`` runs: every prefix that ends at (or above) a branching point, as
     (token path, index of its parent in the list), parents first; and path -> index (ROOT for ())."""
+    return _walk(trie)[:2]
+
+
+def _walk(trie):
+    """``trie_feed``'s two results and, per feed entry, its trie node."""
     feed: list[tuple[tuple[int, ...], int]] = []
     index: dict[tuple[int, ...], int] = {(): ROOT}
+    nodes: list = []
     stack = [((), trie.root)]
     while stack:
         path, node = stack.pop()
@@ -171,8 +222,9 @@ def trie_feed(trie) -> tuple[list[tuple[tuple[int, ...], int]], dict[tuple[int, 
             if _branches_below(child):
                 index[cpath] = len(feed)
                 feed.append((cpath, index[path]))
+                nodes.append(child)
                 stack.append((cpath, child))
-    return feed, index
+    return feed, index, nodes
 
 
 def _branches_below(node) -> bool:

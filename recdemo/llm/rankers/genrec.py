@@ -71,7 +71,8 @@ class GenRecRanker(Ranker):
                 trie.remove(h)
             try:
                 prompt_ids = self.fitted(req)[1]
-                decoder = TreeDecoder(llm.model, prompt_ids, device=llm.device)
+                decoder = TreeDecoder(llm.model, prompt_ids, device=llm.device,
+                                      backend=self.cfg.decode_backend)
                 found = beam_titles(decoder, trie, req.k)
             finally:
                 for h, path in seen.items():

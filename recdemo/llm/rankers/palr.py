@@ -57,7 +57,8 @@ class PALRRanker(Ranker):
         with self.session() as (llm, adapter):
             prompt_ids = self.fitted(req, out.items)[1]
             trie = TokenTrie(self.answer_tokens(out.items, P.TITLE_SEPARATOR))
-            decoder = TreeDecoder(llm.model, prompt_ids, device=llm.device)
+            decoder = TreeDecoder(llm.model, prompt_ids, device=llm.device,
+                                  backend=self.cfg.decode_backend)
             emitted = greedy_titles(decoder, trie, req.k)
         return _scored(out, emitted, {"adapter": adapter, "prompt_tokens": len(prompt_ids),
                                       "generated_tokens": len(decoder.tokens), "forwards": decoder.forwards},

@@ -67,7 +67,8 @@ class TALLRecRanker(Ranker):
             yes, no = self.answer_ids()
             prompts = self.fit_prompts(req, out.items)[1]
             n_shared = shared_prefix_length(prompts)
-            decoder = TreeDecoder(llm.model, prompts[0][:n_shared], device=llm.device)
+            decoder = TreeDecoder(llm.model, prompts[0][:n_shared], device=llm.device,
+                                  backend=self.cfg.decode_backend)
             p_yes: dict[int, float] = {}
             tree_tokens = 0
             for group in _groups([p[n_shared:] for p in prompts], MAX_NODES_PER_CALL):
