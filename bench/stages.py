@@ -7,7 +7,8 @@ For each of --users real held-out users (the last --history items of their train
 default, as in issue 17's measurement), ``Recommender.recommend_stages`` runs with the configured LLM
 (SmolLM2-135M on CPU by default) and the dataset's shipped adapter ("auto"). The seconds from the
 call to each yielded state are recorded: "retrieval" (SASRec's provisional top-10, the first state the
-page shows), "profile", "rerank", each "explain" group, and "done" (the final answer). The profile and
+page shows), "profile", "rerank", each "explain" state (a card, or the cards whose rows finished in the same decode
+step), and "done" (the final answer); the order of profile and rerank depends on the ranker. The profile and
 explanation caches are cleared before every user, so no answer is a cache hit; one warm-up request
 is not counted. Prints a table (p50 / p90 per stage) with the load average, and with --out writes
 stages-<dataset>-<ranker>.json there. Nothing is asserted: targets live in the issue, figures here.
@@ -61,7 +62,7 @@ def time_stages(rec, history: list[str], ranker: str) -> list[tuple[str, float]]
 
 
 def summarise(runs: list[list[tuple[str, float]]]) -> dict:
-    """p50/p90 seconds per stage name (an "explain" stage: its first and last group)."""
+    """p50/p90 seconds per stage name (the "explain" states: the first and the last explained card)."""
     by_stage: dict[str, list[float]] = {}
     for run in runs:
         explains = [s for name, s in run if name == "explain"]
@@ -69,8 +70,8 @@ def summarise(runs: list[list[tuple[str, float]]]) -> dict:
             if name != "explain":
                 by_stage.setdefault(name, []).append(s)
         if explains:
-            by_stage.setdefault("first explanation group", []).append(explains[0])
-            by_stage.setdefault("last explanation group", []).append(explains[-1])
+            by_stage.setdefault("first explanation", []).append(explains[0])
+            by_stage.setdefault("last explanation", []).append(explains[-1])
     return {name: {"p50": float(np.percentile(v, 50)), "p90": float(np.percentile(v, 90)), "n": len(v)}
             for name, v in by_stage.items()}
 

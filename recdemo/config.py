@@ -106,7 +106,7 @@ class LLMConfig:
     fuse: bool = True  # fuse the LLM score with SASRec's (weight chosen on validation)
     # Concurrent requests share model calls (llm/coalesce.py); these bound one shared call's memory:
     # prompts in one batched generate (explanations: explain_group per request and call, + the profile's
-    # keyword line for rankers that do not read the profile; any stop settings, one adapter), requests in one
+    # keyword and summary rows for rankers that do not read the profile; any stop settings, one adapter), requests in one
     # batched rerank (each up to limits.max_candidates candidates).
     coalesce_rows: int = 64
     coalesce_reranks: int = 16

@@ -400,21 +400,29 @@ class ProfileGenerator:
                 self._cache.move_to_end(key)
                 return ProfileDraft(hist, key, profile=self._cache[key])
         prompt = self.prompt(hist)
-        ids = list(self.service.llm.tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        return ProfileDraft(hist, key, prompt, ids, keywords=self.keyword_pass([ids]))
+        tok = self.service.llm.tokenizer
+        ids = list(tok(prompt, add_special_tokens=False)["input_ids"])
+        # The summary row cannot wait for the keyword row in a shared call, so it continues the
+        # history's own grounded keywords (its most frequent attributes) instead of the model's line.
+        grounded = ", ".join(k.text for k in heuristic_keywords(self.catalog, hist))
+        return ProfileDraft(hist, key, prompt, ids, keywords=self.keyword_pass([ids]),
+                            summary=self.summary_pass(tok, [ids], [grounded]))
 
-    def finish(self, draft: "ProfileDraft", keyword_text: str | None, adapter: str | None = None) -> Profile:
-        """The profile from the keyword pass's text (``draft.keywords`` run elsewhere): the summary pass
-        (its own small call, continuing the cached KV of the prompt), then parsed and grounded.
-        Without that text (the shared call failed) the profile is written as ``generate`` writes it."""
+    def finish(self, draft: "ProfileDraft", keyword_text: str | None, adapter: str | None = None,
+               summary_text: str | None = None) -> Profile:
+        """The profile from the keyword pass's text (``draft.keywords`` run elsewhere) and, when
+        ``draft.summary`` ran in the same call, its ``summary_text``; else the summary pass runs here
+        (its own small call, continuing the cached KV of the prompt). Then parsed and grounded.
+        Without the keyword text (the shared call failed) the profile is written as ``generate`` writes it."""
         if draft.profile is not None:
             return draft.profile
         if keyword_text is None:
             return self._build(draft, self._writes.submit(adapter, draft.prompt))
         line = keyword_text.split("\n")[0]
-        tok = self.service.llm.tokenizer
-        summary = self.service.run([self.summary_pass(tok, [draft.ids], [line])], adapter)[0][0]
-        return self._build(draft, self._answer(line, summary))
+        if summary_text is None:
+            tok = self.service.llm.tokenizer
+            summary_text = self.service.run([self.summary_pass(tok, [draft.ids], [line])], adapter)[0][0]
+        return self._build(draft, self._answer(line, summary_text))
 
     def _build(self, draft: "ProfileDraft", raw: str) -> Profile:
         """Parse, ground and cache the model's answer."""
@@ -479,6 +487,7 @@ class ProfileDraft:
     prompt: str = ""
     ids: list[int] = field(default_factory=list)
     keywords: Generation | None = None  # the keyword pass, for the caller to run
+    summary: Generation | None = None  # the summary pass after the history's grounded keywords, to run beside it
     profile: Profile | None = None
 
 

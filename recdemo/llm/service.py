@@ -169,8 +169,8 @@ class LLMService:
 
     def stream(self, generations: list["Generation"], adapter: str | None = None
                ) -> Iterator[list[tuple[int, int, str]]]:
-        """``run`` as it goes: yields the rows finished since the last yield, [(generation, row, text)],
-        as they finish (rows finishing in the same decode step come together); then ends, or raises the
+        """``run`` as it goes: yields each row as it finishes, [(generation, row, text)], one row per
+        yield in the order they finished; then ends, or raises the
         call's error. The call runs in a thread of its own, so the caller may yield (a page update)
         while the model decodes (a caller holding ``lock`` gets every row at the end instead); every
         row is reported once."""
@@ -193,9 +193,9 @@ class LLMService:
         threading.Thread(target=work, name="llm-stream", daemon=True).start()
         seen: set = set()
         while True:
+            # one row per yield, however fast the decoder runs: what the caller sees does not depend
+            # on thread timing (draining the queue here made the number of page updates vary)
             got = [finished.get()]
-            while not finished.empty():
-                got.append(finished.get())
             rows = [r for r in got if r[0] is not end and (r[0], r[1]) not in seen]
             seen.update((g, i) for g, i, _ in rows)
             if rows:

@@ -5,8 +5,9 @@
 ``Recommender.recommend_stages`` runs the stages, times each, and yields a ``records.Recommendation``
 (JSON-friendly via ``to_dict()``) as each stage finishes and as each explanation is checked (the page
 and /recommend_stream show them as they come); ``recommend`` is its last state. A ranker that does
-not read the profile (score) ranks right after retrieval, and the profile's keyword line shares the
-explanations' decoder call (the profile is shown last). Thread-safe: retrieval runs outside
+not read the profile (score) ranks right after retrieval, and the profile's two rows (its keyword
+line, and its summary after the history's grounded keywords) share the explanations' decoder call
+(the profile is shown last). Thread-safe: retrieval runs outside
 the model lock; every model call holds ``service.lock`` through ``service.use_adapter`` (the app
 serves several users from one model while a fine-tune runs). Concurrent requests share model calls
 (llm/coalesce.py): their profiles and explanations through ``LLMService`` (``run``/``stream``), their reranks (rankers with
@@ -63,6 +64,7 @@ class _Run:
     explanations: dict[int, Explanation] = field(default_factory=dict)
     explain_failed: bool = False
     keyword_line: str | None = None  # the profile's keyword pass, when written in the explanations' call
+    summary_line: str | None = None  # and its summary row, written in the same call
     profile_draft_s: float = 0.0  # time spent on that profile before the call (its prompt)
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -211,7 +213,7 @@ class Recommender:
         requests' model work), "profile", "rerank", "explain" (as each card's sentence is checked;
         at most ``explain_group`` rows per decoder call), and "done" (with the total time). For a
         ranker whose prompt has no profile the profile comes after the explanations (its keyword
-        line is written in their call); palr and steered reruns get it before the rerank.
+        line and summary are written in their call); palr and steered reruns get it before the rerank.
         Everything is checked before any state is yielded.
 
         ``profile_edit`` (``steering.ProfileEdit`` or its dict): the user's edit of the profile, sent
@@ -219,8 +221,8 @@ class Recommender:
         the user is not interested in, left out of the candidates (the top-k refills from the rest)."""
         run = self._start(history, ranker, n_candidates, k, adapter, exclude, profile_edit)
         yield self._state(run, "retrieval")
-        # The profile's keyword pass rides in the explanations' decoder call when the ranker does not
-        # read the profile (score): rerank, then explanations + keyword line, then the summary.
+        # The profile's two rows ride in the explanations' decoder call when the ranker does not read
+        # the profile (score): rerank, then explanations + keyword line + summary, then the profile.
         merged = with_profile and run.edit is None and with_explanations and not self._reads_profile(run)
         if (with_profile or run.edit is not None) and not merged:
             self._profile_stage(run)
@@ -303,11 +305,12 @@ class Recommender:
             run.profile_draft_s = time.perf_counter() - t  # counted when the profile is there
 
     def _profile_stage(self, run: "_Run", draft=None) -> None:
-        """The profile (``draft``: its keyword line was written in the explanations' call, in
-        ``run.keyword_line``; only the summary is left)."""
+        """The profile (``draft``: its rows were written in the explanations' call, in
+        ``run.keyword_line`` and ``run.summary_line``; parsing and grounding are left)."""
         t = time.perf_counter()
         try:
-            run.profile = (self.profiles.finish(draft, run.keyword_line) if draft is not None
+            run.profile = (self.profiles.finish(draft, run.keyword_line, summary_text=run.summary_line)
+                           if draft is not None
                            else self.profiles.generate(run.hist))
         except Exception as e:  # noqa: BLE001 - a profile is helpful, not essential
             log.warning("profile generation failed", exc_info=True)
@@ -349,25 +352,29 @@ class Recommender:
             return [list(rk.rank(reqs[0]))] if len(reqs) == 1 else rank_batch(rk, reqs)
 
     def _explain_stage(self, run: "_Run", items: list[int], draft=None) -> Iterator[Recommendation]:
-        """Explanations of ``items``, an "explain" state as each card's sentence is checked (cards whose
-        rows finish in the same decode step come together). Those of this history written before (a
-        steering rerun keeps most cards) come from the cache; only the new ones cost model time.
-        ``draft``: a profile whose keyword pass joins this call (its line lands in ``run.keyword_line``)."""
+        """Explanations of ``items``, an "explain" state as each card's sentence is checked (one card per
+        state, in the order their rows finish). Those of this history written before (a steering rerun
+        keeps most cards) come from the cache; only the new ones cost model time. ``draft``: a profile
+        whose two rows join this call (their texts land in ``run.keyword_line`` / ``run.summary_line``)."""
         t = time.perf_counter()
         key = (tuple(run.hist), self.service.llm.name)
         with self._explain_lock:
             cached = {i: self._explained[(key, i)] for i in items if (key, i) in self._explained}
         run.explanations.update(cached)
         todo = [i for i in items if i not in cached]
-        extra = [draft.keywords] if draft is not None and draft.keywords is not None else []
+        # the profile's two rows (keyword line; summary after the history's grounded keywords) ride along
+        extra = [draft.keywords, draft.summary] if draft is not None and draft.keywords is not None else []
         if (todo and not run.explain_failed) or extra:
             try:
                 plan = self.explainer.plan([(run.hist, todo if not run.explain_failed else [])])
                 generations = ([plan.generation()] if plan.prompts else []) + extra
                 for rows in self.service.stream(generations):
                     found = [plan.judge(i, text) for g, i, text in rows if g == 0 and plan.prompts]
-                    run.keyword_line = next((text for g, _, text in rows if g == len(generations) - 1 and extra),
-                                            run.keyword_line)
+                    for g, _, text in rows if extra else ():
+                        if g == len(generations) - 2:
+                            run.keyword_line = text
+                        elif g == len(generations) - 1:
+                            run.summary_line = text
                     self._remember(key, found)
                     run.explanations.update({e.index: e for e in found})
                     if found:

@@ -417,7 +417,8 @@ def test_smollm2_movielens_recommend_end_to_end():
 # -- streaming (issue 17): the stages in order, the last one is recommend's answer --
 def test_stages_come_in_order_and_the_last_is_recommends_answer(rec, toy_dataset, monkeypatch):
     """A ranker whose prompt has no profile (score, this one): rerank first, then the explanations (the
-    profile's keyword line shares their decoder call), each card as its row finishes, then the profile."""
+    profile's keyword line and summary share their decoder call), each card as its row finishes, then the
+    profile."""
     import recdemo.llm.explain as explain
 
     monkeypatch.setattr(explain, "sentence_done", lambda text: len(text) > 8)  # rows end at different steps
@@ -430,7 +431,7 @@ def test_stages_come_in_order_and_the_last_is_recommends_answer(rec, toy_dataset
     names = [s.stage for s in states]
     assert names[:2] == ["retrieval", "rerank"] and names[-2:] == ["profile", "done"]
     assert set(names[2:-2]) == {"explain"} and len(names) - 4 >= 2  # several explain states
-    assert calls[:2] == [6, 1]  # 5 explanation rows + the keyword line in one call, then the summary
+    assert calls == [7]  # 5 explanation rows + the profile's keyword line and summary: one call
     first, reranked = states[:2]
     cand_idx = [c["index"] for c in first.candidates]
     # provisional: SASRec's own top-k, nothing from the model yet
