@@ -167,18 +167,20 @@ class LLMService:
             return [[] for _ in generations]
         return self.generations.submit(adapter, _Job(generations, on_row), rows=rows)
 
-    def stream(self, generations: list["Generation"], adapter: str | None = None
+    def stream(self, generations: list["Generation"], adapter: str | None = None, live: bool = True
                ) -> Iterator[list[tuple[int, int, str]]]:
         """``run`` as it goes: yields each row as it finishes, [(generation, row, text)], one row per
         yield in the order they finished; then ends, or raises the
         call's error. The call runs in a thread of its own, so the caller may yield (a page update)
         while the model decodes (a caller holding ``lock`` gets every row at the end instead); every
-        row is reported once."""
-        if self.lock._is_owned():  # the caller holds the model: a thread would wait for it forever
+        row is reported once. ``live=False``: the call runs in the caller's thread and the rows come
+        when it ends, in the order they finished (no thread: on a CPU a second thread running the
+        model measured slower; for callers that show nothing before the end)."""
+        if not live or self.lock._is_owned():  # holding the model, a thread would wait for it forever
             done: list = []
             self.run(generations, adapter, on_row=lambda g, i, text: done.append((g, i, text)))
-            if done:
-                yield list({(g, i): (g, i, t) for g, i, t in done}.values())
+            for row in {(g, i): (g, i, t) for g, i, t in done}.values():
+                yield [row]
             return
         finished: queue.Queue = queue.Queue()
         end = object()

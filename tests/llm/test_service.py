@@ -220,6 +220,24 @@ def test_stream_yields_rows_as_they_finish_then_ends(tiny_service):
     assert got == sorted([(0, 0, want[0][0])] + [(1, i, t) for i, t in enumerate(want[1])])
 
 
+def test_stream_not_live_runs_in_the_callers_thread_with_the_same_rows(tiny_service, monkeypatch):
+    """live=False (the /recommend API, ``Recommender.recommend``): no second thread runs the model,
+    and the rows are those of a live stream, one per yield, in the order they finished."""
+    short = tiny_service.generation(["Keywords: Comedy"], max_new_tokens=1)
+    long = tiny_service.generation(["Castle", "Summary"], max_new_tokens=8)
+    live = list(tiny_service.stream([short, long]))
+    threads = []
+    inner = tiny_service.decoder.generate
+    monkeypatch.setattr(tiny_service.decoder, "generate",
+                        lambda *a, **kw: threads.append(threading.current_thread()) or inner(*a, **kw))
+    quiet = list(tiny_service.stream([short, long], live=False))
+    assert threads == [threading.current_thread()]
+    assert all(len(part) == 1 for part in quiet) and quiet[0] == live[0]
+    assert sorted(r for part in quiet for r in part) == sorted(r for part in live for r in part)
+    list(tiny_service.stream([short, long]))  # live: the model runs in a thread of its own
+    assert len(threads) == 2 and threads[1] is not threading.current_thread()
+
+
 def test_stream_raises_the_calls_error_and_runs_at_once_under_the_lock(tiny_service, monkeypatch):
     gen = tiny_service.generation(["Castle", "Summary"], max_new_tokens=3)
     want = tiny_service.run([gen])
