@@ -21,7 +21,8 @@ class FakeRecommender:
     def __init__(self, name: str = "movielens-small", titles=TITLES, fail_with: Exception | None = None):
         self.name = name
         self.titles = list(titles)
-        self.attrs = [(GENRES[i % 5], GENRES[(i + 2) % 5]) for i in range(len(self.titles))]
+        # 1 to 3 genres an item: a reordered card list then shrinks some cards' lists (the streamed diffs)
+        self.attrs = [tuple(GENRES[(i + 2 * j) % 5] for j in range(1 + i % 3)) for i in range(len(self.titles))]
         self.fail_with = fail_with
         self.calls = []
         self.live = []  # recommend_stages' live flag per call (the /recommend API asks for False)

@@ -11,7 +11,7 @@ import threading
 
 from recdemo.config import Config
 from recdemo.app.context import AppContext
-from recdemo.app import render
+from recdemo.app import render, stream_diff
 from recdemo.app.ui import build_ui
 
 log = logging.getLogger("recdemo.app")
@@ -25,6 +25,7 @@ def build(cfg: Config | None = None, ctx: AppContext | None = None, warmup: bool
     if warmup:
         ctx.start_warmup()
     demo = build_ui(ctx)
+    stream_diff.install()  # streamed states whose lists shrink (cards reordered) must reach the clients
     # A fine-tune runs on its own thread (jobs.py). Recommend events share one concurrency limit
     # (ctx.recommend_concurrency, from the config): concurrent requests run together and their model
     # calls are batched (llm/coalesce.py); the other events are light.
