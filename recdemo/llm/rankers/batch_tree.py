@@ -30,7 +30,7 @@ from typing import Generator, Sequence
 
 import torch
 
-from recdemo.llm.rankers.decoding import ROOT, model_parts
+from recdemo.llm.rankers.decoding import ROOT, constrained_log_softmax, model_parts
 
 NO_LIMIT = 1 << 30
 
@@ -169,23 +169,7 @@ class BatchTreeDecoder:
         if not reads:
             return []
         h = torch.stack([self.hidden_of(row, node) for row, node, _ in reads])
-        union = sorted({int(t) for _, _, toks in reads for t in toks})
-        col = {t: j for j, t in enumerate(union)}
-        width = max(len(toks) for _, _, toks in reads)
-        cols = torch.zeros((len(reads), width), dtype=torch.long)
-        valid = torch.zeros((len(reads), width), dtype=torch.bool)
-        for r, (_, _, toks) in enumerate(reads):
-            cols[r, : len(toks)] = torch.tensor([col[int(t)] for t in toks], dtype=torch.long)
-            valid[r, : len(toks)] = True
-        union_ids = torch.tensor(union, device=h.device, dtype=torch.long)
-        if type(self.head) is torch.nn.Linear:  # only the rows needed of the vocab x d projection
-            logits = h @ self.head.weight[union_ids].T
-            if self.head.bias is not None:
-                logits = logits + self.head.bias[union_ids]
-        else:  # a wrapped head (e.g. LoRA on lm_head): the full projection
-            logits = self.head(h)[:, union_ids]
-        picked = logits.float().gather(1, cols.to(h.device)).masked_fill(~valid.to(h.device), float("-inf"))
-        lps = torch.log_softmax(picked, dim=-1).cpu()  # the one device -> host transfer
+        lps = constrained_log_softmax(self.head, h, [toks for _, _, toks in reads]).cpu()  # the one transfer
         return [lps[r, : len(toks)] for r, (_, _, toks) in enumerate(reads)]
 
 

@@ -122,16 +122,7 @@ class TreeDecoder:
         h = torch.stack([self.hidden_of(n) for n in nodes])
         if token_ids is None:
             return self.head(h).float()
-        return self._project(h, torch.as_tensor(list(token_ids), device=h.device, dtype=torch.long))
-
-    def _project(self, h: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """``h``'s logits for the vocabulary entries ``ids`` only, in float32."""
-        if type(self.head) is torch.nn.Linear:  # only the rows we need of the 49k x d projection
-            out = h @ self.head.weight[ids].T
-            if self.head.bias is not None:
-                out = out + self.head.bias[ids]
-            return out.float()
-        return self.head(h)[:, ids].float()  # a wrapped head (e.g. LoRA on lm_head): full projection
+        return project(self.head, h, torch.as_tensor(list(token_ids), device=h.device, dtype=torch.long))
 
     def log_softmax_over(self, node: int, token_ids: Sequence[int]) -> torch.Tensor:
         """Log-probabilities renormalised over ``token_ids`` (the constrained distribution)."""
@@ -142,15 +133,31 @@ class TreeDecoder:
         gather of hidden states, one matmul over the union of the tokens, no host transfer.
         Returns [len(reads), longest] on the device; row r holds read r's values first, -inf after."""
         h = torch.stack([self.hidden_of(n) for n, _ in reads])
-        union = sorted({int(t) for _, toks in reads for t in toks})
-        col = {t: j for j, t in enumerate(union)}
-        width = max(len(toks) for _, toks in reads)
-        cols = [[col[int(t)] for t in toks] + [0] * (width - len(toks)) for _, toks in reads]
-        valid = [[True] * len(toks) + [False] * (width - len(toks)) for _, toks in reads]
-        logits = self._project(h, to_device(union, h.device))
-        picked = logits.gather(1, to_device(cols, h.device))
-        picked = picked.masked_fill(~to_device(valid, h.device, torch.bool), float("-inf"))
-        return torch.log_softmax(picked, dim=-1)
+        return constrained_log_softmax(self.head, h, [toks for _, toks in reads])
+
+
+def project(head, h: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """``h``'s logits for the vocabulary entries ``ids`` only, in float32."""
+    if type(head) is torch.nn.Linear:  # only the rows we need of the 49k x d projection
+        out = h @ head.weight[ids].T
+        if head.bias is not None:
+            out = out + head.bias[ids]
+        return out.float()
+    return head(h)[:, ids].float()  # a wrapped head (e.g. LoRA on lm_head): full projection
+
+
+def constrained_log_softmax(head, h: torch.Tensor, allowed: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Row r of ``h`` renormalised over its ``allowed[r]`` tokens: one matmul over the union of the
+    tokens, no host transfer (``TreeDecoder`` and ``BatchTreeDecoder`` read through it).
+    Returns [rows, longest] on the device; row r holds its values first, -inf after."""
+    union = sorted({int(t) for toks in allowed for t in toks})
+    col = {t: j for j, t in enumerate(union)}
+    width = max(len(toks) for toks in allowed)
+    cols = [[col[int(t)] for t in toks] + [0] * (width - len(toks)) for toks in allowed]
+    valid = [[True] * len(toks) + [False] * (width - len(toks)) for toks in allowed]
+    picked = project(head, h, to_device(union, h.device)).gather(1, to_device(cols, h.device))
+    picked = picked.masked_fill(~to_device(valid, h.device, torch.bool), float("-inf"))
+    return torch.log_softmax(picked, dim=-1)
 
 
 def trie_logprobs(decoder: TreeDecoder, trie, max_nodes: int = 2048, as_tensors: bool = False) -> dict:
