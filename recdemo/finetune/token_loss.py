@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from recdemo.llm.models import model_parts
+
 
 def collate(encoded: list[dict], pad_id: int, device) -> dict:
     """Right-pad a micro-batch; padding is masked out of attention and of the loss."""
@@ -31,8 +33,11 @@ def _answer_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     first = int(answer.float().argmax(dim=1).min()) if bool(answer.any()) else labels.shape[1] - 1
     first = max(first, 1)  # position first-1 predicts token first
     keep = labels.shape[1] - first + 1
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   logits_to_keep=keep).logits[:, :-1]
+    decoder, head = model_parts(model)
+    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    # contiguous before the projection: a strided 3-D input to a frozen head makes torch.matmul copy
+    # the 49k x d weight once per row (models.model_parts); the validation pass runs without gradients
+    logits = head(hidden[:, -keep:-1].contiguous())
     return logits.float(), labels[:, first:]
 
 

@@ -31,6 +31,19 @@ class LLM:
         return f"{self.name} on {self.device.type} ({str(self.dtype).replace('torch.', '')})"
 
 
+def model_parts(model):
+    """(decoder stack, output projection) of a causal LM, also through a peft wrapper (peft injects
+    LoRA layers in place, so the decoder runs with the active adapter).
+
+    Why callers project hidden states themselves instead of calling the LM: the LM projects
+    ``hidden[:, -k:]``, a strided view, and for a 3-D strided input whose weight does not require a
+    gradient (every served model with a frozen adapter) ``torch.matmul`` copies the 49k x d weight
+    once per batch row (``expand`` + ``bmm``): ~56 MB a row for SmolLM2, 3.1 s of copying for a 24-row
+    prefill on 2 cores, against 7 ms for the same projection of a contiguous 2-D input."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings()
+
+
 def pick_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

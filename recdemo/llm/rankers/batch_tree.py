@@ -30,7 +30,8 @@ from typing import Generator, Sequence
 
 import torch
 
-from recdemo.llm.rankers.decoding import ROOT, constrained_log_softmax, model_parts
+from recdemo.llm.models import model_parts
+from recdemo.llm.rankers.decoding import ROOT, constrained_log_softmax
 
 NO_LIMIT = 1 << 30
 

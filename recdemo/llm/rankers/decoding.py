@@ -24,16 +24,10 @@ from typing import Sequence
 
 import torch
 
+from recdemo.llm.models import model_parts
 from recdemo.llm.rankers.tree_kv import make_kv, to_device
 
 ROOT = -1  # parent id of a token that directly follows the prompt
-
-
-def model_parts(model):
-    """(decoder stack, output projection) of a causal LM, also through a peft wrapper
-    (peft injects LoRA layers in place, so the decoder runs with the active adapter)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.get_decoder(), base.get_output_embeddings()
 
 
 class TreeDecoder:
