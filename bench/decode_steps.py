@@ -19,9 +19,10 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import recdemo  # noqa: E402,F401  (sets OpenMP defaults before torch loads: config.OPENMP_DEFAULTS)
+import torch  # noqa: E402
+
 KEYS = ("calls", "rows", "decode_steps", "decode_rows", "prefill_tokens", "cached_tokens", "new_tokens")
 
 

@@ -23,10 +23,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import recdemo  # noqa: E402,F401  (sets OpenMP defaults before torch loads: config.OPENMP_DEFAULTS)
+import torch  # noqa: E402
 
 # LLaMA-7B (Touvron et al. 2023): d=4096, 32 layers, 32 heads, MLP 11008, vocab 32000, RMSNorm eps 1e-6.
 LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,

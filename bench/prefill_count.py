@@ -20,10 +20,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import recdemo  # noqa: E402,F401  (sets OpenMP defaults before torch loads: config.OPENMP_DEFAULTS)
+import torch  # noqa: E402
 
 
 def old_cost(calls: list[list[list[int]]]) -> list[int]:

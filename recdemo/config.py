@@ -246,6 +246,26 @@ class LogConfig:
     debug: bool = False  # the CLI shows a failure's traceback, not just its message (RECDEMO_DEBUG)
 
 
+# OpenMP, torch's CPU threads: libgomp reads these once, when torch loads it, so they are set before
+# (recdemo/__init__.py). When a process has more OpenMP threads than CPUs (a server: every request
+# thread that runs the model gets a team of its own), libgomp's default wait spins ~100 times before a
+# worker sleeps, and every small op of a decode step then waits for a wake-up: on 2 cores the same
+# request took 2.9 s in a worker thread against 2.1 s in the main thread. ACTIVE makes that spin 1,000;
+# GOMP_SPINCOUNT keeps the uncontended spin at libgomp's default (ACTIVE alone spins for minutes, and
+# an idle team then holds a core). A user's own setting of either wins.
+OPENMP_DEFAULTS = {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "300000"}
+
+
+def set_openmp_defaults(env: dict | None = None) -> dict[str, str]:
+    """Put ``OPENMP_DEFAULTS`` into ``env`` (os.environ) unless either variable is set already;
+    returns what it set. Only a process that has not loaded torch yet feels it."""
+    env = os.environ if env is None else env
+    if any(var in env for var in OPENMP_DEFAULTS):
+        return {}
+    env.update(OPENMP_DEFAULTS)
+    return dict(OPENMP_DEFAULTS)
+
+
 # env var -> config field: the only env vars the project reads (standard HF_TOKEN / PORT included).
 ENV_VARS = {
     "RECDEMO_DATA_DIR": ("data", "root"),

@@ -65,3 +65,21 @@ def test_limits_check(name, what):
     with pytest.raises(ValueError, match=f"number of {what} must be at least 1, got 0"):
         limits.check(name, 0, what)
     assert limits.check(name, 0, what, minimum=0) == 0
+
+
+def test_openmp_defaults_are_set_before_torch_and_never_over_a_users_choice():
+    import subprocess
+    import sys
+
+    from recdemo.config import OPENMP_DEFAULTS, set_openmp_defaults
+
+    env = {}
+    assert set_openmp_defaults(env) == OPENMP_DEFAULTS and env == OPENMP_DEFAULTS
+    mine = {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert set_openmp_defaults(mine) == {} and mine == {"OMP_WAIT_POLICY": "PASSIVE"}
+    # importing the package sets them in a fresh process, before anything can load torch
+    clean = {k: v for k, v in __import__("os").environ.items() if k not in OPENMP_DEFAULTS}
+    out = subprocess.run([sys.executable, "-c", "import recdemo, os, sys; "
+                          "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)"],
+                         env=clean, capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["ACTIVE", "False"]

@@ -215,7 +215,7 @@ def run_stages(ctx: AppContext, history: list[str], dataset: str, ranker: str, a
                model_wait: float = 0.0, profile_edit=None, exclude=(), live: bool = True) -> Iterator[dict]:
     """``run_recommendation`` as it grows: one JSON-safe state per finished stage, the last one
     ("stage": "done") equal to ``run_recommendation``'s answer. Raises like it. ``live=False``: the
-    cards' explanations come together at the end, sooner (``Recommender.recommend_stages``)."""
+    cards' explanations come together at the end (``Recommender.recommend_stages``)."""
     adapter = _adapter_arg(ctx, adapter, session)  # a path: refused here, nothing on disk is read
     rec, history, n_candidates, k = _prepared(ctx, history, dataset, ranker, n_candidates, k, wait, session,
                                               model_wait)

@@ -102,7 +102,7 @@ def _add_api(ctx: AppContext, default: str) -> None:
         """Recommendations for a history of item titles (oldest first): profile, SASRec candidates
         and the reranked top-k with explanations. Steering: ``profile_edit`` {"keywords": [...],
         "summary": "..."} replaces the LLM's profile; ``exclude``: catalog indices not to recommend."""
-        final = None  # only the final JSON is returned: no live rows (live=False is faster on a CPU)
+        final = None  # only the final JSON is returned: no live rows (live=False)
         for final in answers(history, dataset, ranker, adapter, n_candidates, k, profile_edit, exclude, live=False):
             pass
         return final

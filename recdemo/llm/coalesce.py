@@ -1,9 +1,11 @@
 """Concurrent callers share one model call: ``Coalescer.submit(key, job)`` blocks for that job's result.
 
-Leader/follower, with no worker thread and no waiting window: a caller that finds nobody running
-becomes the leader. The leader takes the ``gate`` (the model lock), then the oldest waiting job and
-every other waiting job with the same key (at most ``max_rows`` rows), runs them as one batch,
-hands each caller its result, and repeats until its own job is done; then a waiting caller leads.
+Leader/follower, with no waiting window: a caller that finds nobody running becomes the leader.
+The leader takes the ``gate`` (the model lock), then the oldest waiting job and every other waiting
+job with the same key (at most ``max_rows`` rows), runs them as one batch, hands each caller its
+result, and repeats until its own job is done; then a waiting caller leads. Given a ``ModelThread``
+(the served model's), the leader's batches run there while it waits: every batch of every caller
+on one thread (see ``ModelThread`` for why that is faster on a CPU).
 While a batch runs (or the model is busy with other work), new jobs queue, so a busy server runs
 larger batches and an idle one adds no delay.
 
@@ -12,6 +14,7 @@ taken job is marked done whatever happens, so no caller waits forever.
 """
 from __future__ import annotations
 
+import queue
 import threading
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -29,13 +32,57 @@ class _Job:
     answered: bool = False
 
 
+class ModelThread:
+    """One long-lived thread that runs every batch of a served model (``call`` blocks the caller).
+
+    Why: torch's CPU threads are OpenMP teams, one per thread that ever ran a parallel op; once a
+    process has more OpenMP threads than CPUs, libgomp barely spins before a worker sleeps, so each
+    small op of a decode step waits for a wake-up. A server whose request threads take turns leading
+    the model made every batch ~40% slower than the same work in one thread (2 cores: 4 concurrent
+    users 0.25 answers/s with each leader running its batch, 0.33 with one model thread;
+    config.OPENMP_DEFAULTS lengthens the spin, this keeps the teams few)."""
+
+    def __init__(self, name: str = "model"):
+        self._name = name
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start = threading.Lock()
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` run on the model thread (at once when already on it); raises what it raised."""
+        if threading.current_thread() is self._thread:
+            return fn()
+        with self._start:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
+                self._thread.start()
+        done, box = threading.Event(), {}
+        self._jobs.put((fn, box, done))
+        done.wait()
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
+
+    def _serve(self) -> None:
+        while True:
+            fn, box, done = self._jobs.get()
+            try:
+                box["result"] = fn()
+            except BaseException as e:  # noqa: BLE001 - raised again in the caller's thread
+                box["error"] = e
+            finally:
+                done.set()
+
+
 class Coalescer:
     """``run(key, payloads) -> results`` (one per payload, in order) runs a batch of same-key jobs."""
 
-    def __init__(self, run: Callable[[Hashable, list], list], max_rows: int = 64, gate=None):
+    def __init__(self, run: Callable[[Hashable, list], list], max_rows: int = 64, gate=None,
+                 thread: ModelThread | None = None):
         self._run = run
         self.max_rows = max(1, int(max_rows))
         self._gate = gate  # held while a batch is taken and run (e.g. the service lock)
+        self._thread = thread  # where batches run (the leader waits); None: in the leader's own thread
         self._cond = threading.Condition(threading.Lock())
         self._waiting: list[_Job] = []
         self._leading = False
@@ -82,11 +129,16 @@ class Coalescer:
         return bool(owned()) if owned is not None else False
 
     def _lead(self, own: _Job) -> None:
-        while not own.done:
-            with self._gate if self._gate is not None else nullcontext():
-                with self._cond:
-                    batch = self._take()
-                self._execute(batch)
+        def batches() -> None:
+            while not own.done:
+                with self._gate if self._gate is not None else nullcontext():
+                    with self._cond:
+                        batch = self._take()
+                    self._execute(batch)
+        if self._thread is None:
+            batches()
+        else:
+            self._thread.call(batches)
 
     def _take(self) -> list[_Job]:
         """The oldest waiting job and the later ones with its key, within ``max_rows`` (the oldest

@@ -364,7 +364,8 @@ class ProfileGenerator:
         self._cache_lock = threading.Lock()
         self._cache_size = cache_size
         # concurrent requests' profiles (same adapter) are written in one batch: see _write_batch
-        self._writes = Coalescer(self._write_batch, max_rows=service.cfg.coalesce_rows, gate=service.lock)
+        self._writes = Coalescer(self._write_batch, max_rows=service.cfg.coalesce_rows, gate=service.lock,
+                                 thread=getattr(service, "model_thread", None))
 
     def prompt(self, history) -> str:
         """The profile prompt for the newest history items that fit the model's context, leaving room

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from recdemo.llm.coalesce import Coalescer
+from recdemo.llm.coalesce import Coalescer, ModelThread
 from recdemo.llm.adapters import AdapterManager, check_adapter_name, finetune_hint, is_adapter_dir
 from recdemo.llm.decode import Decoder, RowStop
 from recdemo.llm.models import LLM, load_llm
@@ -31,7 +31,9 @@ class LLMService:
         self._llm = llm
         self._adapters: AdapterManager | None = None
         # concurrent generate calls with the same adapter: one batched decoder call (see run)
-        self.generations = Coalescer(self._generate_merged, max_rows=cfg.coalesce_rows, gate=self.lock)
+        self.model_thread = ModelThread()  # every coalesced batch on this model runs on it
+        self.generations = Coalescer(self._generate_merged, max_rows=cfg.coalesce_rows, gate=self.lock,
+                                     thread=self.model_thread)
         self.decoder = Decoder.from_config(cfg)  # every generation; holds the prefix-KV cache
 
     # -- lazy parts --
@@ -171,11 +173,11 @@ class LLMService:
                ) -> Iterator[list[tuple[int, int, str]]]:
         """``run`` as it goes: yields each row as it finishes, [(generation, row, text)], one row per
         yield in the order they finished; then ends, or raises the
-        call's error. The call runs in a thread of its own, so the caller may yield (a page update)
+        call's error. The call waits in a thread of its own, so the caller may yield (a page update)
         while the model decodes (a caller holding ``lock`` gets every row at the end instead); every
-        row is reported once. ``live=False``: the call runs in the caller's thread and the rows come
-        when it ends, in the order they finished (no thread: on a CPU a second thread running the
-        model measured slower; for callers that show nothing before the end)."""
+        row is reported once. ``live=False``: the caller's own thread waits and the rows come when the
+        call ends, in the order they finished (for callers that show nothing before the end). Either
+        way the model runs on ``model_thread``."""
         if not live or self.lock._is_owned():  # holding the model, a thread would wait for it forever
             done: list = []
             self.run(generations, adapter, on_row=lambda g, i, text: done.append((g, i, text)))

@@ -89,7 +89,8 @@ class Recommender:
         self._profile_readers: dict[str, bool] = {}  # ranker -> whether its prompt shows the profile
         # concurrent reranks with the same ranker and adapter: one batched scoring call
         self._reranks = Coalescer(self._rank_many, max_rows=cfg.llm.coalesce_reranks,
-                                  gate=getattr(self.service, "lock", None))
+                                  gate=getattr(self.service, "lock", None),
+                                  thread=getattr(self.service, "model_thread", None))
 
     @classmethod
     def from_config(cls, cfg, dataset_name: str | None = None, data_dir: str | None = None,
@@ -199,7 +200,7 @@ class Recommender:
                   adapter: str | None = "auto", with_profile: bool = True, with_explanations: bool = True,
                   profile_edit=None, exclude=()) -> Recommendation:
         """The final state of ``recommend_stages`` (one code path for the page, the API and the CLI).
-        Nobody sees its explanations arrive, so their call runs in this thread (``live=False``)."""
+        Nobody sees its explanations arrive, so they come at the end (``live=False``)."""
         state = None
         for state in self.recommend_stages(history, ranker, n_candidates, k, adapter, with_profile,
                                            with_explanations, profile_edit, exclude, live=False):
@@ -222,8 +223,7 @@ class Recommender:
         to the reranker instead of the LLM's; results it moved carry ``"steer"``. ``exclude``: items
         the user is not interested in, left out of the candidates (the top-k refills from the rest).
         ``live``: each card as its row finishes (the explanations' call runs in a thread of its own,
-        ``LLMService.stream``); False: that call runs in this thread and the cards come when it ends,
-        which is faster on a CPU (no second thread competing with the model's threads)."""
+        ``LLMService.stream``); False: the cards come when that call ends (no streaming thread)."""
         run = self._start(history, ranker, n_candidates, k, adapter, exclude, profile_edit)
         run.live = live
         yield self._state(run, "retrieval")

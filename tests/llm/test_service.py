@@ -220,9 +220,10 @@ def test_stream_yields_rows_as_they_finish_then_ends(tiny_service):
     assert got == sorted([(0, 0, want[0][0])] + [(1, i, t) for i, t in enumerate(want[1])])
 
 
-def test_stream_not_live_runs_in_the_callers_thread_with_the_same_rows(tiny_service, monkeypatch):
-    """live=False (the /recommend API, ``Recommender.recommend``): no second thread runs the model,
-    and the rows are those of a live stream, one per yield, in the order they finished."""
+def test_stream_not_live_gives_the_same_rows_and_the_model_runs_on_its_own_thread(tiny_service, monkeypatch):
+    """live=False (the /recommend API, ``Recommender.recommend``): the rows of a live stream, one per
+    yield, in the order they finished. Live or not, every decoder call runs on the service's one
+    model thread, never in the caller's (llm/coalesce.ModelThread)."""
     short = tiny_service.generation(["Keywords: Comedy"], max_new_tokens=1)
     long = tiny_service.generation(["Castle", "Summary"], max_new_tokens=8)
     live = list(tiny_service.stream([short, long]))
@@ -231,11 +232,31 @@ def test_stream_not_live_runs_in_the_callers_thread_with_the_same_rows(tiny_serv
     monkeypatch.setattr(tiny_service.decoder, "generate",
                         lambda *a, **kw: threads.append(threading.current_thread()) or inner(*a, **kw))
     quiet = list(tiny_service.stream([short, long], live=False))
-    assert threads == [threading.current_thread()]
     assert all(len(part) == 1 for part in quiet) and quiet[0] == live[0]
     assert sorted(r for part in quiet for r in part) == sorted(r for part in live for r in part)
-    list(tiny_service.stream([short, long]))  # live: the model runs in a thread of its own
-    assert len(threads) == 2 and threads[1] is not threading.current_thread()
+    list(tiny_service.stream([short, long]))
+    tiny_service.generate(["Castle"], max_new_tokens=2)
+    assert len(threads) == 3 and len(set(threads)) == 1 and threads[0] is not threading.current_thread()
+    assert threads[0].name == "model"
+
+
+def test_model_thread_runs_calls_in_order_and_raises_their_errors():
+    from recdemo.llm.coalesce import ModelThread
+
+    runner = ModelThread()
+    seen = []
+    assert runner.call(lambda: seen.append(threading.current_thread()) or 7) == 7
+    assert runner.call(lambda: runner.call(lambda: 3)) == 3  # a call from the thread itself runs at once
+    with pytest.raises(ValueError, match="bad"):
+        runner.call(lambda: (_ for _ in ()).throw(ValueError("bad")))
+    assert runner.call(lambda: threading.current_thread()) is seen[0] is not threading.current_thread()
+    results = []
+    callers = [threading.Thread(target=lambda i=i: results.append(runner.call(lambda: i * i))) for i in range(8)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join()
+    assert sorted(results) == [i * i for i in range(8)]
 
 
 def test_stream_raises_the_calls_error_and_runs_at_once_under_the_lock(tiny_service, monkeypatch):
