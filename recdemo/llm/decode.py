@@ -19,7 +19,8 @@ and on 2 CPU cores prefill is the cost (~1,200-1,700 tokens/s for SmolLM2-135M).
    costs nothing more, and is handed to ``on_row`` at once (the page shows each explanation as its
    row finishes, not when the slowest one does).
 
-Backends (``LLMConfig.decode_backend``): ``eager`` grows a DynamicCache and drops finished rows;
+Backends (``LLMConfig.decode_backend``): ``eager`` keeps a dynamic cache with room reserved for the
+call's tokens (each step writes in place instead of concatenating) and drops finished rows;
 ``static`` preallocates the KV (StaticCache: fixed shapes, finished rows stay in the batch); ``graphs``
 is ``static`` with the decode step under ``torch.compile(mode="reduce-overhead")`` (CUDA graphs: at
 batch 1 a GPU decode step is bound by kernel launches, not by memory). ``auto``: graphs on CUDA,
@@ -193,12 +194,49 @@ def _forward(model, ids, mask, positions, cache):
     return head(hidden[:, -1, :])
 
 
-def _seeded_cache(model, kv: list | None, batch: int, static_len: int | None):
-    """A cache holding ``kv`` (batch 1) for each of ``batch`` rows; static when ``static_len`` is set."""
+def _growing_layer(room: int):
+    """A transformers ``DynamicLayer`` that keeps ``room`` free positions past its tokens, so a decode
+    step writes its token's K and V in place: the stock layer concatenates, copying every row's whole
+    KV at every step of every layer (on 2 cores that was the largest cost of a 12-row decode step).
+    ``keys``/``values`` stay views of the tokens so far, as transformers expects."""
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            n, new = self.get_seq_length(), key_states.shape[-2]
+            if n == 0 or n + new > self._buffers[0].shape[-2]:  # first fill, or out of room: move once
+                shape = (*key_states.shape[:2], n + new + room, key_states.shape[-1])
+                buffers = (key_states.new_empty(shape), value_states.new_empty(shape))
+                for old, buffer in zip((self.keys, self.values), buffers):
+                    if n:
+                        buffer[:, :, :n] = old
+                self._buffers = buffers
+            for buffer, states in zip(self._buffers, (key_states, value_states)):
+                buffer[:, :, n:n + new] = states
+            self.keys, self.values = (buffer[:, :, :n + new] for buffer in self._buffers)
+            return self.keys, self.values
+
+        def batch_select_indices(self, indices):
+            if self.get_seq_length() > 0:
+                n = self.get_seq_length()
+                self._buffers = tuple(buffer[indices] for buffer in self._buffers)
+                self.keys, self.values = (buffer[:, :, :n] for buffer in self._buffers)
+
+    return GrowingLayer()
+
+
+def _seeded_cache(model, kv: list | None, batch: int, static_len: int | None, room: int = 0):
+    """A cache holding ``kv`` (batch 1) for each of ``batch`` rows; static when ``static_len`` is set,
+    else dynamic with ``room`` positions reserved for what the call adds (``_growing_layer``)."""
     from transformers import DynamicCache, StaticCache
+    from transformers.cache_utils import DynamicLayer
 
     cache = (StaticCache(config=model.config, max_cache_len=static_len) if static_len
              else DynamicCache(config=model.config))
+    if room and not static_len:
+        cache.layers = [_growing_layer(room) if type(layer) is DynamicLayer else layer for layer in cache.layers]
     if kv:
         for layer, (k, v) in enumerate(kv):
             cache.update(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1), layer)
@@ -240,10 +278,10 @@ def _seed_rows(kvs: list, starts: list[int], width: int) -> list:
 
 
 def _prefill_suffixes(model, rows: list[torch.Tensor], starts: list[int], kvs: list, static_len: int | None,
-                      pad_id: int) -> _Batch:
+                      pad_id: int, new_tokens: int = 0) -> _Batch:
     """Every row's tokens after its prefix (``starts[i]`` tokens whose KV is ``kvs[i]``) in one batch:
     prefixes right-aligned to the longest, then the suffixes left-padded; the batch holds each row's
-    first new token."""
+    first new token. A dynamic cache keeps room for the suffixes and ``new_tokens`` decode steps."""
     device = rows[0].device
     prefix = max(starts)
     width = max(len(r) - s for r, s in zip(rows, starts))
@@ -256,7 +294,8 @@ def _prefill_suffixes(model, rows: list[torch.Tensor], starts: list[int], kvs: l
         mask[i, prefix - start:prefix] = 1
         mask[i, prefix + width - n:prefix + width] = 1
     positions = (mask.cumsum(1) - 1)[:, prefix:prefix + width].clamp(min=0)  # pads: any position, none is seen
-    cache = _seeded_cache(model, _seed_rows(kvs, starts, prefix) if prefix else None, len(rows), static_len)
+    cache = _seeded_cache(model, _seed_rows(kvs, starts, prefix) if prefix else None, len(rows), static_len,
+                          room=width + new_tokens)
     logits = _forward(model, ids, mask, positions, cache)
     return _Batch(cache, mask, prefix + width, list(range(len(rows))), logits.argmax(-1))
 
@@ -373,10 +412,12 @@ class Decoder:
                 starts[row], kvs[row] = start, kv
             self.stats.cached_tokens += cached * len(members)
             self.stats.shared_tokens += (start - cached) * (len(members) - 1)
-        longest = max(len(r) for r in ids)
-        static_len = None if backend == "eager" else -(-(longest + max_new_tokens) // STATIC_BUCKET) * STATIC_BUCKET
+        # the batch's KV is as wide as the longest prefix plus the longest suffix (``_prefill_suffixes``),
+        # which rows of different groups can make wider than any one prompt
+        width = max(starts) + max(len(r) - s for r, s in zip(ids, starts))
+        static_len = None if backend == "eager" else -(-(width + max_new_tokens) // STATIC_BUCKET) * STATIC_BUCKET
         rows_on_device = [r.to(device) for r in ids]
-        batch = _prefill_suffixes(model, rows_on_device, starts, kvs, static_len, _pad_id(model))
+        batch = _prefill_suffixes(model, rows_on_device, starts, kvs, static_len, _pad_id(model), max_new_tokens)
         if single:  # the whole prompt's KV, for the next call that starts the same way
             self.cache.remember(scope, ids[0], _layer_kv(batch.cache, len(ids[0])))
         self.stats.prompt_tokens += sum(len(r) for r in ids)

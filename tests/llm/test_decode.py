@@ -264,3 +264,37 @@ def test_a_zero_budget_row_is_reported_empty(tiny_llm):
     seen = []
     got = Decoder("eager").generate(tiny_llm, rows, stops=[RowStop(0), RowStop(3)], on_row=lambda r, n: seen.append(r))
     assert got == [[], alone(tiny_llm, rows[1], 3)] and seen == [0, 1]
+
+
+def test_a_decode_step_writes_into_reserved_room_and_rows_leave_intact():
+    """The eager cache keeps room past its tokens: a step writes in place (no copy of the KV), rows
+    that leave take their own KV with them, and running out of room moves the KV once, intact."""
+    from recdemo.llm.decode import _growing_layer
+
+    layer = _growing_layer(room=3)
+    first = torch.arange(2 * 1 * 2 * 4, dtype=torch.float32).view(2, 1, 2, 4)
+    layer.update(first, -first)
+    buffer = layer._buffers[0].data_ptr()
+    step = torch.full((2, 1, 1, 4), 7.0)
+    keys, values = layer.update(step, -step)
+    assert layer._buffers[0].data_ptr() == buffer and keys.shape == (2, 1, 3, 4)
+    assert torch.equal(keys[:, :, :2], first) and torch.equal(values[:, :, 2:], -step)
+    layer.batch_select_indices(torch.tensor([1]))
+    assert torch.equal(layer.keys, torch.cat([first, step], dim=2)[1:])
+    for _ in range(3):  # past the room: a bigger buffer, the tokens kept
+        layer.update(step[:1], -step[:1])
+    assert layer.get_seq_length() == 6 and torch.equal(layer.keys[0, :, :2], first[1])
+
+
+def test_static_cache_fits_groups_whose_prefix_and_suffix_come_from_different_rows(tiny_llm):
+    """The batch's KV is the longest prefix (one group's) plus the longest suffix (another's): wider
+    than any prompt; a static cache sized from the longest prompt overflowed (profile + explanation rows)."""
+    tok = tiny_llm.tokenizer
+    long_start = "Zebra crossing notes: " + "quiet rivers and old bridges, " * 6
+    a = [ids_of(tok, long_start + t) for t in (" A", " B")]  # long shared prefix, 1-2 token suffixes
+    b = [ids_of(tok, "A user watched: " + t * 12) for t in ("red hills ", "blue lakes ")]  # short prefix, long suffixes
+    rows = a + b
+    kv = (len(a[0]) - 1) + (max(len(r) for r in b) - 4)  # group a's prefix + group b's longest suffix
+    assert kv > -(-(max(len(r) for r in rows) + 4) // 64) * 64  # past a cache sized from the longest prompt
+    got = Decoder("static", min_prefix_tokens=4).generate(tiny_llm, rows, 4)
+    assert got == [alone(tiny_llm, r, 4) for r in rows]
