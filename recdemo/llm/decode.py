@@ -29,6 +29,7 @@ fall back to static.
 """
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass, fields
@@ -199,15 +200,25 @@ def _growing_layer(room: int):
     step writes its token's K and V in place: the stock layer concatenates, copying every row's whole
     KV at every step of every layer (on 2 cores that was the largest cost of a 12-row decode step).
     ``keys``/``values`` stay views of the tokens so far, as transformers expects."""
+    layer = _growing_layer_class()()
+    layer.room = room
+    return layer
+
+
+@functools.cache
+def _growing_layer_class():
+    """The class, made once (transformers is imported lazily in this module)."""
     from transformers.cache_utils import DynamicLayer
 
     class GrowingLayer(DynamicLayer):
+        room = 0
+
         def update(self, key_states, value_states, *args, **kwargs):
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
             n, new = self.get_seq_length(), key_states.shape[-2]
             if n == 0 or n + new > self._buffers[0].shape[-2]:  # first fill, or out of room: move once
-                shape = (*key_states.shape[:2], n + new + room, key_states.shape[-1])
+                shape = (*key_states.shape[:2], n + new + self.room, key_states.shape[-1])
                 buffers = (key_states.new_empty(shape), value_states.new_empty(shape))
                 for old, buffer in zip((self.keys, self.values), buffers):
                     if n:
@@ -219,12 +230,12 @@ def _growing_layer(room: int):
             return self.keys, self.values
 
         def batch_select_indices(self, indices):
-            if self.get_seq_length() > 0:
-                n = self.get_seq_length()
+            n = self.get_seq_length()
+            if n > 0:
                 self._buffers = tuple(buffer[indices] for buffer in self._buffers)
                 self.keys, self.values = (buffer[:, :, :n] for buffer in self._buffers)
 
-    return GrowingLayer()
+    return GrowingLayer
 
 
 def _seeded_cache(model, kv: list | None, batch: int, static_len: int | None, room: int = 0):
