@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import make_tiny_adapter
 
-from recdemo.llm.decode import Decoder, PrefixCache, adapter_key, select_backend
+from recdemo.llm.decode import FORWARD_COST_POSITIONS, Decoder, PrefixCache, _buckets, adapter_key, select_backend
 
 HEADER = "A user watched these movies, oldest first: Toy Story, Heat, Casino, Alien, Brazil and Fargo."
 TAILS = [" Comedy", " Summary of it all and more again", " X", " The user likes long films"]
@@ -249,8 +249,10 @@ def test_rows_are_grouped_by_common_start_each_prefix_prefilled_once(tiny_llm):
     shared = next(i for i in range(len(rows[0])) if len({r[i] for r in rows}) > 1)
     stats = dec.stats
     assert stats.shared_tokens == (len(rows) - 1) * shared  # the explanation rows' prefix, once
-    width = max(max(len(r) for r in rows) - shared, 1)
-    assert stats.prefill_tokens == shared + (len(other) - 1) + (len(rows) + 1) * width
+    suffixes = [len(r) - shared for r in rows] + [1]  # `other` is a group of its own: its last token
+    padded = sum(len(b) * max(suffixes[i] for i in b) for b in _buckets(suffixes, FORWARD_COST_POSITIONS))
+    assert padded <= len(suffixes) * max(suffixes)
+    assert stats.prefill_tokens == shared + (len(other) - 1) + padded
     before = dec.stats.prefill_tokens
     assert dec.generate(tiny_llm, [other + ids_of(tok, " Summary:")], 4)  # the profile's second pass
     assert dec.stats.prefill_tokens - before == len(ids_of(tok, " Summary:")) + 1  # its prompt's KV was cached
@@ -298,3 +300,23 @@ def test_static_cache_fits_groups_whose_prefix_and_suffix_come_from_different_ro
     assert kv > -(-(max(len(r) for r in rows) + 4) // 64) * 64  # past a cache sized from the longest prompt
     got = Decoder("static", min_prefix_tokens=4).generate(tiny_llm, rows, 4)
     assert got == [alone(tiny_llm, r, 4) for r in rows]
+
+
+def test_buckets_cut_where_the_padding_saved_pays_for_a_forward():
+    # one batch: 4 rows x 80 + 32 = 352; apart: 2 x 10 + 32 + 2 x 80 + 32 = 244
+    assert _buckets([80, 10, 75, 12], 32) == [[1, 3], [2, 0]]
+    # saving 2 x 4 positions does not pay for a forward of 32
+    assert _buckets([80, 76, 80, 78], 32) == [[1, 3, 0, 2]]
+    assert _buckets([5], 32) == [[0]]
+
+
+def test_rows_prefilled_in_separate_batches_decode_like_each_prompt_alone(tiny_llm):
+    """Long and short suffixes prefill apart (no short row padded to the long ones), then decode in one
+    batch whose KV is right-aligned: every row still gets what it gets alone."""
+    tok = tiny_llm.tokenizer
+    long_rows = [ids_of(tok, "The user watched " + "a long film about rivers and bridges, " * k) for k in (4, 5)]
+    short_rows = [ids_of(tok, w) for w in ("Castle", "Keywords: Comedy")]
+    rows = [long_rows[0], short_rows[0], long_rows[1], short_rows[1]]
+    dec = Decoder("eager", min_prefix_tokens=1000)  # nothing shared: the buckets alone
+    assert dec.generate(tiny_llm, rows, 8) == [alone(tiny_llm, r, 8) for r in rows]
+    assert dec.stats.prefill_tokens < len(rows) * max(map(len, rows)) - FORWARD_COST_POSITIONS
