@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 
 from recdemo.data.catalog import natural_title
 from recdemo.records import Keyword, Profile
-from recdemo.llm.coalesce import Coalescer
 from recdemo.llm.service import Generation
 from recdemo.llm import prompts as P
 
@@ -364,8 +363,7 @@ class ProfileGenerator:
         self._cache_lock = threading.Lock()
         self._cache_size = cache_size
         # concurrent requests' profiles (same adapter) are written in one batch: see _write_batch
-        self._writes = Coalescer(self._write_batch, max_rows=service.cfg.coalesce_rows, gate=service.lock,
-                                 thread=getattr(service, "model_thread", None))
+        self._writes = service.coalescer(self._write_batch, service.cfg.coalesce_rows)
 
     def prompt(self, history) -> str:
         """The profile prompt for the newest history items that fit the model's context, leaving room

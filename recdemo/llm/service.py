@@ -32,9 +32,13 @@ class LLMService:
         self._adapters: AdapterManager | None = None
         # concurrent generate calls with the same adapter: one batched decoder call (see run)
         self.model_thread = ModelThread()  # every coalesced batch on this model runs on it
-        self.generations = Coalescer(self._generate_merged, max_rows=cfg.coalesce_rows, gate=self.lock,
-                                     thread=self.model_thread)
+        self.generations = self.coalescer(self._generate_merged, cfg.coalesce_rows)
         self.decoder = Decoder.from_config(cfg)  # every generation; holds the prefix-KV cache
+
+    def coalescer(self, run, max_rows: int) -> Coalescer:
+        """Concurrent callers' jobs run as one batch (``coalesce.Coalescer``) under this model's lock,
+        on its model thread: every batched caller of the model (generations, profiles, reranks) uses one."""
+        return Coalescer(run, max_rows=max_rows, gate=self.lock, thread=self.model_thread)
 
     # -- lazy parts --
     @property

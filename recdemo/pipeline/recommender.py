@@ -27,7 +27,6 @@ import numpy as np
 
 from recdemo.data.title_search import TitleMatcher
 from recdemo.llm.batch_score import batchable, rank_batch
-from recdemo.llm.coalesce import Coalescer
 from recdemo.llm.explain import Explainer
 from recdemo.errors import ModelNotFound
 from recdemo.llm.profile import ProfileGenerator, heuristic_profile
@@ -88,9 +87,7 @@ class Recommender:
         self._personas: dict[str, list[str]] | None = None
         self._profile_readers: dict[str, bool] = {}  # ranker -> whether its prompt shows the profile
         # concurrent reranks with the same ranker and adapter: one batched scoring call
-        self._reranks = Coalescer(self._rank_many, max_rows=cfg.llm.coalesce_reranks,
-                                  gate=getattr(self.service, "lock", None),
-                                  thread=getattr(self.service, "model_thread", None))
+        self._reranks = self.service.coalescer(self._rank_many, cfg.llm.coalesce_reranks)
 
     @classmethod
     def from_config(cls, cfg, dataset_name: str | None = None, data_dir: str | None = None,
