@@ -340,27 +340,24 @@ def _merge_batches(model, parts: list[tuple[list[int], _Batch]], new_tokens: int
     widest (the pads before a row's tokens are masked, as in ``_prefill_suffixes``), with room for
     ``new_tokens`` steps. ``parts``: (the call's row of each batch row, the batch)."""
     width = max(batch.length for _, batch in parts)
-    total = sum(len(rows) for rows, _ in parts)
+    at = [0]  # where each part's rows start in the merged batch
+    for rows, _ in parts:
+        at.append(at[-1] + len(rows))
+    first = parts[0][1]
+    mask = torch.zeros(at[-1], width, dtype=first.mask.dtype, device=first.mask.device)
     kv = []
-    for layer in range(len(parts[0][1].cache.layers)):
-        first = parts[0][1].cache.layers[layer].keys
-        keys = first.new_zeros((total, first.shape[1], width, first.shape[3]))
-        values = torch.zeros_like(keys)
-        offset = 0
-        for rows, batch in parts:
-            cached = batch.cache.layers[layer]
-            keys[offset:offset + len(rows), :, width - batch.length:] = cached.keys[:, :, :batch.length]
-            values[offset:offset + len(rows), :, width - batch.length:] = cached.values[:, :, :batch.length]
-            offset += len(rows)
-        kv.append((keys, values))
-    mask = torch.zeros(total, width, dtype=parts[0][1].mask.dtype, device=parts[0][1].mask.device)
-    offset = 0
-    for rows, batch in parts:
-        mask[offset:offset + len(rows), width - batch.length:] = batch.mask
-        offset += len(rows)
+    for layer in first.cache.layers:
+        keys = layer.keys.new_zeros((at[-1], layer.keys.shape[1], width, layer.keys.shape[3]))
+        kv.append((keys, torch.zeros_like(keys)))
+    for (rows, batch), start in zip(parts, at):
+        end, left = start + len(rows), width - batch.length
+        mask[start:end, left:] = batch.mask
+        for (keys, values), layer in zip(kv, batch.cache.layers):
+            keys[start:end, :, left:] = layer.keys[:, :, :batch.length]
+            values[start:end, :, left:] = layer.values[:, :, :batch.length]
     order = [rows[i] for rows, batch in parts for i in batch.rows]
     next_ids = torch.cat([batch.next_ids for _, batch in parts])
-    return _Batch(_seeded_cache(model, kv, total, None, room=new_tokens), mask, width, order, next_ids)
+    return _Batch(_seeded_cache(model, kv, at[-1], None, room=new_tokens), mask, width, order, next_ids)
 
 
 @dataclass(frozen=True)
