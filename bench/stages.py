@@ -39,8 +39,6 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="folder for stages-<dataset>-<ranker>.json")
-    ap.add_argument("--no-live", dest="live", action="store_false",
-                    help="the explanations' call in this thread, cards at its end (as /recommend runs)")
     return ap.parse_args(argv)
 
 
@@ -58,11 +56,11 @@ def forget_caches(rec) -> None:
     rec.profiles._cache.clear()  # profiles per (last 20 items, model, adapter)
 
 
-def time_stages(rec, history: list[str], ranker: str, live: bool = True) -> list[tuple[str, float]]:
+def time_stages(rec, history: list[str], ranker: str) -> list[tuple[str, float]]:
     forget_caches(rec)
     t0 = time.perf_counter()
     return [(state.stage, time.perf_counter() - t0)
-            for state in rec.recommend_stages(history, ranker=ranker, live=live)]
+            for state in rec.recommend_stages(history, ranker=ranker)]
 
 
 def summarise(runs: list[list[tuple[str, float]]]) -> dict:
@@ -89,22 +87,22 @@ def main(argv=None) -> dict:
     load_start = os.getloadavg()
     rec = Recommender.from_config(Config.from_env(), dataset_name=args.dataset)
     hists = histories(rec, args.users, args.history, args.seed)
-    time_stages(rec, hists[-1], args.ranker, args.live)  # warm-up: model load, adapter, retriever, shapes
-    runs = [time_stages(rec, h, args.ranker, args.live) for h in hists[:args.users]]
+    time_stages(rec, hists[-1], args.ranker)  # warm-up: model load, adapter, retriever, shapes
+    runs = [time_stages(rec, h, args.ranker) for h in hists[:args.users]]
     result = {"dataset": args.dataset, "ranker": args.ranker, "users": args.users, "history_items": args.history,
-              "threads": args.threads, "live": args.live, "model": rec.service.describe(),
+              "threads": args.threads, "model": rec.service.describe(),
               "stages_s": summarise(runs),
               "runs": [[[name, round(s, 3)] for name, s in run] for run in runs],
               "load_avg_start": load_start, "load_avg_end": os.getloadavg(),
               "command": "python bench/stages.py " + " ".join(sys.argv[1:] if argv is None else argv)}
-    print(f"{args.dataset}, {args.ranker} ranker, {args.users} users x {args.history} items, live={args.live}, "
+    print(f"{args.dataset}, {args.ranker} ranker, {args.users} users x {args.history} items, "
           f"{result['model']}, "
           f"load {load_start[0]:.2f} -> {result['load_avg_end'][0]:.2f}")
     print(f"{'stage reached':<26}{'p50 s':>8}{'p90 s':>8}")
     for name, v in result["stages_s"].items():
         print(f"{name:<26}{v['p50']:>8.2f}{v['p90']:>8.2f}")
     if args.out:
-        path = Path(args.out) / f"stages-{args.dataset}-{args.ranker}{'' if args.live else '-not-live'}.json"
+        path = Path(args.out) / f"stages-{args.dataset}-{args.ranker}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=1))
         print(f"wrote {path}")

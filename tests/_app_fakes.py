@@ -25,7 +25,6 @@ class FakeRecommender:
         self.attrs = [tuple(GENRES[(i + 2 * j) % 5] for j in range(1 + i % 3)) for i in range(len(self.titles))]
         self.fail_with = fail_with
         self.calls = []
-        self.live = []  # recommend_stages' live flag per call (the /recommend API asks for False)
         self.dataset = f"dataset:{name}"
         self.retriever = f"retriever:{name}"
 
@@ -59,14 +58,13 @@ class FakeRecommender:
         return state
 
     def recommend_stages(self, history, ranker="score", n_candidates=50, k=10, adapter="auto",
-                         with_profile=True, with_explanations=True, live=True, **steering):
+                         with_profile=True, with_explanations=True, **steering):
         """The real stages' shapes: SASRec's list (provisional), the ranker's order, the explanations as
         they come (half, then all), the profile, the final answer; for palr (whose prompt reads the
         profile) the profile comes before the ranker. Each state's timings hold the stages done so far.
         ``steering``: profile_edit / exclude, recorded."""
         self.calls.append(dict(history=list(history), ranker=ranker, n_candidates=n_candidates, k=k,
                                adapter=adapter, **steering))
-        self.live.append(live)
         if self.fail_with is not None:
             raise self.fail_with
         if not history:

@@ -205,22 +205,21 @@ def run_recommendation(ctx: AppContext, history: list[str], dataset: str, ranker
     seconds to wait for the model once the request is checked)."""
     data = None
     for data in run_stages(ctx, history, dataset, ranker, adapter, n_candidates, k, wait, session=session,
-                           model_wait=model_wait, profile_edit=profile_edit, exclude=exclude, live=False):
+                           model_wait=model_wait, profile_edit=profile_edit, exclude=exclude):
         pass
     return data
 
 
 def run_stages(ctx: AppContext, history: list[str], dataset: str, ranker: str, adapter: str | None = ADAPTER_AUTO,
                n_candidates: int = 50, k: int = 10, wait: float = 2.0, session: str | None = None,
-               model_wait: float = 0.0, profile_edit=None, exclude=(), live: bool = True) -> Iterator[dict]:
+               model_wait: float = 0.0, profile_edit=None, exclude=()) -> Iterator[dict]:
     """``run_recommendation`` as it grows: one JSON-safe state per finished stage, the last one
-    ("stage": "done") equal to ``run_recommendation``'s answer. Raises like it. ``live=False``: the
-    cards' explanations come together at the end (``Recommender.recommend_stages``)."""
+    ("stage": "done") equal to ``run_recommendation``'s answer. Raises like it."""
     adapter = _adapter_arg(ctx, adapter, session)  # a path: refused here, nothing on disk is read
     rec, history, n_candidates, k = _prepared(ctx, history, dataset, ranker, n_candidates, k, wait, session,
                                               model_wait)
     for state in _stages(rec, history, ranker=ranker, n_candidates=n_candidates, k=k, adapter=adapter,
-                         live=live, **_steering(profile_edit, exclude)):
+                         **_steering(profile_edit, exclude)):
         out = jsonable(state.to_dict())
         if isinstance(out.get("adapter"), str):
             out["adapter"] = display_name(out["adapter"])  # a session's own adapter by its name, not its key

@@ -85,11 +85,10 @@ def _wire_dataset(ctx: AppContext, demo: gr.Blocks, p: picker.Picker, r: results
 
 def _add_api(ctx: AppContext, default: str) -> None:
     """Endpoints for scripts (gradio_client): /recommend, /recommend_stream and /status."""
-    def answers(history, dataset, ranker, adapter, n_candidates, k, profile_edit, exclude, live=True):
+    def answers(history, dataset, ranker, adapter, n_candidates, k, profile_edit, exclude):
         try:  # checked at once; then scripts would rather wait than retry (model, dataset preparation)
             for data in events.run_stages(ctx, history, dataset, ranker, adapter, n_candidates, k, wait=600,
-                                          model_wait=300, profile_edit=profile_edit, exclude=exclude or (),
-                                          live=live):
+                                          model_wait=300, profile_edit=profile_edit, exclude=exclude or ()):
                 yield events.api_result(data)
         except events.Busy as e:  # still preparing after 10 minutes: say so, it is not a bug
             raise gr.Error(str(e), print_exception=False) from None
@@ -102,8 +101,8 @@ def _add_api(ctx: AppContext, default: str) -> None:
         """Recommendations for a history of item titles (oldest first): profile, SASRec candidates
         and the reranked top-k with explanations. Steering: ``profile_edit`` {"keywords": [...],
         "summary": "..."} replaces the LLM's profile; ``exclude``: catalog indices not to recommend."""
-        final = None  # only the final JSON is returned: no live rows (live=False)
-        for final in answers(history, dataset, ranker, adapter, n_candidates, k, profile_edit, exclude, live=False):
+        final = None  # only the final JSON is returned
+        for final in answers(history, dataset, ranker, adapter, n_candidates, k, profile_edit, exclude):
             pass
         return final
 

@@ -173,16 +173,14 @@ class LLMService:
             return [[] for _ in generations]
         return self.generations.submit(adapter, _Job(generations, on_row), rows=rows)
 
-    def stream(self, generations: list["Generation"], adapter: str | None = None, live: bool = True
+    def stream(self, generations: list["Generation"], adapter: str | None = None
                ) -> Iterator[list[tuple[int, int, str]]]:
         """``run`` as it goes: yields each row as it finishes, [(generation, row, text)], one row per
-        yield in the order they finished; then ends, or raises the
-        call's error. The call waits in a thread of its own, so the caller may yield (a page update)
-        while the model decodes (a caller holding ``lock`` gets every row at the end instead); every
-        row is reported once. ``live=False``: the caller's own thread waits and the rows come when the
-        call ends, in the order they finished (for callers that show nothing before the end). Either
-        way the model runs on ``model_thread``."""
-        if not live or self.lock._is_owned():  # holding the model, a thread would wait for it forever
+        yield in the order they finished; then ends, or raises the call's error. The call waits in a
+        thread of its own, so the caller may yield (a page update) while the model decodes (a caller
+        holding ``lock`` gets every row at the end instead, in the order they finished); every row is
+        reported once. The model runs on ``model_thread`` either way."""
+        if self.lock._is_owned():  # holding the model, a thread would wait for it forever
             done: list = []
             self.run(generations, adapter, on_row=lambda g, i, text: done.append((g, i, text)))
             for row in {(g, i): (g, i, t) for g, i, t in done}.values():

@@ -64,7 +64,6 @@ class _Run:
     explain_failed: bool = False
     keyword_line: str | None = None  # the profile's keyword pass, when written in the explanations' call
     summary_line: str | None = None  # and its summary row, written in the same call
-    live: bool = True  # stream the explanations' rows as they finish (see recommend_stages)
     profile_draft_s: float = 0.0  # time spent on that profile before the call (its prompt)
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -196,17 +195,16 @@ class Recommender:
     def recommend(self, history, ranker: str | None = None, n_candidates: int = 50, k: int = 10,
                   adapter: str | None = "auto", with_profile: bool = True, with_explanations: bool = True,
                   profile_edit=None, exclude=()) -> Recommendation:
-        """The final state of ``recommend_stages`` (one code path for the page, the API and the CLI).
-        Nobody sees its explanations arrive, so they come at the end (``live=False``)."""
+        """The final state of ``recommend_stages`` (one code path for the page, the API and the CLI)."""
         state = None
         for state in self.recommend_stages(history, ranker, n_candidates, k, adapter, with_profile,
-                                           with_explanations, profile_edit, exclude, live=False):
+                                           with_explanations, profile_edit, exclude):
             pass
         return state
 
     def recommend_stages(self, history, ranker: str | None = None, n_candidates: int = 50, k: int = 10,
                          adapter: str | None = "auto", with_profile: bool = True, with_explanations: bool = True,
-                         profile_edit=None, exclude=(), explain_group: int | None = None, live: bool = True
+                         profile_edit=None, exclude=(), explain_group: int | None = None
                          ) -> Iterator[Recommendation]:
         """Yields the answer as it grows, one ``Recommendation`` per finished stage (``.stage``):
         "retrieval" (SASRec's top-k, provisional; no model call, so it is not held up by other
@@ -219,10 +217,8 @@ class Recommender:
         ``profile_edit`` (``steering.ProfileEdit`` or its dict): the user's edit of the profile, sent
         to the reranker instead of the LLM's; results it moved carry ``"steer"``. ``exclude``: items
         the user is not interested in, left out of the candidates (the top-k refills from the rest).
-        ``live``: each card as its row finishes (the explanations' call runs in a thread of its own,
-        ``LLMService.stream``); False: the cards come when that call ends (no streaming thread)."""
+        Each card comes as its row finishes (``LLMService.stream``)."""
         run = self._start(history, ranker, n_candidates, k, adapter, exclude, profile_edit)
-        run.live = live
         yield self._state(run, "retrieval")
         # The profile's two rows ride in the explanations' decoder call when the ranker does not read
         # the profile (score): rerank, then explanations + keyword line + summary, then the profile.
@@ -371,7 +367,7 @@ class Recommender:
             try:
                 plan = self.explainer.plan([(run.hist, todo if not run.explain_failed else [])])
                 generations = ([plan.generation()] if plan.prompts else []) + extra
-                for rows in self.service.stream(generations, live=run.live):
+                for rows in self.service.stream(generations):
                     found = [plan.judge(i, text) for g, i, text in rows if g == 0 and plan.prompts]
                     for g, _, text in rows if extra else ():
                         if g == len(generations) - 2:

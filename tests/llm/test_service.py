@@ -220,10 +220,11 @@ def test_stream_yields_rows_as_they_finish_then_ends(tiny_service):
     assert got == sorted([(0, 0, want[0][0])] + [(1, i, t) for i, t in enumerate(want[1])])
 
 
-def test_stream_not_live_gives_the_same_rows_and_the_model_runs_on_its_own_thread(tiny_service, monkeypatch):
-    """live=False (the /recommend API, ``Recommender.recommend``): the rows of a live stream, one per
-    yield, in the order they finished. Live or not, every decoder call runs on the service's one
-    model thread, never in the caller's (llm/coalesce.ModelThread)."""
+def test_a_caller_holding_the_model_streams_the_same_rows_the_others_run_on_the_model_thread(tiny_service, monkeypatch):
+    """A caller holding the service's lock (a fine-tune sharing the model) gets the rows of a
+    streaming call, one per yield, in the order they finished; it runs the call itself (the model
+    thread would wait for that lock forever). Every other caller's decoder calls run on the service's
+    one model thread, never in the caller's (llm/coalesce.ModelThread)."""
     short = tiny_service.generation(["Keywords: Comedy"], max_new_tokens=1)
     long = tiny_service.generation(["Castle", "Summary"], max_new_tokens=8)
     live = list(tiny_service.stream([short, long]))
@@ -231,12 +232,15 @@ def test_stream_not_live_gives_the_same_rows_and_the_model_runs_on_its_own_threa
     inner = tiny_service.decoder.generate
     monkeypatch.setattr(tiny_service.decoder, "generate",
                         lambda *a, **kw: threads.append(threading.current_thread()) or inner(*a, **kw))
-    quiet = list(tiny_service.stream([short, long], live=False))
+    with tiny_service.lock:
+        quiet = list(tiny_service.stream([short, long]))
     assert all(len(part) == 1 for part in quiet) and quiet[0] == live[0]
     assert sorted(r for part in quiet for r in part) == sorted(r for part in live for r in part)
+    assert threads == [threading.current_thread()]
+    threads.clear()
     list(tiny_service.stream([short, long]))
     tiny_service.generate(["Castle"], max_new_tokens=2)
-    assert len(threads) == 3 and len(set(threads)) == 1 and threads[0] is not threading.current_thread()
+    assert len(threads) == 2 and len(set(threads)) == 1 and threads[0] is not threading.current_thread()
     assert threads[0].name == "model"
 
 
