@@ -68,6 +68,7 @@ def test_limits_check(name, what):
 
 
 def test_openmp_defaults_are_set_before_torch_and_never_over_a_users_choice():
+    import os
     import subprocess
     import sys
 
@@ -78,7 +79,7 @@ def test_openmp_defaults_are_set_before_torch_and_never_over_a_users_choice():
     mine = {"OMP_WAIT_POLICY": "PASSIVE"}
     assert set_openmp_defaults(mine) == {} and mine == {"OMP_WAIT_POLICY": "PASSIVE"}
     # importing the package sets them in a fresh process, before anything can load torch
-    clean = {k: v for k, v in __import__("os").environ.items() if k not in OPENMP_DEFAULTS}
+    clean = {k: v for k, v in os.environ.items() if k not in OPENMP_DEFAULTS}
     out = subprocess.run([sys.executable, "-c", "import recdemo, os, sys; "
                           "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)"],
                          env=clean, capture_output=True, text=True, check=True).stdout.split()

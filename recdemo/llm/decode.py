@@ -472,12 +472,12 @@ class Decoder:
                 starts[row], kvs[row] = start, kv
             self.stats.cached_tokens += cached * len(members)
             self.stats.shared_tokens += (start - cached) * (len(members) - 1)
+        suffixes = [len(r) - s for r, s in zip(ids, starts)]
         # the batch's KV is as wide as the longest prefix plus the longest suffix (``_prefill_suffixes``),
         # which rows of different groups can make wider than any one prompt
-        width = max(starts) + max(len(r) - s for r, s in zip(ids, starts))
+        width = max(starts) + max(suffixes)
         static_len = None if backend == "eager" else -(-(width + max_new_tokens) // STATIC_BUCKET) * STATIC_BUCKET
         rows_on_device = [r.to(device) for r in ids]
-        suffixes = [len(r) - s for r, s in zip(ids, starts)]
         # eager: rows of very different suffix lengths (an explanation's ~80 tokens, the profile's ~15)
         # prefill in separate batches, merged for decoding; static caches keep one shape, one batch
         buckets = _buckets(suffixes, FORWARD_COST_POSITIONS) if backend == "eager" else []
