@@ -52,13 +52,18 @@ def shared_prefix(token_lists) -> int:
 
 def token_counts(tok, prompts: list[str], tails: list[str]) -> dict:
     """One user's explanation request measured by tokenizing: prompt tokens (all rows), the prefix all
-    rows share, the tokens a shared-prefix decoder prefills (shared once + each row's rest), and the
-    tokens the model wrote (all rows, and the longest row: a batched call runs that many steps)."""
+    rows share, the tokens the decoder prefills (each group of rows with a common start, as
+    ``decode.prefix_groups`` groups them: the start once + each row's rest; rows with and without a
+    count of users who had both start with different worked examples), and the tokens the model
+    wrote (all rows, and the longest row: a batched call runs that many steps)."""
+    from recdemo.config import LLMConfig
+    from recdemo.llm.decode import prefix_groups
+
     ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     made = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in tails]
-    shared = shared_prefix(ids)
-    return {"prompt": sum(map(len, ids)), "shared_prefix": shared,
-            "prefill_shared_once": sum(map(len, ids)) - shared * (len(ids) - 1),
+    groups = prefix_groups([torch.tensor(i) for i in ids], LLMConfig().prefix_min_tokens) if ids else []
+    prefill = sum(start + sum(len(ids[m]) - start for m in members) for members, start in groups)
+    return {"prompt": sum(map(len, ids)), "shared_prefix": shared_prefix(ids), "prefill_shared_once": prefill,
             "generated": sum(made), "generated_max_row": max(made, default=0)}
 
 
@@ -197,8 +202,10 @@ def report() -> None:
              "", "## Runs of one dataset on the users they all share", ""] + table(shared)
     lines += ["", "Tokens per user (means; measured by tokenizing the run's prompts and outputs): the 10 "
               "explanation rows' prompt tokens, the prefix all 10 share, what a shared-prefix decoder prefills "
-              "(shared once + each row's rest), tokens generated (all rows; the longest row), the profile's "
-              "prompt and answer.", "",
+              "(each common start once + each row's rest; runs before s7: the prefix all 10 share, once; from "
+              "s7 on: each group of rows with a common start as `decode.prefix_groups` groups them, since "
+              "rows with and without a count start with different worked examples), tokens generated (all "
+              "rows; the longest row), the profile's prompt and answer.", "",
               "| dataset | run | explain prompt | shared prefix | prefill, shared once | generated | longest row "
               "| profile prompt | profile answer |", "|---|---|---|---|---|---|---|---|---|"]
     keys = ("prompt", "shared_prefix", "prefill_shared_once", "generated", "generated_max_row", "profile_prompt",

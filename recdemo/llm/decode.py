@@ -7,7 +7,7 @@ and on 2 CPU cores prefill is the cost (~1,200-1,700 tokens/s for SmolLM2-135M).
 1. **Prefix cache** (across calls): KV of token prefixes already computed, in a bounded LRU keyed by
    the model and its active LoRA adapter (an adapter changes every K and V). A call starts from the
    longest cached prefix of its prompt.
-2. **Shared prefixes** (within a call): the rows are grouped by common start (``_groups``: one request's
+2. **Shared prefixes** (within a call): the rows are grouped by common start (``prefix_groups``: one request's
    10 explanation prompts share header and history; the profile's prompt, merged into the same call,
    is a group of its own); each group's common prefix is prefilled once at batch 1 and its KV copied
    to the group's rows; only each row's own suffix is prefilled after it.
@@ -457,7 +457,7 @@ class Decoder:
         scope = (id(model), adapter_key(model))
         single = len(ids) == 1
         starts, kvs = [0] * len(ids), [None] * len(ids)
-        for members, shared in ([([0], 0)] if single else _groups(ids, self.cache.min_tokens)):
+        for members, shared in ([([0], 0)] if single else prefix_groups(ids, self.cache.min_tokens)):
             rep = ids[members[0]]
             # ``shared`` < every member's length: each row keeps a token to predict from
             cached, kv = self.cache.longest(scope, rep, len(rep) - 1 if single else shared)
@@ -540,7 +540,7 @@ class Decoder:
         return self._compiled[key]
 
 
-def _groups(ids: list[torch.Tensor], min_tokens: int) -> list[tuple[list[int], int]]:
+def prefix_groups(ids: list[torch.Tensor], min_tokens: int) -> list[tuple[list[int], int]]:
     """The rows as groups that share a prefix: (row indices, the group's common start, leaving each row
     a token of its own). Rows sorted by their tokens (rows alike are neighbours), then neighbouring
     groups merged while that saves prefill: a group costs its prefix once plus each row's rest, and

@@ -127,6 +127,11 @@ EXPLAIN_SYSTEM = "In one sentence, say what the recommended {item} is and what l
 EXPLAIN_PREFIX = "Like {evidence}, \"{target}\""  # the rationale starts here; the model finishes it
 # Worked example per domain (invented items, user turn facts + the answer). Its answer names the
 # item's kind from its genres or its title, then one connecting fact (the users who had both).
+# An item whose evidence has no count (no user had both: content similarity only) gets the
+# count-free example (EXPLAIN_EXAMPLES_UNCOUNTED), whose connecting fact is what it shares with a
+# history item: shown the counted one, SmolLM2 wrote a count (the example's "12 users bought it
+# too") in 239 of the 316 such rows of 200 amazon-beauty users, and 306 of the 316 fell back to the
+# template (with this example 201; bench/results/explanations.md, runs s6 and s7).
 EXPLAIN_EXAMPLES = {
     "movies": ('Recommended: "Moon Base" (Sci-Fi, Thriller)\n'
                '- "Star Pilots" (shares: sci-fi): 35 users watched both\n'
@@ -139,6 +144,18 @@ EXPLAIN_EXAMPLES = {
                  'Like "Argan Oil Repair Shampoo" and "Keratin Hair Mask", "Silk Protein Hair Conditioner" is '
                  'a conditioner, and 12 buyers of "Argan Oil Repair Shampoo" bought it too.'),
 }
+EXPLAIN_EXAMPLES_UNCOUNTED = {
+    "movies": ('Recommended: "Moon Base" (Sci-Fi, Thriller)\n'
+               '- "Star Pilots" (shares: sci-fi)\n'
+               '- "Robot Wars" (shares: sci-fi, thriller)',
+               'Like "Star Pilots" and "Robot Wars", "Moon Base" is a sci-fi thriller, a thriller like '
+               '"Robot Wars".'),
+    "products": ('Recommended: "Silk Protein Hair Conditioner" (conditioner)\n'
+                 '- "Argan Oil Repair Shampoo" (shares: hair)\n'
+                 '- "Rose Hand Cream"',
+                 'Like "Argan Oil Repair Shampoo" and "Rose Hand Cream", "Silk Protein Hair Conditioner" is '
+                 'a conditioner, and it is a hair product like "Argan Oil Repair Shampoo".'),
+}
 
 
 def explain_fact(domain: Domain, title: str, shared=(), n_both: int = 0) -> str:
@@ -148,20 +165,22 @@ def explain_fact(domain: Domain, title: str, shared=(), n_both: int = 0) -> str:
 
 
 def render_explain(tokenizer, domain: Domain, evidence: list[str], target: str, attributes=(),
-                   facts: Sequence[str] = (), example: bool = True, kind: str | None = None) -> tuple[str, str]:
+                   facts: Sequence[str] = (), example: bool = True, kind: str | None = None,
+                   counted: bool = True) -> tuple[str, str]:
     """(prompt ending with the primed answer, the primed part) for one explanation; ``evidence``: the
     titles the answer starts from, ``facts``: ``explain_fact`` lines. The text before the item's
     "Recommended" line is the same for every item and user (system, worked example); ``example=False``
     leaves the worked example out (a context too small for it). ``kind``: what a product is, from its
-    title ("shampoo"); the answer is primed with it (a 135M model names the example's kind instead)."""
+    title ("shampoo"); the answer is primed with it (a 135M model names the example's kind instead).
+    ``counted``: whether a fact gives a count of users who had both (else the count-free example)."""
     quoted = " and ".join(f'"{t}"' for t in evidence)
     attrs = f" ({', '.join(attributes)})" if attributes else ""
     user = fill("explain", domain, target=target, attributes=attrs, facts="\n".join(facts)).rstrip()
     prefix = EXPLAIN_PREFIX.format(evidence=quoted, target=target) if evidence else f'"{target}"'
     if kind:
         prefix += f" is {'an' if kind[:1].lower() in 'aeio' else 'a'} {kind}"
-    example_user, example_answer = EXPLAIN_EXAMPLES[domain.items if domain.items in EXPLAIN_EXAMPLES
-                                                    else "products"]
+    examples = EXPLAIN_EXAMPLES if counted else EXPLAIN_EXAMPLES_UNCOUNTED
+    example_user, example_answer = examples[domain.items if domain.items in examples else "products"]
     system = EXPLAIN_SYSTEM.format(item=domain.item, items=domain.items)
     turns = [(example_user, example_answer)] if example else []
     if getattr(tokenizer, "chat_template", None):
@@ -176,9 +195,10 @@ def render_explain(tokenizer, domain: Domain, evidence: list[str], target: str, 
     return text + prefix, prefix
 
 
-def explain_shared_prefix(tokenizer, domain: Domain) -> str:
-    """The text every explain prompt starts with (up to the item's "Recommended" line)."""
-    text, _ = render_explain(tokenizer, domain, [], "\x00")
+def explain_shared_prefix(tokenizer, domain: Domain, counted: bool = True) -> str:
+    """The text every explain prompt of its kind (facts with counts, or none) starts with (up to the
+    item's "Recommended" line)."""
+    text, _ = render_explain(tokenizer, domain, [], "\x00", counted=counted)
     return text[: text.index('Recommended: "\x00"')]
 
 

@@ -1,6 +1,7 @@
 """Explanations: evidence from the history, one batched LLM call, sentences verified or replaced."""
 from __future__ import annotations
 
+import re
 
 import numpy as np
 import pytest
@@ -271,12 +272,42 @@ def test_prompts_share_their_prefix_token_for_token(tiny_llm, toy_dataset):
     tok = tiny_llm.tokenizer
     prompts = [ex.prompt(i, ex.evidence(history, i))[0] for history, items in user_requests(toy_dataset)
                for i in items]
+    counted = [P.EXPLAIN_EXAMPLES["movies"][1] in p for p in prompts]  # else the count-free example
     ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    shared = tok(P.explain_shared_prefix(tok, ex.domain), add_special_tokens=False)["input_ids"]
-    assert len(shared) > 20 and all(row[: len(shared)] == shared for row in ids)
-    assert all(p.startswith(P.explain_shared_prefix(tok, ex.domain)) for p in prompts)
-    assert len({tuple(row[len(shared):]) for row in ids}) == len(ids)  # the item part differs
+    shared = {c: tok(P.explain_shared_prefix(tok, ex.domain, c), add_special_tokens=False)["input_ids"]
+              for c in (True, False)}
+    assert all(len(s) > 20 for s in shared.values()) and shared[True] != shared[False]
+    assert all(row[: len(shared[c])] == shared[c] for row, c in zip(ids, counted))
+    assert all(p.startswith(P.explain_shared_prefix(tok, ex.domain, c)) for p, c in zip(prompts, counted))
+    assert len({tuple(row[len(shared[c]):]) for row, c in zip(ids, counted)}) == len(ids)  # the item part differs
     assert P.EXPLAIN_EXAMPLES["movies"][1] in P.explain_shared_prefix(tok, ex.domain)  # the worked example
+    assert P.EXPLAIN_EXAMPLES_UNCOUNTED["movies"][1] in P.explain_shared_prefix(tok, ex.domain, counted=False)
+
+
+def test_an_item_no_user_had_with_the_history_gets_the_example_without_a_count(tiny_llm):
+    """Shown the counted example for evidence without counts, SmolLM2 copied the example's count
+    ("12 users bought it too"): such rows get the count-free example; rows with a count keep theirs."""
+    from recdemo.data import Catalog
+    from recdemo.llm import prompts as P
+
+    titles = ["Argan Oil Repair Shampoo", "Keratin Hair Mask", "Silk Protein Hair Conditioner"]
+    cat = Catalog(ids=["a", "b", "c"], titles=titles, attributes=[(), (), ()], attribute_name="categories")
+
+    class Data:
+        catalog = cat
+
+    ex = Explainer(ScriptedService(tiny_llm, ""), Data(), None)
+
+    def evidence(counts):
+        return [{"history_index": h, "title": titles[h], "kind": "co-occurrence" if n else "similar",
+                 "value": n or 0.4, "co_occurrence": n, "shared_attributes": []} for h, n in zip((0, 1), counts)]
+    for counts, example in (((0, 0), P.EXPLAIN_EXAMPLES_UNCOUNTED), ((0, 3), P.EXPLAIN_EXAMPLES),
+                            ((5, 0), P.EXPLAIN_EXAMPLES)):
+        text, prefix = ex.prompt(2, evidence(counts))
+        assert example["products"][1] in text and text.endswith(prefix)
+        asked = text[text.rindex('Recommended: "Silk'):]  # the item's own turn, after the worked example
+        assert (" users bought both" in asked) == any(counts)
+    assert not re.search(r"\d", P.EXPLAIN_EXAMPLES_UNCOUNTED["products"][1])
 
 
 def test_facts_say_what_the_item_shares_and_who_had_both(tiny_llm, toy_dataset):
