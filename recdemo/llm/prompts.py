@@ -131,7 +131,8 @@ EXPLAIN_PREFIX = "Like {evidence}, \"{target}\""  # the rationale starts here; t
 # count-free example (EXPLAIN_EXAMPLES_UNCOUNTED), whose connecting fact is what it shares with a
 # history item: shown the counted one, SmolLM2 wrote a count (the example's "12 users bought it
 # too") in 239 of the 316 such rows of 200 amazon-beauty users, and 306 of the 316 fell back to the
-# template (with this example 201; bench/results/explanations.md, runs s6 and s7).
+# template (with this example 231, and its rows stay short: it refers back to a history item by its
+# kind, "like the shampoo", not by its long title; bench/results/explanations.md, runs s6 and s7c).
 EXPLAIN_EXAMPLES = {
     "movies": ('Recommended: "Moon Base" (Sci-Fi, Thriller)\n'
                '- "Star Pilots" (shares: sci-fi): 35 users watched both\n'
@@ -154,7 +155,7 @@ EXPLAIN_EXAMPLES_UNCOUNTED = {
                  '- "Argan Oil Repair Shampoo" (shares: hair)\n'
                  '- "Rose Hand Cream"',
                  'Like "Argan Oil Repair Shampoo" and "Rose Hand Cream", "Silk Protein Hair Conditioner" is '
-                 'a conditioner, and it is a hair product like "Argan Oil Repair Shampoo".'),
+                 'a conditioner, and it is for hair like the shampoo.'),
 }
 
 
