@@ -221,9 +221,9 @@ class Explainer:
         attributes = [P.prompt_title(a) for a in self.catalog.attributes[int(item)][:3]] or ([kind] if kind else [])
         titles = [P.prompt_title(short_title(e["title"])) for e in evidence[:2]]
         facts = self.facts(item, evidence[:2])
-        counted = any(int(e["co_occurrence"]) for e in evidence[:2])
 
         def build(kept, example=True):  # ``kept``: evidence titles weakest first, so fitting drops the weakest
+            counted = any(int(e["co_occurrence"]) for e in evidence[:len(kept)])  # a fact shown gives a count
             text, prefix = P.render_explain(llm.tokenizer, self.domain, kept[::-1], target, attributes,
                                             facts[:len(kept)], example, kind, counted)
             return text, prefix, llm.tokenizer(text)["input_ids"]

@@ -29,6 +29,13 @@ def shared_rows(tok):
     return [ids_of(tok, HEADER + t) for t in TAILS]
 
 
+def bucketed(suffixes, eager=True):
+    """Positions the eager decoder prefills for these suffix lengths: each length bucket padded to its
+    longest (one padded batch for the static backends)."""
+    batches = _buckets(suffixes, FORWARD_COST_POSITIONS) if eager else [list(range(len(suffixes)))]
+    return sum(len(b) * max(suffixes[i] for i in b) for b in batches)
+
+
 @pytest.mark.parametrize("backend", ["eager", "static"])
 def test_rows_of_different_lengths_equal_each_prompt_alone(tiny_llm, backend):
     tok = tiny_llm.tokenizer
@@ -48,8 +55,7 @@ def test_a_shared_prefix_is_computed_once(tiny_llm, backend):
     stats = dec.stats
     assert stats.shared_tokens == (len(rows) - 1) * shared
     suffixes = [len(r) - shared for r in rows]  # once, then the padded suffixes (eager: in length buckets)
-    batches = _buckets(suffixes, FORWARD_COST_POSITIONS) if backend == "eager" else [list(range(len(rows)))]
-    assert stats.prefill_tokens == shared + sum(len(b) * max(suffixes[i] for i in b) for b in batches)
+    assert stats.prefill_tokens == shared + bucketed(suffixes, eager=backend == "eager")
     assert stats.prefill_tokens < 0.6 * sum(map(len, rows))
 
 
@@ -251,7 +257,7 @@ def test_rows_are_grouped_by_common_start_each_prefix_prefilled_once(tiny_llm):
     stats = dec.stats
     assert stats.shared_tokens == (len(rows) - 1) * shared  # the explanation rows' prefix, once
     suffixes = [len(r) - shared for r in rows] + [1]  # `other` is a group of its own: its last token
-    padded = sum(len(b) * max(suffixes[i] for i in b) for b in _buckets(suffixes, FORWARD_COST_POSITIONS))
+    padded = bucketed(suffixes)
     assert padded <= len(suffixes) * max(suffixes)
     assert stats.prefill_tokens == shared + (len(other) - 1) + padded
     before = dec.stats.prefill_tokens
