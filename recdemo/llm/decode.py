@@ -15,8 +15,9 @@ and on 2 CPU cores prefill is the cost (~1,200-1,700 tokens/s for SmolLM2-135M).
    the attention mask hides the pads and position ids come from the mask (cumsum - 1), so each row
    sees exactly its own tokens at its own positions, as if it ran alone. Eager: rows whose suffixes
    differ a lot (an explanation's ~80 tokens, the profile's ~15) prefill in separate batches
-   (``_buckets``: where the padding saved pays for one more forward), merged right-aligned for decoding
-   (``_merge_batches``): 23% of a request's prefill positions were pads, 5% after.
+   (``_buckets``: where the padding saved pays for one more forward): 23% of a request's prefill
+   positions were pads, 5% after. The call's KV is allocated once (``_prefill_in_buckets``): each
+   bucket writes its rows' slice, right-aligned to the widest, and the decode batch is that KV as is.
 4. **Decode**: one token per row per step (argmax); a row that is done (EOS, a stop string, the
    ``stop_when`` predicate, the token budget: each row its own, ``RowStop``) leaves the batch, so it
    costs nothing more, and is handed to ``on_row`` at once (the page shows each explanation as its
@@ -218,12 +219,13 @@ def _growing_layer_class():
 
     class GrowingLayer(DynamicLayer):
         room = 0
+        _buffers = None  # (keys, values) with room past the tokens; given (``_adopted_layer``) or made by ``update``
 
         def update(self, key_states, value_states, *args, **kwargs):
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
             n, new = self.get_seq_length(), key_states.shape[-2]
-            if n == 0 or n + new > self._buffers[0].shape[-2]:  # first fill, or out of room: move once
+            if self._buffers is None or n + new > self._buffers[0].shape[-2]:  # none yet, or out of room: move once
                 shape = (*key_states.shape[:2], n + new + self.room, key_states.shape[-1])
                 buffers = (key_states.new_empty(shape), value_states.new_empty(shape))
                 for old, buffer in zip((self.keys, self.values), buffers):
@@ -294,16 +296,37 @@ def _seed_rows(kvs: list, starts: list[int], width: int) -> list:
     return out
 
 
-def _prefill_suffixes(model, rows: list[torch.Tensor], starts: list[int], kvs: list, static_len: int | None,
-                      pad_id: int, new_tokens: int = 0) -> _Batch:
-    """Every row's tokens after its prefix (``starts[i]`` tokens whose KV is ``kvs[i]``) in one batch:
-    prefixes right-aligned to the longest, then the suffixes left-padded; the batch holds each row's
-    first new token. A dynamic cache keeps room for the suffixes and ``new_tokens`` decode steps."""
+def _seed_into(views: list, kvs: list, starts: list[int], prefix: int) -> None:
+    """Each row's prefix KV written right-aligned into the first ``prefix`` positions of ``views`` (per
+    layer (keys, values) [rows, heads, >= prefix, dim]), the positions before it zeroed: pads, hidden
+    by the mask, but a NaN left there by the memory's last use would still reach the attention's sum.
+    Rows of one group (same prefix KV) must be neighbours: each run of them is one sliced write per
+    layer (a write per row, or through an index, cost 50-100 ms a call on 2 cores)."""
+    if not prefix:
+        return
+    first = 0
+    for end in range(1, len(kvs) + 1):
+        if end < len(kvs) and kvs[end] is kvs[first] and starts[end] == starts[first]:
+            continue
+        rows, kv, start = slice(first, end), kvs[first], starts[first]
+        for layer, pair in enumerate(views):
+            for which, view in enumerate(pair):
+                if start < prefix:
+                    view[rows, :, :prefix - start] = 0
+                if start:
+                    view[rows, :, prefix - start:prefix] = kv[layer][which][:, :, :start]
+        first = end
+
+
+def _prefill_suffixes(model, rows: list[torch.Tensor], starts: list[int], cache, pad_id: int,
+                      static_len: int | None = None) -> _Batch:
+    """Every row's tokens after its prefix (``starts[i]`` tokens, whose KV ``cache`` holds right-aligned
+    to the longest prefix) in one batch: the suffixes left-padded after it; the batch holds each row's
+    first new token. A static cache gets a mask as wide as itself (one decode shape throughout)."""
     device = rows[0].device
     prefix = max(starts)
     width = max(len(r) - s for r, s in zip(rows, starts))
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
-    # a static cache gets a mask as wide as itself: the decode step then has one shape throughout
     mask = torch.zeros(len(rows), static_len or prefix + width, dtype=torch.long, device=device)
     for i, (row, start) in enumerate(zip(rows, starts)):
         n = len(row) - start
@@ -311,10 +334,78 @@ def _prefill_suffixes(model, rows: list[torch.Tensor], starts: list[int], kvs: l
         mask[i, prefix - start:prefix] = 1
         mask[i, prefix + width - n:prefix + width] = 1
     positions = (mask.cumsum(1) - 1)[:, prefix:prefix + width].clamp(min=0)  # pads: any position, none is seen
-    cache = _seeded_cache(model, _seed_rows(kvs, starts, prefix) if prefix else None, len(rows), static_len,
-                          room=width + new_tokens)
     logits = _forward(model, ids, mask, positions, cache)
     return _Batch(cache, mask, prefix + width, list(range(len(rows))), logits.argmax(-1))
+
+
+def _prefill_in_buckets(model, rows: list[torch.Tensor], starts: list[int], kvs: list, buckets: list[list[int]],
+                        new_tokens: int, pad_id: int) -> _Batch:
+    """Eager prefill, bucket by bucket, into the call's one KV allocation: each bucket's rows a slice
+    of it, their tokens right-aligned to the widest bucket, so the decode batch is the allocation as
+    it stands (no merge: copying every bucket's KV into a merged cache, twice, was ~0.25 s of a
+    request's 0.9 s prefill on 2 cores), with room for ``new_tokens`` steps."""
+    lengths = [max(starts[i] for i in b) + max(len(rows[i]) - starts[i] for i in b) for b in buckets]
+    width = max(lengths)
+    kv = _call_kv(model, len(rows), width + new_tokens, rows[0].device)
+    parts, at = [], 0
+    for bucket, length in zip(buckets, lengths):
+        bucket = sorted(bucket, key=lambda i: (id(kvs[i]), starts[i]))  # each group's rows neighbours
+        mine, at = slice(at, at + len(bucket)), at + len(bucket)
+        for pair in kv:
+            for buffer in pair:
+                buffer[mine, :, :width - length] = 0  # the pads before this bucket's tokens
+        views = [(k[mine, :, width - length:], v[mine, :, width - length:]) for k, v in kv]
+        prefix = max(starts[i] for i in bucket)
+        _seed_into(views, [kvs[i] for i in bucket], [starts[i] for i in bucket], prefix)
+        cache = _cache_of(model, [_adopted_layer(k, v, prefix) for k, v in views])
+        parts.append((bucket, _prefill_suffixes(model, [rows[i] for i in bucket], [starts[i] for i in bucket],
+                                                cache, pad_id)))
+    mask = torch.zeros(len(rows), width, dtype=parts[0][1].mask.dtype, device=rows[0].device)
+    at = 0
+    for bucket, batch in parts:
+        mask[at:at + len(bucket), width - batch.length:] = batch.mask
+        at += len(bucket)
+    order = [i for bucket, _ in parts for i in bucket]
+    next_ids = torch.cat([batch.next_ids for _, batch in parts])
+    return _Batch(_cache_of(model, [_adopted_layer(k, v, width) for k, v in kv]), mask, width, order, next_ids)
+
+
+def _call_kv(model, rows: int, width: int, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A call's KV, allocated once: per layer (keys, values) [rows, KV heads, width, head dim], unset."""
+    cfg = model.config
+    heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    dtype = model_parts(model)[0].get_input_embeddings().weight.dtype
+    shape = (rows, heads, width, dim)
+    return [(torch.empty(shape, dtype=dtype, device=device), torch.empty(shape, dtype=dtype, device=device))
+            for _ in range(cfg.num_hidden_layers)]
+
+
+def _adopted_layer(keys: torch.Tensor, values: torch.Tensor, length: int):
+    """A ``_growing_layer`` over given buffers (views of a call's one KV allocation) that already hold
+    ``length`` tokens: what the model adds is written there, in place."""
+    layer = _growing_layer(0)
+    layer.lazy_initialization(keys, values)
+    layer._buffers = (keys, values)
+    layer.keys, layer.values = keys[:, :, :length], values[:, :, :length]
+    return layer
+
+
+def _cache_of(model, layers: list):
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    cache.layers = layers
+    return cache
+
+
+def _plain_layers(model) -> bool:
+    """Whether the model's dynamic cache is plain ``DynamicLayer``s (every LLaMA-family model): only
+    then does the eager prefill lay the call's KV out itself (``_prefill_in_buckets``)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    return all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
 
 
 def _buckets(suffixes: list[int], forward_cost: int) -> list[list[int]]:
@@ -333,31 +424,6 @@ def _buckets(suffixes: list[int], forward_cost: int) -> list[list[int]]:
         buckets.append(order[cut[end]:end])
         end = cut[end]
     return buckets[::-1]
-
-
-def _merge_batches(model, parts: list[tuple[list[int], _Batch]], new_tokens: int) -> _Batch:
-    """One decode batch from batches prefilled apart: each one's KV and mask right-aligned to the
-    widest (the pads before a row's tokens are masked, as in ``_prefill_suffixes``), with room for
-    ``new_tokens`` steps. ``parts``: (the call's row of each batch row, the batch)."""
-    width = max(batch.length for _, batch in parts)
-    at = [0]  # where each part's rows start in the merged batch
-    for rows, _ in parts:
-        at.append(at[-1] + len(rows))
-    first = parts[0][1]
-    mask = torch.zeros(at[-1], width, dtype=first.mask.dtype, device=first.mask.device)
-    kv = []
-    for layer in first.cache.layers:
-        keys = layer.keys.new_zeros((at[-1], layer.keys.shape[1], width, layer.keys.shape[3]))
-        kv.append((keys, torch.zeros_like(keys)))
-    for (rows, batch), start in zip(parts, at):
-        end, left = start + len(rows), width - batch.length
-        mask[start:end, left:] = batch.mask
-        for (keys, values), layer in zip(kv, batch.cache.layers):
-            keys[start:end, :, left:] = layer.keys[:, :, :batch.length]
-            values[start:end, :, left:] = layer.values[:, :, :batch.length]
-    order = [rows[i] for rows, batch in parts for i in batch.rows]
-    next_ids = torch.cat([batch.next_ids for _, batch in parts])
-    return _Batch(_seeded_cache(model, kv, at[-1], None, room=new_tokens), mask, width, order, next_ids)
 
 
 @dataclass(frozen=True)
@@ -473,20 +539,22 @@ class Decoder:
             self.stats.cached_tokens += cached * len(members)
             self.stats.shared_tokens += (start - cached) * (len(members) - 1)
         suffixes = [len(r) - s for r, s in zip(ids, starts)]
-        # the batch's KV is as wide as the longest prefix plus the longest suffix (``_prefill_suffixes``),
-        # which rows of different groups can make wider than any one prompt
-        width = max(starts) + max(suffixes)
-        static_len = None if backend == "eager" else -(-(width + max_new_tokens) // STATIC_BUCKET) * STATIC_BUCKET
         rows_on_device = [r.to(device) for r in ids]
-        # eager: rows of very different suffix lengths (an explanation's ~80 tokens, the profile's ~15)
-        # prefill in separate batches, merged for decoding; static caches keep one shape, one batch
-        buckets = _buckets(suffixes, FORWARD_COST_POSITIONS) if backend == "eager" else []
-        buckets = buckets if len(buckets) > 1 else [list(range(len(ids)))]
-        parts = [(rows, _prefill_suffixes(model, [rows_on_device[i] for i in rows], [starts[i] for i in rows],
-                                          [kvs[i] for i in rows], static_len, _pad_id(model),
-                                          max_new_tokens if len(buckets) == 1 else 0))
-                 for rows in buckets]
-        batch = parts[0][1] if len(parts) == 1 else _merge_batches(model, parts, max_new_tokens)
+        if backend == "eager" and _plain_layers(model):
+            # rows of very different suffix lengths (an explanation's ~80 tokens, the profile's ~15)
+            # prefill in separate batches, each into its slice of the call's KV
+            buckets = _buckets(suffixes, FORWARD_COST_POSITIONS)
+            batch = _prefill_in_buckets(model, rows_on_device, starts, kvs, buckets, max_new_tokens, _pad_id(model))
+        else:  # one batch (static caches keep one shape)
+            buckets = [list(range(len(ids)))]
+            # the KV is as wide as the longest prefix plus the longest suffix, which rows of different
+            # groups can make wider than any one prompt
+            width = max(starts) + max(suffixes)
+            static_len = None if backend == "eager" else -(-(width + max_new_tokens) // STATIC_BUCKET) * STATIC_BUCKET
+            prefix = max(starts)
+            cache = _seeded_cache(model, _seed_rows(kvs, starts, prefix) if prefix else None, len(ids), static_len,
+                                  room=width + max_new_tokens)
+            batch = _prefill_suffixes(model, rows_on_device, starts, cache, _pad_id(model), static_len)
         if single:  # the whole prompt's KV, for the next call that starts the same way
             self.cache.remember(scope, ids[0], _layer_kv(batch.cache, len(ids[0])))
         self.stats.prompt_tokens += sum(len(r) for r in ids)

@@ -309,6 +309,38 @@ def test_static_cache_fits_groups_whose_prefix_and_suffix_come_from_different_ro
     assert got == [alone(tiny_llm, r, 4) for r in rows]
 
 
+def test_groups_in_separate_buckets_share_one_kv_allocation_whatever_memory_it_held(tiny_llm, monkeypatch):
+    """Two prompt groups (a long shared start with short suffixes; another start with long suffixes)
+    prefill in separate buckets straight into the call's one KV allocation, each right-aligned to the
+    widest: every row still decodes like its prompt alone, even when the allocation starts as NaN
+    (the pads before a shorter bucket and before a shorter prefix must be zeroed, not left as found)."""
+    from recdemo.llm import decode
+
+    allocations = []
+
+    def poisoned(*args):
+        kv = real(*args)
+        for pair in kv:
+            for buffer in pair:
+                buffer.fill_(float("nan"))
+        allocations.append(kv)
+        return kv
+
+    real, prefill = decode._call_kv, decode._prefill_suffixes
+    batches = []
+    monkeypatch.setattr(decode, "_call_kv", poisoned)
+    monkeypatch.setattr(decode, "_prefill_suffixes", lambda *a, **k: batches.append(a[1]) or prefill(*a, **k))
+    tok = tiny_llm.tokenizer
+    start = "Zebra crossing notes: " + "quiet rivers and old bridges, " * 4
+    short = [ids_of(tok, start + t) for t in (" A", " B red")]
+    long = [ids_of(tok, "A user watched: " + t * 10) for t in ("red hills ", "blue lakes ")]
+    rows = [long[0], short[0], long[1], short[1]]
+    dec = Decoder("eager", min_prefix_tokens=4)
+    assert dec.generate(tiny_llm, rows, 6) == [alone(tiny_llm, r, 6) for r in rows]
+    assert len(allocations) == 1 and allocations[0][0][0].shape[0] == len(rows)  # one allocation, every row
+    assert sorted(map(len, batches)) == [2, 2]  # really two buckets, of one group each
+
+
 def test_buckets_cut_where_the_padding_saved_pays_for_a_forward():
     # one batch: 4 rows x 80 + 32 = 352; apart: 2 x 10 + 32 + 2 x 80 + 32 = 244
     assert _buckets([80, 10, 75, 12], 32) == [[1, 3], [2, 0]]
