@@ -280,19 +280,13 @@ def _prefill_prefix(model, ids: torch.Tensor, start: int, kv: list | None) -> li
 
 def _seed_rows(kvs: list, starts: list[int], width: int) -> list:
     """Per layer (keys, values) [rows, heads, width, dim]: each row's prefix KV right-aligned (the
-    positions before it are pads, hidden by the mask). Rows sharing one prefix share its KV object."""
+    positions before it are pads, hidden by the mask: ``_seed_into``). Rows sharing one prefix share
+    its KV object."""
     if len({id(kv) for kv in kvs}) == 1 and len(set(starts)) == 1:  # one group: a view, no copy
         return [(k.expand(len(kvs), -1, -1, -1), v.expand(len(kvs), -1, -1, -1)) for k, v in kvs[0]]
-    out = []
-    for layer in range(len(next(kv for kv in kvs if kv))):
-        k0, v0 = next(kv for kv in kvs if kv)[layer]
-        keys = k0.new_zeros((len(kvs), k0.shape[1], width, k0.shape[3]))
-        values = v0.new_zeros((len(kvs), v0.shape[1], width, v0.shape[3]))
-        for i, (kv, start) in enumerate(zip(kvs, starts)):
-            if start:
-                keys[i, :, width - start:] = kv[layer][0][0, :, :start]
-                values[i, :, width - start:] = kv[layer][1][0, :, :start]
-        out.append((keys, values))
+    out = [tuple(t.new_empty((len(kvs), t.shape[1], width, t.shape[3])) for t in pair)
+           for pair in next(kv for kv in kvs if kv)]
+    _seed_into(out, kvs, starts, width)
     return out
 
 
@@ -300,8 +294,8 @@ def _seed_into(views: list, kvs: list, starts: list[int], prefix: int) -> None:
     """Each row's prefix KV written right-aligned into the first ``prefix`` positions of ``views`` (per
     layer (keys, values) [rows, heads, >= prefix, dim]), the positions before it zeroed: pads, hidden
     by the mask, but a NaN left there by the memory's last use would still reach the attention's sum.
-    Rows of one group (same prefix KV) must be neighbours: each run of them is one sliced write per
-    layer (a write per row, or through an index, cost 50-100 ms a call on 2 cores)."""
+    Each run of neighbouring rows with one prefix KV is one sliced write per layer, so callers put a
+    group's rows side by side (a write per row, or through an index, cost 50-100 ms a call on 2 cores)."""
     if not prefix:
         return
     first = 0
@@ -347,6 +341,7 @@ def _prefill_in_buckets(model, rows: list[torch.Tensor], starts: list[int], kvs:
     lengths = [max(starts[i] for i in b) + max(len(rows[i]) - starts[i] for i in b) for b in buckets]
     width = max(lengths)
     kv = _call_kv(model, len(rows), width + new_tokens, rows[0].device)
+    mask = torch.zeros(len(rows), width, dtype=torch.long, device=rows[0].device)
     parts, at = [], 0
     for bucket, length in zip(buckets, lengths):
         bucket = sorted(bucket, key=lambda i: (id(kvs[i]), starts[i]))  # each group's rows neighbours
@@ -358,13 +353,9 @@ def _prefill_in_buckets(model, rows: list[torch.Tensor], starts: list[int], kvs:
         prefix = max(starts[i] for i in bucket)
         _seed_into(views, [kvs[i] for i in bucket], [starts[i] for i in bucket], prefix)
         cache = _cache_of(model, [_adopted_layer(k, v, prefix) for k, v in views])
-        parts.append((bucket, _prefill_suffixes(model, [rows[i] for i in bucket], [starts[i] for i in bucket],
-                                                cache, pad_id)))
-    mask = torch.zeros(len(rows), width, dtype=parts[0][1].mask.dtype, device=rows[0].device)
-    at = 0
-    for bucket, batch in parts:
-        mask[at:at + len(bucket), width - batch.length:] = batch.mask
-        at += len(bucket)
+        part = _prefill_suffixes(model, [rows[i] for i in bucket], [starts[i] for i in bucket], cache, pad_id)
+        mask[mine, width - part.length:] = part.mask
+        parts.append((bucket, part))
     order = [i for bucket, _ in parts for i in bucket]
     next_ids = torch.cat([batch.next_ids for _, batch in parts])
     return _Batch(_cache_of(model, [_adopted_layer(k, v, width) for k, v in kv]), mask, width, order, next_ids)
