@@ -110,6 +110,9 @@ class LLMConfig:
     # batched rerank (each up to limits.max_candidates candidates).
     coalesce_rows: int = 64
     coalesce_reranks: int = 16
+    # A request's explanations follow its rerank: a concurrent request's explanation call waits up to
+    # this long for them (llm/coalesce.py tickets) so the requests of a busy room share one batch.
+    coalesce_gather_ms: int = 1000
     # Batched rerank scoring (llm/rankers/batch_tree.py: evaluate --batch-size, coalesced reranks): rows x
     # tree nodes fed in one forward call; bigger requests go in slices. Bounds the [rows, 1, nodes, cache + nodes]
     # attention mask and the activations (4,096 nodes of a 7B model: ~32 MB of hidden states in bf16).
@@ -125,6 +128,10 @@ class LLMConfig:
     prefix_cache_entries: int = 32
     prefix_cache_tokens: int = 4_096
     prefix_min_tokens: int = 16
+    # The eager CPU decoder keeps its last call's KV memory for the next (llm/kv_pool.py: fresh pages
+    # fault on first write, ~13% of a 4-user call's CPU); a call needing more gets memory it gives back.
+    # 64 rows of ~340 positions of SmolLM2-135M's KV in bf16 are ~500 MB.
+    kv_pool_mb: int = 768
 
 
 @dataclass

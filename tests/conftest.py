@@ -48,9 +48,11 @@ def make_tiny_tokenizer():
 
 
 def make_tiny_llm(tokenizer, seed: int = 0):
-    """A random 2-layer LlamaForCausalLM (hidden 32; init std 0.2 so its logits can peak) in recdemo's LLM record."""
+    """A random 2-layer LlamaForCausalLM (hidden 32, 2 KV heads for 4 query heads; init std 0.2 so its
+    logits can peak) in recdemo's LLM record, on the attention ``load_llm`` serves on a CPU."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from recdemo.llm.attention import use_grouped_attention
     from recdemo.llm.models import LLM
 
     torch.manual_seed(seed)
@@ -59,6 +61,7 @@ def make_tiny_llm(tokenizer, seed: int = 0):
                          tie_word_embeddings=True, initializer_range=0.2, pad_token_id=tokenizer.pad_token_id,
                          eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
     model = LlamaForCausalLM(config).eval()
+    use_grouped_attention(model)  # as load_llm serves a model on a CPU
     return LLM(model=model, tokenizer=tokenizer, name="tiny-llama", device=torch.device("cpu"),
                dtype=torch.float32)
 

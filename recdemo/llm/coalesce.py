@@ -9,6 +9,12 @@ on one thread (see ``ModelThread`` for why that is faster on a CPU).
 While a batch runs (or the model is busy with other work), new jobs queue, so a busy server runs
 larger batches and an idle one adds no delay.
 
+Tickets (``expect``): a caller that will submit a job of some key soon (a request whose explanations
+follow its rerank) says so; a leader of that key waits for the open tickets' jobs (at most
+``gather_s``, and not past ``max_rows``) before it takes the model. Without them, requests that
+arrived together drifted apart: one request's explanations ran alone while the others were still
+reranking, and every later call had one or two users instead of all (4 users: ~1.7 requests a call).
+
 A batch that raises is retried one job at a time, so a bad job fails only its own caller; every
 taken job is marked done whatever happens, so no caller waits forever.
 """
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable
@@ -78,9 +85,11 @@ class Coalescer:
     """``run(key, payloads) -> results`` (one per payload, in order) runs a batch of same-key jobs."""
 
     def __init__(self, run: Callable[[Hashable, list], list], max_rows: int = 64, gate=None,
-                 thread: ModelThread | None = None):
+                 thread: ModelThread | None = None, gather_s: float = 0.0):
         self._run = run
         self.max_rows = max(1, int(max_rows))
+        self.gather_s = max(0.0, float(gather_s))  # how long a leader waits for open tickets' jobs
+        self._open: dict = {}  # key -> tickets not yet closed
         self._gate = gate  # held while a batch is taken and run (e.g. the service lock)
         self._thread = thread  # where batches run (the leader waits); None: in the leader's own thread
         self._cond = threading.Condition(threading.Lock())
@@ -96,21 +105,43 @@ class Coalescer:
         with self._cond:
             return len(self._waiting)
 
-    def submit(self, key: Hashable, payload: Any, rows: int = 1) -> Any:
+    def expect(self, key: Hashable) -> "Ticket":
+        """A ticket for a job of ``key`` this caller will submit soon (``submit(..., ticket=)``); close
+        it (or leave its ``with``) if it will not."""
+        ticket = Ticket(self, key)
+        with self._cond:
+            self._open.setdefault(key, []).append(ticket)
+        return ticket
+
+    def _close(self, ticket: "Ticket") -> None:
+        """Caller holds ``_cond``."""
+        if not ticket.closed:
+            ticket.closed = True
+            self._open[ticket.key].remove(ticket)
+            if not self._open[ticket.key]:
+                del self._open[ticket.key]
+            self._cond.notify_all()
+
+    def submit(self, key: Hashable, payload: Any, rows: int = 1, ticket: "Ticket | None" = None) -> Any:
         """The result of ``run(key, [payload])[0]``, possibly computed in a batch with other callers'
-        jobs of the same key. Raises the job's own exception."""
+        jobs of the same key. Raises the job's own exception. ``ticket``: this job's (closed here)."""
         if getattr(self._inside, "active", False) or self._holds_gate():
             # a batch's own call, or a caller holding the model lock: waiting for a leader that
             # needs that lock would never end, so it runs at once, alone
+            if ticket is not None:
+                ticket.close()
             return self._call(key, [payload])[0]
         job = _Job(key, payload, max(1, int(rows)))
         with self._cond:
             self._waiting.append(job)
+            if ticket is not None:
+                self._close(ticket)
             while not job.done and self._leading:
                 self._cond.wait()
             lead = not job.done
             if lead:
                 self._leading = True
+                self._gather(key)
         if lead:
             try:
                 self._lead(job)
@@ -123,6 +154,22 @@ class Coalescer:
         if job.error is not None:
             raise job.error
         return job.result
+
+    def _gather(self, key: Hashable) -> None:
+        """Wait (at most ``gather_s``) while other threads' tickets of ``key`` are open and their jobs
+        would still fit the batch (this thread's own ticket waits for nothing: its job is this one, or
+        comes after it). Caller holds ``_cond``; the model is not held meanwhile, so the ticket holders'
+        own model work (their reranks) goes on."""
+        end = time.monotonic() + self.gather_s
+        me = threading.get_ident()
+
+        def others() -> bool:
+            return any(t.thread != me for t in self._open.get(key, ()))
+        while others() and sum(j.rows for j in self._waiting if j.key == key) < self.max_rows:
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            self._cond.wait(left)
 
     def _holds_gate(self) -> bool:
         owned = getattr(self._gate, "_is_owned", None)  # RLock and Condition have it; a plain Lock not
@@ -185,3 +232,22 @@ class Coalescer:
                         job.error = RuntimeError("the batch holding this request was interrupted")
                     job.done = True
                 self._cond.notify_all()
+
+
+class Ticket:
+    """A caller's word that a job of ``key`` follows soon (``Coalescer.expect``); closing it twice is
+    harmless, and leaving its ``with`` closes it."""
+
+    def __init__(self, owner: Coalescer, key: Hashable):
+        self.owner, self.key, self.closed = owner, key, False
+        self.thread = threading.get_ident()  # who opened it
+
+    def close(self) -> None:
+        with self.owner._cond:
+            self.owner._close(self)
+
+    def __enter__(self) -> "Ticket":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

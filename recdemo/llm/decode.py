@@ -41,6 +41,7 @@ from typing import Callable
 
 import torch
 
+from recdemo.llm.kv_pool import KVPool
 from recdemo.llm.models import model_parts
 
 BACKENDS = ("auto", "eager", "static", "graphs")
@@ -243,6 +244,16 @@ def _growing_layer_class():
                 self._buffers = tuple(buffer[indices] for buffer in self._buffers)
                 self.keys, self.values = (buffer[:, :, :n] for buffer in self._buffers)
 
+        def keep_first(self, rows: int, moves: list[tuple[int, int]]):
+            """Keep the first ``rows`` rows after copying row ``a`` into row ``b`` for each (a, b) of
+            ``moves``, in place: the memory stays (selecting rows copied every row's KV to fresh memory)."""
+            n = self.get_seq_length()
+            for buffer in self._buffers:
+                for a, b in moves:
+                    buffer[b, :, :n] = buffer[a, :, :n]
+            self._buffers = tuple(buffer[:rows] for buffer in self._buffers)
+            self.keys, self.values = (buffer[:, :, :n] for buffer in self._buffers)
+
     return GrowingLayer
 
 
@@ -333,14 +344,14 @@ def _prefill_suffixes(model, rows: list[torch.Tensor], starts: list[int], cache,
 
 
 def _prefill_in_buckets(model, rows: list[torch.Tensor], starts: list[int], kvs: list, buckets: list[list[int]],
-                        new_tokens: int, pad_id: int) -> _Batch:
-    """Eager prefill, bucket by bucket, into the call's one KV allocation: each bucket's rows a slice
-    of it, their tokens right-aligned to the widest bucket, so the decode batch is the allocation as
-    it stands (no merge: copying every bucket's KV into a merged cache, twice, was ~0.25 s of a
-    request's 0.9 s prefill on 2 cores), with room for ``new_tokens`` steps."""
+                        new_tokens: int, pad_id: int, take=None) -> _Batch:
+    """Eager prefill, bucket by bucket, into the call's one KV allocation (from ``take`` when given):
+    each bucket's rows a slice of it, their tokens right-aligned to the widest bucket, so the decode
+    batch is the allocation as it stands (no merge: copying every bucket's KV into a merged cache,
+    twice, was ~0.25 s of a request's 0.9 s prefill on 2 cores), with room for ``new_tokens`` steps."""
     lengths = [max(starts[i] for i in b) + max(len(rows[i]) - starts[i] for i in b) for b in buckets]
     width = max(lengths)
-    kv = _call_kv(model, len(rows), width + new_tokens, rows[0].device)
+    kv = _call_kv(model, len(rows), width + new_tokens, rows[0].device, take)
     mask = torch.zeros(len(rows), width, dtype=torch.long, device=rows[0].device)
     parts, at = [], 0
     for bucket, length in zip(buckets, lengths):
@@ -361,15 +372,17 @@ def _prefill_in_buckets(model, rows: list[torch.Tensor], starts: list[int], kvs:
     return _Batch(_cache_of(model, [_adopted_layer(k, v, width) for k, v in kv]), mask, width, order, next_ids)
 
 
-def _call_kv(model, rows: int, width: int, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """A call's KV, allocated once: per layer (keys, values) [rows, KV heads, width, head dim], unset."""
+def _call_kv(model, rows: int, width: int, device, take=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A call's KV, allocated once: per layer (keys, values) [rows, KV heads, width, head dim], unset;
+    from ``take`` (``KVPool.take``: memory kept from the last call) when given."""
     cfg = model.config
     heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
     dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     dtype = model_parts(model)[0].get_input_embeddings().weight.dtype
-    shape = (rows, heads, width, dim)
-    return [(torch.empty(shape, dtype=dtype, device=device), torch.empty(shape, dtype=dtype, device=device))
-            for _ in range(cfg.num_hidden_layers)]
+    shape, count = (rows, heads, width, dim), 2 * cfg.num_hidden_layers
+    tensors = (take(count, shape, dtype, device) if take is not None
+               else [torch.empty(shape, dtype=dtype, device=device) for _ in range(count)])
+    return list(zip(tensors[0::2], tensors[1::2]))
 
 
 def _adopted_layer(keys: torch.Tensor, values: torch.Tensor, length: int):
@@ -446,29 +459,43 @@ class _Stopper:
 
 
 def _keep_rows(batch: _Batch, keep: list[int], static: bool) -> None:
-    """Drop finished rows from an eager batch (a static one keeps its shape; their tokens are ignored)."""
+    """Drop finished rows from an eager batch (a static one keeps its shape; their tokens are ignored).
+    The rows that stay are packed at the front without moving most of them: each gap a finished row
+    leaves below ``len(keep)`` takes a running row from above, so only the rows that move are copied."""
     if static or len(keep) == len(batch.rows):
         return
-    index = torch.tensor(keep, device=batch.mask.device)
-    batch.cache.batch_select_indices(index)
+    kept = set(keep)
+    moves = list(zip([i for i in keep if i >= len(keep)], [i for i in range(len(keep)) if i not in kept]))
+    order = list(range(len(keep)))
+    for a, b in moves:
+        order[b] = a
+    grow = _growing_layer_class()
+    for layer in batch.cache.layers:
+        if type(layer) is grow and layer._buffers is not None:
+            layer.keep_first(len(keep), moves)
+        else:
+            layer.batch_select_indices(torch.tensor(order, device=batch.mask.device))
+    index = torch.tensor(order, device=batch.mask.device)
     batch.mask, batch.next_ids = batch.mask[index], batch.next_ids[index]
-    batch.rows = [batch.rows[i] for i in keep]
+    batch.rows = [batch.rows[i] for i in order]
 
 
 class Decoder:
     """Greedy decoding with prefix reuse for one served model (``LLMService.decoder``)."""
 
     def __init__(self, backend: str = "auto", cache_entries: int = 32, cache_tokens: int = 4096,
-                 min_prefix_tokens: int = 16):
+                 min_prefix_tokens: int = 16, kv_pool_bytes: int = 0):
         select_backend(backend, torch.device("cpu"))  # a bad name fails at start, not on the first request
         self.backend = backend
         self.cache = PrefixCache(cache_entries, cache_tokens, min_prefix_tokens)
+        self.kv_pool = KVPool(kv_pool_bytes)  # the eager CPU call's KV memory, kept between calls
         self.stats = DecodeStats()
         self._compiled: dict = {}  # id(model) -> compiled decode step (graphs backend)
 
     @classmethod
     def from_config(cls, cfg) -> "Decoder":
-        return cls(cfg.decode_backend, cfg.prefix_cache_entries, cfg.prefix_cache_tokens, cfg.prefix_min_tokens)
+        return cls(cfg.decode_backend, cfg.prefix_cache_entries, cfg.prefix_cache_tokens, cfg.prefix_min_tokens,
+                   cfg.kv_pool_mb << 20)
 
     def forget_adapters(self, alive) -> int:
         """Drop cached KV of adapters no longer loaded under these peft names (after unload/re-register)."""
@@ -501,15 +528,15 @@ class Decoder:
         ids = [torch.tensor(r, dtype=torch.long) for r in rows]
         eos = _eos_ids(model)
         stoppers = [_Stopper(llm.tokenizer, eos, stop) for stop in stops]
-        with torch.inference_mode():
-            batch = self._prefill(model, ids, device, backend, max(s.max_new_tokens for s in stops))
+        with torch.inference_mode(), self.kv_pool.borrow() as take:
+            batch = self._prefill(model, ids, device, backend, max(s.max_new_tokens for s in stops), take)
             out = self._decode(model, batch, stoppers, backend, on_row)
         self.stats.calls += 1
         self.stats.rows += len(rows)
         self.stats.new_tokens += sum(len(o) for o in out)
         return out
 
-    def _prefill(self, model, ids: list[torch.Tensor], device, backend: str, max_new_tokens: int):
+    def _prefill(self, model, ids: list[torch.Tensor], device, backend: str, max_new_tokens: int, take=None):
         """Per group of rows: cached prefix -> shared prefix (batch 1); then every row's suffix (batch n)."""
         scope = (id(model), adapter_key(model))
         single = len(ids) == 1
@@ -535,7 +562,8 @@ class Decoder:
             # rows of very different suffix lengths (an explanation's ~80 tokens, the profile's ~15)
             # prefill in separate batches, each into its slice of the call's KV
             buckets = _buckets(suffixes, FORWARD_COST_POSITIONS)
-            batch = _prefill_in_buckets(model, rows_on_device, starts, kvs, buckets, max_new_tokens, _pad_id(model))
+            batch = _prefill_in_buckets(model, rows_on_device, starts, kvs, buckets, max_new_tokens, _pad_id(model),
+                                        take)
         else:  # one batch (static caches keep one shape)
             buckets = [list(range(len(ids)))]
             # the KV is as wide as the longest prefix plus the longest suffix, which rows of different

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from recdemo.errors import ModelNotFound
+from recdemo.llm.attention import use_grouped_attention
 from recdemo.storage import write_dir_atomically
 
 EMBEDDED = {
@@ -162,6 +163,8 @@ def load_llm(cfg) -> LLM:
     if device.type != "cuda":
         model.to(device)
     model.eval()
+    if device.type == "cpu":
+        use_grouped_attention(model)  # prefills read the KV heads without copying them per query head
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LLM(model=model, tokenizer=tokenizer, name=cfg.model, device=device, dtype=dtype,

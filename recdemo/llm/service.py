@@ -38,7 +38,13 @@ class LLMService:
     def coalescer(self, run, max_rows: int) -> Coalescer:
         """Concurrent callers' jobs run as one batch (``coalesce.Coalescer``) under this model's lock,
         on its model thread: every batched caller of the model (generations, profiles, reranks) uses one."""
-        return Coalescer(run, max_rows=max_rows, gate=self.lock, thread=self.model_thread)
+        return Coalescer(run, max_rows=max_rows, gate=self.lock, thread=self.model_thread,
+                         gather_s=self.cfg.coalesce_gather_ms / 1000)
+
+    def expect_run(self, adapter: str | None = None):
+        """A ticket (``coalesce.Ticket``) for a ``run``/``stream`` with ``adapter`` that this caller will
+        make soon: a concurrent call of that adapter waits for it (briefly) to share its batch."""
+        return self.generations.expect(adapter)
 
     # -- lazy parts --
     @property
@@ -161,19 +167,22 @@ class LLMService:
         return self.run([self.generation(list(prompts), max_new_tokens, stop_strings, stop_when)], adapter)[0]
 
     def run(self, generations: list["Generation"], adapter: str | None = None,
-            on_row: Callable[[int, int, str], None] | None = None) -> list[list[str]]:
+            on_row: Callable[[int, int, str], None] | None = None, ticket=None) -> list[list[str]]:
         """Every row of ``generations`` in ONE decoder call (a pipeline stage submits its profile's keyword
         line with its explanations), shared with concurrent callers of the same adapter that wait while
         the model is busy (``llm/coalesce.py``, at most ``cfg.coalesce_rows`` rows a batch). Returns the
         texts per generation. ``on_row(generation, row, text)`` is called (from the decoding thread) as
-        each row finishes; a row may be reported again when a failed batch is retried job by job."""
+        each row finishes; a row may be reported again when a failed batch is retried job by job.
+        ``ticket``: this call's, from ``expect_run`` (closed once the call is queued)."""
         generations = list(generations)
         rows = sum(len(g.rows) for g in generations)
         if not rows:
+            if ticket is not None:
+                ticket.close()
             return [[] for _ in generations]
-        return self.generations.submit(adapter, _Job(generations, on_row), rows=rows)
+        return self.generations.submit(adapter, _Job(generations, on_row), rows=rows, ticket=ticket)
 
-    def stream(self, generations: list["Generation"], adapter: str | None = None
+    def stream(self, generations: list["Generation"], adapter: str | None = None, ticket=None
                ) -> Iterator[list[tuple[int, int, str]]]:
         """``run`` as it goes: yields each row as it finishes, [(generation, row, text)], one row per
         yield in the order they finished; then ends, or raises the call's error. The call waits in a
@@ -182,7 +191,7 @@ class LLMService:
         reported once. The model runs on ``model_thread`` either way."""
         if self.lock._is_owned():  # holding the model, a thread would wait for it forever
             done: list = []
-            self.run(generations, adapter, on_row=lambda g, i, text: done.append((g, i, text)))
+            self.run(generations, adapter, on_row=lambda g, i, text: done.append((g, i, text)), ticket=ticket)
             for row in {(g, i): (g, i, t) for g, i, t in done}.values():
                 yield [row]
             return
@@ -191,7 +200,8 @@ class LLMService:
 
         def work():
             try:
-                texts = self.run(generations, adapter, on_row=lambda g, i, text: finished.put((g, i, text)))
+                texts = self.run(generations, adapter, on_row=lambda g, i, text: finished.put((g, i, text)),
+                                 ticket=ticket)
                 finished.put((end, texts))
             except BaseException as e:  # noqa: BLE001 - raised in the caller's thread
                 finished.put((end, e))

@@ -20,6 +20,7 @@ import random
 import threading
 import time
 from collections import OrderedDict
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -226,14 +227,17 @@ class Recommender:
         if (with_profile or run.edit is not None) and not merged:
             self._profile_stage(run)
             yield self._state(run, "profile")
-        self._rerank_stage(run)
-        yield self._state(run, "rerank")
-        draft = self._profile_draft(run) if merged else None
-        if with_explanations and run.ranked:
-            items = [r.index for r in run.ranked]
-            group = max(int(explain_group or self.cfg.llm.explain_group), 1)
-            for at in range(0, len(items), group):
-                yield from self._explain_stage(run, items[at:at + group], draft if at == 0 else None)
+        # this request's explanation call will follow its rerank: a concurrent one waits for it
+        with self.service.expect_run() if with_explanations else nullcontext() as ticket:
+            self._rerank_stage(run)
+            yield self._state(run, "rerank")
+            draft = self._profile_draft(run) if merged else None
+            if with_explanations and run.ranked:
+                items = [r.index for r in run.ranked]
+                group = max(int(explain_group or self.cfg.llm.explain_group), 1)
+                for at in range(0, len(items), group):
+                    yield from self._explain_stage(run, items[at:at + group], draft if at == 0 else None,
+                                                   ticket if at == 0 else None)
         if merged:
             self._profile_stage(run, draft)
             yield self._state(run, "profile")
@@ -350,11 +354,12 @@ class Recommender:
         with self.service.use_adapter(adapter):
             return [list(rk.rank(reqs[0]))] if len(reqs) == 1 else rank_batch(rk, reqs)
 
-    def _explain_stage(self, run: "_Run", items: list[int], draft=None) -> Iterator[Recommendation]:
+    def _explain_stage(self, run: "_Run", items: list[int], draft=None, ticket=None) -> Iterator[Recommendation]:
         """Explanations of ``items``, an "explain" state as each card's sentence is checked (one card per
         state, in the order their rows finish). Those of this history written before (a steering rerun
         keeps most cards) come from the cache; only the new ones cost model time. ``draft``: a profile
-        whose two rows join this call (their texts land in ``run.keyword_line`` / ``run.summary_line``)."""
+        whose two rows join this call (their texts land in ``run.keyword_line`` / ``run.summary_line``);
+        ``ticket``: the one this request took before its rerank (``LLMService.expect_run``)."""
         t = time.perf_counter()
         key = (tuple(run.hist), self.service.llm.name)
         with self._explain_lock:
@@ -367,7 +372,7 @@ class Recommender:
             try:
                 plan = self.explainer.plan([(run.hist, todo if not run.explain_failed else [])])
                 generations = ([plan.generation()] if plan.prompts else []) + extra
-                for rows in self.service.stream(generations):
+                for rows in self.service.stream(generations, ticket=ticket):
                     found = [plan.judge(i, text) for g, i, text in rows if g == 0 and plan.prompts]
                     for g, _, text in rows if extra else ():
                         if g == len(generations) - 2:

@@ -144,3 +144,59 @@ def test_many_threads_without_a_gate_all_get_their_answers():
         t.join(TIMEOUT)
     assert results == {i: 2 * i for i in range(40)}
     assert c.jobs == 40 and c.batches <= 40
+
+
+def _submit_in_thread(c: Coalescer, key, payload, out: dict, ticket=None) -> threading.Thread:
+    t = threading.Thread(target=lambda: out.__setitem__(payload, c.submit(key, payload, ticket=ticket)))
+    t.start()
+    return t
+
+
+def test_a_leader_waits_for_an_open_tickets_job_and_runs_both_as_one_batch():
+    """A request that will submit soon (its rerank still running) holds a ticket: the leader that
+    finds the model free waits for that job instead of running alone."""
+    run = Recorder()
+    c = Coalescer(run, max_rows=64, gather_s=TIMEOUT)
+    out: dict = {}
+    ticket = c.expect("k")  # opened in this thread: the leader below runs in another one
+    first = _submit_in_thread(c, "k", "early", out)
+    time.sleep(0.2)
+    assert run.batches == [] and c.waiting == 1  # the leader is waiting for the ticket's job
+    second = _submit_in_thread(c, "k", "late", out, ticket=ticket)
+    first.join(TIMEOUT), second.join(TIMEOUT)
+    assert out == {"early": "k:early", "late": "k:late"}
+    assert run.batches == [("k", ["early", "late"])] and ticket.closed
+
+
+def test_a_ticket_closed_without_a_job_or_past_the_wait_releases_the_leader():
+    run = Recorder()
+    c = Coalescer(run, max_rows=64, gather_s=TIMEOUT)
+    out: dict = {}
+    with c.expect("k"):  # the request failed before its explanations: its ticket closes
+        t = _submit_in_thread(c, "k", "a", out)
+        time.sleep(0.1)
+        assert run.batches == []
+    t.join(TIMEOUT)
+    assert out == {"a": "k:a"}
+    short = Coalescer(run, max_rows=64, gather_s=0.05)
+    forgotten = short.expect("k")  # never closed: the leader gives up after gather_s
+    started = time.monotonic()
+    assert short.submit("k", "b") == "k:b" and time.monotonic() - started < TIMEOUT / 2
+    assert not forgotten.closed
+
+
+def test_tickets_of_another_key_this_thread_or_a_full_batch_do_not_hold_the_leader():
+    run = Recorder()
+    c = Coalescer(run, max_rows=2, gather_s=TIMEOUT)
+    other, mine = c.expect("other"), c.expect("k")  # another key; this thread's own ticket
+    started = time.monotonic()
+    assert c.submit("k", "alone") == "k:alone" and time.monotonic() - started < TIMEOUT / 2
+    elsewhere = {}
+    opener = threading.Thread(target=lambda: elsewhere.setdefault("t", c.expect("k")))
+    opener.start(), opener.join(TIMEOUT)
+    started = time.monotonic()
+    assert c.submit("k", "full", rows=2) == "k:full"  # already max_rows: nothing more would fit
+    assert time.monotonic() - started < TIMEOUT / 2
+    for ticket in (other, mine, elsewhere["t"]):
+        ticket.close()
+        ticket.close()  # twice is harmless

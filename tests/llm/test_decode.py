@@ -359,3 +359,50 @@ def test_rows_prefilled_in_separate_batches_decode_like_each_prompt_alone(tiny_l
     dec = Decoder("eager", min_prefix_tokens=1000)  # nothing shared: the buckets alone
     assert dec.generate(tiny_llm, rows, 8) == [alone(tiny_llm, r, 8) for r in rows]
     assert dec.stats.prefill_tokens < len(rows) * max(map(len, rows)) - FORWARD_COST_POSITIONS
+
+
+def test_rows_that_finish_mid_batch_leave_and_the_rows_moved_into_their_places_keep_their_kv(tiny_llm):
+    """Rows 1 and 3 finish first: the last running rows move into their places (no copy of the
+    others); every row still gets what it gets alone, and is reported as it finishes."""
+    from recdemo.llm.decode import RowStop
+
+    tok = tiny_llm.tokenizer
+    rows = shared_rows(tok) + [ids_of(tok, "Keywords: Comedy, Drama"), ids_of(tok, "Castle of the north")]
+    budgets = [9, 2, 9, 3, 9, 5]
+    dec, seen = Decoder("eager", min_prefix_tokens=4), []
+    got = dec.generate(tiny_llm, rows, stops=[RowStop(b) for b in budgets], on_row=lambda r, new: seen.append(r))
+    assert got == [alone(tiny_llm, r, b) for r, b in zip(rows, budgets)]
+    assert seen[:3] == [1, 3, 5]
+    assert dec.stats.decode_rows < max(budgets) * len(rows) - 10  # the finished rows cost no more steps
+
+
+def test_a_row_moved_into_a_finished_rows_place_carries_its_tokens():
+    from recdemo.llm.decode import _growing_layer
+
+    layer = _growing_layer(room=2)
+    kv = torch.arange(4 * 1 * 3 * 2, dtype=torch.float32).view(4, 1, 3, 2)
+    layer.update(kv, -kv)
+    memory = layer._buffers[0].data_ptr()
+    layer.keep_first(3, [(3, 1)])  # row 1 finished; row 3 takes its place; rows 0 and 2 stay put
+    assert layer._buffers[0].data_ptr() == memory  # in place
+    assert torch.equal(layer.keys, kv[[0, 3, 2]]) and torch.equal(layer.values, -kv[[0, 3, 2]])
+    step = torch.full((3, 1, 1, 2), 5.0)
+    keys, _ = layer.update(step, -step)  # the next step writes after each row's own tokens
+    assert torch.equal(keys, torch.cat([kv[[0, 3, 2]], step], dim=2))
+
+
+def test_calls_reuse_the_kept_kv_memory_whatever_it_holds(tiny_llm):
+    """A decoder with a KV budget lays every call out in the same memory; what an earlier call (or
+    anything) left there never reaches a row: the answers equal each prompt alone."""
+    tok = tiny_llm.tokenizer
+    dec = Decoder("eager", min_prefix_tokens=4, kv_pool_bytes=4 << 20)
+    used = []
+    first = shared_rows(tok)
+    assert dec.generate(tiny_llm, first, 7) == [alone(tiny_llm, r, 7) for r in first]
+    used.append(dec.kv_pool._flat.data_ptr())
+    with torch.inference_mode():  # the memory was made in the decoder's inference mode
+        dec.kv_pool._flat.fill_(float("nan"))  # stale, and poisonous if read
+    second = [ids_of(tok, t) for t in ("Castle", "A user watched: red hills red hills", "Keywords: Comedy")]
+    assert dec.generate(tiny_llm, second, 9) == [alone(tiny_llm, r, 9) for r in second]
+    used.append(dec.kv_pool._flat.data_ptr())
+    assert used[0] == used[1]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -311,6 +312,37 @@ def test_concurrent_reranks_share_one_batched_scoring_call(rec, ranker):
         assert np.allclose([r["llm_score"] for r in have], [r["llm_score"] for r in want], atol=2e-4)
         assert np.allclose([r["score"] for r in have], [r["score"] for r in want], atol=2e-4)
     assert len({tuple(r["index"] for r in have) for have in got}) > 1  # different users, different lists
+
+
+def test_a_request_still_reranking_shares_the_explanation_call_of_one_that_is_done(rec, monkeypatch):
+    """Holding a room: each request takes a ticket before its rerank, so the explanation call of a
+    request that is done reranking waits (briefly) for the other's rows instead of running alone;
+    requests that arrived together stay in one batch, each with the answer it gets alone."""
+    histories = [[0, 1, 2], [5, 6, 7]]
+    kw = dict(ranker="reverse", n_candidates=8, k=3, with_profile=False)
+    alone = [rec.recommend(h, **kw).to_dict()["results"] for h in histories]
+    rerank = rec._rerank_stage
+
+    def slow_for_the_second(run):
+        if run.hist[0] == 5:
+            time.sleep(0.5)  # still reranking when the first request's explanations are ready
+        rerank(run)
+
+    monkeypatch.setattr(rec, "_rerank_stage", slow_for_the_second)
+    rec._explained.clear()  # written again, not taken from the cache
+    before, got = rec.service.generations.batches, [None, None]
+
+    def run(i):
+        got[i] = rec.recommend(histories[i], **kw).to_dict()["results"]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert got == alone
+    assert rec.service.generations.batches - before == 1  # both requests' explanations in one call
+    assert not rec.service.generations._open  # every ticket closed
 
 
 def test_search_random_user_and_personas(rec, toy_dataset):
