@@ -1,11 +1,11 @@
 """Concurrent callers share one model call: ``Coalescer.submit(key, job)`` blocks for that job's result.
 
-Leader/follower, with no waiting window: a caller that finds nobody running becomes the leader.
-The leader takes the ``gate`` (the model lock), then the oldest waiting job and every other waiting
-job with the same key (at most ``max_rows`` rows), runs them as one batch, hands each caller its
-result, and repeats until its own job is done; then a waiting caller leads. Given a ``ModelThread``
-(the served model's), the leader's batches run there while it waits: every batch of every caller
-on one thread (see ``ModelThread`` for why that is faster on a CPU).
+Leader/follower, with no waiting window (unless tickets are open, below): a caller that finds nobody
+running becomes the leader. The leader takes the ``gate`` (the model lock), then the oldest waiting
+job and every other waiting job with the same key (at most ``max_rows`` rows), runs them as one
+batch, hands each caller its result, and repeats until its own job is done; then a waiting caller
+leads. Given a ``ModelThread`` (the served model's), the leader's batches run there while it waits:
+every batch of every caller on one thread (see ``ModelThread`` for why that is faster on a CPU).
 While a batch runs (or the model is busy with other work), new jobs queue, so a busy server runs
 larger batches and an idle one adds no delay.
 

@@ -16,12 +16,13 @@ and on 2 CPU cores prefill is the cost (~1,200-1,700 tokens/s for SmolLM2-135M).
    sees exactly its own tokens at its own positions, as if it ran alone. Eager: rows whose suffixes
    differ a lot (an explanation's ~80 tokens, the profile's ~15) prefill in separate batches
    (``_buckets``: where the padding saved pays for one more forward): 23% of a request's prefill
-   positions were pads, 5% after. The call's KV is allocated once (``_prefill_in_buckets``): each
-   bucket writes its rows' slice, right-aligned to the widest, and the decode batch is that KV as is.
+   positions were pads, 5% after. The call's KV is allocated once (``_prefill_in_buckets``; on a CPU
+   from ``kv_pool.KVPool``, memory kept from call to call, so its pages fault once, not every call):
+   each bucket writes its rows' slice, right-aligned to the widest, and the decode batch is that KV as is.
 4. **Decode**: one token per row per step (argmax); a row that is done (EOS, a stop string, the
-   ``stop_when`` predicate, the token budget: each row its own, ``RowStop``) leaves the batch, so it
-   costs nothing more, and is handed to ``on_row`` at once (the page shows each explanation as its
-   row finishes, not when the slowest one does).
+   ``stop_when`` predicate, the token budget: each row its own, ``RowStop``) leaves the batch (a running
+   row from the end takes its place, in place), so it costs nothing more, and is handed to ``on_row``
+   at once (the page shows each explanation as its row finishes, not when the slowest one does).
 
 Backends (``LLMConfig.decode_backend``): ``eager`` keeps a dynamic cache with room reserved for the
 call's tokens (each step writes in place instead of concatenating) and drops finished rows;
