@@ -6,8 +6,10 @@ SmolLM2 three copies of each layer's keys and values, ~12 MB a layer for a four-
 fresh memory that faults page by page on this VM), then runs SDPA on the copies. Here the query
 heads that share a KV head are laid side by side along the sequence instead ([batch, KV heads,
 group x tokens, dim]), with the mask repeated to match, so SDPA reads the KV heads as they are: the
-same kernel, the same arithmetic per query row, no copy. One decode token (transformers packs those
-itself), an unmasked call, or a mask with its own per-head rows go to transformers' function as before.
+same kernel and the same sums, no copy (in bfloat16 the kernel's blocks over the longer query may
+round differently: 5 of 192 replayed explanation rows changed a token; in float32 the tests find the
+same logits). One decode token (transformers packs those itself), an unmasked call, or a mask with
+its own per-head rows go to transformers' function as before.
 """
 from __future__ import annotations
 
