@@ -42,7 +42,7 @@ from typing import Callable
 
 import torch
 
-from recdemo.llm.kv_pool import KVPool
+from recdemo.llm.kv_pool import KVPool, fresh
 from recdemo.llm.models import model_parts
 
 BACKENDS = ("auto", "eager", "static", "graphs")
@@ -345,8 +345,8 @@ def _prefill_suffixes(model, rows: list[torch.Tensor], starts: list[int], cache,
 
 
 def _prefill_in_buckets(model, rows: list[torch.Tensor], starts: list[int], kvs: list, buckets: list[list[int]],
-                        new_tokens: int, pad_id: int, take=None) -> _Batch:
-    """Eager prefill, bucket by bucket, into the call's one KV allocation (from ``take`` when given):
+                        new_tokens: int, pad_id: int, take=fresh) -> _Batch:
+    """Eager prefill, bucket by bucket, into the call's one KV allocation (from ``take``, ``_call_kv``):
     each bucket's rows a slice of it, their tokens right-aligned to the widest bucket, so the decode
     batch is the allocation as it stands (no merge: copying every bucket's KV into a merged cache,
     twice, was ~0.25 s of a request's 0.9 s prefill on 2 cores), with room for ``new_tokens`` steps."""
@@ -373,16 +373,15 @@ def _prefill_in_buckets(model, rows: list[torch.Tensor], starts: list[int], kvs:
     return _Batch(_cache_of(model, [_adopted_layer(k, v, width) for k, v in kv]), mask, width, order, next_ids)
 
 
-def _call_kv(model, rows: int, width: int, device, take=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _call_kv(model, rows: int, width: int, device, take=fresh) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """A call's KV, allocated once: per layer (keys, values) [rows, KV heads, width, head dim], unset;
-    from ``take`` (``KVPool.take``: memory kept from the last call) when given."""
+    from ``take`` (``KVPool.take``: memory kept from the last call; ``fresh``: new memory)."""
     cfg = model.config
     heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
     dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     dtype = model_parts(model)[0].get_input_embeddings().weight.dtype
     shape, count = (rows, heads, width, dim), 2 * cfg.num_hidden_layers
-    tensors = (take(count, shape, dtype, device) if take is not None
-               else [torch.empty(shape, dtype=dtype, device=device) for _ in range(count)])
+    tensors = take(count, shape, dtype, device)
     return list(zip(tensors[0::2], tensors[1::2]))
 
 
@@ -470,13 +469,13 @@ def _keep_rows(batch: _Batch, keep: list[int], static: bool) -> None:
     order = list(range(len(keep)))
     for a, b in moves:
         order[b] = a
+    index = torch.tensor(order, device=batch.mask.device)
     grow = _growing_layer_class()
     for layer in batch.cache.layers:
         if type(layer) is grow and layer._buffers is not None:
             layer.keep_first(len(keep), moves)
         else:
-            layer.batch_select_indices(torch.tensor(order, device=batch.mask.device))
-    index = torch.tensor(order, device=batch.mask.device)
+            layer.batch_select_indices(index)
     batch.mask, batch.next_ids = batch.mask[index], batch.next_ids[index]
     batch.rows = [batch.rows[i] for i in order]
 
@@ -537,7 +536,7 @@ class Decoder:
         self.stats.new_tokens += sum(len(o) for o in out)
         return out
 
-    def _prefill(self, model, ids: list[torch.Tensor], device, backend: str, max_new_tokens: int, take=None):
+    def _prefill(self, model, ids: list[torch.Tensor], device, backend: str, max_new_tokens: int, take=fresh):
         """Per group of rows: cached prefix -> shared prefix (batch 1); then every row's suffix (batch n)."""
         scope = (id(model), adapter_key(model))
         single = len(ids) == 1

@@ -28,11 +28,11 @@ class KVPool:
 
     @contextlib.contextmanager
     def borrow(self):
-        """``take`` for the length of one call, or None when another call holds the memory."""
+        """``take`` for the length of one call, or ``fresh`` when another call holds the memory."""
         with self._lock:
             mine, self._lent = not self._lent, True
         try:
-            yield self.take if mine else None
+            yield self.take if mine else fresh
         finally:
             if mine:
                 with self._lock:
@@ -42,21 +42,15 @@ class KVPool:
         """``count`` tensors of ``shape``, unset: carved from the kept memory when they fit ``max_bytes``
         (fresh, not kept, otherwise)."""
         numel = math.prod(shape)
-        need = count * numel * item_size(dtype)
-        if torch.device(device).type != "cpu":
-            return [torch.empty(shape, dtype=dtype, device=device) for _ in range(count)]
-        if need > self.max_bytes:
-            return list(torch.empty(count * numel, dtype=dtype).view(count, *shape).unbind(0))
+        if torch.device(device).type != "cpu" or count * numel * dtype.itemsize > self.max_bytes:
+            return fresh(count, shape, dtype, device)
         if self._flat is None or self._flat.dtype != dtype:
             # the whole budget at once: the kernel backs a page only when it is first written, so this
             # costs what the largest call so far used, and never a second mapping as calls grow
-            self._flat = torch.empty(self.max_bytes // item_size(dtype), dtype=dtype)
+            self._flat = torch.empty(self.max_bytes // dtype.itemsize, dtype=dtype)
         return [self._flat[i * numel:(i + 1) * numel].view(shape) for i in range(count)]
 
-    def clear(self) -> None:
-        """Let the kept memory go (a model unloaded, or a test that wants fresh memory)."""
-        self._flat = None
 
-
-def item_size(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
+def fresh(count: int, shape: tuple, dtype: torch.dtype, device) -> list[torch.Tensor]:
+    """``count`` new tensors of ``shape``, unset (``KVPool.take``'s signature, nothing kept)."""
+    return [torch.empty(shape, dtype=dtype, device=device) for _ in range(count)]

@@ -1,7 +1,7 @@
 """The decoder's KV memory, kept from call to call: reused while it fits, never shared by two calls."""
 import torch
 
-from recdemo.llm.kv_pool import KVPool
+from recdemo.llm.kv_pool import KVPool, fresh
 
 
 def test_calls_that_fit_reuse_the_same_memory_whatever_their_shape():
@@ -30,6 +30,9 @@ def test_memory_lent_to_one_call_is_not_lent_to_another():
     pool = KVPool(max_bytes=64 * 1024)
     with pool.borrow() as first:
         with pool.borrow() as second:
-            assert first is not None and second is None  # the second call allocates its own
+            assert first == pool.take and second is fresh  # the second call allocates its own
+            mine = first(1, (4,), torch.float32, "cpu")[0]
+            theirs = second(1, (4,), torch.float32, "cpu")[0]
+            assert mine.data_ptr() == pool._flat.data_ptr() != theirs.data_ptr()
     with pool.borrow() as again:
-        assert again is not None  # given back
+        assert again == pool.take  # given back
