@@ -217,14 +217,13 @@ def main() -> None:
     from dataclasses import replace
 
     from recdemo.config import Config
-    from recdemo.llm.models import load_llm, resolve_model_path
+    from recdemo.llm.models import describe_cpu, load_llm, resolve_model_path
     from recdemo.llm.stack import Stack
 
     cfg = Config.from_env()
     if args.dtype:
         cfg = replace(cfg, llm=replace(cfg.llm, dtype=args.dtype))
-    results: dict = {"machine": {"cpus": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
-                                 "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+    results: dict = {"machine": {**describe_cpu(), "threads": args.threads, "torch": torch.__version__},
                      "dataset": args.dataset, "command": "python " + " ".join(sys.argv),
                      "load_avg_at_start": load_avg()}
     if "load" in only:

@@ -206,6 +206,8 @@ def concurrent_level(args, url: str, Client, pool: Pool, users: int, call) -> di
 
 
 def run(args, url: str, startup: dict, Client) -> int:
+    from recdemo.llm.models import describe_cpu
+
     pool = Pool(histories(args.dataset, args.pool, args.seed))
     client = Client(url, verbose=False)
 
@@ -219,7 +221,8 @@ def run(args, url: str, startup: dict, Client) -> int:
     levels = [concurrent_level(args, url, Client, pool, users, call) for users in args.levels]
     report = {
         "url": url, "dataset": args.dataset, "ranker": args.ranker, "model": res.get("model"),
-        "adapter": res.get("adapter"), "cpu_count": os.cpu_count(),
+        "adapter": res.get("adapter"), "cpu_count": os.cpu_count(), "machine": describe_cpu(),
+        "load_avg_end": os.getloadavg(),
         "server": {"device": args.device, "model": args.model, "dtype": args.dtype} if args.url is None else None,
         **startup, "first_request_s": first,
         "single_user": {"n": len(single), "p50_s": pct(single, .5), "max_s": max(single) if single else None},
@@ -242,10 +245,12 @@ def table(r: dict) -> str:
     def s(v):
         return f"{v:.2f}" if v is not None else "-"
 
-    h = r["histories"]
+    h, m = r["histories"], r.get("machine", {})
     lines = [f"recdemo load test: {r['dataset']}, ranker={r['ranker']}, {r['model']}, adapter={r['adapter']}, "
              f"{r['cpu_count']} CPUs; {h['sent']} requests over {h['distinct']} distinct histories "
-             f"({'some repeated' if h['repeated'] else 'none repeated'})", "",
+             f"({'some repeated' if h['repeated'] else 'none repeated'})",
+             f"CPU: {m.get('cpu')}, {m.get('capability')}, native bf16: {m.get('native_bf16')}; "
+             f"load average at the end {r.get('load_avg_end', ['-'])[0]}", "",
              "| measure | seconds |", "|---|---|",
              f"| server up (page served) | {s(r.get('server_up_s'))} |",
              f"| model ready | {s(r.get('model_ready_s'))} |",

@@ -82,6 +82,7 @@ def main(argv=None) -> dict:
     args = parse(argv)
     torch.set_num_threads(args.threads)
     from recdemo.config import Config
+    from recdemo.llm.models import describe_cpu
     from recdemo.pipeline.recommender import Recommender
 
     load_start = os.getloadavg()
@@ -90,13 +91,13 @@ def main(argv=None) -> dict:
     time_stages(rec, hists[-1], args.ranker)  # warm-up: model load, adapter, retriever, shapes
     runs = [time_stages(rec, h, args.ranker) for h in hists[:args.users]]
     result = {"dataset": args.dataset, "ranker": args.ranker, "users": args.users, "history_items": args.history,
-              "threads": args.threads, "model": rec.service.describe(),
+              "threads": args.threads, "model": rec.service.describe(), "machine": describe_cpu(),
               "stages_s": summarise(runs),
               "runs": [[[name, round(s, 3)] for name, s in run] for run in runs],
               "load_avg_start": load_start, "load_avg_end": os.getloadavg(),
               "command": "python bench/stages.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     print(f"{args.dataset}, {args.ranker} ranker, {args.users} users x {args.history} items, "
-          f"{result['model']}, "
+          f"{result['model']}, {result['machine']['cpu']} ({result['machine']['capability']}), "
           f"load {load_start[0]:.2f} -> {result['load_avg_end'][0]:.2f}")
     print(f"{'stage reached':<26}{'p50 s':>8}{'p90 s':>8}")
     for name, v in result["stages_s"].items():

@@ -110,9 +110,12 @@ class LLMConfig:
     # batched rerank (each up to limits.max_candidates candidates).
     coalesce_rows: int = 64
     coalesce_reranks: int = 16
-    # A request's explanations follow its rerank: a concurrent request's explanation call waits up to
-    # this long for them (llm/coalesce.py tickets) so the requests of a busy room share one batch.
+    # A request's explanations follow its rerank: a concurrent request's explanation call waits for
+    # them (llm/coalesce.py tickets) so the requests of a busy room share one batch: up to
+    # coalesce_gather_ms of time in which the model is idle (the time the model spends on the other
+    # requests' reranks is not counted), and up to coalesce_gather_max_ms in all.
     coalesce_gather_ms: int = 1000
+    coalesce_gather_max_ms: int = 6000
     # Batched rerank scoring (llm/rankers/batch_tree.py: evaluate --batch-size, coalesced reranks): rows x
     # tree nodes fed in one forward call; bigger requests go in slices. Bounds the [rows, 1, nodes, cache + nodes]
     # attention mask and the activations (4,096 nodes of a 7B model: ~32 MB of hidden states in bf16).
@@ -132,6 +135,12 @@ class LLMConfig:
     # fault on first write, ~13% of a 4-user call's CPU); a call needing more gets memory it gives back.
     # 64 rows of ~340 positions of SmolLM2-135M's KV in bf16 are ~500 MB.
     kv_pool_mb: int = 768
+    # On a CPU in float32 (no bf16 arithmetic: most laptops), linear forwards of up to this many rows
+    # (decode steps) run through oneDNN on weights packed once (llm/packed_linear.py: a decode step of
+    # 12 rows 98 -> 76 ms on 2 Zen 3 cores); 0 turns it off. The packed copies take as much memory as
+    # the weights: a model whose linear weights exceed cpu_packed_max_mb is not packed.
+    cpu_packed_rows: int = 256
+    cpu_packed_max_mb: int = 1024
 
 
 @dataclass

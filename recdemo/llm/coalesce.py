@@ -28,6 +28,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Hashable
 
 
+GATHER_POLL_S = 0.05  # a gathering leader looks this often whether the model thread is working
+
+
 @dataclass(eq=False)
 class _Job:
     key: Hashable
@@ -54,6 +57,16 @@ class ModelThread:
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start = threading.Lock()
+        self._pending = 0  # calls queued or running
+
+    @property
+    def pending(self) -> int:
+        """Calls queued or running on the thread."""
+        return self._pending
+
+    @property
+    def busy(self) -> bool:
+        return self._pending > 0
 
     def call(self, fn: Callable[[], Any]) -> Any:
         """``fn()`` run on the model thread (at once when already on it); raises what it raised."""
@@ -64,8 +77,14 @@ class ModelThread:
                 self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
                 self._thread.start()
         done, box = threading.Event(), {}
+        with self._start:
+            self._pending += 1
         self._jobs.put((fn, box, done))
-        done.wait()
+        try:
+            done.wait()
+        finally:
+            with self._start:
+                self._pending -= 1
         if "error" in box:
             raise box["error"]
         return box["result"]
@@ -85,10 +104,12 @@ class Coalescer:
     """``run(key, payloads) -> results`` (one per payload, in order) runs a batch of same-key jobs."""
 
     def __init__(self, run: Callable[[Hashable, list], list], max_rows: int = 64, gate=None,
-                 thread: ModelThread | None = None, gather_s: float = 0.0):
+                 thread: ModelThread | None = None, gather_s: float = 0.0, gather_max_s: float | None = None):
         self._run = run
         self.max_rows = max(1, int(max_rows))
-        self.gather_s = max(0.0, float(gather_s))  # how long a leader waits for open tickets' jobs
+        # how long a leader waits for open tickets' jobs while the model is idle, and in all
+        self.gather_s = max(0.0, float(gather_s))
+        self.gather_max_s = max(self.gather_s, float(gather_max_s if gather_max_s is not None else gather_s))
         self._open: dict = {}  # key -> tickets not yet closed
         self._gate = gate  # held while a batch is taken and run (e.g. the service lock)
         self._thread = thread  # where batches run (the leader waits); None: in the leader's own thread
@@ -156,20 +177,28 @@ class Coalescer:
         return job.result
 
     def _gather(self, key: Hashable) -> None:
-        """Wait (at most ``gather_s``) while other threads' tickets of ``key`` are open and their jobs
-        would still fit the batch (this thread's own ticket waits for nothing: its job is this one, or
-        comes after it). Caller holds ``_cond``; the model is not held meanwhile, so the ticket holders'
-        own model work (their reranks) goes on."""
-        end = time.monotonic() + self.gather_s
+        """Wait while other threads' tickets of ``key`` are open and their jobs would still fit the
+        batch (this thread's own ticket waits for nothing: its job is this one, or comes after it):
+        at most ``gather_s`` of time in which the model thread is idle, at most ``gather_max_s`` in all.
+        While the model works (the ticket holders' reranks, most often) the wait costs no model time,
+        so it is not counted: on a slow CPU a rerank batch outlasted a fixed 1 s and the requests of a
+        room went on in pairs. Caller holds ``_cond``; the model is not held meanwhile, so the ticket
+        holders' own model work goes on."""
+        now = time.monotonic()
+        end, idle_left = now + self.gather_max_s, self.gather_s
         me = threading.get_ident()
 
         def others() -> bool:
             return any(t.thread != me for t in self._open.get(key, ()))
         while others() and sum(j.rows for j in self._waiting if j.key == key) < self.max_rows:
-            left = end - time.monotonic()
+            left = min(end - now, idle_left, GATHER_POLL_S)
             if left <= 0:
                 return
+            busy = self._thread is not None and self._thread.busy
             self._cond.wait(left)
+            before, now = now, time.monotonic()
+            if not busy:
+                idle_left -= now - before
 
     def _holds_gate(self) -> bool:
         owned = getattr(self._gate, "_is_owned", None)  # RLock and Condition have it; a plain Lock not

@@ -18,6 +18,7 @@ from recdemo.llm.coalesce import Coalescer, ModelThread
 from recdemo.llm.adapters import AdapterManager, check_adapter_name, finetune_hint, is_adapter_dir
 from recdemo.llm.decode import Decoder, RowStop
 from recdemo.llm.models import LLM, load_llm
+from recdemo.llm.packed_linear import pack_linears
 from recdemo.errors import ModelNotFound
 
 NO_ADAPTER = {None, "", "none", "base"}
@@ -39,7 +40,8 @@ class LLMService:
         """Concurrent callers' jobs run as one batch (``coalesce.Coalescer``) under this model's lock,
         on its model thread: every batched caller of the model (generations, profiles, reranks) uses one."""
         return Coalescer(run, max_rows=max_rows, gate=self.lock, thread=self.model_thread,
-                         gather_s=self.cfg.coalesce_gather_ms / 1000)
+                         gather_s=self.cfg.coalesce_gather_ms / 1000,
+                         gather_max_s=self.cfg.coalesce_gather_max_ms / 1000)
 
     def expect_run(self, adapter: str | None = None):
         """A ticket (``coalesce.Ticket``) for a ``run``/``stream`` with ``adapter`` that this caller will
@@ -52,7 +54,9 @@ class LLMService:
         if self._llm is None:
             with self.lock:
                 if self._llm is None:
-                    self._llm = load_llm(self.cfg)
+                    llm = load_llm(self.cfg)
+                    pack_linears(llm.model, self.cfg.cpu_packed_rows, self.cfg.cpu_packed_max_mb)
+                    self._llm = llm
         return self._llm
 
     @property

@@ -200,3 +200,48 @@ def test_tickets_of_another_key_this_thread_or_a_full_batch_do_not_hold_the_lead
     for ticket in (other, mine, elsewhere["t"]):
         ticket.close()
         ticket.close()  # twice is harmless
+
+
+def test_the_leader_counts_only_idle_model_time_and_stops_at_the_overall_limit():
+    """While the model thread works (a ticket holder's rerank), the wait for that holder's job goes on
+    past ``gather_s``; with the model idle it ends after ``gather_s``; never after ``gather_max_s``."""
+    from recdemo.llm.coalesce import ModelThread
+
+    thread = ModelThread("test-model")
+    run = Recorder()
+    c = Coalescer(run, max_rows=64, thread=thread, gather_s=0.2, gather_max_s=TIMEOUT)
+    out: dict = {}
+    ticket = c.expect("k")
+    rerank_done = threading.Event()
+    rerank = threading.Thread(target=lambda: thread.call(lambda: rerank_done.wait(TIMEOUT)))
+    rerank.start()  # the holder's model work: 0.6 s, three times the idle allowance
+    deadline = time.monotonic() + TIMEOUT
+    while not thread.busy and time.monotonic() < deadline:
+        time.sleep(0.01)
+    leader = _submit_in_thread(c, "k", "early", out)
+    time.sleep(0.6)
+    assert run.batches == [] and c.waiting == 1  # still waiting: the model was never idle
+    rerank_done.set(), rerank.join(TIMEOUT)
+    late = _submit_in_thread(c, "k", "late", out, ticket=ticket)
+    leader.join(TIMEOUT), late.join(TIMEOUT)
+    assert run.batches == [("k", ["early", "late"])]
+
+    idle = Coalescer(run, max_rows=64, thread=thread, gather_s=0.2, gather_max_s=TIMEOUT)
+    idle.expect("k").thread = -1  # another thread's ticket, never closed
+    started = time.monotonic()
+    assert idle.submit("k", "alone") == "k:alone" and 0.15 < time.monotonic() - started < TIMEOUT / 2
+
+    capped = Coalescer(run, max_rows=64, thread=thread, gather_s=0.2, gather_max_s=0.3)
+    capped.expect("k").thread = -1  # never closed
+    busy_done = threading.Event()
+    busy = threading.Thread(target=lambda: thread.call(lambda: busy_done.wait(TIMEOUT)))
+    busy.start()
+    while not thread.busy and time.monotonic() < deadline:
+        time.sleep(0.01)
+    result = {}
+    waiter = threading.Thread(target=lambda: result.setdefault("r", capped.submit("k", "capped")))
+    waiter.start()
+    time.sleep(0.8)
+    assert thread.pending == 2  # the leader stopped waiting at 0.3 s and queued its batch behind the busy call
+    busy_done.set(), busy.join(TIMEOUT), waiter.join(TIMEOUT)
+    assert result == {"r": "k:capped"}

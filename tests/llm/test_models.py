@@ -72,3 +72,16 @@ def test_load_llm_selects_the_backends_for_its_device(monkeypatch, tmp_path):
     with pytest.raises(ModelNotFound, match="stop"):
         models.load_llm(LLMConfig(model="x", device="cpu", cache_dir=str(tmp_path)))
     assert seen == ["cpu"]
+
+
+def test_describe_cpu_names_what_the_benchmark_figures_depend_on():
+    import os
+
+    import torch
+
+    from recdemo.llm.models import cpu_has_native_bf16, describe_cpu
+
+    d = describe_cpu()
+    assert d["cpus"] == os.cpu_count() and d["capability"] == torch.backends.cpu.get_cpu_capability()
+    assert d["native_bf16"] == cpu_has_native_bf16()
+    assert d["cpu"] is None or (isinstance(d["cpu"], str) and d["cpu"])
