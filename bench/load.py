@@ -250,7 +250,7 @@ def table(r: dict) -> str:
              f"{r['cpu_count']} CPUs; {h['sent']} requests over {h['distinct']} distinct histories "
              f"({'some repeated' if h['repeated'] else 'none repeated'})",
              f"CPU: {m.get('cpu')}, {m.get('capability')}, native bf16: {m.get('native_bf16')}; "
-             f"load average at the end {r.get('load_avg_end', ['-'])[0]}", "",
+             f"load average at the end {s(r.get('load_avg_end', [None])[0])}", "",
              "| measure | seconds |", "|---|---|",
              f"| server up (page served) | {s(r.get('server_up_s'))} |",
              f"| model ready | {s(r.get('model_ready_s'))} |",
