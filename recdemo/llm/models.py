@@ -72,8 +72,8 @@ def cpu_has_native_bf16() -> bool:
 
 def describe_cpu() -> dict:
     """What a benchmark's figures depend on: the CPU's name, count, the vector instructions torch uses,
-    and whether it has bf16 arithmetic (the served dtype follows it: ``pick_dtype``). Two machines of
-    one "2-core" kind here differed 2.3x in decode speed (an AVX2-only EPYC runs the model in float32)."""
+    and whether it has bf16 arithmetic (the served dtype follows it: ``pick_dtype``). Two 2-core machines
+    here differed 2-3x in the demo's speed (an AVX2-only EPYC runs the model in float32)."""
     return {"cpu": _cpuinfo_field("model name") or None, "cpus": os.cpu_count(),
             "capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": cpu_has_native_bf16()}
 
