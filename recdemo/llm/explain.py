@@ -213,8 +213,9 @@ class Explainer:
         return len(tok(tail, add_special_tokens=False)["input_ids"]) < self.max_new_tokens - 1
 
     def prompt(self, item: int, evidence: list[dict]) -> tuple[str, str]:
-        """(prompt ending with the primed answer, the primed part) for one item, its titles as prompts
-        show them; the weakest evidence goes first when the prompt would not fit the context."""
+        """(prompt ending with the primed answer, the sentence's start as shown: the evidence lead and
+        the primed answer) for one item, its titles as prompts show them; the weakest evidence goes first
+        when the prompt would not fit the context."""
         llm = self.service.llm
         target = P.prompt_title(short_title(self.catalog.titles[int(item)]))
         kind = product_kind(self.catalog, item)  # products: what the item is, from its title

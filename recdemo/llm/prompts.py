@@ -124,7 +124,11 @@ def render_profile(tokenizer, domain: Domain, history: str) -> str:
 
 
 EXPLAIN_SYSTEM = "In one sentence, say what the recommended {item} is and what links it to the user's {items}."
-EXPLAIN_PREFIX = "Like {evidence}, \"{target}\""  # the rationale starts here; the model finishes it
+EXPLAIN_PREFIX = "\"{target}\""  # the model's answer starts here; it finishes the sentence
+# The shown sentence starts with the evidence, written before the model's part, not by it: the prompt's fact
+# lines name these titles already, and leaving them out of the primed answer cuts the tokens an explanation
+# call prefills by 16% (movielens) and 25% (amazon-beauty): prefill is most of a request's model time on a CPU.
+EXPLAIN_LEAD = "Like {evidence}, "
 # Worked example per domain (invented items, user turn facts + the answer). Its answer names the
 # item's kind from its genres or its title, then one connecting fact (the users who had both).
 # An item whose evidence has no count (no user had both: content similarity only) gets the
@@ -135,27 +139,24 @@ EXPLAIN_PREFIX = "Like {evidence}, \"{target}\""  # the rationale starts here; t
 # kind, "like the shampoo", not by its long title; bench/results/explanations.md, runs s6 and s7c).
 EXPLAIN_EXAMPLES = {
     "movies": ('Recommended: "Moon Base" (Sci-Fi, Thriller)\n'
-               '- "Star Pilots" (shares: sci-fi): 35 users watched both\n'
-               '- "Robot Wars" (shares: sci-fi, thriller): 12 users watched both',
-               'Like "Star Pilots" and "Robot Wars", "Moon Base" is a sci-fi thriller, and 35 fans of '
-               '"Star Pilots" watched it too.'),
+               '- "Robot Wars" (shares: sci-fi, thriller): 12 users watched both\n'
+               '- "Star Pilots" (shares: sci-fi): 35 users watched both',
+               '"Moon Base" is a sci-fi thriller, and 35 fans of "Star Pilots" watched it too.'),
     "products": ('Recommended: "Silk Protein Hair Conditioner" (conditioner)\n'
-                 '- "Argan Oil Repair Shampoo" (shares: hair): 12 users bought both\n'
-                 '- "Keratin Hair Mask" (shares: hair): 3 users bought both',
-                 'Like "Argan Oil Repair Shampoo" and "Keratin Hair Mask", "Silk Protein Hair Conditioner" is '
-                 'a conditioner, and 12 buyers of "Argan Oil Repair Shampoo" bought it too.'),
+                 '- "Keratin Hair Mask" (shares: hair): 3 users bought both\n'
+                 '- "Argan Oil Repair Shampoo" (shares: hair): 12 users bought both',
+                 '"Silk Protein Hair Conditioner" is a conditioner, and 12 buyers of "Argan Oil Repair Shampoo" '
+                 'bought it too.'),
 }
 EXPLAIN_EXAMPLES_UNCOUNTED = {
     "movies": ('Recommended: "Moon Base" (Sci-Fi, Thriller)\n'
-               '- "Star Pilots" (shares: sci-fi)\n'
-               '- "Robot Wars" (shares: sci-fi, thriller)',
-               'Like "Star Pilots" and "Robot Wars", "Moon Base" is a sci-fi thriller, a thriller like '
-               '"Robot Wars".'),
+               '- "Robot Wars" (shares: sci-fi, thriller)\n'
+               '- "Star Pilots" (shares: sci-fi)',
+               '"Moon Base" is a sci-fi thriller, a thriller like "Robot Wars".'),
     "products": ('Recommended: "Silk Protein Hair Conditioner" (conditioner)\n'
-                 '- "Argan Oil Repair Shampoo" (shares: hair)\n'
-                 '- "Rose Hand Cream"',
-                 'Like "Argan Oil Repair Shampoo" and "Rose Hand Cream", "Silk Protein Hair Conditioner" is '
-                 'a conditioner, and it is for hair like the shampoo.'),
+                 '- "Rose Hand Cream"\n'
+                 '- "Argan Oil Repair Shampoo" (shares: hair)',
+                 '"Silk Protein Hair Conditioner" is a conditioner, and it is for hair like the shampoo.'),
 }
 
 
@@ -168,18 +169,21 @@ def explain_fact(domain: Domain, title: str, shared=(), n_both: int = 0) -> str:
 def render_explain(tokenizer, domain: Domain, evidence: list[str], target: str, attributes=(),
                    facts: Sequence[str] = (), example: bool = True, kind: str | None = None,
                    counted: bool = True) -> tuple[str, str]:
-    """(prompt ending with the primed answer, the primed part) for one explanation; ``evidence``: the
-    titles the answer starts from, ``facts``: ``explain_fact`` lines. The text before the item's
-    "Recommended" line is the same for every item and user (system, worked example); ``example=False``
-    leaves the worked example out (a context too small for it). ``kind``: what a product is, from its
-    title ("shampoo"); the answer is primed with it (a 135M model names the example's kind instead).
+    """(prompt ending with the primed answer, the sentence's start as shown: EXPLAIN_LEAD naming the
+    ``evidence`` titles, then the primed answer) for one explanation; ``facts``: ``explain_fact`` lines,
+    strongest first (as ``evidence``). The text before the item's "Recommended" line is the same for
+    every item and user (system, worked example); ``example=False`` leaves the worked example out (a
+    context too small for it). ``kind``: what a product is, from its title ("shampoo"); the answer is
+    primed with it (a 135M model names the example's kind instead).
     ``counted``: whether a fact gives a count of users who had both (else the count-free example)."""
     quoted = " and ".join(f'"{t}"' for t in evidence)
     attrs = f" ({', '.join(attributes)})" if attributes else ""
-    user = fill("explain", domain, target=target, attributes=attrs, facts="\n".join(facts)).rstrip()
-    prefix = EXPLAIN_PREFIX.format(evidence=quoted, target=target) if evidence else f'"{target}"'
+    # the strongest evidence last, next to the answer: SmolLM2 cites the count and the title nearest to it
+    # (strongest first, 26% of 40 movielens users' model sentences gave a count to the wrong title; last, 6%)
+    user = fill("explain", domain, target=target, attributes=attrs, facts="\n".join(reversed(facts))).rstrip()
+    primed = EXPLAIN_PREFIX.format(target=target)
     if kind:
-        prefix += f" is {'an' if kind[:1].lower() in 'aeio' else 'a'} {kind}"
+        primed += f" is {'an' if kind[:1].lower() in 'aeio' else 'a'} {kind}"
     examples = EXPLAIN_EXAMPLES if counted else EXPLAIN_EXAMPLES_UNCOUNTED
     example_user, example_answer = examples[domain.items if domain.items in examples else "products"]
     system = EXPLAIN_SYSTEM.format(item=domain.item, items=domain.items)
@@ -193,7 +197,7 @@ def render_explain(tokenizer, domain: Domain, evidence: list[str], target: str, 
     else:
         text = system + "\n\n" + "".join(f"### Instruction:\n{a}\n\n### Response:\n{b}\n\n" for a, b in turns)
         text += f"### Instruction:\n{user}\n\n### Response:\n"
-    return text + prefix, prefix
+    return text + primed, (EXPLAIN_LEAD.format(evidence=quoted) if evidence else "") + primed
 
 
 def explain_shared_prefix(tokenizer, domain: Domain, counted: bool = True) -> str:

@@ -203,9 +203,11 @@ def test_real_tiny_llm_batch_keeps_each_sentence_with_its_item(tiny_service, toy
     out = ex.explain(history, items)
     assert [e.index for e in out] == items and len(ex.last_prompts) == 10
     for e, prompt in zip(out, ex.last_prompts):
-        prefix = prompt.rsplit("\n", 1)[-1]  # the primed start of the answer
-        assert prefix.startswith("Like ") and prefix.endswith(f'"{short_title(cat.titles[e.index])}"')
-        assert all(f'"{short_title(x["title"])}"' in prefix for x in e.evidence[:2])
+        primed = prompt.rsplit("\n", 1)[-1]  # the primed start of the model's answer: the item
+        assert primed == f'"{short_title(cat.titles[e.index])}"'
+        # the sentence shown starts with the evidence (written before the model's part), then the primed item
+        lead = "Like " + " and ".join(f'"{short_title(x["title"])}"' for x in e.evidence[:2]) + ", "
+        prefix = lead + primed
         assert e.llm_rationale.startswith(prefix)
         assert e.evidence == ex.evidence(history, e.index)
         if e.rationale_source == "template":
@@ -304,7 +306,10 @@ def test_an_item_no_user_had_with_the_history_gets_the_example_without_a_count(t
     for counts, example in (((0, 0), P.EXPLAIN_EXAMPLES_UNCOUNTED), ((0, 3), P.EXPLAIN_EXAMPLES),
                             ((5, 0), P.EXPLAIN_EXAMPLES)):
         text, prefix = ex.prompt(2, evidence(counts))
-        assert example["products"][1] in text and text.endswith(prefix)
+        assert example["products"][1] in text
+        primed = text.rsplit("\n", 1)[-1]  # the model's answer starts with the item; the lead is shown before it
+        assert primed.startswith('"Silk Protein Hair Conditioner"')
+        assert prefix.startswith('Like "') and prefix.endswith('", ' + primed)
         asked = text[text.rindex('Recommended: "Silk'):]  # the item's own turn, after the worked example
         assert (" users bought both" in asked) == any(counts)
     assert not re.search(r"\d", P.EXPLAIN_EXAMPLES_UNCOUNTED["products"][1])
@@ -376,7 +381,9 @@ def test_a_products_answer_is_primed_with_the_kind_its_title_names(tiny_llm):
            "shared_attributes": []}]
     text, prefix = ex.prompt(1, ev)
     assert prefix == 'Like "Argan Oil Repair Shampoo", "Silk Protein Hair Conditioner" is a conditioner'
-    assert text.endswith(prefix) and '"Silk Protein Hair Conditioner" (conditioner)' in text
+    # the model is primed with the item and its kind; the evidence lead is written before its sentence, not by it
+    assert text.endswith('\n"Silk Protein Hair Conditioner" is a conditioner')
+    assert '"Silk Protein Hair Conditioner" (conditioner)' in text and 'Like "Argan' not in text
     out = ex.judge([0], 1, ev, prefix, ", and 4 users bought both.")
     assert out.rationale_source == "llm" and out.failed_checks == []
     assert out.rationale == prefix + ", and 4 users bought both."

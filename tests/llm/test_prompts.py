@@ -52,6 +52,21 @@ def test_context_limit_is_the_smaller_of_model_and_tokenizer(tiny_tokenizer):
         llm.tokenizer.model_max_length = old
 
 
+def test_explain_prompt_primes_the_item_and_shows_the_strongest_evidence_next_to_the_answer(tiny_tokenizer):
+    """The evidence titles start the shown sentence but are not in the prompt's primed answer (they are
+    in its fact lines: fewer tokens to prefill); the strongest fact is the last line before the answer."""
+    facts = [P.explain_fact(P.DOMAINS["movies"], "Up", ["comedy"], 12),
+             P.explain_fact(P.DOMAINS["movies"], "Heat", (), 3)]
+    text, start = P.render_explain(tiny_tokenizer, P.DOMAINS["movies"], ["Up", "Heat"], "Cars",
+                                   ["Comedy"], facts)
+    assert start == 'Like "Up" and "Heat", "Cars"'
+    assert text.endswith('\n"Cars"') and 'Like "Up"' not in text
+    user_turn = text[text.index('Recommended: "Cars"'):]
+    assert user_turn.index(facts[1]) < user_turn.index(facts[0])  # strongest ("Up", 12 users) last
+    example = P.EXPLAIN_EXAMPLES["movies"]
+    assert example[0] in text and example[1] in text  # the worked example: facts in the same order, its answer
+
+
 # -- the whole path on the tiny random LLaMA, with a tiny context ---------------------------------
 
 def with_huge_title(dataset, item: int) -> Dataset:
