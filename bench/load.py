@@ -221,7 +221,7 @@ def run(args, url: str, startup: dict, Client) -> int:
     levels = [concurrent_level(args, url, Client, pool, users, call) for users in args.levels]
     report = {
         "url": url, "dataset": args.dataset, "ranker": args.ranker, "model": res.get("model"),
-        "adapter": res.get("adapter"), "cpu_count": os.cpu_count(), "machine": describe_cpu(),
+        "adapter": res.get("adapter"), "machine": describe_cpu(),
         "load_avg_end": os.getloadavg(),
         "server": {"device": args.device, "model": args.model, "dtype": args.dtype} if args.url is None else None,
         **startup, "first_request_s": first,
@@ -247,7 +247,7 @@ def table(r: dict) -> str:
 
     h, m = r["histories"], r.get("machine", {})
     lines = [f"recdemo load test: {r['dataset']}, ranker={r['ranker']}, {r['model']}, adapter={r['adapter']}, "
-             f"{r['cpu_count']} CPUs; {h['sent']} requests over {h['distinct']} distinct histories "
+             f"{m.get('cpus', r.get('cpu_count'))} CPUs; {h['sent']} requests over {h['distinct']} distinct histories "
              f"({'some repeated' if h['repeated'] else 'none repeated'})",
              f"CPU: {m.get('cpu')}, {m.get('capability')}, native bf16: {m.get('native_bf16')}; "
              f"load average at the end {s(r.get('load_avg_end', [None])[0])}", "",
