@@ -33,7 +33,7 @@ import recdemo  # noqa: E402,F401  (sets OpenMP defaults before torch loads: con
 import torch  # noqa: E402
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dataset", default="movielens-small")
     ap.add_argument("--users", type=int, default=5)
@@ -41,9 +41,11 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=10)
     ap.add_argument("--explain-tokens", type=int, default=None, help="max new tokens per rationale")
     ap.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: the config's, auto)")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    return ap.parse_args()
 
+
+def build(args):
+    """(dataset, service, item-kNN, profile generator, explainer) from the project's one stack."""
     from recdemo.config import Config
     from recdemo.llm.explain import Explainer
     from recdemo.llm.profile import ProfileGenerator
@@ -55,66 +57,87 @@ def main() -> None:
         cfg = cfg.set("llm", "dtype", args.dtype)
     stack = Stack.from_config(cfg, dataset_name=args.dataset)
     data, service = stack.dataset, stack.service
-    tok = service.llm.tokenizer
     knn = ItemKNN.for_dataset(data)
-    profiles = ProfileGenerator(service, data.catalog)
     explainer = Explainer(service, data, None, knn=knn)
     if args.explain_tokens:
         explainer.max_new_tokens = args.explain_tokens
+    return data, service, knn, ProfileGenerator(service, data.catalog), explainer
+
+
+def pick_users(data, count: int) -> list[int]:
+    """``count`` users with >= 5 training items (seed 0), plus one for the warm-up."""
     train = data.train_sequences()
     rng = np.random.default_rng(0)
-    users = [int(u) for u in rng.choice([u for u, s in enumerate(train) if len(s) >= 5], args.users + 1,
-                                        replace=False)]
+    return [int(u) for u in rng.choice([u for u, s in enumerate(train) if len(s) >= 5], count + 1, replace=False)]
+
+
+def time_user(history: list[int], items: list[int], profiles, explainer, tok) -> dict:
+    """One user's profile (its cache cleared first) and explanations of ``items``, timed (wall and CPU)."""
+    profiles._cache.clear()
+    load = os.getloadavg()[0]
+    t, c = time.perf_counter(), time.process_time()
+    profile = profiles.generate(history)
+    t_profile, c_profile = time.perf_counter() - t, time.process_time() - c
+    t, c = time.perf_counter(), time.process_time()
+    expl = explainer.explain(history, items)
+    t_explain, c_explain = time.perf_counter() - t, time.process_time() - c
+    explain_tokens = [len(tok(p, add_special_tokens=False).input_ids) for p in explainer.last_prompts]
+    return {"load_avg_1m": round(load, 2), "profile_s": round(t_profile, 3), "profile_cpu_s": round(c_profile, 3),
+            "profile_prompt_tokens": len(tok(profile.prompt, add_special_tokens=False).input_ids),
+            "explain_cpu_s": round(c_explain, 3),
+            "llm_keywords": sum(k.source == "llm" for k in profile.keywords),
+            "llm_grounded": sum(k.source == "llm" and k.grounded for k in profile.keywords),
+            "heuristic_added": sum(k.source == "heuristic" for k in profile.keywords),
+            "explain_s": round(t_explain, 3), "explain_prompt_tokens_mean": round(float(np.mean(explain_tokens)), 1),
+            "rationales_llm": sum(e.rationale_source == "llm" for e in expl), "rationales": len(expl),
+            "keywords": [k.text for k in profile.keywords], "summary": profile.summary,
+            "example_rationale": expl[0].rationale if expl else ""}
+
+
+def summarize(args, rows: list[dict], service, explainer) -> dict:
+    """Means and maxima over the measured users (the warm-up left out)."""
+    from recdemo.llm.models import describe_cpu
+
+    measured = [r for r in rows if not r["warmup"]]
+
+    def mean(key):
+        return round(float(np.mean([r[key] for r in measured])), 3)
+
+    def share(part, whole):
+        return round(sum(r[part] for r in measured) / max(sum(r[whole] for r in measured), 1), 3)
+
+    return {"dataset": args.dataset, "model": service.describe(), "threads": args.threads, "users": len(measured),
+            "items_explained": args.items, "explain_max_new_tokens": explainer.max_new_tokens,
+            "machine": describe_cpu(), "profile_s_mean": mean("profile_s"),
+            "profile_s_max": round(float(np.max([r["profile_s"] for r in measured])), 3),
+            "profile_cpu_s_mean": mean("profile_cpu_s"), "explain_s_mean": mean("explain_s"),
+            "explain_cpu_s_mean": mean("explain_cpu_s"),
+            "explain_s_max": round(float(np.max([r["explain_s"] for r in measured])), 3),
+            "llm_keywords_grounded_share": share("llm_grounded", "llm_keywords"),
+            "profiles_needing_heuristics": sum(r["heuristic_added"] > 0 for r in measured),
+            "rationales_kept_share": share("rationales_llm", "rationales"),
+            "load_avg_1m_mean": round(float(np.mean([r["load_avg_1m"] for r in measured])), 2)}
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    data, service, knn, profiles, explainer = build(args)
+    train = data.train_sequences()
     rows = []
-    for n, user in enumerate(users):
+    for n, user in enumerate(pick_users(data, args.users)):
         history = [int(i) for i in train[user][-20:]]
         scores = knn.score_all(history)
         scores[history] = -np.inf
         items = [int(i) for i in np.argsort(-scores, kind="stable")[: args.items]]
-        profiles._cache.clear()
-        load = os.getloadavg()[0]
-        t, c = time.perf_counter(), time.process_time()
-        profile = profiles.generate(history)
-        t_profile, c_profile = time.perf_counter() - t, time.process_time() - c
-        t, c = time.perf_counter(), time.process_time()
-        expl = explainer.explain(history, items)
-        t_explain, c_explain = time.perf_counter() - t, time.process_time() - c
-        prompt_tokens = len(tok(profile.prompt, add_special_tokens=False).input_ids)
-        explain_tokens = [len(tok(p, add_special_tokens=False).input_ids) for p in explainer.last_prompts]
-        row = {"user": user, "warmup": n == 0, "load_avg_1m": round(load, 2),
-               "profile_s": round(t_profile, 3), "profile_cpu_s": round(c_profile, 3),
-               "profile_prompt_tokens": prompt_tokens, "explain_cpu_s": round(c_explain, 3),
-               "llm_keywords": sum(k.source == "llm" for k in profile.keywords),
-               "llm_grounded": sum(k.source == "llm" and k.grounded for k in profile.keywords),
-               "heuristic_added": sum(k.source == "heuristic" for k in profile.keywords),
-               "explain_s": round(t_explain, 3), "explain_prompt_tokens_mean": round(float(np.mean(explain_tokens)), 1),
-               "rationales_llm": sum(e.rationale_source == "llm" for e in expl), "rationales": len(expl),
-               "keywords": [k.text for k in profile.keywords], "summary": profile.summary,
-               "example_rationale": expl[0].rationale if expl else ""}
+        row = {"user": user, "warmup": n == 0, **time_user(history, items, profiles, explainer, service.llm.tokenizer)}
         rows.append(row)
-        print(f"{'(warm-up) ' if n == 0 else ''}user {user}: profile {t_profile:.2f} s wall / {c_profile:.2f} s CPU "
-              f"({prompt_tokens} tok), explain x{len(expl)} {t_explain:.2f} s wall / {c_explain:.2f} s CPU, "
-              f"LLM sentences kept {row['rationales_llm']}/{len(expl)}, load {load:.1f}", flush=True)
-    measured = [r for r in rows if not r["warmup"]]
-    summary = {
-        "dataset": args.dataset, "model": service.describe(), "threads": args.threads, "users": len(measured),
-        "items_explained": args.items, "explain_max_new_tokens": explainer.max_new_tokens,
-        "cpu_count": os.cpu_count(),
-        "profile_s_mean": round(float(np.mean([r["profile_s"] for r in measured])), 3),
-        "profile_s_max": round(float(np.max([r["profile_s"] for r in measured])), 3),
-        "profile_cpu_s_mean": round(float(np.mean([r["profile_cpu_s"] for r in measured])), 3),
-        "explain_s_mean": round(float(np.mean([r["explain_s"] for r in measured])), 3),
-        "explain_cpu_s_mean": round(float(np.mean([r["explain_cpu_s"] for r in measured])), 3),
-        "explain_s_max": round(float(np.max([r["explain_s"] for r in measured])), 3),
-        "llm_keywords_grounded_share": round(sum(r["llm_grounded"] for r in measured)
-                                             / max(sum(r["llm_keywords"] for r in measured), 1), 3),
-        "profiles_needing_heuristics": sum(r["heuristic_added"] > 0 for r in measured),
-        "rationales_kept_share": round(sum(r["rationales_llm"] for r in measured)
-                                       / max(sum(r["rationales"] for r in measured), 1), 3),
-        "load_avg_1m_mean": round(float(np.mean([r["load_avg_1m"] for r in measured])), 2),
-    }
-    print()
-    print(f"{'metric':<34}{'value':>12}")
+        print(f"{'(warm-up) ' if n == 0 else ''}user {user}: profile {row['profile_s']:.2f} s wall / "
+              f"{row['profile_cpu_s']:.2f} s CPU ({row['profile_prompt_tokens']} tok), explain x{row['rationales']} "
+              f"{row['explain_s']:.2f} s wall / {row['explain_cpu_s']:.2f} s CPU, LLM sentences kept "
+              f"{row['rationales_llm']}/{row['rationales']}, load {row['load_avg_1m']:.1f}", flush=True)
+    summary = summarize(args, rows, service, explainer)
+    print(f"\n{'metric':<34}{'value':>12}")
     for key, value in summary.items():
         print(f"{key:<34}{str(value):>12}")
     suffix = ("" if args.dataset == "movielens-small" else f"-{args.dataset}") + (f"-{args.dtype}" if args.dtype else "") + \

@@ -17,6 +17,10 @@ is judged by the same rules as the new one:
 - ``shown_failed``: share of the shown sentences failing any check (goal 0);
 - keywords: share of the profile's keywords that are not a genre/category name (goal: more).
 Writes bench/results/explanations.json and explanations.md. Nothing is asserted.
+
+``--int8 channel|tensor`` runs the model with its linear layers in int8 (torch's dynamic quantization,
+weights per output channel or per tensor): the one way left to more speed on a CPU without bf16
+arithmetic, measured here for what it does to the sentences (docs/notes/app.md).
 """
 from __future__ import annotations
 
@@ -99,6 +103,18 @@ def explain_batch(explainer, retriever, cases, profiles, with_profile: bool) -> 
     return rows
 
 
+def quantize_int8(llm, granularity: str) -> None:
+    """``llm.model`` replaced by a copy whose ``nn.Linear`` layers compute in int8 (activations quantized
+    per call, weights once; ``granularity``: "channel" or "tensor" weight scales). The copy is made from
+    a deep copy: the served model's packed linears copy as plain ``nn.Linear``, which torch converts."""
+    import copy
+
+    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
+
+    qconfig = per_channel_dynamic_qconfig if granularity == "channel" else default_dynamic_qconfig
+    llm.model = quantize_dynamic(copy.deepcopy(llm.model), {torch.nn.Linear: qconfig}, dtype=torch.qint8)
+
+
 def generate(args) -> None:
     from recdemo.config import Config
     from recdemo.llm.explain import Explainer
@@ -109,6 +125,10 @@ def generate(args) -> None:
     cfg = Config.from_env()
     stack = Stack.from_config(cfg, dataset_name=args.dataset)
     data, service, retriever = stack.dataset, stack.service, stack.retriever
+    model_name = service.describe()
+    if args.int8:
+        quantize_int8(service.llm, args.int8)
+        model_name += f", linear layers int8 (dynamic, per {args.int8})"
     explainer = Explainer(service, data, retriever, stack.text_index, max_new_tokens=cfg.llm.explain_new_tokens)
     cases = held_out_users(data, args.users)[: args.limit]
     rows, started = [], time.perf_counter()
@@ -120,7 +140,7 @@ def generate(args) -> None:
         # saved after every batch: a run stopped early still holds its users (the report compares
         # runs on the users they share)
         write_json_atomically(out_path, {
-            "dataset": args.dataset, "label": args.label, "users": len(rows), "model": service.describe(),
+            "dataset": args.dataset, "label": args.label, "users": len(rows), "model": model_name,
             "threads": args.threads, "explain_max_new_tokens": explainer.max_new_tokens,
             "batch_users": args.batch_users, "seconds": round(time.perf_counter() - started, 1),
             "load_avg_1m": round(os.getloadavg()[0], 2), "command": "python " + " ".join(sys.argv), "rows": rows},
@@ -195,7 +215,8 @@ def report() -> None:
              "repairs); `final`: the same after the fix for double quotes inside titles (amazon-beauty only); "
              "`merged`: main after that branch met the new decoder and the batching of concurrent calls "
              "(both datasets); `s11`: the model primed with the item only (the evidence titles written before its "
-             "part), the strongest fact last. Runs whose raw file is not on the machine that wrote this report "
+             "part), the strongest fact last; `q8c-40`: s11's code with the model's linear layers in int8 (`--int8 "
+             "channel`, 2026-12-06), the first 40 users. Runs whose raw file is not on the machine that wrote this report "
              "keep the scores they were last given (all but the runs named in the shared-users table). "
              "Held-out users (test case), SASRec's top 10, SmolLM2-135M on a shared 2-core CPU (busy: quality "
              "figures, not timings).", "",
@@ -258,6 +279,8 @@ def main() -> None:
                     help="users whose explanations share one batched model call (10 rows each)")
     ap.add_argument("--label", default="after", help="names the run: before (main's code) or after")
     ap.add_argument("--no-profile", dest="profile", action="store_false")
+    ap.add_argument("--int8", choices=("channel", "tensor"), default=None,
+                    help="run the model's linear layers in int8 (dynamic quantization, weight scales per channel or tensor)")
     ap.add_argument("--report", action="store_true", help="only rescore the stored runs and write the tables")
     args = ap.parse_args()
     if args.report:
