@@ -256,3 +256,21 @@ def toy_eval_data():
 def without_latency(metrics: dict) -> dict:
     """Metrics minus the timings (which differ run to run)."""
     return {k: v for k, v in metrics.items() if not k.startswith("latency")}
+
+
+def load_bench(name: str, on_path: bool = False):
+    """The bench script ``bench/<name>.py`` as a module (``bench_<name>``, registered in sys.modules: its
+    dataclasses look their module up while it runs); ``on_path`` also puts bench/ on sys.path first, for
+    a test that imports the script's sibling modules."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "bench"
+    if on_path:
+        sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

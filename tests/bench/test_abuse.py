@@ -1,6 +1,5 @@
 """bench/abuse.py: its judging rules, its case logic over HTTP against an app with a fake model
 (tests/_app_fakes.py), and, marked integration, case 1 against the real app with the embedded model."""
-import importlib.util
 import json
 import os
 import re
@@ -12,19 +11,10 @@ from pathlib import Path
 import pytest
 
 from _app_fakes import TITLES, FakeRecommender, FakeService, fake_context, fake_finetune
+from conftest import load_bench
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_abuse", ROOT / "bench" / "abuse.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
-
-
-abuse = load_bench()
+abuse = load_bench("abuse")
 
 
 class GuardedRecommender(FakeRecommender):

@@ -1,22 +1,12 @@
 """bench/explanations.py's --int8 option: the model it runs is an int8 copy of the served one (packed
 linears included), close to it, and the project's decoder generates with it; the served model is untouched."""
 import copy
-import importlib.util
-from pathlib import Path
 
 import torch
 
+from conftest import load_bench
 from recdemo.llm.decode import Decoder
 from recdemo.llm.packed_linear import PackedLinear, pack_linears
-
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_explanations", BENCH / "explanations.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_int8_copy_replaces_every_linear_and_stays_close(tiny_llm):
@@ -29,7 +19,7 @@ def test_int8_copy_replaces_every_linear_and_stays_close(tiny_llm):
     with torch.no_grad():
         before = served(input_ids=ids).logits
     for granularity in ("channel", "tensor"):
-        load_bench().quantize_int8(quantized, granularity)
+        load_bench("explanations").quantize_int8(quantized, granularity)
         layers = [m for m in quantized.model.modules() if isinstance(m, torch.nn.Linear)]
         int8 = [m for m in quantized.model.modules() if isinstance(m, DynamicInt8Linear)]
         assert not layers and len(int8) >= 15  # 2 layers x 7 projections + the output projection
@@ -45,7 +35,7 @@ def test_int8_copy_replaces_every_linear_and_stays_close(tiny_llm):
 
 def test_the_decoder_generates_with_the_int8_copy(tiny_llm):
     quantized = copy.copy(tiny_llm)
-    load_bench().quantize_int8(quantized, "channel")
+    load_bench("explanations").quantize_int8(quantized, "channel")
     rows = [[5, 9, 12, 7, 3], [5, 9, 12, 8, 4, 6]]
     out = Decoder("eager", min_prefix_tokens=3).generate(quantized, rows, 6)
     assert [len(o) for o in out] == [6, 6]

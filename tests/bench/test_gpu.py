@@ -1,30 +1,17 @@
 """bench/gpu.py end to end in its --tiny CPU mode (reduced repetitions), its arithmetic, and the
 speed fix it led to (stop-string criteria built once, recdemo/llm/service.py)."""
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import make_tiny_tokenizer, real_data_root
-
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-
-
-def load_bench():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("bench_gpu", BENCH / "gpu.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_bench, make_tiny_tokenizer, real_data_root
 
 
 @pytest.fixture(scope="module")
 def bench():
-    return load_bench()
+    return load_bench("gpu", on_path=True)
 
 
 @pytest.fixture(scope="module")

@@ -1,26 +1,15 @@
 """bench/ranker_overhead.py in its --tiny mode (tiny tokenizer, no baseline): the counts it reports
 are what the rankers do, and the score ranker reads its trie with one host transfer per call."""
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
-from conftest import make_tiny_tokenizer
-
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_ranker_overhead", BENCH / "ranker_overhead.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_bench, make_tiny_tokenizer
 
 
 def test_tiny_run_counts_forwards_syncs_and_tokenizer_calls(tmp_path, monkeypatch):
     tokenizer = tmp_path / "tokenizer"
     make_tiny_tokenizer().save_pretrained(str(tokenizer))
-    bench = load_bench()
+    bench = load_bench("ranker_overhead")
     monkeypatch.setattr(sys, "path", list(sys.path))  # the bench puts its folders first
     monkeypatch.setattr(sys, "argv", ["ranker_overhead.py", "--tiny", "--users", "2", "--items", "120",
                                       "--tokenizer", str(tokenizer), "--out", str(tmp_path / "out")])
@@ -38,7 +27,7 @@ def test_tiny_run_counts_forwards_syncs_and_tokenizer_calls(tmp_path, monkeypatc
 def test_counters_restore_what_they_wrap(tiny_llm):
     import torch
 
-    bench = load_bench()
+    bench = load_bench("ranker_overhead")
     before = torch.Tensor.tolist, type(tiny_llm.tokenizer).__call__
     counters = bench.Counters(tiny_llm.model, tiny_llm.tokenizer)
     counters.active = True
