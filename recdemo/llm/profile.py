@@ -321,7 +321,9 @@ def _common_title_terms(catalog) -> set[str]:
 
 def theme_keywords(catalog, history, exclude: set[str] = frozenset(), n: int = 1) -> list[Keyword]:
     """Title words at least two history items share, beyond genre names and stock words (a franchise,
-    a brand, a subject: "Potter", "Maybelline", "vampire"), most shared first."""
+    a brand, a subject: "Potter", "Maybelline", "vampire"), most shared first; each widened to the
+    longest run of title words the items share around it ("Harry Potter", "Star Trek", "Maybelline New
+    York"): a lone "Harry" or "Trek" names nothing a person would call a taste."""
     hist = list(dict.fromkeys(int(h) for h in history))
     genre_terms = {term(w) for i in hist for a in catalog.attributes[i] for w in words(a)}
     counts: Counter = Counter()
@@ -340,12 +342,74 @@ def theme_keywords(catalog, history, exclude: set[str] = frozenset(), n: int = 1
     for t, c in counts.most_common():
         if c < 2 or shown[t].lower() in exclude or t in common:
             continue
-        support = ground(shown[t], catalog, hist)
-        if len(support) >= 2:
-            out.append(Keyword(text=shown[t], support=support, grounded=True, source="heuristic"))
+        text, support = shared_phrase(catalog, hist, t)
+        if len(support) >= 2 and text.lower() not in exclude | {k.text.lower() for k in out}:
+            out.append(Keyword(text=text, support=support, grounded=True, source="heuristic"))
         if len(out) >= n:
             break
     return out
+
+
+MAX_PHRASE_WORDS = 5  # "Lord of the Rings", "Maybelline New York": longer shared runs are whole titles
+PHRASE_BREAK = re.compile(r"\s*[:;,()\[\]/|\u2013\u2014]\s*|\s+-\s+")  # a phrase never crosses these
+# a sequel's number ends a phrase: "Star Trek II", "Home Alone 2", "Ocean's Eleven"
+ARTICLES = frozenset("the a an le la les el il der die das".split())  # may stand before a name
+NUMERAL = re.compile(r"^(?:\d+|[ivx]+|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen)$")
+
+
+def title_runs(title: str, word_term: str) -> dict[tuple, tuple[tuple, bool]]:
+    """The phrases of ``title`` (as people say it, year dropped) around a word whose term is ``word_term``:
+    runs of at most ``MAX_PHRASE_WORDS`` words that start one part of the title (punctuation splits it),
+    after an article if any ("The Matrix"; a franchise or a brand comes first: "Romancing the Stone" and
+    "The Sword in the Stone" share no name), with no stock word at their end. The run's word terms
+    ("Alien" and "Aliens" match) -> (the run as written, whether it also ends a name: the word after it,
+    if any, is a stock word or a numeral; "Harry Potter" of "Harry Potter and the Deathly Hallows" does,
+    "Harry Potter and the Deathly" does not)."""
+    stock = STOPWORDS | THEME_STOPWORDS
+    runs = {}
+    for part in PHRASE_BREAK.split(YEAR.sub("", natural_title(title))):
+        ws = [_bare(w) for w in part.split() if re.search(r"\w|&", w)]
+        low = [w.lower() for w in ws]
+        terms = [term(w.removesuffix("'s")) for w in low]
+        start = 1 if len(ws) > 1 and low[0] in ARTICLES else 0
+        for at in (j for j in range(start, min(len(ws), start + MAX_PHRASE_WORDS))
+                   if word_term in (terms[j], term(low[j]))):
+            for end in range(at + 1, min(len(ws), start + MAX_PHRASE_WORDS) + 1):
+                if low[end - 1] not in stock | {"&"}:
+                    ends = end == len(ws) or low[end] in stock or bool(NUMERAL.match(low[end]))
+                    key = tuple(terms[start:end])
+                    if ends or key not in runs:  # the form written where the name stands whole
+                        runs[key] = (tuple(ws[start:end]), ends)
+    return runs
+
+
+def _bare(word: str) -> str:
+    """A title word without the punctuation around it ("Airplane!" -> "Airplane"); an abbreviation keeps
+    its last dot ("C.K.")."""
+    bare = re.sub(r"^[^\w&]+|[^\w&.]+$", "", word)
+    return bare if bare.count(".") > 1 else bare.rstrip(".")
+
+
+def shared_phrase(catalog, history, word_term: str) -> tuple[str, list[int]]:
+    """(the longest phrase around ``word_term`` (``title_runs``) that starts a name in at least two
+    ``history`` titles and stands whole in one of them, the history items whose titles hold it); ties:
+    the phrase more titles share; ("", []) when none: a word two titles merely both contain ("Hotel
+    Rwanda", "The Grand Budapest Hotel") is no theme."""
+    holders: dict[tuple, list[int]] = {}
+    written: dict[tuple, tuple] = {}
+    whole: set[tuple] = set()
+    for i in history:
+        for key, (run, ends) in title_runs(catalog.titles[i], word_term).items():
+            holders.setdefault(key, []).append(i)
+            if key not in written or (ends and key not in whole):  # the first form standing whole:
+                written[key] = run  # "Monty Python" (and the Holy Grail), not "Monty Python's" (Life of Brian)
+            if ends:
+                whole.add(key)
+    shared = [k for k, items in holders.items() if len(items) >= 2 and k in whole]
+    if not shared:
+        return "", []
+    best = max(shared, key=lambda k: (len(k), len(holders[k])))
+    return " ".join(written[best]), holders[best]
 
 
 class ProfileGenerator:

@@ -223,6 +223,29 @@ def test_theme_keywords_are_title_words_two_history_items_share():
     assert theme_keywords(cat, [0, 1], exclude={"batman"}) == []
 
 
+def test_a_theme_is_the_whole_name_two_titles_start_with_never_a_shared_word_alone():
+    from recdemo.llm.profile import theme_keywords
+
+    titles = ["Harry Potter and the Deathly Hallows: Part 1 (2010)", "Harry Potter and the Deathly Hallows: Part 2 (2011)",
+              "When Harry Met Sally... (1989)", "Lord of the Rings: The Two Towers, The (2002)",
+              "Lord of the Rings: The Return of the King, The (2003)", "Monty Python's Life of Brian (1979)",
+              "Monty Python and the Holy Grail (1975)", "Hotel Rwanda (2004)", "Grand Budapest Hotel, The (2014)",
+              "Alien (1979)", "Aliens (1986)", "Airplane! (1980)", "Airplane II: The Sequel (1982)"]
+    cat = Catalog(ids=[str(i) for i in range(len(titles))], titles=titles,
+                  attributes=[("Comedy",)] * len(titles), attribute_name="genres")
+
+    def theme(history):
+        return [(k.text, k.support) for k in theme_keywords(cat, history, n=3)]
+
+    # widened to the name both titles start with, not to "Harry Potter and the Deathly"; Sally's Harry is not in it
+    assert theme([0, 1, 2]) == [("Harry Potter", [0, 1])]
+    assert theme([3, 4]) == [("Lord of the Rings", [3, 4])]  # "The Lord of the Rings": the article is not in it
+    assert theme([5, 6]) == [("Monty Python", [5, 6])]  # written as where it stands whole, not "Python's"
+    assert theme([7, 8]) == []  # a word two titles merely share is no theme
+    assert theme([9, 10]) == [("Alien", [9, 10])]  # word forms match; the oldest form is shown
+    assert theme([11, 12]) == [("Airplane", [11, 12])]  # punctuation is no part of a name
+
+
 def test_the_summary_pass_continues_the_keyword_pass(tiny_service, toy_dataset):
     """Pass 2 (prompt + keyword line) prefills only what pass 1 did not: the prompt's KV comes from the
     decoder's prefix cache, and the summary equals model.generate's on the whole pass-2 prompt."""
