@@ -216,7 +216,8 @@ def report() -> None:
              "`merged`: main after that branch met the new decoder and the batching of concurrent calls "
              "(both datasets); `s11`: the model primed with the item only (the evidence titles written before its "
              "part), the strongest fact last; `q8c-40`: s11's code with the model's linear layers in int8 (`--int8 "
-             "channel`, 2026-12-06), the first 40 users. Runs whose raw file is not on the machine that wrote this report "
+             "channel`, 2026-12-06), the first 40 users; `s12`: s11 with the profile's franchise keywords (the whole "
+             "name two history titles start with, not one shared word). Runs whose raw file is not on the machine that wrote this report "
              "keep the scores they were last given (all but the runs named in the shared-users table). "
              "Held-out users (test case), SASRec's top 10, SmolLM2-135M on a shared 2-core CPU (busy: quality "
              "figures, not timings).", "",

@@ -320,10 +320,10 @@ def _common_title_terms(catalog) -> set[str]:
 
 
 def theme_keywords(catalog, history, exclude: set[str] = frozenset(), n: int = 1) -> list[Keyword]:
-    """Title words at least two history items share, beyond genre names and stock words (a franchise,
-    a brand, a subject: "Potter", "Maybelline", "vampire"), most shared first; each widened to the
-    longest run of title words the items share around it ("Harry Potter", "Star Trek", "Maybelline New
-    York"): a lone "Harry" or "Trek" names nothing a person would call a taste."""
+    """Names that at least two history titles start with, beyond genre names and stock words (a franchise,
+    a series: "Harry Potter", "Star Trek", "Home Alone"; ``shared_phrase``), found from the title words
+    most history items share: a lone "Harry" or "Trek" names nothing a person would call a taste. Product
+    titles rarely qualify (a brand runs on into the product's name, and brand words are common)."""
     hist = list(dict.fromkeys(int(h) for h in history))
     genre_terms = {term(w) for i in hist for a in catalog.attributes[i] for w in words(a)}
     counts: Counter = Counter()
@@ -350,7 +350,7 @@ def theme_keywords(catalog, history, exclude: set[str] = frozenset(), n: int = 1
     return out
 
 
-MAX_PHRASE_WORDS = 5  # "Lord of the Rings", "Maybelline New York": longer shared runs are whole titles
+MAX_PHRASE_WORDS = 5  # "Lord of the Rings", "Smokey and the Bandit": longer shared runs are whole titles
 PHRASE_BREAK = re.compile(r"\s*[:;,()\[\]/|\u2013\u2014]\s*|\s+-\s+")  # a phrase never crosses these
 # a sequel's number ends a phrase: "Star Trek II", "Home Alone 2", "Ocean's Eleven"
 ARTICLES = frozenset("the a an le la les el il der die das".split())  # may stand before a name
@@ -392,20 +392,21 @@ def _bare(word: str) -> str:
 
 def shared_phrase(catalog, history, word_term: str) -> tuple[str, list[int]]:
     """(the longest phrase around ``word_term`` (``title_runs``) that starts a name in at least two
-    ``history`` titles and stands whole in one of them, the history items whose titles hold it); ties:
-    the phrase more titles share; ("", []) when none: a word two titles merely both contain ("Hotel
-    Rwanda", "The Grand Budapest Hotel") is no theme."""
+    ``history`` titles and stands whole in one of them, a single word in two of them, the history items
+    whose titles hold it); ties: the phrase more titles share; ("", []) when none. A word two titles
+    merely both contain ("Hotel Rwanda", "The Grand Budapest Hotel") is no theme, nor one that is a
+    whole title and starts another ("Seven", "Seven Samurai"); "Dark Knight" ("The Dark Knight", "The
+    Dark Knight Rises") and "Shrek" ("Shrek", "Shrek 2") are."""
     holders: dict[tuple, list[int]] = {}
     written: dict[tuple, tuple] = {}
-    whole: set[tuple] = set()
+    whole: Counter = Counter()  # phrase -> titles where it stands whole
     for i in history:
         for key, (run, ends) in title_runs(catalog.titles[i], word_term).items():
             holders.setdefault(key, []).append(i)
-            if key not in written or (ends and key not in whole):  # the first form standing whole:
+            if key not in written or (ends and not whole[key]):  # the first form standing whole:
                 written[key] = run  # "Monty Python" (and the Holy Grail), not "Monty Python's" (Life of Brian)
-            if ends:
-                whole.add(key)
-    shared = [k for k, items in holders.items() if len(items) >= 2 and k in whole]
+            whole[key] += ends
+    shared = [k for k, items in holders.items() if len(items) >= 2 and whole[k] >= (1 if len(k) > 1 else 2)]
     if not shared:
         return "", []
     best = max(shared, key=lambda k: (len(k), len(holders[k])))

@@ -230,7 +230,9 @@ def test_a_theme_is_the_whole_name_two_titles_start_with_never_a_shared_word_alo
               "When Harry Met Sally... (1989)", "Lord of the Rings: The Two Towers, The (2002)",
               "Lord of the Rings: The Return of the King, The (2003)", "Monty Python's Life of Brian (1979)",
               "Monty Python and the Holy Grail (1975)", "Hotel Rwanda (2004)", "Grand Budapest Hotel, The (2014)",
-              "Alien (1979)", "Aliens (1986)", "Airplane! (1980)", "Airplane II: The Sequel (1982)"]
+              "Alien (1979)", "Aliens (1986)", "Airplane! (1980)", "Airplane II: The Sequel (1982)",
+              "Seven (a.k.a. Se7en) (1995)", "Seven Samurai (Shichinin no samurai) (1954)", "Dark Knight, The (2008)",
+              "Dark Knight Rises, The (2012)"]
     cat = Catalog(ids=[str(i) for i in range(len(titles))], titles=titles,
                   attributes=[("Comedy",)] * len(titles), attribute_name="genres")
 
@@ -244,6 +246,8 @@ def test_a_theme_is_the_whole_name_two_titles_start_with_never_a_shared_word_alo
     assert theme([7, 8]) == []  # a word two titles merely share is no theme
     assert theme([9, 10]) == [("Alien", [9, 10])]  # word forms match; the oldest form is shown
     assert theme([11, 12]) == [("Airplane", [11, 12])]  # punctuation is no part of a name
+    assert theme([13, 14]) == []  # one word, a whole title in one of them only: a coincidence
+    assert theme([15, 16]) == [("Dark Knight", [15, 16])]  # two words, whole in one: a name
 
 
 def test_the_summary_pass_continues_the_keyword_pass(tiny_service, toy_dataset):
