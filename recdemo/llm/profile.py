@@ -352,8 +352,8 @@ def theme_keywords(catalog, history, exclude: set[str] = frozenset(), n: int = 1
 
 MAX_PHRASE_WORDS = 5  # "Lord of the Rings", "Smokey and the Bandit": longer shared runs are whole titles
 PHRASE_BREAK = re.compile(r"\s*[:;,()\[\]/|\u2013\u2014]\s*|\s+-\s+")  # a phrase never crosses these
-# a sequel's number ends a phrase: "Star Trek II", "Home Alone 2", "Ocean's Eleven"
 ARTICLES = frozenset("the a an le la les el il der die das".split())  # may stand before a name
+# a sequel's number ends a phrase: "Star Trek II", "Home Alone 2", "Ocean's Eleven"
 NUMERAL = re.compile(r"^(?:\d+|[ivx]+|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen)$")
 
 
