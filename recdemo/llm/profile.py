@@ -372,14 +372,16 @@ def title_runs(title: str, word_term: str) -> dict[tuple, tuple[tuple, bool]]:
         low = [w.lower() for w in ws]
         terms = [term(w.removesuffix("'s")) for w in low]
         start = 1 if len(ws) > 1 and low[0] in ARTICLES else 0
-        for at in (j for j in range(start, min(len(ws), start + MAX_PHRASE_WORDS))
-                   if word_term in (terms[j], term(low[j]))):
-            for end in range(at + 1, min(len(ws), start + MAX_PHRASE_WORDS) + 1):
-                if low[end - 1] not in stock | {"&"}:
-                    ends = end == len(ws) or low[end] in stock or bool(NUMERAL.match(low[end]))
-                    key = tuple(terms[start:end])
-                    if ends or key not in runs:  # the form written where the name stands whole
-                        runs[key] = (tuple(ws[start:end]), ends)
+        last = min(len(ws), start + MAX_PHRASE_WORDS)  # every run starts at ``start``: the first match bounds them
+        at = next((j for j in range(start, last) if word_term in (terms[j], term(low[j]))), None)
+        if at is None:
+            continue
+        for end in range(at + 1, last + 1):
+            if low[end - 1] not in stock | {"&"}:
+                ends = end == len(ws) or low[end] in stock or bool(NUMERAL.match(low[end]))
+                key = tuple(terms[start:end])
+                if ends or key not in runs:  # the form written where the name stands whole
+                    runs[key] = (tuple(ws[start:end]), ends)
     return runs
 
 
