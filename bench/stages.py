@@ -12,6 +12,14 @@ step), and "done" (the final answer); the order of profile and rerank depends on
 explanation caches are cleared before every user, so no answer is a cache hit; one warm-up request
 is not counted. Prints a table (p50 / p90 per stage) with the load average, and with --out writes
 stages-<dataset>-<ranker>.json there. Nothing is asserted: targets live in the issue, figures here.
+
+    python bench/stages.py --compare-lookup --users 12 --out bench/results
+
+``--compare-lookup`` times every user twice, with the decoder's prompt-lookup drafts (``llm/lookup.py``,
+as configured) and without, alternating which goes first (this VM's speed drifts by 15-40% within
+minutes: only requests run side by side compare), reports both tables, the decode steps and accepted
+drafts of each, and whether each user's final answer (every card's sentence) was the same; writes
+stages-<dataset>-<ranker>-lookup.json.
 """
 from __future__ import annotations
 
@@ -39,6 +47,8 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="folder for stages-<dataset>-<ranker>.json")
+    ap.add_argument("--compare-lookup", action="store_true",
+                    help="each user with and without the decoder's prompt-lookup drafts, alternated")
     return ap.parse_args(argv)
 
 
@@ -56,11 +66,45 @@ def forget_caches(rec) -> None:
     rec.profiles._cache.clear()  # profiles per (last 20 items, model, adapter)
 
 
-def time_stages(rec, history: list[str], ranker: str) -> list[tuple[str, float]]:
+def time_stages(rec, history: list[str], ranker: str, answers: list | None = None) -> list[tuple[str, float]]:
+    """Seconds from the call to each state; the final state's (item, sentence) pairs go to ``answers``."""
     forget_caches(rec)
     t0 = time.perf_counter()
-    return [(state.stage, time.perf_counter() - t0)
-            for state in rec.recommend_stages(history, ranker=ranker)]
+    run, state = [], None
+    for state in rec.recommend_stages(history, ranker=ranker):
+        run.append((state.stage, time.perf_counter() - t0))
+    if answers is not None and state is not None:
+        answers.append([(r["index"], r.get("rationale")) for r in state.results])
+    return run
+
+
+def compare_lookup(rec, hists: list[list[str]], ranker: str) -> dict:
+    """Every history with drafts (the decoder's configured ``Lookup``) and without, the first of the
+    two alternating: per arm the stage table and the decoder's counts, and how many answers matched."""
+    from recdemo.llm.lookup import Lookup
+
+    decoder = rec.service.decoder
+    arms = {"drafts": decoder.lookup, "plain": Lookup()}
+    runs, answers, counts = {a: [] for a in arms}, {a: [] for a in arms}, {a: {} for a in arms}
+    for i, history in enumerate(hists):
+        for arm in (list(arms) if i % 2 == 0 else list(arms)[::-1]):
+            decoder.lookup = arms[arm]
+            before = decoder.stats.as_dict()
+            runs[arm].append(time_stages(rec, history, ranker, answers[arm]))
+            for key, value in decoder.stats.as_dict().items():
+                counts[arm][key] = counts[arm].get(key, 0) + value - before[key]
+    decoder.lookup = arms["drafts"]
+    return {"lookup": vars(arms["drafts"]).copy(), "same_answers": sum(a == b for a, b in zip(*answers.values())),
+            "arms": {arm: {"stages_s": summarise(runs[arm]), "decoder": counts[arm],
+                           "done_s_sum": round(sum(run[-1][1] for run in runs[arm]), 2),
+                           "runs": [[[name, round(s, 3)] for name, s in run] for run in runs[arm]]}
+                     for arm in arms}}
+
+
+def print_table(stages_s: dict) -> None:
+    print(f"{'stage reached':<26}{'p50 s':>8}{'p90 s':>8}")
+    for name, v in stages_s.items():
+        print(f"{name:<26}{v['p50']:>8.2f}{v['p90']:>8.2f}")
 
 
 def summarise(runs: list[list[tuple[str, float]]]) -> dict:
@@ -89,21 +133,29 @@ def main(argv=None) -> dict:
     rec = Recommender.from_config(Config.from_env(), dataset_name=args.dataset)
     hists = histories(rec, args.users, args.history, args.seed)
     time_stages(rec, hists[-1], args.ranker)  # warm-up: model load, adapter, retriever, shapes
-    runs = [time_stages(rec, h, args.ranker) for h in hists[:args.users]]
     result = {"dataset": args.dataset, "ranker": args.ranker, "users": args.users, "history_items": args.history,
-              "threads": args.threads, "model": rec.service.describe(), "machine": describe_cpu(),
-              "stages_s": summarise(runs),
-              "runs": [[[name, round(s, 3)] for name, s in run] for run in runs],
-              "load_avg_start": load_start, "load_avg_end": os.getloadavg(),
-              "command": "python bench/stages.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+              "threads": args.threads, "model": rec.service.describe(), "machine": describe_cpu()}
+    if args.compare_lookup:
+        result.update(compare_lookup(rec, hists[:args.users], args.ranker))
+    else:
+        runs = [time_stages(rec, h, args.ranker) for h in hists[:args.users]]
+        result.update(stages_s=summarise(runs), runs=[[[name, round(s, 3)] for name, s in run] for run in runs])
+    result.update(load_avg_start=load_start, load_avg_end=os.getloadavg(),
+                  command="python bench/stages.py " + " ".join(sys.argv[1:] if argv is None else argv))
     print(f"{args.dataset}, {args.ranker} ranker, {args.users} users x {args.history} items, "
           f"{result['model']}, {result['machine']['cpu']} ({result['machine']['capability']}), "
           f"load {load_start[0]:.2f} -> {result['load_avg_end'][0]:.2f}")
-    print(f"{'stage reached':<26}{'p50 s':>8}{'p90 s':>8}")
-    for name, v in result["stages_s"].items():
-        print(f"{name:<26}{v['p50']:>8.2f}{v['p90']:>8.2f}")
+    for arm, got in result.get("arms", {"": result}).items():
+        if arm:
+            steps = got["decoder"]
+            print(f"{arm}: {steps['decode_steps']} decode steps, {steps['accepted_tokens']} of "
+                  f"{steps['new_tokens']} new tokens from accepted drafts; done in {got['done_s_sum']} s in all")
+        print_table(got["stages_s"])
+    if args.compare_lookup:
+        print(f"same final answers: {result['same_answers']} of {args.users}")
     if args.out:
-        path = Path(args.out) / f"stages-{args.dataset}-{args.ranker}.json"
+        suffix = "-lookup" if args.compare_lookup else ""
+        path = Path(args.out) / f"stages-{args.dataset}-{args.ranker}{suffix}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=1))
         print(f"wrote {path}")

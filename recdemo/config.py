@@ -141,6 +141,14 @@ class LLMConfig:
     # the weights: a model whose linear weights exceed cpu_packed_max_mb is not packed.
     cpu_packed_rows: int = 256
     cpu_packed_max_mb: int = 1024
+    # Prompt-lookup drafts (llm/lookup.py; eager decoding, the CPU's): a decode step also feeds each row up
+    # to lookup_tokens tokens copied from what followed its last lookup_ngram tokens earlier in its prompt
+    # or answer; the model keeps those it would have written (the same answer in fewer steps). Drafts go in
+    # while a step feeds at most lookup_positions positions (rows x (1 + drafts)): on 2 CPU cores an extra
+    # position costs ~2.5 ms a row against ~45 ms + 3 ms a row for the step. lookup_tokens 0 turns it off.
+    lookup_tokens: int = 3
+    lookup_ngram: int = 3
+    lookup_positions: int = 24
 
 
 @dataclass

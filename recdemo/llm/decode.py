@@ -43,6 +43,7 @@ from typing import Callable
 import torch
 
 from recdemo.llm.kv_pool import KVPool, fresh
+from recdemo.llm.lookup import Lookup, accepted, draft
 from recdemo.llm.models import model_parts
 
 BACKENDS = ("auto", "eager", "static", "graphs")
@@ -78,6 +79,8 @@ class DecodeStats:
     new_tokens: int = 0
     decode_steps: int = 0
     decode_rows: int = 0  # rows run over all decode steps (a finished row leaves the eager batch)
+    drafted_tokens: int = 0  # prompt-lookup drafts fed to decode steps (``lookup``)
+    accepted_tokens: int = 0  # of those, the ones the model would have written: each saved a step
 
     def as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -194,13 +197,16 @@ class _Batch:
     next_ids: torch.Tensor  # [rows] the token each row emits next
 
 
-def _forward(model, ids, mask, positions, cache):
+def _forward(model, ids, mask, positions, cache, every: bool = False):
     """Logits of the last position only (the vocabulary projection of a 600-token prompt is wasted work),
     projected from a 2-D slice: through the LM's own ``logits_to_keep`` a frozen model copies its
-    output weight once per row (``models.model_parts``), ~1.5 s of a 12-row prefill on 2 cores."""
+    output weight once per row (``models.model_parts``), ~1.5 s of a 12-row prefill on 2 cores.
+    ``every``: logits [rows, tokens, vocabulary] of every position fed (a step that checks drafts)."""
     decoder, head = model_parts(model)
     hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                      use_cache=True).last_hidden_state
+    if every:
+        return head(hidden.reshape(-1, hidden.shape[-1])).view(*hidden.shape[:2], -1)
     return head(hidden[:, -1, :])
 
 
@@ -370,7 +376,10 @@ def _prefill_in_buckets(model, rows: list[torch.Tensor], starts: list[int], kvs:
         parts.append((bucket, part))
     order = [i for bucket, _ in parts for i in bucket]
     next_ids = torch.cat([batch.next_ids for _, batch in parts])
-    return _Batch(_cache_of(model, [_adopted_layer(k, v, width) for k, v in kv]), mask, width, order, next_ids)
+    # steps that check drafts (``lookup``) leave the positions of refused ones behind: a call that runs
+    # out of the allocation moves once to new memory with room for ``new_tokens`` more
+    layers = [_adopted_layer(k, v, width, room=new_tokens) for k, v in kv]
+    return _Batch(_cache_of(model, layers), mask, width, order, next_ids)
 
 
 def _call_kv(model, rows: int, width: int, device, take=fresh) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -385,10 +394,11 @@ def _call_kv(model, rows: int, width: int, device, take=fresh) -> list[tuple[tor
     return list(zip(tensors[0::2], tensors[1::2]))
 
 
-def _adopted_layer(keys: torch.Tensor, values: torch.Tensor, length: int):
+def _adopted_layer(keys: torch.Tensor, values: torch.Tensor, length: int, room: int = 0):
     """A ``_growing_layer`` over given buffers (views of a call's one KV allocation) that already hold
-    ``length`` tokens: what the model adds is written there, in place."""
-    layer = _growing_layer(0)
+    ``length`` tokens: what the model adds is written there, in place (past their end, in new memory
+    with ``room`` positions to spare)."""
+    layer = _growing_layer(room)
     layer.lazy_initialization(keys, values)
     layer._buffers = (keys, values)
     layer.keys, layer.values = keys[:, :, :length], values[:, :, :length]
@@ -480,13 +490,47 @@ def _keep_rows(batch: _Batch, keep: list[int], static: bool) -> None:
     batch.rows = [batch.rows[i] for i in order]
 
 
+def _take_tokens(rows: list[int], written: list[list[int]], out: list[list[int]], running: set[int],
+                 stoppers: list[_Stopper], on_row) -> list[int]:
+    """Each running batch row's tokens of the last step added to its answer, one at a time up to its
+    stop (the tokens a checked step wrote past it are dropped); a row that stops leaves ``running`` and
+    goes to ``on_row``. Returns the batch rows still running."""
+    keep = []
+    for i, (row, tokens) in enumerate(zip(rows, written)):
+        if row not in running:
+            continue
+        for token in tokens:
+            out[row].append(token)
+            if stoppers[row].done(out[row]):
+                running.discard(row)
+                if on_row is not None:
+                    on_row(row, out[row])
+                break
+        else:
+            keep.append(i)
+    return keep
+
+
+def _one_token_step(model, batch: _Batch, step, static: bool) -> None:
+    """Every running row's last token through ``step``; its next token becomes ``batch.next_ids``."""
+    if static:
+        batch.mask[:, batch.length] = 1
+    else:
+        ones = torch.ones(len(batch.rows), 1, dtype=batch.mask.dtype, device=batch.mask.device)
+        batch.mask = torch.cat([batch.mask, ones], dim=1)
+    batch.length += 1
+    positions = batch.mask.sum(1, keepdim=True) - 1
+    logits = step(model, batch.next_ids.unsqueeze(1), batch.mask, positions, batch.cache)
+    batch.next_ids = logits.argmax(-1)
+
+
 class Decoder:
     """Greedy decoding with prefix reuse for one served model (``LLMService.decoder``)."""
 
     def __init__(self, backend: str = "auto", cache_entries: int = 32, cache_tokens: int = 4096,
-                 min_prefix_tokens: int = 16, kv_pool_bytes: int = 0):
+                 min_prefix_tokens: int = 16, kv_pool_bytes: int = 0, lookup: Lookup = Lookup()):
         select_backend(backend, torch.device("cpu"))  # a bad name fails at start, not on the first request
-        self.backend = backend
+        self.backend, self.lookup = backend, lookup  # lookup: drafts in eager decode steps (none by default)
         self.cache = PrefixCache(cache_entries, cache_tokens, min_prefix_tokens)
         self.kv_pool = KVPool(kv_pool_bytes)  # the eager CPU call's KV memory, kept between calls
         self.stats = DecodeStats()
@@ -495,7 +539,7 @@ class Decoder:
     @classmethod
     def from_config(cls, cfg) -> "Decoder":
         return cls(cfg.decode_backend, cfg.prefix_cache_entries, cfg.prefix_cache_tokens, cfg.prefix_min_tokens,
-                   cfg.kv_pool_mb << 20)
+                   cfg.kv_pool_mb << 20, Lookup(cfg.lookup_tokens, cfg.lookup_ngram, cfg.lookup_positions))
 
     def forget_adapters(self, alive) -> int:
         """Drop cached KV of adapters no longer loaded under these peft names (after unload/re-register)."""
@@ -530,7 +574,7 @@ class Decoder:
         stoppers = [_Stopper(llm.tokenizer, eos, stop) for stop in stops]
         with torch.inference_mode(), self.kv_pool.borrow() as take:
             batch = self._prefill(model, ids, device, backend, max(s.max_new_tokens for s in stops), take)
-            out = self._decode(model, batch, stoppers, backend, on_row)
+            out = self._decode(model, batch, stoppers, backend, on_row, [list(r) for r in rows])
         self.stats.calls += 1
         self.stats.rows += len(rows)
         self.stats.new_tokens += sum(len(o) for o in out)
@@ -580,8 +624,12 @@ class Decoder:
         self.stats.prefill_tokens += sum(len(rows) * max(suffixes[i] for i in rows) for rows in buckets)
         return batch
 
-    def _decode(self, model, batch: _Batch, stoppers: list[_Stopper], backend: str, on_row=None) -> list[list[int]]:
-        """One token per running row per step until every row is done; each done row goes to ``on_row``."""
+    def _decode(self, model, batch: _Batch, stoppers: list[_Stopper], backend: str, on_row=None,
+                prompts: list[list[int]] | None = None) -> list[list[int]]:
+        """Steps until every row is done; each done row goes to ``on_row``. A step feeds each running row
+        the token it wrote last; in the eager backend, while the step stays small (``self.lookup``), also
+        the tokens that followed the same words before in the row's prompt or answer (``lookup.draft``):
+        the model keeps those it would have written, so a row may gain several tokens in one step."""
         out: list[list[int]] = [[] for _ in stoppers]
         running = {row for row, stopper in enumerate(stoppers) if stopper.max_new_tokens >= 1}
         for row in sorted(set(range(len(stoppers))) - running):  # a budget of 0: done before it starts
@@ -589,32 +637,55 @@ class Decoder:
                 on_row(row, [])
         static = backend != "eager"
         step = self._step_function(model, backend)
+        written = [[token] for token in batch.next_ids.tolist()]  # each batch row's tokens of the last step
         while True:
-            keep = []
-            for i, (row, token) in enumerate(zip(batch.rows, batch.next_ids.tolist())):
-                if row not in running:
-                    continue
-                out[row].append(token)
-                if stoppers[row].done(out[row]):
-                    running.discard(row)
-                    if on_row is not None:
-                        on_row(row, out[row])
-                else:
-                    keep.append(i)
+            keep = _take_tokens(batch.rows, written, out, running, stoppers, on_row)
             if not running:
                 return out
             _keep_rows(batch, keep, static)
-            if static:
-                batch.mask[:, batch.length] = 1
+            drafts = [] if static or prompts is None else self._drafts(batch.rows, prompts, out, stoppers)
+            if any(drafts):
+                written = self._checked_step(model, batch, drafts)
             else:
-                ones = torch.ones(len(batch.rows), 1, dtype=batch.mask.dtype, device=batch.mask.device)
-                batch.mask = torch.cat([batch.mask, ones], dim=1)
-            batch.length += 1
-            positions = batch.mask.sum(1, keepdim=True) - 1
-            logits = step(model, batch.next_ids.unsqueeze(1), batch.mask, positions, batch.cache)
-            batch.next_ids = logits.argmax(-1)
+                _one_token_step(model, batch, step, static)
+                written = [[token] for token in batch.next_ids.tolist()]
             self.stats.decode_steps += 1
             self.stats.decode_rows += len(batch.rows)
+
+    def _drafts(self, rows: list[int], prompts: list[list[int]], out: list[list[int]],
+                stoppers: list[_Stopper]) -> list[list[int]]:
+        """Each running row's draft (``lookup.draft`` over its prompt and answer so far), as long as the
+        step's size allows and never past the row's token budget (the step writes one token more)."""
+        k = self.lookup.length(len(rows))
+        if not k:
+            return []
+        return [draft(prompts[row] + out[row], self.lookup.ngram,
+                      min(k, stoppers[row].max_new_tokens - len(out[row]) - 1)) for row in rows]
+
+    def _checked_step(self, model, batch: _Batch, drafts: list[list[int]]) -> list[list[int]]:
+        """One forward of every row's last token and its draft (pads after a shorter draft): each row
+        writes the model's tokens up to and including its first disagreement with the draft. The
+        positions of the refused drafts and the pads stay in the KV, masked out for good."""
+        rows, width, length = len(batch.rows), 1 + max(len(d) for d in drafts), batch.length
+        device = batch.mask.device
+        ids = torch.full((rows, width), _pad_id(model), dtype=torch.long)
+        fed = torch.zeros(rows, width, dtype=batch.mask.dtype)
+        for i, (last, drafted) in enumerate(zip(batch.next_ids.tolist(), drafts)):
+            ids[i, :1 + len(drafted)] = torch.tensor([last, *drafted])
+            fed[i, :1 + len(drafted)] = 1
+        batch.mask = torch.cat([batch.mask, fed.to(device)], dim=1)
+        batch.length += width
+        positions = (batch.mask.cumsum(1) - 1)[:, length:].clamp(min=0)  # pads: any position, none is seen
+        predicted = _forward(model, ids.to(device), batch.mask, positions, batch.cache, every=True).argmax(-1)
+        written = []
+        for i, (drafted, tokens) in enumerate(zip(drafts, predicted.tolist())):
+            kept = accepted(drafted, tokens)
+            written.append(tokens[:kept + 1])
+            batch.mask[i, length + 1 + kept:] = 0
+            self.stats.drafted_tokens += len(drafted)
+            self.stats.accepted_tokens += kept
+        batch.next_ids = torch.tensor([w[-1] for w in written], device=device)
+        return written
 
     def _step_function(self, model, backend: str):
         """The decode step: eager/static call the model; graphs a compiled, graph-captured forward

@@ -406,3 +406,68 @@ def test_calls_reuse_the_kept_kv_memory_whatever_it_holds(tiny_llm):
     assert dec.generate(tiny_llm, second, 9) == [alone(tiny_llm, r, 9) for r in second]
     used.append(dec.kv_pool._flat.data_ptr())
     assert used[0] == used[1]
+
+
+# -- prompt-lookup drafts (llm/lookup.py) checked in the decode step --
+def drafting_decoder(**kw):
+    from recdemo.llm.lookup import Lookup
+
+    return Decoder("eager", min_prefix_tokens=4, lookup=Lookup(tokens=3, ngram=3, positions=64), **kw)
+
+
+def test_drafted_steps_give_each_prompt_alone_in_fewer_row_steps(tiny_tokenizer):
+    """Rows that gain accepted drafts finish in fewer steps; every row still writes exactly what it
+    writes alone, also where a checked step's tokens run past the row's budget."""
+    from conftest import make_tiny_llm
+
+    from recdemo.llm.decode import RowStop
+
+    llm = make_tiny_llm(tiny_tokenizer, seed=0)  # a seed whose answers repeat themselves: drafts hit
+    rows = shared_rows(tiny_tokenizer) + [ids_of(tiny_tokenizer, "Castle of the north")]
+    budgets = [24, 9, 24, 17, 24]
+    want = [alone(llm, r, b) for r, b in zip(rows, budgets)]
+    plain, drafting = Decoder("eager", min_prefix_tokens=4), drafting_decoder()
+    assert plain.generate(llm, rows, stops=[RowStop(b) for b in budgets]) == want
+    assert drafting.generate(llm, rows, stops=[RowStop(b) for b in budgets]) == want
+    assert plain.stats.drafted_tokens == 0 and drafting.stats.accepted_tokens > 0
+    assert drafting.stats.decode_rows < plain.stats.decode_rows
+
+
+def test_a_stop_inside_a_checked_steps_tokens_ends_the_row_there(tiny_tokenizer):
+    from conftest import make_tiny_llm
+
+    llm = make_tiny_llm(tiny_tokenizer, seed=0)
+    tok = tiny_tokenizer
+    rows = shared_rows(tok)
+    full = [alone(llm, r, 24) for r in rows]
+    for cut in (5, 11, 17):  # stop after the row's text reaches the length of its first `cut` tokens
+        def long(text, cut=cut):
+            return len(text) >= min(len(tok.decode(f[:cut], skip_special_tokens=True)) for f in full)
+        want = [next((f[:i] for i in range(1, 25) if long(tok.decode(f[:i], skip_special_tokens=True))), f)
+                for f in full]
+        dec = drafting_decoder()
+        assert dec.generate(llm, rows, 24, stop_when=long) == want
+        assert dec.stats.drafted_tokens > 0
+
+
+def test_drafted_steps_that_outgrow_the_kept_kv_memory_move_and_stay_exact(tiny_tokenizer, monkeypatch):
+    """Refused drafts leave masked positions behind: a call can need more KV than it reserved (its
+    prompts and its token budget), and then moves to new memory, with what it held, and goes on."""
+    from conftest import make_tiny_llm
+
+    from recdemo.llm import decode
+
+    llm = make_tiny_llm(tiny_tokenizer, seed=3)
+    rows = shared_rows(tiny_tokenizer)
+    made = []
+
+    def prefill(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        made.append(made[-1].length)  # the prompts' width: the call reserved it + 24 positions
+        return made[-2]
+    real = decode._prefill_in_buckets
+    monkeypatch.setattr(decode, "_prefill_in_buckets", prefill)
+    dec = drafting_decoder(kv_pool_bytes=4 << 20)
+    assert dec.generate(llm, rows, 24) == [alone(llm, r, 24) for r in rows]
+    batch, width = made
+    assert batch.length > width + 24 and dec.stats.drafted_tokens > dec.stats.accepted_tokens

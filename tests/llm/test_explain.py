@@ -244,6 +244,37 @@ def test_smollm2_rationales_name_only_history_items():
         assert e.rationale_source == "template" or not e.failed_checks or e.repair
 
 
+
+@pytest.mark.integration
+def test_smollm2_writes_the_same_sentences_with_drafts_in_fewer_steps():
+    """Prompt-lookup drafts (on by default) accept many of the tokens SmolLM2 copies from its prompt
+    and change no token of any sentence."""
+    from recdemo.config import Config
+    from recdemo.data import load_dataset
+    from recdemo.llm.lookup import Lookup
+    from recdemo.llm.service import LLMService
+    from recdemo.retrieval.baselines import ItemKNN
+
+    data = load_dataset("movielens-small", root=real_data_root())
+    knn = ItemKNN.for_dataset(data)
+    service = LLMService(Config.from_env().llm)
+    ex = Explainer(service, data, None, knn=knn)
+    tails, steps = {}, {}
+    for name, lookup in (("drafts", service.decoder.lookup), ("plain", Lookup())):
+        service.decoder.lookup = lookup
+        before = service.decoder.stats.as_dict()
+        for user in (7, 21):
+            history = [int(i) for i in data.train_sequences()[user][-12:]]
+            scores = knn.score_all(history)
+            scores[history] = -np.inf
+            ex.explain(history, [int(i) for i in np.argsort(-scores)[:8]])
+            tails.setdefault(name, []).append(list(ex.last_tails))
+        after = service.decoder.stats.as_dict()
+        steps[name] = {k: after[k] - before[k] for k in ("decode_steps", "accepted_tokens", "new_tokens")}
+    assert tails["drafts"] == tails["plain"]
+    assert steps["plain"]["accepted_tokens"] == 0 < steps["drafts"]["accepted_tokens"]
+    assert steps["drafts"]["decode_steps"] < steps["plain"]["decode_steps"]
+
 # -- batching users, the shared prompt prefix, sentence ends, repairs --
 def user_requests(dataset, n_users=2):
     out = []
