@@ -94,7 +94,10 @@ def compare_lookup(rec, hists: list[list[str]], ranker: str) -> dict:
             for key, value in decoder.stats.as_dict().items():
                 counts[arm][key] = counts[arm].get(key, 0) + value - before[key]
     decoder.lookup = arms["drafts"]
-    return {"lookup": vars(arms["drafts"]).copy(), "same_answers": sum(a == b for a, b in zip(*answers.values())),
+    pairs = list(zip(*answers.values()))
+    return {"lookup": vars(arms["drafts"]).copy(), "same_answers": sum(a == b for a, b in pairs),
+            "same_sentences": sum(x == y for a, b in pairs for x, y in zip(a, b)),
+            "sentences": sum(len(a) for a, _ in pairs),
             "arms": {arm: {"stages_s": summarise(runs[arm]), "decoder": counts[arm],
                            "done_s_sum": round(sum(run[-1][1] for run in runs[arm]), 2),
                            "runs": [[[name, round(s, 3)] for name, s in run] for run in runs[arm]]}
@@ -152,7 +155,8 @@ def main(argv=None) -> dict:
                   f"{steps['new_tokens']} new tokens from accepted drafts; done in {got['done_s_sum']} s in all")
         print_table(got["stages_s"])
     if args.compare_lookup:
-        print(f"same final answers: {result['same_answers']} of {args.users}")
+        print(f"same final answers: {result['same_answers']} of {args.users} "
+              f"(cards: {result['same_sentences']} of {result['sentences']})")
     if args.out:
         suffix = "-lookup" if args.compare_lookup else ""
         path = Path(args.out) / f"stages-{args.dataset}-{args.ranker}{suffix}.json"

@@ -146,6 +146,7 @@ class LLMConfig:
     # or answer; the model keeps those it would have written (the same answer in fewer steps). Drafts go in
     # while a step feeds at most lookup_positions positions (rows x (1 + drafts)): on 2 CPU cores an extra
     # position costs ~2.5 ms a row against ~45 ms + 3 ms a row for the step. lookup_tokens 0 turns it off.
+    # Float32 models only: in bfloat16 a several-token forward rounds differently and changes sentences.
     lookup_tokens: int = 3
     lookup_ngram: int = 3
     lookup_positions: int = 24

@@ -29,7 +29,7 @@ def test_compare_lookup_alternates_the_arms_and_compares_their_answers(toy_datas
     out = stages.compare_lookup(rec, hists, "score")
     on = configured.tokens
     assert active == [on, 0, 0, on, on, 0]  # drafts first, then plain first, then drafts first
-    assert out["same_answers"] == 3  # the drafts change no sentence
+    assert out["same_answers"] == 3 and out["same_sentences"] == out["sentences"] > 0  # the drafts change no sentence
     arms = out["arms"]
     assert arms["plain"]["decoder"]["drafted_tokens"] == 0 < arms["drafts"]["decoder"]["drafted_tokens"]
     assert arms["plain"]["decoder"]["new_tokens"] == arms["drafts"]["decoder"]["new_tokens"]

@@ -471,3 +471,15 @@ def test_drafted_steps_that_outgrow_the_kept_kv_memory_move_and_stay_exact(tiny_
     assert dec.generate(llm, rows, 24) == [alone(llm, r, 24) for r in rows]
     batch, width = made
     assert batch.length > width + 24 and dec.stats.drafted_tokens > dec.stats.accepted_tokens
+
+
+def test_a_bfloat16_model_decodes_without_drafts(tiny_tokenizer):
+    """In bfloat16 a several-token forward rounds differently from one-token steps: no exactness, no drafts."""
+    from conftest import make_tiny_llm
+
+    llm = make_tiny_llm(tiny_tokenizer, seed=0)
+    llm.model.to(torch.bfloat16)
+    rows = shared_rows(tiny_tokenizer)
+    dec = drafting_decoder()
+    assert dec.generate(llm, rows, 24) == [alone(llm, r, 24) for r in rows]
+    assert dec.stats.drafted_tokens == 0

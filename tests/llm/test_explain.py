@@ -219,21 +219,28 @@ def test_real_tiny_llm_batch_keeps_each_sentence_with_its_item(tiny_service, toy
     assert [e.llm_rationale for e in alone] == [e.llm_rationale for e in out[::-1][:4]]
 
 
-@pytest.mark.integration
-def test_smollm2_rationales_name_only_history_items():
+@pytest.fixture(scope="module")
+def smollm2_movielens():
+    """movielens-small, its item-kNN and the embedded SmolLM2 served as the app serves it: one model
+    for the module's integration tests (each copy adds ~1 GB to the test process)."""
     from recdemo.config import Config
     from recdemo.data import load_dataset
     from recdemo.llm.service import LLMService
     from recdemo.retrieval.baselines import ItemKNN
 
     data = load_dataset("movielens-small", root=real_data_root())
+    return data, ItemKNN.for_dataset(data), LLMService(Config.from_env().llm)
+
+
+@pytest.mark.integration
+def test_smollm2_rationales_name_only_history_items(smollm2_movielens):
+    data, knn, service = smollm2_movielens
     cat = data.catalog
     history = [int(i) for i in data.train_sequences()[20][-20:]]
-    knn = ItemKNN.for_dataset(data)
     scores = knn.score_all(history)
     scores[history] = -np.inf
     items = [int(i) for i in np.argsort(-scores)[:10]]
-    ex = Explainer(LLMService(Config.from_env().llm), data, None, knn=knn)
+    ex = Explainer(service, data, None, knn=knn)
     out = ex.explain(history, items)
     assert [e.index for e in out] == items
     assert sum(e.rationale_source == "llm" for e in out) >= 5  # most sentences survive the check
@@ -246,22 +253,16 @@ def test_smollm2_rationales_name_only_history_items():
 
 
 @pytest.mark.integration
-def test_smollm2_writes_the_same_sentences_with_drafts_in_fewer_steps():
+def test_smollm2_writes_the_same_sentences_with_drafts_in_fewer_steps(smollm2_movielens, monkeypatch):
     """Prompt-lookup drafts (on by default) accept many of the tokens SmolLM2 copies from its prompt
     and change no token of any sentence."""
-    from recdemo.config import Config
-    from recdemo.data import load_dataset
     from recdemo.llm.lookup import Lookup
-    from recdemo.llm.service import LLMService
-    from recdemo.retrieval.baselines import ItemKNN
 
-    data = load_dataset("movielens-small", root=real_data_root())
-    knn = ItemKNN.for_dataset(data)
-    service = LLMService(Config.from_env().llm)
+    data, knn, service = smollm2_movielens
     ex = Explainer(service, data, None, knn=knn)
     tails, steps = {}, {}
     for name, lookup in (("drafts", service.decoder.lookup), ("plain", Lookup())):
-        service.decoder.lookup = lookup
+        monkeypatch.setattr(service.decoder, "lookup", lookup)
         before = service.decoder.stats.as_dict()
         for user in (7, 21):
             history = [int(i) for i in data.train_sequences()[user][-12:]]
