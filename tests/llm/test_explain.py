@@ -251,7 +251,6 @@ def test_smollm2_rationales_name_only_history_items(smollm2_movielens):
         assert e.rationale_source == "template" or not e.failed_checks or e.repair
 
 
-
 @pytest.mark.integration
 def test_smollm2_writes_the_same_sentences_with_drafts_in_fewer_steps(smollm2_movielens, monkeypatch):
     """Prompt-lookup drafts (on by default) accept many of the tokens SmolLM2 copies from its prompt
@@ -275,6 +274,7 @@ def test_smollm2_writes_the_same_sentences_with_drafts_in_fewer_steps(smollm2_mo
     assert tails["drafts"] == tails["plain"]
     assert steps["plain"]["accepted_tokens"] == 0 < steps["drafts"]["accepted_tokens"]
     assert steps["drafts"]["decode_steps"] < steps["plain"]["decode_steps"]
+
 
 # -- batching users, the shared prompt prefix, sentence ends, repairs --
 def user_requests(dataset, n_users=2):
