@@ -64,9 +64,9 @@ def build(args):
     return data, service, knn, ProfileGenerator(service, data.catalog), explainer
 
 
-def pick_users(data, count: int) -> list[int]:
-    """``count`` users with >= 5 training items (seed 0), plus one for the warm-up."""
-    train = data.train_sequences()
+def pick_users(train: list, count: int) -> list[int]:
+    """``count`` users with >= 5 training items (``train``: the training sequences; seed 0), plus one for
+    the warm-up."""
     rng = np.random.default_rng(0)
     return [int(u) for u in rng.choice([u for u, s in enumerate(train) if len(s) >= 5], count + 1, replace=False)]
 
@@ -125,7 +125,7 @@ def main() -> None:
     data, service, knn, profiles, explainer = build(args)
     train = data.train_sequences()
     rows = []
-    for n, user in enumerate(pick_users(data, args.users)):
+    for n, user in enumerate(pick_users(train, args.users)):
         history = [int(i) for i in train[user][-20:]]
         scores = knn.score_all(history)
         scores[history] = -np.inf

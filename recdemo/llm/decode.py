@@ -388,10 +388,14 @@ def _call_kv(model, rows: int, width: int, device, take=fresh) -> list[tuple[tor
     cfg = model.config
     heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
     dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    dtype = model_parts(model)[0].get_input_embeddings().weight.dtype
     shape, count = (rows, heads, width, dim), 2 * cfg.num_hidden_layers
-    tensors = take(count, shape, dtype, device)
+    tensors = take(count, shape, _model_dtype(model), device)
     return list(zip(tensors[0::2], tensors[1::2]))
+
+
+def _model_dtype(model) -> torch.dtype:
+    """The dtype the model computes in (its embedding weight's; its KV is kept in it)."""
+    return model_parts(model)[0].get_input_embeddings().weight.dtype
 
 
 def _adopted_layer(keys: torch.Tensor, values: torch.Tensor, length: int, room: int = 0):
@@ -576,7 +580,7 @@ class Decoder:
             batch = self._prefill(model, ids, device, backend, max(s.max_new_tokens for s in stops), take)
             # drafts only where a checked step writes what single steps write: in bfloat16 the rounding of
             # a several-token forward differs enough to change 5 of 40 replayed sentences (float32: 0 of 240)
-            exact = model_parts(model)[0].get_input_embeddings().weight.dtype == torch.float32
+            exact = _model_dtype(model) == torch.float32
             out = self._decode(model, batch, stoppers, backend, on_row, [list(r) for r in rows] if exact else None)
         self.stats.calls += 1
         self.stats.rows += len(rows)

@@ -8,6 +8,8 @@ from conftest import load_bench
 from recdemo.llm.decode import Decoder
 from recdemo.llm.packed_linear import PackedLinear, pack_linears
 
+explanations = load_bench("explanations")
+
 
 def test_int8_copy_replaces_every_linear_and_stays_close(tiny_llm):
     from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
@@ -19,7 +21,7 @@ def test_int8_copy_replaces_every_linear_and_stays_close(tiny_llm):
     with torch.no_grad():
         before = served(input_ids=ids).logits
     for granularity in ("channel", "tensor"):
-        load_bench("explanations").quantize_int8(quantized, granularity)
+        explanations.quantize_int8(quantized, granularity)
         layers = [m for m in quantized.model.modules() if isinstance(m, torch.nn.Linear)]
         int8 = [m for m in quantized.model.modules() if isinstance(m, DynamicInt8Linear)]
         assert not layers and len(int8) >= 15  # 2 layers x 7 projections + the output projection
@@ -35,7 +37,7 @@ def test_int8_copy_replaces_every_linear_and_stays_close(tiny_llm):
 
 def test_the_decoder_generates_with_the_int8_copy(tiny_llm):
     quantized = copy.copy(tiny_llm)
-    load_bench("explanations").quantize_int8(quantized, "channel")
+    explanations.quantize_int8(quantized, "channel")
     rows = [[5, 9, 12, 7, 3], [5, 9, 12, 8, 4, 6]]
     out = Decoder("eager", min_prefix_tokens=3).generate(quantized, rows, 6)
     assert [len(o) for o in out] == [6, 6]
