@@ -3,8 +3,8 @@
     python bench/explain_profile.py                          # movielens-small, 5 users, 2 threads
     python bench/explain_profile.py --dataset amazon-beauty --users 3 --threads 1
 
-For each of --users real users (their last 20 training items), with the configured LLM (SmolLM2-135M
-on CPU by default):
+For each of --users held-out users (``eval.core.sample_cases``, seed 0, at least 5 history items; their
+test case's history, newest 20 items kept), with the configured LLM (SmolLM2-135M on CPU by default):
 - profile: seconds for `ProfileGenerator.generate` (cache cleared), prompt tokens, how many
   keywords the LLM wrote, how many were grounded, how many heuristic ones were added;
 - explanations: seconds for `Explainer.explain` on 10 items (item-kNN's top 10, so no SASRec
@@ -64,13 +64,6 @@ def build(args):
     return data, service, knn, ProfileGenerator(service, data.catalog), explainer
 
 
-def pick_users(train: list, count: int) -> list[int]:
-    """``count`` users with >= 5 training items (``train``: the training sequences; seed 0), plus one for
-    the warm-up."""
-    rng = np.random.default_rng(0)
-    return [int(u) for u in rng.choice([u for u, s in enumerate(train) if len(s) >= 5], count + 1, replace=False)]
-
-
 def time_user(history: list[int], items: list[int], profiles, explainer, tok) -> dict:
     """One user's profile (its cache cleared first) and explanations of ``items``, timed (wall and CPU)."""
     profiles._cache.clear()
@@ -120,13 +113,14 @@ def summarize(args, rows: list[dict], service, explainer) -> dict:
 
 
 def main() -> None:
+    from recdemo.eval.core import sample_cases
+
     args = parse_args()
     torch.set_num_threads(args.threads)
     data, service, knn, profiles, explainer = build(args)
-    train = data.train_sequences()
     rows = []
-    for n, user in enumerate(pick_users(train, args.users)):
-        history = [int(i) for i in train[user][-20:]]
+    for n, case in enumerate(sample_cases(data, "test", args.users + 1, min_history=5)):  # + a warm-up
+        user, history = case.user, [int(i) for i in case.history][-20:]
         scores = knn.score_all(history)
         scores[history] = -np.inf
         items = [int(i) for i in np.argsort(-scores, kind="stable")[: args.items]]

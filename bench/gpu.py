@@ -83,10 +83,12 @@ def pct(values, q) -> float:
 
 
 def pick_users(dataset, n: int, seed: int, min_history: int = 20) -> list[list[int]]:
-    """Test-split histories with at least ``min_history`` items (prompts at PALR's full 20 items)."""
-    cases = [c for c in dataset.eval_cases("test") if len(c.history) >= min_history] or dataset.eval_cases("test")
-    pick = np.random.default_rng(seed).choice(len(cases), size=min(n, len(cases)), replace=False)
-    return [[int(x) for x in cases[i].history] for i in pick]
+    """Test-split histories with at least ``min_history`` items (prompts at PALR's full 20 items; any
+    history when the dataset has none that long: ``--tiny``)."""
+    from recdemo.eval.core import sample_cases
+
+    cases = sample_cases(dataset, "test", n, seed, min_history) or sample_cases(dataset, "test", n, seed)
+    return [[int(x) for x in c.history] for c in cases]
 
 
 def make_request(dataset, source, history, k=10, n=50):

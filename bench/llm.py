@@ -85,12 +85,6 @@ def bench_dtype(model_path: str, threads: list[int], prompt_tokens: int = 400) -
     return out
 
 
-def pick_users(dataset, n: int, seed: int = 0) -> list[list[int]]:
-    cases = dataset.eval_cases("test")
-    idx = np.random.default_rng(seed).choice(len(cases), size=min(n + 1, len(cases)), replace=False)
-    return [[int(x) for x in cases[i].history] for i in idx]
-
-
 def candidates_source(stack):
     retriever = stack.optional_retriever(  # the bench runs without a SASRec checkpoint too
         lambda e: print(f"note: no SASRec checkpoint ({str(e)[:120]}); popularity candidates", file=sys.stderr))
@@ -217,6 +211,7 @@ def main() -> None:
     from dataclasses import replace
 
     from recdemo.config import Config
+    from recdemo.eval.core import sample_cases
     from recdemo.llm.models import describe_cpu, load_llm, resolve_model_path
     from recdemo.llm.stack import Stack
 
@@ -235,7 +230,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     stack = Stack.from_config(cfg, dataset_name=args.dataset, train_retriever=False, retriever_text_fallback=False)
     dataset, service = stack.dataset, stack.service
-    users = pick_users(dataset, args.users)
+    users = [[int(x) for x in c.history] for c in sample_cases(dataset, "test", args.users + 1)]  # + a warm-up
     results["model"] = service.describe()
     if "profile" in only:
         results["profile"] = bench_profile(service, dataset, users)

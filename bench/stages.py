@@ -13,13 +13,16 @@ explanation caches are cleared before every user, so no answer is a cache hit; o
 is not counted. Prints a table (p50 / p90 per stage) with the load average, and with --out writes
 stages-<dataset>-<ranker>.json there. Nothing is asserted: targets live in the issue, figures here.
 
-    python bench/stages.py --compare-lookup --users 12 --out bench/results
+    python bench/stages.py --compare lookup --users 12 --out bench/results
+    python bench/stages.py --compare facts --users 12 --out bench/results
 
-``--compare-lookup`` times every user twice, with the decoder's prompt-lookup drafts (``llm/lookup.py``,
-as configured) and without, alternating which goes first (this VM's speed drifts by 15-40% within
-minutes: only requests run side by side compare), reports both tables, the decode steps and accepted
-drafts of each, and whether each user's final answer (every card's sentence) was the same; writes
-stages-<dataset>-<ranker>-lookup.json.
+``--compare NAME`` times every user twice, once per arm of a setting (``COMPARISONS``), alternating
+which goes first (this VM's speed drifts by 15-40% within minutes: only requests run side by side
+compare), reports both tables, the decoder's counts of each (decode steps, prefilled tokens, accepted
+drafts), and whether each user's final answer (every card's sentence) was the same; writes
+stages-<dataset>-<ranker>-<NAME>.json. ``lookup``: the decoder's prompt-lookup drafts (``llm/lookup.py``,
+as configured) against none (``--compare-lookup`` is the same). ``facts``: the explanation prompt's
+configured evidence lines (``LLMConfig.explain_facts``) against two, the prompt before 2026-12-06.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -47,8 +51,10 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="folder for stages-<dataset>-<ranker>.json")
-    ap.add_argument("--compare-lookup", action="store_true",
-                    help="each user with and without the decoder's prompt-lookup drafts, alternated")
+    ap.add_argument("--compare", choices=sorted(COMPARISONS),
+                    help="each user under both arms of a setting, alternated (see the module doc)")
+    ap.add_argument("--compare-lookup", dest="compare", action="store_const", const="lookup",
+                    help="the same as --compare lookup")
     return ap.parse_args(argv)
 
 
@@ -78,24 +84,43 @@ def time_stages(rec, history: list[str], ranker: str, answers: list | None = Non
     return run
 
 
-def compare_lookup(rec, hists: list[list[str]], ranker: str) -> dict:
-    """Every history with drafts (the decoder's configured ``Lookup``) and without, the first of the
-    two alternating: per arm the stage table and the decoder's counts, and how many answers matched."""
+def lookup_arms(rec) -> dict[str, Callable[[], None]]:
+    """The decoder's configured prompt-lookup drafts, and none (the first arm is the configured one)."""
     from recdemo.llm.lookup import Lookup
 
-    decoder = rec.service.decoder
-    arms = {"drafts": decoder.lookup, "plain": Lookup()}
+    decoder, configured = rec.service.decoder, rec.service.decoder.lookup
+    return {"drafts": lambda: setattr(decoder, "lookup", configured),
+            "plain": lambda: setattr(decoder, "lookup", Lookup())}
+
+
+def facts_arms(rec) -> dict[str, Callable[[], None]]:
+    """The explanation prompt's configured evidence lines, and two (or one, when two are configured)."""
+    explainer = rec.explainer
+    configured = explainer.facts
+    other = 1 if configured == 2 else 2
+    return {f"facts={configured}": lambda: setattr(explainer, "facts", configured),
+            f"facts={other}": lambda: setattr(explainer, "facts", other)}
+
+
+COMPARISONS = {"lookup": lookup_arms, "facts": facts_arms}
+
+
+def compare(rec, hists: list[list[str]], ranker: str, arms: dict[str, Callable[[], None]]) -> dict:
+    """Every history under each arm (a function that sets it up), the arm that goes first alternating:
+    per arm the stage table and the decoder's counts, and how many answers matched. The first arm (the
+    configured setting) is in force again at the end."""
+    decoder, names = rec.service.decoder, list(arms)
     runs, answers, counts = {a: [] for a in arms}, {a: [] for a in arms}, {a: {} for a in arms}
     for i, history in enumerate(hists):
-        for arm in (list(arms) if i % 2 == 0 else list(arms)[::-1]):
-            decoder.lookup = arms[arm]
+        for arm in (names if i % 2 == 0 else names[::-1]):
+            arms[arm]()
             before = decoder.stats.as_dict()
             runs[arm].append(time_stages(rec, history, ranker, answers[arm]))
             for key, value in decoder.stats.as_dict().items():
                 counts[arm][key] = counts[arm].get(key, 0) + value - before[key]
-    decoder.lookup = arms["drafts"]
+    arms[names[0]]()
     pairs = list(zip(*answers.values()))
-    return {"lookup": vars(arms["drafts"]).copy(), "same_answers": sum(a == b for a, b in pairs),
+    return {"same_answers": sum(a == b for a, b in pairs),
             "same_sentences": sum(x == y for a, b in pairs for x, y in zip(a, b)),
             "sentences": sum(len(a) for a, _ in pairs),
             "arms": {arm: {"stages_s": summarise(runs[arm]), "decoder": counts[arm],
@@ -138,8 +163,10 @@ def main(argv=None) -> dict:
     time_stages(rec, hists[-1], args.ranker)  # warm-up: model load, adapter, retriever, shapes
     result = {"dataset": args.dataset, "ranker": args.ranker, "users": args.users, "history_items": args.history,
               "threads": args.threads, "model": rec.service.describe(), "machine": describe_cpu()}
-    if args.compare_lookup:
-        result.update(compare_lookup(rec, hists[:args.users], args.ranker))
+    if args.compare:
+        if args.compare == "lookup":
+            result["lookup"] = vars(rec.service.decoder.lookup).copy()
+        result.update(compare(rec, hists[:args.users], args.ranker, COMPARISONS[args.compare](rec)))
     else:
         runs = [time_stages(rec, h, args.ranker) for h in hists[:args.users]]
         result.update(stages_s=summarise(runs), runs=[[[name, round(s, 3)] for name, s in run] for run in runs])
@@ -151,14 +178,15 @@ def main(argv=None) -> dict:
     for arm, got in result.get("arms", {"": result}).items():
         if arm:
             steps = got["decoder"]
-            print(f"{arm}: {steps['decode_steps']} decode steps, {steps['accepted_tokens']} of "
-                  f"{steps['new_tokens']} new tokens from accepted drafts; done in {got['done_s_sum']} s in all")
+            print(f"{arm}: {steps['prefill_tokens']} tokens prefilled, {steps['decode_steps']} decode steps, "
+                  f"{steps['accepted_tokens']} of {steps['new_tokens']} new tokens from accepted drafts; "
+                  f"done in {got['done_s_sum']} s in all")
         print_table(got["stages_s"])
-    if args.compare_lookup:
+    if args.compare:
         print(f"same final answers: {result['same_answers']} of {args.users} "
               f"(cards: {result['same_sentences']} of {result['sentences']})")
     if args.out:
-        suffix = "-lookup" if args.compare_lookup else ""
+        suffix = f"-{args.compare}" if args.compare else ""
         path = Path(args.out) / f"stages-{args.dataset}-{args.ranker}{suffix}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=1))

@@ -98,6 +98,12 @@ class LLMConfig:
     # New tokens an explanation may generate: the worked example's sentence after the primed start
     # is ~20 tokens; a sentence stops at its full stop, so only a runaway one reaches the limit.
     explain_new_tokens: int = 32
+    # Evidence lines an explanation prompt gives the model (the strongest first; the sentence's lead names
+    # the same titles). One line: each prompt ~20 tokens shorter (a request prefills 25% fewer tokens on
+    # movielens, 20% on amazon-beauty), and the sentence's count belongs to the one title named ("60 users
+    # watched it too", not "... watched both" after two): SmolLM2 gave a count to the wrong title in 0.1% of
+    # its movielens sentences instead of 5.7% (bench/results/explanations.md, runs s12 -> s13).
+    explain_facts: int = 1
     # Cards explained per decoder call (each card still streams as its row finishes). One call of all
     # ten: one batch decodes ten rows in ~1.3x the time of five (a CPU decode step is bound by reading
     # the weights), so the answer ends ~0.4 s sooner than with two calls of five (bench/stages.py).

@@ -21,11 +21,13 @@ from recdemo.metrics import MISS
 from recdemo.records import Candidate, RerankRequest
 
 
-def sample_cases(dataset, split: str = "test", users: int | None = None, seed: int = 0) -> list:
+def sample_cases(dataset, split: str = "test", users: int | None = None, seed: int = 0,
+                 min_history: int = 0) -> list:
     """A seeded random sample of ``users`` leave-one-out cases of ``split`` (all of them when
-    ``users`` is None or too large). The pick depends only on the number of cases and the seed,
-    so the valid and test splits share their users."""
-    cases = dataset.eval_cases(split)
+    ``users`` is None or too large), of those whose history holds at least ``min_history`` items. The
+    pick depends only on the number of such cases and the seed, so the valid and test splits share their
+    users. The one way every evaluation and bench draws its users."""
+    cases = [c for c in dataset.eval_cases(split) if len(c.history) >= min_history]
     if users is None or users >= len(cases):
         return cases
     if users < 1:

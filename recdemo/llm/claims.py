@@ -12,6 +12,10 @@ A sentence about recommended item r, for a user with history H, whose evidence c
   one, or is an umbrella word one of them backs ("makeup" ~ a "Face Powder");
 - ``number``: each number is one the evidence holds (a co-occurrence count, a year or decade of a
   title it cites), and a count said of a title ("12 fans of "Up"") is that title's count;
+- ``unbacked``: every other content word is one the data backs: a word of r's title, a cited title or
+  a history title it names (the category, kind and number checks judge theirs; stock words pass). A
+  claim nothing in the data can check fails: "a superhero action movie" (Superhero is no genre), "a
+  documentary about the rise of artificial intelligence". Capitalised words are the title check's;
 - ``cut_off``: the sentence ends with . ! or ?, its quotes are closed, it does not end on a
   connector word;
 - ``empty``: what the model wrote (``written``: the part after the primed start) says something:
@@ -26,9 +30,10 @@ import re
 from recdemo.data.catalog import natural_title, normalize_title, title_variants
 from recdemo.llm.profile import STOPWORDS, YEAR, catalog_key, stem, words
 
-CHECKS = ("title", "category", "number", "cut_off", "empty")
+CHECKS = ("title", "category", "number", "unbacked", "cut_off", "empty")
 ARTICLES = {"the", "a", "an"}
 CONNECTORS = {"of", "the", "a", "an", "de", "la", "le", "&"}  # inside a title-like span ("Lord of the Rings")
+# words a sentence (``cut_off``) or a title cut to its first words (``short_title``) may not end on
 DANGLING = CONNECTORS | {"and", "or", "in", "to", "on", "for", "from", "with", "at", "that", "is", "are", "was",
                          "which", "who", "its", "their", "by", "as"}
 # Capitalised words that start or fill a span without naming anything ("Fans of", "Like", "Both").
@@ -53,7 +58,15 @@ same other another others similarly likewise alike related relation connection c
 stories tone tones unique distinct specific blend blends combines combine combination approach narrative
 popular range variety various sold sell sells selling brand brands high-end end limited edition exclusive
 available customers customer worlds world offer offers offering mix type types features feature line lines
-products product item items""".split())
+products product item items film films""".split())
+# Words that carry no claim of their own, beside STOPWORDS, VAGUE and HARMLESS: function words, and the
+# templates' plain words ("close in content to", "whose movies look like yours"). ``unbacked`` skips them.
+PLAIN = set("""about above across after against along among around before behind below beneath beside besides
+between beyond during except inside into near off onto out outside over past per since than through throughout
+toward towards under until upon within without not nor yet only own such more most less least some any each
+every either neither few several much him her his hers them our ours we us me my mine one whose where how why
+whom whether though although unless even still quite rather already always never ever often now here there
+close content look looks yours""".split())
 # Umbrella words a product sentence may use for a kind its titles only imply ("makeup" for a "Face
 # Powder"): umbrella -> title words (stems compared) that back it.
 UMBRELLAS = {
@@ -181,6 +194,9 @@ def short_title(title: str, max_words: int = 8) -> str:
     """"Toy Story (1995)" -> "Toy Story"; "Matrix, The (1999)" -> "The Matrix"; "Men in Black (a.k.a. MIB)"
     -> "Men in Black"; a product name is cut at its first comma/dash when long or followed by a size
     ("Herstyler Conditioner,6.4 Ounce (Pack of 2)" -> "Herstyler Conditioner"), then to ``max_words``;
+    a title of up to two words more stays whole ("Pirates of the Caribbean: The Curse of the Black Pearl"), a
+    longer one is cut to ``max_words`` without a dangling last word (not "... Colloidal Oatmeal for": "...
+    Colloidal Oatmeal"), nor ending on a dash that stood before a bracket;
     a double quote in it becomes a double prime ('Iron 1"' -> 'Iron 1″')."""
     text = re.sub(r"\s*\(\d{4}\)\s*$", "", natural_title(title)).strip() or title
     long = len(text.split()) > max_words
@@ -189,8 +205,15 @@ def short_title(title: str, max_words: int = 8) -> str:
     parts = re.split(r"\s*(?:,|\s-\s|\[|\|)\s*", text, maxsplit=1)
     if len(parts) == 2 and len(parts[0].split()) >= 2 and (long or re.match(r"\d", parts[1])):
         text = parts[0]
+    kept = text.split()
+    if len(kept) > max_words + 2:  # cutting off one or two words would leave a stub of a title
+        kept = kept[:max_words]
+        while len(kept) > 2 and kept[-1].lower() in DANGLING:
+            kept.pop()
+    while len(kept) > 1 and kept[-1] in ("-", "+", "/", "&", "|"):  # "Blotting Paper - (200 Sheets)"
+        kept.pop()
     # a quote inside a title (inches: 'Iron 1"', '"Set of 2"') would end the quoted title early
-    return " ".join(text.split()[:max_words]).replace('"', "″")
+    return " ".join(kept).replace('"', "″")
 
 
 class ClaimChecker:
@@ -198,7 +221,7 @@ class ClaimChecker:
 
     def __init__(self, titles, item_attributes=(), cited_attributes=(), vocab=(), numbers=(),
                  titled_attributes=None, extra_words=(), counts=None, kind_vocab=(), kind_titles=(),
-                 item_title: str | None = None):
+                 item_title: str | None = None, backing_titles=()):
         self.forms = {}  # normalised form -> the title it names
         for t in titles:
             for f in title_forms(t):
@@ -218,6 +241,7 @@ class ClaimChecker:
         # products: what the sentence says the item IS ("... "Concealer" is a lip gloss") must come
         # from the item's own title, not from a cited one
         self.item_title = item_title if self.kind_vocab else None
+        self.backing = set().union(*(title_stems(t) for t in backing_titles))  # the item's and cited titles' words
 
     @classmethod
     def for_item(cls, catalog, history, item: int, evidence=(), domain_words=("movie", "movies", "product",
@@ -239,7 +263,8 @@ class ClaimChecker:
         return cls(titles, catalog.attributes[int(item)], [a for h in cited for a in catalog.attributes[h]],
                    vocab, numbers, {catalog.titles[h]: catalog.attributes[h] for h in history},
                    domain_words, counts, () if vocab else _kind_vocab(catalog),
-                   () if vocab else [catalog.titles[i] for i in cited + [int(item)]], catalog.titles[int(item)])
+                   () if vocab else [catalog.titles[i] for i in cited + [int(item)]], catalog.titles[int(item)],
+                   [catalog.titles[i] for i in cited + [int(item)]])
 
     # -- titles --
     def title_of(self, span: str, quoted: bool) -> str | None | bool:
@@ -304,6 +329,9 @@ class ClaimChecker:
                     and n not in numbers]
         if numbers:
             out["number"] = numbers
+        loose = self.unbacked(written, good)
+        if loose:
+            out["unbacked"] = loose
         if cut_off(sentence):
             out["cut_off"] = [sentence[-20:]]
         if not self.says_something(written):
@@ -325,6 +353,21 @@ class ClaimChecker:
             keep = not first_count or m.group(1) in self.numbers
             return m.group(0) if keep else str(first_count) + m.group(0)[len(m.group(1)):]
         return BARE_COUNT.sub(fix_bare, COUNT_OF.sub(fix, sentence))
+
+    def unbacked(self, written: str, named=()) -> list[str]:
+        """Words of ``written`` (titles removed) that nothing in the data backs (the module doc's
+        ``unbacked``); ``named``: the history titles the sentence names."""
+        backed = self.backing.union(*(title_stems(t) for t in named)) | self.kind_vocab
+        out = []
+        for w in re.findall(r"[A-Za-z][\w'-]*", strip_titles(written)):
+            w = re.sub(r"'s$", "", w)  # "children's" is the Children genre's word
+            lw = w.lower()
+            if (len(lw) < 3 or w[0].isupper() or lw in STOPWORDS | VAGUE | HARMLESS | DANGLING | PLAIN
+                    or lw in self.extra or lw in UMBRELLAS or category_of(w, self.vocab)):
+                continue
+            if not {stem(p) for p in words(lw)} & backed and w not in out:
+                out.append(w)
+        return out
 
     def wrong_kinds(self, plain: str, named=()) -> list[str]:
         """Product-kind words (catalogs without categories) that neither the item's title, a cited

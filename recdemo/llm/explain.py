@@ -3,14 +3,16 @@
 Evidence for item r and each of the last 20 history items h:
 - co-occurrence: training users who have both r and h (ItemKNN counts, training sequences only);
 - similarity: cosine of the text embeddings (content) and of SASRec's item embeddings (behaviour).
-The 2-3 strongest history items are kept. The rationale for all items is ONE batched generate
+The 2-3 strongest history items are kept (the card shows them); the prompt gives the model the
+strongest ``facts`` (``LLMConfig.explain_facts``, 1). The rationale for all items is ONE batched generate
 call (greedy, up to ``max_new_tokens`` and stopped at the first sentence end); ``plan`` splits it
 so the pipeline can share that call (with the profile's keyword line) and judge each row the
-moment it finishes (``ExplainPlan.judge``), streaming the cards one by one. The
-prompt hands the model the facts (who had both, the genres they share) and primes the answer with
-the evidence titles, so the model writes the connecting clause. Every claim of the sentence is then
-checked (``claims.ClaimChecker``: titles, genres, numbers, cut-off, empty); a failing sentence is cut
-back to its last whole clause when that passes (``repair``), else the templated sentence built from
+moment it finishes (``ExplainPlan.judge``), streaming the cards one by one. The prompt hands the
+model the facts (who had both, the genres they share); the shown sentence starts with their titles
+("Like ..."), then the item, and the model writes the connecting clause. Every claim of it is then
+checked (``claims.ClaimChecker``: titles, genres, numbers, unbacked words, cut-off, empty); a failing
+sentence is repaired when that passes (``repair``: a count corrected, an unbacked word dropped from what the
+item is, cut back to its last whole clause), else the templated sentence built from
 the evidence replaces it (``rationale_source`` "template"); ``failed_checks`` names what failed.
 """
 from __future__ import annotations
@@ -21,15 +23,14 @@ import threading
 import numpy as np
 
 from recdemo.config import LLMConfig
+from recdemo.data.catalog import normalize_title
 from recdemo.records import Explanation
 from recdemo.llm import prompts as P
-from recdemo.llm.claims import ClaimChecker, product_kind, short_title
+from recdemo.llm.claims import DANGLING, IS_A, ClaimChecker, product_kind, short_title, title_forms
 from recdemo.llm.profile import STOPWORDS, repetitive
 
 DONE = re.compile(r"[.!?][\"”)]?\s")  # a sentence end followed by more text: generation can stop
 AN = re.compile(r"\b([Aa]) (?=[AEIOaeio](?!ne\b|nce\b)\w)")  # "a action" -> "an action" ("a one-off" stays)
-DANGLING = {"of", "the", "a", "an", "and", "or", "in", "to", "on", "for", "from", "with", "at", "that", "is",
-            "are", "was", "which", "who", "its", "&", "both", "by", "as"}
 META = re.compile(r"\b(sentences?|titles?|names?|listed|recommendations?|in common with them|as an ai)\b", re.I)
 
 
@@ -37,12 +38,14 @@ class Explainer:
     """``explain(history, items) -> list[Explanation]`` (see module doc)."""
 
     def __init__(self, service, dataset, retriever=None, text_index=None, knn=None, max_history: int = 20,
-                 n_evidence: int = 3, max_new_tokens: int = LLMConfig().explain_new_tokens, use_llm: bool = True):
+                 n_evidence: int = 3, max_new_tokens: int = LLMConfig().explain_new_tokens, use_llm: bool = True,
+                 facts: int = LLMConfig().explain_facts):
         self.service, self.dataset, self.catalog = service, dataset, dataset.catalog
         self.retriever, self.text_index, self._knn = retriever, text_index, knn
         self.domain = P.domain_for(self.catalog)
         self.max_history, self.n_evidence = max_history, n_evidence
         self.max_new_tokens, self.use_llm = max_new_tokens, use_llm
+        self.facts = facts  # evidence lines (and lead titles) the prompt shows, strongest first
         self._sasrec = None
         self._lock = threading.Lock()
         self.last_prompts: list[str] = []  # of the latest call (for the bench and the UI's prompt view)
@@ -117,7 +120,7 @@ class Explainer:
             text += f', and it fits "{short_title(evidence[1]["title"])}" too'
         return text + "."
 
-    def facts(self, item: int, evidence: list[dict]) -> list[str]:
+    def fact_lines(self, item: int, evidence: list[dict]) -> list[str]:
         """One prompt line per evidence item, from the data only: what it shares with ``item`` (genres,
         or for a catalog without them the words both titles hold) and the users who had both."""
         return [P.explain_fact(self.domain, P.prompt_title(short_title(e["title"])), self.shared(item, e)[:3],
@@ -189,6 +192,13 @@ class Explainer:
             if fixed != sentence and not checker.failures(fixed, part):
                 return Explanation(item, evidence, fixed, rationale_source="llm", llm_rationale=sentence,
                                    failed_checks=failed, repair="count corrected from the evidence")
+        if failed == ["unbacked"]:  # "a superhero action movie": the words nothing backs go, "an action movie" stays
+            fixed = without_modifiers(sentence, self.catalog.titles[int(item)],
+                                      checker.problems(sentence, written)["unbacked"])
+            part = fixed[len(prefix):].strip()
+            if fixed != sentence and fixed.startswith(prefix) and not checker.failures(fixed, part):
+                return Explanation(item, evidence, fixed, rationale_source="llm", llm_rationale=sentence,
+                                   failed_checks=failed, repair="unchecked words dropped")
         for shorter, part in trimmed(prefix, written):
             if not checker.failures(shorter, part) and not META.search(part) and not repetitive(part):
                 return Explanation(item, evidence, shorter, rationale_source="llm", llm_rationale=sentence,
@@ -220,8 +230,9 @@ class Explainer:
         target = P.prompt_title(short_title(self.catalog.titles[int(item)]))
         kind = product_kind(self.catalog, item)  # products: what the item is, from its title
         attributes = [P.prompt_title(a) for a in self.catalog.attributes[int(item)][:3]] or ([kind] if kind else [])
-        titles = [P.prompt_title(short_title(e["title"])) for e in evidence[:2]]
-        facts = self.facts(item, evidence[:2])
+        shown = evidence[:self.facts]
+        titles = [P.prompt_title(short_title(e["title"])) for e in shown]
+        facts = self.fact_lines(item, shown)
 
         def build(kept, example=True):  # ``kept``: evidence titles weakest first, so fitting drops the weakest
             counted = any(int(e["co_occurrence"]) for e in evidence[:len(kept)])  # a fact shown gives a count
@@ -280,6 +291,25 @@ def sentence_end(text: str) -> int | None:
     return None
 
 
+def without_modifiers(sentence: str, title: str, loose: list[str]) -> str:
+    """``sentence`` with the ``loose`` (unbacked) words taken out of the phrase saying what the item
+    (``title``) is, where they qualify a word after them ("is a superhero action movie" -> "is an action
+    movie"); the phrase's last word, its noun, stays (an unbacked noun leaves the phrase as it was)."""
+    drop, forms = {w.lower() for w in loose}, title_forms(title)
+    for m in IS_A.finditer(sentence):
+        said = m.group(2).split()
+        kept = [w for w in said[:-1] if re.sub(r"'s$", "", w).lower() not in drop] + said[-1:]
+        if normalize_title(m.group(1)) not in forms or len(kept) == len(said):
+            continue
+        head = sentence[:m.start(2)]
+        article = re.search(r"\b(an?)\s+$", head, re.I)
+        phrase = " ".join(kept)
+        if article:  # "an epic comedy" -> "a comedy", "a superhero action movie" -> "an action movie"
+            head, phrase = head[:article.start()], AN.sub(r"\1n ", f"{article.group(1)[0]} {phrase}")
+        return head + phrase + sentence[m.end(2):]
+    return sentence
+
+
 def trimmed(prefix: str, written: str):
     """Shorter versions of a sentence (and of the model's part): cut at each comma, last first, each
     keeping at least three of the model's words, so a bad or cut-off last clause can go."""
@@ -287,7 +317,7 @@ def trimmed(prefix: str, written: str):
     for n in range(len(parts) - 1, 0, -1):
         part = ",".join(parts[:n]).rstrip(",;:- ")
         words = part.split()
-        while len(words) > 1 and words[-1].lower() in DANGLING:
+        while len(words) > 1 and words[-1].lower() in DANGLING | {"both"}:  # "..., like both" says nothing
             words.pop()
         part = " ".join(words)
         if len(re.findall(r"\w+", part)) >= 3:

@@ -308,13 +308,18 @@ def catalog_key(catalog) -> tuple:
 _COMMON: dict[tuple, set[str]] = {}
 
 
+def title_words(title: str) -> list[str]:
+    """The words of a title that may name a theme, as written: 4+ letters, apostrophes and hyphens kept."""
+    return re.findall(r"[A-Za-z][A-Za-z'-]{3,}", title)
+
+
 def _common_title_terms(catalog) -> set[str]:
     """Title words in more than 1 of 500 titles: everyday words ("Good", "Man"), not a theme."""
     key = catalog_key(catalog)
     if key not in _COMMON:
         df: Counter = Counter()
         for t in catalog.titles:
-            df.update({term(w.lower()) for w in re.findall(r"[A-Za-z][A-Za-z'-]{3,}", t)})
+            df.update({term(w.lower()) for w in title_words(t)})
         _COMMON[key] = {t for t, n in df.items() if n > max(5, len(catalog.titles) // 500)}
     return _COMMON[key]
 
@@ -330,7 +335,7 @@ def theme_keywords(catalog, history, exclude: set[str] = frozenset(), n: int = 1
     shown: dict[str, str] = {}
     for i in hist:
         found = {}
-        for w in re.findall(r"[A-Za-z][A-Za-z'-]{3,}", YEAR.sub("", natural_title(catalog.titles[i]))):
+        for w in title_words(YEAR.sub("", natural_title(catalog.titles[i]))):
             t = term(w.lower())
             if w.lower() not in STOPWORDS | THEME_STOPWORDS and t not in genre_terms:
                 found.setdefault(t, w)

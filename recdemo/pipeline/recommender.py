@@ -119,7 +119,8 @@ class Recommender:
             if self._explainer is None:
                 self._explainer = Explainer(self.service, self.dataset, self.stack.built_retriever, self.text_index,
                                             max_history=self.cfg.llm.max_history,
-                                            max_new_tokens=self.cfg.llm.explain_new_tokens)
+                                            max_new_tokens=self.cfg.llm.explain_new_tokens,
+                                            facts=self.cfg.llm.explain_facts)
             return self._explainer
 
     # -- titles --

@@ -26,6 +26,18 @@ def test_sample_is_seeded_sorted_and_shared_by_splits(toy_eval_data):
         sample_cases(ds, "test", 0)
 
 
+def test_sample_can_ask_for_long_histories(toy_eval_data):
+    ds, _ = toy_eval_data
+    lengths = sorted(len(c.history) for c in ds.eval_cases("test"))
+    cut = lengths[len(lengths) // 2]
+    long = sample_cases(ds, "test", None, min_history=cut)
+    assert long and all(len(c.history) >= cut for c in long)
+    assert len(long) == sum(n >= cut for n in lengths)
+    picked = sample_cases(ds, "test", 3, seed=1, min_history=cut)
+    assert len(picked) == min(3, len(long)) and {c.user for c in picked} <= {c.user for c in long}
+    assert sample_cases(ds, "test", 3, min_history=lengths[-1] + 1) == []
+
+
 def test_ranks_come_from_the_rankers_own_finish(toy_eval_data, tiny_llm, tmp_path):
     ds, retriever = toy_eval_data
     FusionStore(tmp_path).save(ds.name, ds.content_hash, weight_key(tiny_llm.name, None, "score"), 0.4)
