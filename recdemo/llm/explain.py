@@ -3,9 +3,9 @@
 Evidence for item r and each of the last 20 history items h:
 - co-occurrence: training users who have both r and h (ItemKNN counts, training sequences only);
 - similarity: cosine of the text embeddings (content) and of SASRec's item embeddings (behaviour).
-The 2-3 strongest history items are kept (the card shows them); the prompt gives the model the
-strongest ``facts`` (``LLMConfig.explain_facts``, 1). The rationale for all items is ONE batched generate
-call (greedy, up to ``max_new_tokens`` and stopped at the first sentence end); ``plan`` splits it
+The 2-3 strongest history items are kept (the card shows them); the prompt states the facts of the
+strongest one (``facts`` of them: ``LLMConfig.explain_facts``). The rationale for all items is ONE
+batched generate call (greedy, up to ``max_new_tokens`` and stopped at the first sentence end); ``plan`` splits it
 so the pipeline can share that call (with the profile's keyword line) and judge each row the
 moment it finishes (``ExplainPlan.judge``), streaming the cards one by one. The prompt hands the
 model the facts (who had both, the genres they share); the shown sentence starts with their titles
