@@ -125,8 +125,13 @@ def compare(rec, hists: list[list[str]], ranker: str, arms: dict[str, Callable[[
             "sentences": sum(len(a) for a, _ in pairs),
             "arms": {arm: {"stages_s": summarise(runs[arm]), "decoder": counts[arm],
                            "done_s_sum": round(sum(run[-1][1] for run in runs[arm]), 2),
-                           "runs": [[[name, round(s, 3)] for name, s in run] for run in runs[arm]]}
+                           "runs": rounded(runs[arm])}
                      for arm in arms}}
+
+
+def rounded(runs: list[list[tuple[str, float]]]) -> list:
+    """Runs as the JSON stores them: [stage, seconds to the ms] per state."""
+    return [[[name, round(s, 3)] for name, s in run] for run in runs]
 
 
 def print_table(stages_s: dict) -> None:
@@ -169,7 +174,7 @@ def main(argv=None) -> dict:
         result.update(compare(rec, hists[:args.users], args.ranker, COMPARISONS[args.compare](rec)))
     else:
         runs = [time_stages(rec, h, args.ranker) for h in hists[:args.users]]
-        result.update(stages_s=summarise(runs), runs=[[[name, round(s, 3)] for name, s in run] for run in runs])
+        result.update(stages_s=summarise(runs), runs=rounded(runs))
     result.update(load_avg_start=load_start, load_avg_end=os.getloadavg(),
                   command="python bench/stages.py " + " ".join(sys.argv[1:] if argv is None else argv))
     print(f"{args.dataset}, {args.ranker} ranker, {args.users} users x {args.history} items, "

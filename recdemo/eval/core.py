@@ -25,8 +25,8 @@ def sample_cases(dataset, split: str = "test", users: int | None = None, seed: i
                  min_history: int = 0) -> list:
     """A seeded random sample of ``users`` leave-one-out cases of ``split`` (all of them when
     ``users`` is None or too large), of those whose history holds at least ``min_history`` items. The
-    pick depends only on the number of such cases and the seed, so the valid and test splits share their
-    users. The one way every evaluation and bench draws its users."""
+    pick depends only on the number of such cases and the seed, so without ``min_history`` the valid and
+    test splits share their users. The one way every evaluation and bench draws its users."""
     cases = [c for c in dataset.eval_cases(split) if len(c.history) >= min_history]
     if users is None or users >= len(cases):
         return cases

@@ -260,11 +260,11 @@ class ClaimChecker:
         counts = {e["title"] if "title" in e else catalog.titles[int(e["history_index"])]: e.get("co_occurrence")
                   for e in evidence if e.get("co_occurrence") is not None}
         vocab = _vocab(catalog)
+        backing = [catalog.titles[i] for i in cited + [int(item)]]  # the cited titles and the item's
         return cls(titles, catalog.attributes[int(item)], [a for h in cited for a in catalog.attributes[h]],
                    vocab, numbers, {catalog.titles[h]: catalog.attributes[h] for h in history},
                    domain_words, counts, () if vocab else _kind_vocab(catalog),
-                   () if vocab else [catalog.titles[i] for i in cited + [int(item)]], catalog.titles[int(item)],
-                   [catalog.titles[i] for i in cited + [int(item)]])
+                   () if vocab else backing, catalog.titles[int(item)], backing)
 
     # -- titles --
     def title_of(self, span: str, quoted: bool) -> str | None | bool:

@@ -31,6 +31,7 @@ from recdemo.llm.profile import STOPWORDS, repetitive
 
 DONE = re.compile(r"[.!?][\"”)]?\s")  # a sentence end followed by more text: generation can stop
 AN = re.compile(r"\b([Aa]) (?=[AEIOaeio](?!ne\b|nce\b)\w)")  # "a action" -> "an action" ("a one-off" stays)
+CLAUSE_DANGLING = DANGLING | {"both"}  # a trimmed clause may not end on these: "..., like both" says nothing
 META = re.compile(r"\b(sentences?|titles?|names?|listed|recommendations?|in common with them|as an ai)\b", re.I)
 
 
@@ -177,11 +178,13 @@ class Explainer:
 
     def judge(self, history, item: int, evidence: list[dict], prefix: str, tail: str) -> Explanation:
         """The model's sentence (primed ``prefix`` + its ``tail``) when every claim checks out; else
-        the same sentence cut back to its last whole clause when that passes; else the template.
-        ``failed_checks`` names what the model's sentence failed (before any repair)."""
+        the same sentence repaired when that passes (a count corrected, an unbacked word dropped, cut back
+        to its last whole clause); else the template. ``failed_checks`` names what the model's sentence
+        failed (before any repair)."""
         checker = self.checker(history, item, evidence)
         sentence, written = self.sentence(prefix, tail)
-        failed = checker.failures(sentence, written) if tail.strip() else ["empty"]
+        problems = checker.problems(sentence, written) if tail.strip() else {"empty": [written]}
+        failed = list(problems)
         if written and (META.search(written) or repetitive(written)) and "empty" not in failed:
             failed.append("empty")  # talks about the task ("not listed"), or loops
         if not failed:
@@ -193,8 +196,7 @@ class Explainer:
                 return Explanation(item, evidence, fixed, rationale_source="llm", llm_rationale=sentence,
                                    failed_checks=failed, repair="count corrected from the evidence")
         if failed == ["unbacked"]:  # "a superhero action movie": the words nothing backs go, "an action movie" stays
-            fixed = without_modifiers(sentence, self.catalog.titles[int(item)],
-                                      checker.problems(sentence, written)["unbacked"])
+            fixed = without_modifiers(sentence, self.catalog.titles[int(item)], problems["unbacked"])
             part = fixed[len(prefix):].strip()
             if fixed != sentence and fixed.startswith(prefix) and not checker.failures(fixed, part):
                 return Explanation(item, evidence, fixed, rationale_source="llm", llm_rationale=sentence,
@@ -317,7 +319,7 @@ def trimmed(prefix: str, written: str):
     for n in range(len(parts) - 1, 0, -1):
         part = ",".join(parts[:n]).rstrip(",;:- ")
         words = part.split()
-        while len(words) > 1 and words[-1].lower() in DANGLING | {"both"}:  # "..., like both" says nothing
+        while len(words) > 1 and words[-1].lower() in CLAUSE_DANGLING:
             words.pop()
         part = " ".join(words)
         if len(re.findall(r"\w+", part)) >= 3:
