@@ -43,7 +43,7 @@ def main(argv=None) -> dict:
     stats, counted = rec.service.decoder.stats, []
     for n, user in enumerate([users[-1]] + users):  # the first: warm-up
         history = [rec.catalog.titles[int(i)] for i in train[user][-5:]]
-        rec._explained.clear()
+        rec.explainer.forget()
         rec.profiles._cache.clear()
         before = stats.as_dict()
         rec.recommend(history, ranker=args.ranker)

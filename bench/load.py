@@ -13,8 +13,10 @@ Measures (reported, never asserted):
 - for each --users level: p50/p95 latency, throughput and errors of that many concurrent clients
   for --seconds (levels run one after another on the same server).
 Every request sends a history no earlier request sent (real users' training histories, cut at a
-random length), so no answer comes from the server's profile or explanation caches; the JSON says
-whether the pool ran out and histories repeated. Prints a table, writes bench/results/load.json and
+random length), so no answer comes from the server's profile cache; the JSON says whether the pool ran
+out and histories repeated. An explanation row whose item and evidence an earlier request had comes
+from the explainer's cache, as in a real room: bench/explain_cache.py counts how often (1-2% of the
+rows of the first 60 requests on movielens-small). Prints a table, writes bench/results/load.json and
 load.md. --device / --model / --dtype are passed to the launched server (RECDEMO_DEVICE, RECDEMO_LLM,
 RECDEMO_DTYPE).
 """

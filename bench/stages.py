@@ -68,7 +68,7 @@ def histories(rec, n: int, size: int, seed: int) -> list[list[str]]:
 
 def forget_caches(rec) -> None:
     """No answer may come from an earlier user's work (the issue asks for "no cache hit")."""
-    rec._explained.clear()  # explanations per (history, model, item)
+    rec.explainer.forget()  # the model's explanation sentences per prompt
     rec.profiles._cache.clear()  # profiles per (last 20 items, model, adapter)
 
 

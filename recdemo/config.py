@@ -104,6 +104,10 @@ class LLMConfig:
     # watched it too", not "... watched both" after two): SmolLM2 gave a count to the wrong title in 0.1% of
     # its movielens sentences instead of 5.7% (bench/results/explanations.md, runs s12 -> s13).
     explain_facts: int = 1
+    # Model sentences kept by prompt (LRU): a prompt is the item and its strongest evidence only, so another
+    # user with the same pair, and a steering rerun, get the sentence without model time (greedy: the same
+    # text). 0 turns the cache off.
+    explain_cache_rows: int = 4096
     # Cards explained per decoder call (each card still streams as its row finishes). One call of all
     # ten: one batch decodes ten rows in ~1.3x the time of five (a CPU decode step is bound by reading
     # the weights), so the answer ends ~0.4 s sooner than with two calls of five (bench/stages.py).

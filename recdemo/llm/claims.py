@@ -15,9 +15,11 @@ A sentence about recommended item r, for a user with history H, whose evidence c
 - ``unbacked``: every other content word is one the data backs: a word of r's title, a cited title or
   a history title it names (the category, kind and number checks judge theirs; stock words pass). A
   claim nothing in the data can check fails: "a superhero action movie" (Superhero is no genre), "a
-  documentary about the rise of artificial intelligence". Capitalised words are the title check's;
+  documentary about the rise of artificial intelligence". Capitalised words are the title check's. In
+  the phrase saying what r is ('"r" is a ...'), a word only another title backs fails too: '"Panic
+  Room" is a Harry Potter thriller' (a cited title backs the sentence's other claims, not what r is);
 - ``cut_off``: the sentence ends with . ! or ?, its quotes are closed, it does not end on a
-  connector word;
+  connector word, and no word is missing after an article ("a documentary about the of Anne Frank");
 - ``empty``: what the model wrote (``written``: the part after the primed start) says something:
   a category word, a number, or content words beyond stock phrases ("shares similarities with
   both films", "a classic example of a film that has a timeless appeal").
@@ -36,6 +38,8 @@ CONNECTORS = {"of", "the", "a", "an", "de", "la", "le", "&"}  # inside a title-l
 # words a sentence (``cut_off``) or a title cut to its first words (``short_title``) may not end on
 DANGLING = CONNECTORS | {"and", "or", "in", "to", "on", "for", "from", "with", "at", "that", "is", "are", "was",
                          "which", "who", "its", "their", "by", "as"}
+# an article followed by a word that cannot start its noun phrase: a word went missing ("about the of")
+MISSING_WORD = re.compile(r"\b(?:a|an|the)\s+(?:of|and|or|to|the|a|an|with|in|for|by|is|are|was|it|at|on)\b", re.I)
 # Capitalised words that start or fill a span without naming anything ("Fans of", "Like", "Both").
 HARMLESS = {"i", "they", "this", "it", "its", "like", "both", "but", "and", "as", "if", "because", "since",
             "while", "with", "you", "your", "user", "users", "fans", "fan", "if", "so", "also", "just", "in",
@@ -241,7 +245,11 @@ class ClaimChecker:
         # products: what the sentence says the item IS ("... "Concealer" is a lip gloss") must come
         # from the item's own title, not from a cited one
         self.item_title = item_title if self.kind_vocab else None
+        self.own_title = item_title
         self.backing = set().union(*(title_stems(t) for t in backing_titles))  # the item's and cited titles' words
+        # words of the other titles a sentence may name: they back no claim about what the item is
+        self.borrowable = set().union(*(title_stems(t) for t in list(titles) + list(backing_titles)))
+        self.borrowable -= title_stems(item_title) if item_title else set()
 
     @classmethod
     def for_item(cls, catalog, history, item: int, evidence=(), domain_words=("movie", "movies", "product",
@@ -330,6 +338,7 @@ class ClaimChecker:
         if numbers:
             out["number"] = numbers
         loose = self.unbacked(written, good)
+        loose += [w for w in self.borrowed(sentence) if w not in loose]
         if loose:
             out["unbacked"] = loose
         if cut_off(sentence):
@@ -367,6 +376,27 @@ class ClaimChecker:
                 continue
             if not {stem(p) for p in words(lw)} & backed and w not in out:
                 out.append(w)
+        return out
+
+    def borrowed(self, sentence: str) -> list[str]:
+        """Words of the phrase saying what the item is that only another title backs ('"Panic Room" is a
+        Harry Potter thriller'); genre, kind and stock words are the other checks' (or no claim)."""
+        if not self.own_title:
+            return []
+        forms, out = title_forms(self.own_title), []
+        for m in IS_A.finditer(sentence):
+            if normalize_title(m.group(1)) not in forms:
+                continue
+            for w in re.findall(r"[A-Za-z][\w'-]*", m.group(2)):
+                w = re.sub(r"'s$", "", w)  # "children's" is the Children genre's word
+                lw = w.lower()
+                stems = {stem(p) for p in words(lw)}
+                stock = DANGLING if w[0].isupper() else STOPWORDS | VAGUE | HARMLESS | DANGLING | PLAIN
+                if (lw in stock or lw in self.extra or lw in UMBRELLAS or category_of(w, self.vocab)
+                        or stems & self.kind_vocab):  # a capitalised stock word names something ("a Story ...")
+                    continue
+                if stems & self.borrowable and w not in out:
+                    out.append(w)
         return out
 
     def wrong_kinds(self, plain: str, named=()) -> list[str]:
@@ -437,6 +467,8 @@ def cut_off(sentence: str) -> bool:
     if not s or not SENTENCE_END.search(s):
         return True
     if s.count('"') % 2 or s.count("“") != s.count("”") or s.count("(") != s.count(")"):
+        return True
+    if MISSING_WORD.search(re.sub(r'"[^"]*"|“[^”]*”', " TITLE ", s)):
         return True
     last = re.findall(r"[\w&'-]+", s)
     return bool(last) and last[-1].lower() in DANGLING

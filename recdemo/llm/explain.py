@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections import OrderedDict
 
 import numpy as np
 
@@ -40,7 +41,7 @@ class Explainer:
 
     def __init__(self, service, dataset, retriever=None, text_index=None, knn=None, max_history: int = 20,
                  n_evidence: int = 3, max_new_tokens: int = LLMConfig().explain_new_tokens, use_llm: bool = True,
-                 facts: int = LLMConfig().explain_facts):
+                 facts: int = LLMConfig().explain_facts, cache_rows: int = 0):
         self.service, self.dataset, self.catalog = service, dataset, dataset.catalog
         self.retriever, self.text_index, self._knn = retriever, text_index, knn
         self.domain = P.domain_for(self.catalog)
@@ -49,6 +50,10 @@ class Explainer:
         self.facts = facts  # evidence lines (and lead titles) the prompt shows, strongest first
         self._sasrec = None
         self._lock = threading.Lock()
+        # the model's tail per (model, adapter, prompt): a prompt holds the item and its evidence only, so
+        # other users' rows and reruns repeat it (``cache_rows``: how many are kept; 0: none)
+        self.cache_rows, self._tails, self._tails_lock = cache_rows, OrderedDict(), threading.Lock()
+        self.cache_hits = 0  # rows answered from the cache so far
         self.last_prompts: list[str] = []  # of the latest call (for the bench and the UI's prompt view)
         self.last_tails: list[str] = []  # what the model wrote after each primed start (the bench counts them)
 
@@ -147,22 +152,25 @@ class Explainer:
     def explain_many(self, requests, adapter: str | None = None, use_llm: bool | None = None) -> list[list[Explanation]]:
         """``explain`` for several (history, items) pairs (users) at once: ONE batched generate call for
         every row of every pair, so the rows share the model's work and the prompts' common prefix."""
-        plan = self.plan(requests, use_llm)
-        tails = [""] * len(plan.rows)
-        if plan.prompts:
-            tails = self.service.generate(plan.prompts, max_new_tokens=self.max_new_tokens, stop_strings=["\n"],
-                                          stop_when=sentence_done, adapter=adapter)
-        found = [plan.judge(row, tail) for row, tail in enumerate(tails)]
+        plan = self.plan(requests, use_llm, adapter)
+        found = dict(plan.cached())
+        if plan.todo:
+            tails = self.service.generate(plan.todo_prompts(), max_new_tokens=self.max_new_tokens,
+                                          stop_strings=["\n"], stop_when=sentence_done, adapter=adapter)
+            for i, tail in enumerate(tails):
+                found.update(plan.judge(i, tail))
+        found = [found[row] for row in range(len(plan.rows))]
         out, at = [], 0
         for _, items in plan.requests:
             out.append(found[at:at + len(items)])
             at += len(items)
         return out
 
-    def plan(self, requests, use_llm: bool | None = None) -> "ExplainPlan":
-        """Evidence and prompts of every (history, item) row (no prompts without the LLM):
-        ``.generation()`` for the model, ``.judge(row, tail)`` the checked explanation of one row once
-        its tail is written (the pipeline judges each row as it finishes, in a call it may share)."""
+    def plan(self, requests, use_llm: bool | None = None, adapter: str | None = None) -> "ExplainPlan":
+        """Evidence and prompts of every (history, item) row (no prompts without the LLM): ``.cached()``
+        the rows whose prompt the model answered before, ``.generation()`` the others' rows for the model,
+        ``.judge(i, tail)`` the checked explanation of its row i once its tail is written (the pipeline
+        judges each row as it finishes, in a call it may share). ``adapter``: the one the rows run with."""
         requests = [([int(h) for h in history], [int(i) for i in items]) for history, items in requests]
         rows = [(history, item, self.evidence(history, item)) for history, items in requests for item in items]
         use_llm = self.use_llm if use_llm is None else use_llm
@@ -174,7 +182,35 @@ class Explainer:
                 prompts.append(text)
                 prefixes.append(prefix)
             self.last_prompts, self.last_tails = prompts, [""] * len(rows)
-        return ExplainPlan(self, requests, rows, prompts, prefixes)
+        return ExplainPlan(self, requests, rows, prompts, prefixes, adapter)
+
+    # -- the cache of the model's tails --
+    def _key(self, prompt: str, adapter: str | None) -> tuple:
+        return self.service.llm.name, adapter, self.max_new_tokens, prompt
+
+    def known_tail(self, prompt: str, adapter: str | None) -> str | None:
+        if not self.cache_rows:
+            return None
+        with self._tails_lock:
+            tail = self._tails.get(self._key(prompt, adapter))
+            if tail is not None:
+                self._tails.move_to_end(self._key(prompt, adapter))
+                self.cache_hits += 1
+            return tail
+
+    def remember_tail(self, prompt: str, adapter: str | None, tail: str) -> None:
+        if not self.cache_rows:
+            return
+        with self._tails_lock:
+            self._tails[self._key(prompt, adapter)] = tail
+            self._tails.move_to_end(self._key(prompt, adapter))
+            while len(self._tails) > self.cache_rows:
+                self._tails.popitem(last=False)
+
+    def forget(self) -> None:
+        """Empty the cache (the benches time answers that are no cache hit)."""
+        with self._tails_lock:
+            self._tails.clear()
 
     def judge(self, history, item: int, evidence: list[dict], prefix: str, tail: str) -> Explanation:
         """The model's sentence (primed ``prefix`` + its ``tail``) when every claim checks out; else
@@ -196,17 +232,28 @@ class Explainer:
                 return Explanation(item, evidence, fixed, rationale_source="llm", llm_rationale=sentence,
                                    failed_checks=failed, repair="count corrected from the evidence")
         if failed == ["unbacked"]:  # "a superhero action movie": the words nothing backs go, "an action movie" stays
-            fixed = without_modifiers(sentence, self.catalog.titles[int(item)], problems["unbacked"])
-            part = fixed[len(prefix):].strip()
-            if fixed != sentence and fixed.startswith(prefix) and not checker.failures(fixed, part):
+            fixed = self._without_unbacked(checker, item, prefix, sentence, problems["unbacked"])
+            if fixed:
                 return Explanation(item, evidence, fixed, rationale_source="llm", llm_rationale=sentence,
                                    failed_checks=failed, repair="unchecked words dropped")
         for shorter, part in trimmed(prefix, written):
-            if not checker.failures(shorter, part) and not META.search(part) and not repetitive(part):
+            if META.search(part) or repetitive(part):
+                continue
+            problems = checker.problems(shorter, part)
+            if list(problems) == ["unbacked"]:  # the last whole clause, its unbacked modifiers dropped
+                shorter = self._without_unbacked(checker, item, prefix, shorter, problems["unbacked"])
+            if shorter and (not problems or list(problems) == ["unbacked"]):
                 return Explanation(item, evidence, shorter, rationale_source="llm", llm_rationale=sentence,
                                    failed_checks=failed, repair="trimmed to its last whole clause")
         return Explanation(item, evidence, self.template(item, evidence), rationale_source="template",
                            llm_rationale=sentence, failed_checks=failed)
+
+    def _without_unbacked(self, checker, item: int, prefix: str, sentence: str, loose: list[str]) -> str | None:
+        """``sentence`` with the ``loose`` words dropped from what the item is, when that passes every check."""
+        fixed = without_modifiers(sentence, self.catalog.titles[int(item)], loose)
+        part = fixed[len(prefix):].strip()
+        ok = fixed != sentence and fixed.startswith(prefix) and not checker.failures(fixed, part)
+        return fixed if ok else None
 
     def sentence(self, prefix: str, tail: str) -> tuple[str, str]:
         """(the sentence, the model's part of it): the tail's first sentence after the primed start;
@@ -255,21 +302,50 @@ class Explainer:
 
 class ExplainPlan:
     """One explain call's rows (``Explainer.plan``): each is judged as soon as the model's tail of it
-    is there, so a row that finishes early is shown early."""
+    is there, so a row that finishes early is shown early. The rows whose prompt the model answered
+    before (``Explainer.known_tail``) are judged at once (``cached``); the others (``todo``, in row order)
+    go to the model, one generation row each; a prompt two rows share is written once."""
 
-    def __init__(self, explainer: Explainer, requests, rows, prompts, prefixes):
-        self.explainer, self.requests, self.rows = explainer, requests, rows
+    def __init__(self, explainer: Explainer, requests, rows, prompts, prefixes, adapter=None):
+        self.explainer, self.requests, self.rows, self.adapter = explainer, requests, rows, adapter
         self.prompts, self.prefixes = prompts, prefixes  # no prompts: templates only
+        self.known: dict[int, str] = {}  # row -> the cached tail
+        first: dict[str, int] = {}  # prompt -> the row that generates it
+        self.todo: list[int] = []  # rows to generate, one per distinct prompt
+        self.repeats: dict[int, list[int]] = {}  # generated row -> later rows with the same prompt
+        for row, prompt in enumerate(prompts):
+            tail = explainer.known_tail(prompt, adapter)
+            if tail is not None:
+                self.known[row] = tail
+            elif prompt in first:
+                self.repeats.setdefault(first[prompt], []).append(row)
+            else:
+                first[prompt] = row
+                self.todo.append(row)
+
+    def todo_prompts(self) -> list[str]:
+        return [self.prompts[row] for row in self.todo]
 
     def generation(self):
-        """The rows for ``LLMService.run`` / ``stream`` (one ``Generation``), as ``explain_many`` sends them."""
-        return self.explainer.service.generation(self.prompts, max_new_tokens=self.explainer.max_new_tokens,
+        """The ``todo`` rows for ``LLMService.run`` / ``stream`` (one ``Generation``), as ``explain_many``
+        sends them."""
+        return self.explainer.service.generation(self.todo_prompts(), max_new_tokens=self.explainer.max_new_tokens,
                                                  stop_strings=["\n"], stop_when=sentence_done)
 
-    def item(self, row: int) -> int:
-        return self.rows[row][1]
+    def cached(self) -> list[tuple[int, Explanation]]:
+        """(row, explanation) of the rows whose tail the cache held; every row without prompts (no LLM)."""
+        if not self.prompts:
+            return [(row, self._judge(row, "")) for row in range(len(self.rows))]
+        return [(row, self._judge(row, tail)) for row, tail in self.known.items()]
 
-    def judge(self, row: int, tail: str) -> Explanation:
+    def judge(self, i: int, tail: str) -> list[tuple[int, Explanation]]:
+        """(row, explanation) of generation row ``i`` and of the rows sharing its prompt, given the model's
+        ``tail`` (which the cache keeps)."""
+        row = self.todo[i]
+        self.explainer.remember_tail(self.prompts[row], self.adapter, tail)
+        return [(r, self._judge(r, tail)) for r in [row] + self.repeats.get(row, [])]
+
+    def _judge(self, row: int, tail: str) -> Explanation:
         """The checked (or repaired, or templated) explanation of ``row`` given the model's ``tail``."""
         history, item, evidence = self.rows[row]
         if self.prompts:

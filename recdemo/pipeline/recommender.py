@@ -19,7 +19,6 @@ import logging
 import random
 import threading
 import time
-from collections import OrderedDict
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -40,7 +39,6 @@ from recdemo.llm.stack import Stack
 from recdemo.records import Candidate, Explanation, Keyword, Profile, RankedItem, RerankRequest, Recommendation
 
 log = logging.getLogger(__name__)
-EXPLAIN_CACHE = 2048  # explanations kept for reruns of the same history (steering, "not interested")
 STAGES = ("retrieval", "profile", "rerank", "explain")
 
 
@@ -83,7 +81,6 @@ class Recommender:
         self.service = self.stack.service
         self._explainer: Explainer | None = None
         self._explain_lock = threading.RLock()
-        self._explained: OrderedDict = OrderedDict()  # (history, model) + item -> Explanation
         self._personas: dict[str, list[str]] | None = None
         self._profile_readers: dict[str, bool] = {}  # ranker -> whether its prompt shows the profile
         # concurrent reranks with the same ranker and adapter: one batched scoring call
@@ -120,7 +117,8 @@ class Recommender:
                 self._explainer = Explainer(self.service, self.dataset, self.stack.built_retriever, self.text_index,
                                             max_history=self.cfg.llm.max_history,
                                             max_new_tokens=self.cfg.llm.explain_new_tokens,
-                                            facts=self.cfg.llm.explain_facts)
+                                            facts=self.cfg.llm.explain_facts,
+                                            cache_rows=self.cfg.llm.explain_cache_rows)
             return self._explainer
 
     # -- titles --
@@ -357,30 +355,31 @@ class Recommender:
 
     def _explain_stage(self, run: "_Run", items: list[int], draft=None, ticket=None) -> Iterator[Recommendation]:
         """Explanations of ``items``, an "explain" state as each card's sentence is checked (one card per
-        state, in the order their rows finish). Those of this history written before (a steering rerun
-        keeps most cards) come from the cache; only the new ones cost model time. ``draft``: a profile
-        whose two rows join this call (their texts land in ``run.keyword_line`` / ``run.summary_line``);
-        ``ticket``: the one this request took before its rerank (``LLMService.expect_run``)."""
+        state, in the order their rows finish). A row whose prompt the model answered before (the same item
+        and evidence for another user; a steering rerun keeps most cards) comes from the explainer's cache
+        at once; only the new ones cost model time. ``draft``: a profile whose two rows join this call
+        (their texts land in ``run.keyword_line`` / ``run.summary_line``); ``ticket``: the one this
+        request took before its rerank (``LLMService.expect_run``)."""
         t = time.perf_counter()
-        key = (tuple(run.hist), self.service.llm.name)
-        with self._explain_lock:
-            cached = {i: self._explained[(key, i)] for i in items if (key, i) in self._explained}
-        run.explanations.update(cached)
-        todo = [i for i in items if i not in cached]
         # the profile's two rows (keyword line; summary after the history's grounded keywords) ride along
         extra = [draft.keywords, draft.summary] if draft is not None and draft.keywords is not None else []
-        if (todo and not run.explain_failed) or extra:
+        if (items and not run.explain_failed) or extra:
             try:
-                plan = self.explainer.plan([(run.hist, todo if not run.explain_failed else [])])
-                generations = ([plan.generation()] if plan.prompts else []) + extra
-                for rows in self.service.stream(generations, ticket=ticket):
-                    found = [plan.judge(i, text) for g, i, text in rows if g == 0 and plan.prompts]
+                plan = self.explainer.plan([(run.hist, items if not run.explain_failed else [])])
+                known = [e for _, e in plan.cached()] if plan.prompts else []
+                if known:
+                    run.explanations.update({e.index: e for e in known})
+                    run.timings["explain"] = run.timings.get("explain", 0.0) + time.perf_counter() - t
+                    yield self._state(run, "explain")
+                    t = time.perf_counter()
+                generations = ([plan.generation()] if plan.todo else []) + extra
+                for rows in self.service.stream(generations, ticket=ticket) if generations else ():
+                    found = [e for g, i, text in rows if g == 0 and plan.todo for _, e in plan.judge(i, text)]
                     for g, _, text in rows if extra else ():
                         if g == len(generations) - 2:
                             run.keyword_line = text
                         elif g == len(generations) - 1:
                             run.summary_line = text
-                    self._remember(key, found)
                     run.explanations.update({e.index: e for e in found})
                     if found:
                         run.timings["explain"] = run.timings.get("explain", 0.0) + time.perf_counter() - t
@@ -391,20 +390,12 @@ class Recommender:
                 run.warnings.append(f"The LLM explanations failed ({type(e).__name__}); showing evidence-based "
                                     "sentences instead.")
                 run.explain_failed = True
-        left = [i for i in todo if i not in run.explanations]
+        left = [i for i in items if i not in run.explanations]
         if left:
             run.explanations.update({e.index: e for e in self.explainer.explain(run.hist, left, use_llm=False)})
         run.timings["explain"] = run.timings.get("explain", 0.0) + time.perf_counter() - t
-        if left or not todo:  # the fallback's sentences, or cards that were all cached
+        if left or not items:  # the fallback's sentences, or no cards at all
             yield self._state(run, "explain")
-
-    def _remember(self, key, explanations) -> None:
-        with self._explain_lock:
-            for e in explanations:
-                self._explained[(key, e.index)] = e
-                self._explained.move_to_end((key, e.index))
-            while len(self._explained) > EXPLAIN_CACHE:
-                self._explained.popitem(last=False)
 
     def _state(self, run: "_Run", stage: str) -> Recommendation:
         prompt = ""

@@ -73,6 +73,20 @@ def test_a_claim_the_data_cannot_check_fails(movies):
     assert "unbacked" not in kids.failures('"Toy Story 2" is a children\'s comedy.')
 
 
+def test_what_the_item_is_may_not_borrow_another_titles_words(movies):
+    """A cited title's words back the sentence's other claims ("fans of Toy Story"), not what the item
+    is: '"Scream" is a Toy Story horror film' claims a franchise it is not in."""
+    chk = checker(movies, [TOY2, MURDER], SCREAM, cooc(TOY2))
+    assert chk.problems('Like "Toy Story 2", "Scream" is a Toy Story horror film.') == \
+        {"unbacked": ["Toy", "Story"]}
+    assert chk.problems('"Scream" is a perfect murder mystery, and 12 fans of "A Perfect Murder" watched it too.') \
+        == {"unbacked": ["murder"]}
+    assert chk.failures('Like "Toy Story 2", "Scream" is a horror film, and 12 fans of Toy Story watched it too.') \
+        == []
+    # its own title's words and its genres may say what it is
+    assert chk.failures('"Scream" is a scream of a horror mystery.') == []
+
+
 def test_empty_phrases_fail(movies):
     chk = checker(movies, [TOY2, WALLACE], MIB, cooc(TOY2))
     for s in ['"Men in Black" is a classic example of a film that has a timeless appeal.',
@@ -107,9 +121,11 @@ def test_numbers_must_come_from_the_evidence(movies):
 def test_cut_off_sentences(movies):
     chk = checker(movies, [TOY2], MIB, cooc(TOY2))
     for s in ['"Men in Black" is a sci-fi comedy with', '"Men in Black" is a sci-fi comedy about the.',
-              '"Men in Black" is a sci-fi comedy (with aliens.']:
+              '"Men in Black" is a sci-fi comedy (with aliens.', '"Men in Black" is a sci-fi comedy about the of aliens.']:
         assert "cut_off" in chk.failures(s), s
     assert "cut_off" not in chk.failures('"Men in Black" is a sci-fi comedy with aliens!')
+    # a title between an article and the next word is no missing word
+    assert "cut_off" not in chk.failures('Fans of the "Toy Story 2" and "Men in Black" comedies.')
 
 
 def test_failures_are_in_check_order(movies):

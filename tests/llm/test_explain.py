@@ -310,6 +310,31 @@ def test_explain_many_is_one_call_for_every_user_and_matches_explain(tiny_llm, t
     assert ex.explain_many([(requests[0][0], [])]) == [[]]
 
 
+def test_a_prompt_the_model_answered_before_costs_no_model_time(tiny_llm, toy_dataset):
+    """A prompt is the item and its evidence only: a rerun, or another user with the same pair, reads the
+    model's sentence from the cache; a prompt two rows of one call share is generated once."""
+    svc = ScriptedService(tiny_llm, " is a warm story with a strong cast.")
+    ex = Explainer(svc, toy_dataset, EmbRetriever(toy_dataset.n_items), cache_rows=4)
+    history, items = user_requests(toy_dataset, 1)[0]
+    first = ex.explain(history, items)
+    other = history[::-1]  # the same items in another order: the same evidence, another user
+    again = ex.explain(other, items)
+    assert len(svc.calls) == 1 and ex.cache_hits == 3
+    assert [e.rationale for e in again] == [e.rationale for e in first]
+    assert ex.last_tails == [svc.tails] * 3 and [e.llm_rationale for e in again] == [e.llm_rationale for e in first]
+    ex.forget()
+    both = ex.explain_many([(history, items), (other, items)])
+    assert len(svc.calls) == 2 and len(svc.calls[1][0]) == 3  # six rows, three prompts
+    assert [e.rationale for e in both[1]] == [e.rationale for e in first]
+    assert len(ex._tails) == 3
+    ex.cache_rows = 2
+    ex.explain(*user_requests(toy_dataset, 2)[1])  # another user, other items
+    assert len(svc.calls) == 3 and len(ex._tails) == 2  # bounded: the oldest went
+    off = Explainer(svc, toy_dataset, EmbRetriever(toy_dataset.n_items))  # no cache unless asked
+    off.explain(history, items), off.explain(history, items)
+    assert len(svc.calls) == 5
+
+
 def test_prompts_share_their_prefix_token_for_token(tiny_llm, toy_dataset):
     """Every row of a call (and of every call: other users) starts with the same tokens up to the
     item's "Recommended" line, so a shared-prefix decoder prefills it once."""
@@ -459,4 +484,9 @@ def test_words_nothing_backs_are_dropped_from_what_the_item_is(tiny_llm, toy_dat
         out = ex.judge(history, item, ev, prefix, tail)
         assert out.failed_checks == ["unbacked"] and out.rationale_source == "template", tail
     assert without_modifiers('"Up" is an epic comedy.', "Up (2009)", ["epic"]) == '"Up" is a comedy.'
+    # a clause that fails another check goes, and the borrowed words of the one kept are dropped
+    other = short_title(ev[0]["title"]).split()[0]
+    out = ex.judge(history, item, ev, prefix, f" is an {other} {genre} movie, and 999 users watched it too.")
+    assert out.failed_checks == ["number", "unbacked"] and out.repair == "trimmed to its last whole clause"
+    assert out.rationale == f"{prefix} is an {genre} movie.", out.rationale
     assert without_modifiers('"Up" is an epic comedy.', "Cars (2006)", ["epic"]) == '"Up" is an epic comedy.'

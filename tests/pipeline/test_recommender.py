@@ -321,15 +321,18 @@ def test_a_request_still_reranking_shares_the_explanation_call_of_one_that_is_do
     histories = [[0, 1, 2], [5, 6, 7]]
     kw = dict(ranker="reverse", n_candidates=8, k=3, with_profile=False)
     alone = [rec.recommend(h, **kw).to_dict()["results"] for h in histories]
-    rerank = rec._rerank_stage
+    rerank, second_started = rec._rerank_stage, threading.Event()
 
     def slow_for_the_second(run):
         if run.hist[0] == 5:
+            second_started.set()
             time.sleep(0.5)  # still reranking when the first request's explanations are ready
+        else:  # a thread started late would take its ticket after the first request's call began
+            second_started.wait(10)
         rerank(run)
 
     monkeypatch.setattr(rec, "_rerank_stage", slow_for_the_second)
-    rec._explained.clear()  # written again, not taken from the cache
+    rec.explainer.forget()  # written again, not taken from the cache
     before, got = rec.service.generations.batches, [None, None]
 
     def run(i):
@@ -599,8 +602,9 @@ def test_a_rerun_explains_only_the_cards_it_has_not_explained(rec, spy, toy_data
     asked, plan = [], rec.explainer.plan
 
     def counting(requests, *a, **kw):
-        asked.append([i for _, items in requests for i in items])
-        return plan(requests, *a, **kw)
+        made = plan(requests, *a, **kw)
+        asked.append([made.rows[row][1] for row in made.todo])  # the items whose rows go to the model
+        return made
 
     rec.explainer.plan = counting
     before = rec.recommend(history, ranker="spy", n_candidates=10, k=4)
@@ -610,7 +614,8 @@ def test_a_rerun_explains_only_the_cards_it_has_not_explained(rec, spy, toy_data
     assert asked[-1] == new and len(new) == 1  # the three kept cards came from the cache
     kept = {b["index"]: b for b in before.results}
     assert all(r["rationale"] == kept[r["index"]]["rationale"] for r in after.results if r["index"] in kept)
-    rec.recommend(history[:-1], ranker="spy", n_candidates=10, k=4)  # another history: explained afresh
+    rec.explainer.forget()
+    rec.recommend(history, ranker="spy", n_candidates=10, k=4)  # an empty cache: explained afresh
     assert len(asked[-1]) == 4
 
 
