@@ -98,6 +98,9 @@ class ModelThread:
                 box["error"] = e
             finally:
                 done.set()
+            # while idle, hold nothing of the last job: its closure reaches the service and its model,
+            # which a replaced service would otherwise keep in memory for good
+            fn = box = done = None
 
 
 class Coalescer:

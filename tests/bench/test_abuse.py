@@ -59,9 +59,16 @@ def rec(fake_app):
     r.delay, r.fail_with = 0.0, None
 
 
+def rss_limit_gb() -> float:
+    """The in-process app's memory is pytest's whole process, which holds what earlier tests left
+    resident (their models and data): a case may add abuse.MAX_RSS_GB to it, not reach it."""
+    return abuse.proc_kb(os.getpid(), "VmRSS") / 2**20 + abuse.MAX_RSS_GB
+
+
 def run(fake_app, tmp_path, cases, **kw):
     server = fake_app[0]
-    return abuse.run_cases(server, abuse.parse_cases(cases), tmp_path, server.ctx.cfg.limits, **kw)
+    return abuse.run_cases(server, abuse.parse_cases(cases), tmp_path, server.ctx.cfg.limits,
+                           max_rss_gb=rss_limit_gb(), **kw)
 
 
 def rows_by_id(report):
@@ -259,14 +266,15 @@ def test_a_dead_server_fails_the_case(fake_app, rec, tmp_path, monkeypatch):
 
 
 def test_main_writes_results_only_with_out(fake_app, rec, tmp_path, monkeypatch):
-    url = fake_app[0].url
+    url, rss = fake_app[0].url, f"{rss_limit_gb():.2f}"
     monkeypatch.chdir(tmp_path)
     shipped = ROOT / "bench" / "results" / "abuse.json"
     stamp = shipped.stat().st_mtime if shipped.exists() else None
-    assert abuse.main(["--url", url, "--pid", str(os.getpid()), "--cases", "1"]) == 0
+    assert abuse.main(["--url", url, "--pid", str(os.getpid()), "--max-rss-gb", rss, "--cases", "1"]) == 0
     assert list(tmp_path.iterdir()) == [] and (shipped.stat().st_mtime if shipped.exists() else None) == stamp
     out = tmp_path / "results"
-    assert abuse.main(["--url", url, "--pid", str(os.getpid()), "--cases", "1", "--out", str(out)]) == 0
+    assert abuse.main(["--url", url, "--pid", str(os.getpid()), "--max-rss-gb", rss, "--cases", "1",
+                      "--out", str(out)]) == 0
     report = json.loads((out / "abuse.json").read_text())
     assert report["command"].endswith("--cases 1 --out " + str(out)) and "load average" in report["uptime"]
     assert [r["id"] for r in report["rows"]] == ["1a", "1b"] and report["server"]["mode"] == "external"

@@ -245,3 +245,24 @@ def test_the_leader_counts_only_idle_model_time_and_stops_at_the_overall_limit()
     assert thread.pending == 2  # the leader stopped waiting at 0.3 s and queued its batch behind the busy call
     busy_done.set(), busy.join(TIMEOUT), waiter.join(TIMEOUT)
     assert result == {"r": "k:capped"}
+
+
+def test_an_idle_model_thread_keeps_nothing_of_its_last_job():
+    """The thread lives as long as the program: the last job's closure (a service, its model) must not."""
+    import gc
+    import weakref
+
+    from recdemo.llm.coalesce import ModelThread
+
+    class Model:
+        pass
+
+    thread, model = ModelThread("test-model"), Model()
+    gone = weakref.ref(model)
+    assert thread.call(lambda m=model: id(m)) == id(model)  # the job itself holds the model
+    del model
+    deadline = time.monotonic() + TIMEOUT
+    while gone() is not None and time.monotonic() < deadline:  # the thread drops it right after answering
+        gc.collect()
+        time.sleep(0.01)
+    assert gone() is None
