@@ -40,7 +40,7 @@ def planned_prompts(rec, history: list[str], ranker: str) -> list[str]:
     """The explanation prompts of one request: its reranked top-k, planned, not generated."""
     for state in rec.recommend_stages(history, ranker=ranker, with_profile=False, with_explanations=False):
         last = state
-    hist = [rec.catalog.find_title(t) for t in history]
+    hist = [h["index"] for h in last.history]  # the titles as the request resolved them
     return rec.explainer.plan([(hist, [r["index"] for r in last.results])]).prompts
 
 

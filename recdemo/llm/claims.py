@@ -71,6 +71,7 @@ toward towards under until upon within without not nor yet only own such more mo
 every either neither few several much him her his hers them our ours we us me my mine one whose where how why
 whom whether though although unless even still quite rather already always never ever often now here there
 close content look looks yours""".split())
+STOCK = STOPWORDS | VAGUE | HARMLESS | DANGLING | PLAIN  # no claim of their own
 # Umbrella words a product sentence may use for a kind its titles only imply ("makeup" for a "Face
 # Powder"): umbrella -> title words (stems compared) that back it.
 UMBRELLAS = {
@@ -242,10 +243,7 @@ class ClaimChecker:
                 self.counts.setdefault(f, set()).add(int(n))
         self.kind_vocab = set(kind_vocab)  # products: title-word stems that name a kind of product
         self.kind_allowed = set().union(*(title_stems(t) for t in kind_titles)) if kind_titles else set()
-        # products: what the sentence says the item IS ("... "Concealer" is a lip gloss") must come
-        # from the item's own title, not from a cited one
-        self.item_title = item_title if self.kind_vocab else None
-        self.own_title = item_title
+        self.item_title = item_title
         self.backing = set().union(*(title_stems(t) for t in backing_titles))  # the item's and cited titles' words
         # words of the other titles a sentence may name: they back no claim about what the item is
         self.borrowable = set().union(*(title_stems(t) for t in list(titles) + list(backing_titles)))
@@ -367,37 +365,29 @@ class ClaimChecker:
         """Words of ``written`` (titles removed) that nothing in the data backs (the module doc's
         ``unbacked``); ``named``: the history titles the sentence names."""
         backed = self.backing.union(*(title_stems(t) for t in named)) | self.kind_vocab
-        out = []
-        for w in re.findall(r"[A-Za-z][\w'-]*", strip_titles(written)):
-            w = re.sub(r"'s$", "", w)  # "children's" is the Children genre's word
-            lw = w.lower()
-            if (len(lw) < 3 or w[0].isupper() or lw in STOPWORDS | VAGUE | HARMLESS | DANGLING | PLAIN
-                    or lw in self.extra or lw in UMBRELLAS or category_of(w, self.vocab)):
-                continue
-            if not {stem(p) for p in words(lw)} & backed and w not in out:
-                out.append(w)
-        return out
+        return list(dict.fromkeys(w for w, stems in self._claim_words(strip_titles(written), names=False)
+                                  if not stems & backed))
 
     def borrowed(self, sentence: str) -> list[str]:
         """Words of the phrase saying what the item is that only another title backs ('"Panic Room" is a
         Harry Potter thriller'); genre, kind and stock words are the other checks' (or no claim)."""
-        if not self.own_title:
-            return []
-        forms, out = title_forms(self.own_title), []
-        for m in IS_A.finditer(sentence):
-            if normalize_title(m.group(1)) not in forms:
+        said = " ".join(m.group(2) for m in what_it_is(sentence, self.item_title))
+        return list(dict.fromkeys(w for w, stems in self._claim_words(said, names=True)
+                                  if stems & self.borrowable and not stems & self.kind_vocab))
+
+    def _claim_words(self, text: str, names: bool):
+        """(word, its stems) of ``text`` that may carry a claim: not a stock or domain word, an umbrella or a
+        category word (those are the other checks'). ``names``: keep capitalised words, for which only
+        function words are stock ("a Story horror film" names something); else they are the title check's."""
+        for w in re.findall(r"[A-Za-z][\w'-]*", text):
+            w = re.sub(r"'s$", "", w)  # "children's" is the Children genre's word
+            lw = w.lower()
+            if not names and (w[0].isupper() or len(lw) < 3):
                 continue
-            for w in re.findall(r"[A-Za-z][\w'-]*", m.group(2)):
-                w = re.sub(r"'s$", "", w)  # "children's" is the Children genre's word
-                lw = w.lower()
-                stems = {stem(p) for p in words(lw)}
-                stock = DANGLING if w[0].isupper() else STOPWORDS | VAGUE | HARMLESS | DANGLING | PLAIN
-                if (lw in stock or lw in self.extra or lw in UMBRELLAS or category_of(w, self.vocab)
-                        or stems & self.kind_vocab):  # a capitalised stock word names something ("a Story ...")
-                    continue
-                if stems & self.borrowable and w not in out:
-                    out.append(w)
-        return out
+            stock = DANGLING if w[0].isupper() else STOCK
+            if lw in stock or lw in self.extra or lw in UMBRELLAS or category_of(w, self.vocab):
+                continue
+            yield w, {stem(p) for p in words(lw)}
 
     def wrong_kinds(self, plain: str, named=()) -> list[str]:
         """Product-kind words (catalogs without categories) that neither the item's title, a cited
@@ -410,13 +400,11 @@ class ClaimChecker:
     def wrong_item_kind(self, sentence: str) -> list[str]:
         """Kind words of the phrase saying what the item is ("X" is a lip gloss) that its own title
         does not back."""
-        if not self.item_title:
+        if not self.kind_vocab:  # products only: what a movie is, its genres say
             return []
-        forms = {f for f in title_forms(self.item_title)}
         out = []
-        for m in IS_A.finditer(sentence):
-            if normalize_title(m.group(1)) in forms:
-                out += self._unbacked(re.findall(r"[A-Za-z][\w'-]*", m.group(2)), title_stems(self.item_title))
+        for m in what_it_is(sentence, self.item_title):
+            out += self._unbacked(re.findall(r"[A-Za-z][\w'-]*", m.group(2)), title_stems(self.item_title))
         return out
 
     def _unbacked(self, tokens, allowed: set[str]) -> list[str]:
@@ -450,6 +438,13 @@ class ClaimChecker:
         content = [w for w in tokens if w.lower() not in STOPWORDS | VAGUE | HARMLESS | DANGLING | self.extra
                    and len(w) > 2 and not w[0].isupper()]
         return len(content) >= 2
+
+
+def what_it_is(sentence: str, title: str | None):
+    """The ``IS_A`` matches of ``sentence`` that say what the item ``title`` is ('"Up" is an animated comedy');
+    group 2 is the phrase."""
+    forms = title_forms(title) if title else set()
+    return [m for m in IS_A.finditer(sentence) if normalize_title(m.group(1)) in forms]
 
 
 def category_of(word: str, vocab: set[str]) -> set[str]:

@@ -24,10 +24,9 @@ from collections import OrderedDict
 import numpy as np
 
 from recdemo.config import LLMConfig
-from recdemo.data.catalog import normalize_title
 from recdemo.records import Explanation
 from recdemo.llm import prompts as P
-from recdemo.llm.claims import DANGLING, IS_A, ClaimChecker, product_kind, short_title, title_forms
+from recdemo.llm.claims import DANGLING, ClaimChecker, product_kind, short_title, what_it_is
 from recdemo.llm.profile import STOPWORDS, repetitive
 
 DONE = re.compile(r"[.!?][\"”)]?\s")  # a sentence end followed by more text: generation can stop
@@ -191,19 +190,21 @@ class Explainer:
     def known_tail(self, prompt: str, adapter: str | None) -> str | None:
         if not self.cache_rows:
             return None
+        key = self._key(prompt, adapter)
         with self._tails_lock:
-            tail = self._tails.get(self._key(prompt, adapter))
+            tail = self._tails.get(key)
             if tail is not None:
-                self._tails.move_to_end(self._key(prompt, adapter))
+                self._tails.move_to_end(key)
                 self.cache_hits += 1
             return tail
 
     def remember_tail(self, prompt: str, adapter: str | None, tail: str) -> None:
         if not self.cache_rows:
             return
+        key = self._key(prompt, adapter)
         with self._tails_lock:
-            self._tails[self._key(prompt, adapter)] = tail
-            self._tails.move_to_end(self._key(prompt, adapter))
+            self._tails[key] = tail
+            self._tails.move_to_end(key)
             while len(self._tails) > self.cache_rows:
                 self._tails.popitem(last=False)
 
@@ -373,11 +374,11 @@ def without_modifiers(sentence: str, title: str, loose: list[str]) -> str:
     """``sentence`` with the ``loose`` (unbacked) words taken out of the phrase saying what the item
     (``title``) is, where they qualify a word after them ("is a superhero action movie" -> "is an action
     movie"); the phrase's last word, its noun, stays (an unbacked noun leaves the phrase as it was)."""
-    drop, forms = {w.lower() for w in loose}, title_forms(title)
-    for m in IS_A.finditer(sentence):
+    drop = {w.lower() for w in loose}
+    for m in what_it_is(sentence, title):
         said = m.group(2).split()
         kept = [w for w in said[:-1] if re.sub(r"'s$", "", w).lower() not in drop] + said[-1:]
-        if normalize_title(m.group(1)) not in forms or len(kept) == len(said):
+        if len(kept) == len(said):
             continue
         head = sentence[:m.start(2)]
         article = re.search(r"\b(an?)\s+$", head, re.I)

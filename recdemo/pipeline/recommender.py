@@ -366,7 +366,7 @@ class Recommender:
         if (items and not run.explain_failed) or extra:
             try:
                 plan = self.explainer.plan([(run.hist, items if not run.explain_failed else [])])
-                known = [e for _, e in plan.cached()] if plan.prompts else []
+                known = [e for _, e in plan.cached()]  # (without the LLM: every card's template)
                 if known:
                     run.explanations.update({e.index: e for e in known})
                     run.timings["explain"] = run.timings.get("explain", 0.0) + time.perf_counter() - t
